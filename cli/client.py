@@ -1,0 +1,76 @@
+"""How the CLI finds and calls the services: endpoints.json, env overrides, bearer token, urllib."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shared.errors import GetOperateError
+
+ENDPOINTS_FILE = "endpoints.json"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class CliError(GetOperateError):
+    """Raised to end a command with one line on stderr and a documented exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Endpoints:
+    """Service URLs and token: flags, then env, then `<data dir>/endpoints.json`, then defaults."""
+
+    def __init__(self, data_dir: Path, config_url: str | None = None, router_url: str | None = None):
+        saved: dict[str, Any] = {}
+        path = data_dir / ENDPOINTS_FILE
+        if path.exists():
+            saved = json.loads(path.read_text())
+        self.data_dir = data_dir
+        self.config_url = (config_url or os.environ.get("GETOPERATE_CONFIG_URL")
+                           or saved.get("config_url") or "http://127.0.0.1:8001").rstrip("/")
+        self.router_url = (router_url or os.environ.get("GETOPERATE_ROUTER_URL")
+                           or saved.get("router_url") or "http://127.0.0.1:8002").rstrip("/")
+        self.nats_url = os.environ.get("NATS_URL") or saved.get("nats_url") or "nats://127.0.0.1:4222"
+
+    def token(self) -> str | None:
+        token = os.environ.get("GETOPERATE_TOKEN") or os.environ.get("GETOPERATE_ADMIN_TOKEN")
+        if token:
+            return token
+        path = self.data_dir / "admin.token"
+        return path.read_text().strip() if path.exists() else None
+
+
+def call(method: str, url: str, token: str | None, body: Any = None, timeout: float = 30.0) -> Any:
+    """One JSON HTTP call; service errors become CliError with the service's message."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            err = json.loads(raw)
+            message = err.get("message") or err.get("error") or raw.decode()
+        except (ValueError, AttributeError):
+            message = raw.decode(errors="replace") or exc.reason
+        code = EXIT_USAGE if exc.code in (400, 413, 422) else EXIT_FAILED
+        raise CliError(f"{message} (HTTP {exc.code})", code) from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(
+            f"cannot reach {url.split('/', 3)[:3][-1]}: {reason}; is `getoperate up` running here"
+            " (or GETOPERATE_CONFIG_URL / GETOPERATE_ROUTER_URL set)?", EXIT_UNREACHABLE,
+        ) from exc
+    return json.loads(raw) if raw else None

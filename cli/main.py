@@ -1,0 +1,282 @@
+"""The `getoperate` command line: start services, submit and inspect jobs, manage worker groups.
+
+Exit codes: 0 success; 1 the job failed or the service refused the request; 2 bad usage or
+invalid input; 3 a service could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from cli import output
+from cli.client import EXIT_FAILED, EXIT_USAGE, CliError, Endpoints, call
+from services.common.runtime import DEFAULT_DATA_DIR
+from shared.errors import InvalidInput
+
+TERMINAL = {"success", "failure", "cancelled"}
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """`k=v`: v as JSON when it parses (`n=3` is the number 3), else as the string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise CliError(f"--arg {text!r} must look like name=value", EXIT_USAGE)
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def _endpoints(ns: argparse.Namespace) -> Endpoints:
+    return Endpoints(Path(ns.data_dir), getattr(ns, "config_url", None), getattr(ns, "router_url", None))
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str, Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    quoted = urllib.parse.quote(job_id, safe="")
+    while True:
+        step = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+        view: dict[str, Any] = call("GET", f"{ep.router_url}/jobs/{quoted}?wait=1&timeout={step}",
+                                    ep.token(), timeout=step + 30)
+        if view["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+            return view
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    if ns.code is None and ns.file is None:
+        raise CliError("give the code with --code TEXT or --file PATH", EXIT_USAGE)
+    if ns.language is None:
+        raise CliError("--language is required (bash, python3, ...)", EXIT_USAGE)
+    code = ns.code if ns.code is not None else Path(ns.file).read_text()
+    body: dict[str, Any] = {"language": ns.language, "code": code,
+                            "args": dict(parse_arg(a) for a in ns.arg), "workspace": ns.workspace}
+    if ns.tag:
+        body["tag"] = ns.tag
+    if ns.job_timeout:
+        body["timeout"] = ns.job_timeout
+    answer = call("POST", f"{ep.router_url}/jobs", ep.token(), body)
+    if answer.get("warning"):
+        print(f"getoperate: warning: {answer['warning']}", file=sys.stderr)
+    if not ns.wait:
+        print(json.dumps(answer) if ns.json else answer["id"])
+        return 0
+    view = wait_for_job(ep, answer["id"], ns.timeout)
+    return _show_job(view, ns.json)
+
+
+def _show_job(view: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(view))
+    else:
+        output.print_job(view)
+    if view["status"] in ("failure", "cancelled"):
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_job(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    if ns.wait:
+        view = wait_for_job(ep, ns.id, ns.timeout)
+    else:
+        view = call("GET", f"{ep.router_url}/jobs/{urllib.parse.quote(ns.id, safe='')}", ep.token())
+    return _show_job(view, ns.json)
+
+
+def cmd_workers(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    workers = call("GET", f"{ep.router_url}/workers", ep.token())
+    if ns.json:
+        print(json.dumps(workers))
+    else:
+        output.print_workers(workers)
+    return 0
+
+
+# --- groups ------------------------------------------------------------------------------------
+
+
+def cmd_group(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    base = f"{ep.config_url}/groups"
+    token = ep.token()
+    if ns.action == "list":
+        groups = call("GET", base, token)
+        if ns.json:
+            print(json.dumps(groups))
+        else:
+            output.print_groups(groups)
+        return 0
+    name = urllib.parse.quote(ns.name, safe="")
+    if ns.action == "show":
+        group = call("GET", f"{base}/{name}", token)
+        if ns.json:
+            print(json.dumps(group))
+        else:
+            output.print_group(group)
+        return 0
+    if ns.action == "set":
+        body: dict[str, Any] = {}
+        if ns.tags is not None:
+            body["tags"] = [t.strip() for t in ns.tags.split(",") if t.strip()]
+        if ns.no_init_script:
+            body["init_script"] = None
+        elif ns.init_script is not None:
+            try:
+                body["init_script"] = Path(ns.init_script).read_text()
+            except OSError as exc:
+                raise CliError(f"cannot read --init-script {ns.init_script}: {exc.strerror}", EXIT_USAGE)
+        answer = call("PUT", f"{base}/{name}", token, {**body, **_write_opts(ns)})
+    elif ns.action == "reset":
+        answer = call("POST", f"{base}/{name}/reset", token, {"preset": ns.preset, **_write_opts(ns)})
+    else:  # delete
+        query = {k: v for k, v in _write_opts(ns).items()}
+        suffix = ("?" + urllib.parse.urlencode(query)) if query else ""
+        answer = call("DELETE", f"{base}/{name}{suffix}", token)
+    if ns.json:
+        print(json.dumps(answer))
+    else:
+        output.print_write(ns.name, answer)
+    return 0
+
+
+def _write_opts(ns: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(ns, "expected_version", None) is not None:
+        opts["expected_version"] = ns.expected_version
+    if getattr(ns, "reason", None):
+        opts["reason"] = ns.reason
+    return opts
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    from cli.up import up
+
+    if ns.port_base is not None:
+        ns.nats_port, ns.config_port, ns.router_port = ns.port_base, ns.port_base + 1, ns.port_base + 2
+    return up(Path(ns.data_dir), ns.nats_port, ns.config_port, ns.router_port,
+              workers_per_group=ns.workers_per_group)
+
+
+def cmd_service(ns: argparse.Namespace) -> int:
+    os.environ["GETOPERATE_DATA_DIR"] = ns.data_dir
+    if ns.command == "config":
+        from services.config.main import main as service_main
+    elif ns.command == "router":
+        from services.router.main import main as service_main
+    else:
+        from services.worker.main import main as service_main
+    return service_main()
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=os.environ.get("GETOPERATE_DATA_DIR", DEFAULT_DATA_DIR),
+                        help="where `up` keeps data, endpoints.json and admin.token (default ./.getoperate)")
+    common.add_argument("--config-url", help="config service URL (default: endpoints.json, then $GETOPERATE_CONFIG_URL)")
+    common.add_argument("--router-url", help="router URL (default: endpoints.json, then $GETOPERATE_ROUTER_URL)")
+    p = argparse.ArgumentParser(
+        prog="getoperate", parents=[common],
+        description="Worker groups and tags over NATS JetStream.",
+        epilog="Exit codes: 0 ok, 1 job failed or request refused, 2 bad usage, 3 service unreachable.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("up", parents=[common], help="run NATS, config, router and the seeded workers locally")
+    s.add_argument("--nats-port", type=int, default=4222)
+    s.add_argument("--config-port", type=int, default=8001)
+    s.add_argument("--router-port", type=int, default=8002)
+    s.add_argument("--port-base", type=int, help="set the three ports to N, N+1, N+2")
+    s.add_argument("--workers-per-group", type=int, default=1, help="workers started per seeded group")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("run", parents=[common], help="submit a job (and with --wait, show its outcome)")
+    s.add_argument("--language", help="bash, python3, or any language tag")
+    s.add_argument("--code", help="the script text")
+    s.add_argument("--file", help="read the script from this file")
+    s.add_argument("--arg", action="append", default=[], metavar="K=V",
+                   help="an argument; V is JSON when it parses, else a string (repeatable)")
+    s.add_argument("--tag", help="route to this tag instead of the language default")
+    s.add_argument("--workspace", default="main")
+    s.add_argument("--job-timeout", type=float, help="seconds the job may run (worker default 300)")
+    s.add_argument("--wait", action="store_true", help="wait for the job to finish and show it")
+    s.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("job", parents=[common], help="show a job (or wait for it)")
+    s.add_argument("id")
+    s.add_argument("--wait", action="store_true")
+    s.add_argument("--timeout", type=float)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_job)
+
+    s = sub.add_parser("group", parents=[common], help="manage worker groups")
+    gsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    g = gsub.add_parser("list", parents=[common], help="all groups")
+    g.add_argument("--json", action="store_true")
+    g = gsub.add_parser("show", parents=[common], help="one group")
+    g.add_argument("name")
+    g.add_argument("--json", action="store_true")
+    for action, helptext in (("set", "create or change a group"), ("reset", "reset tags to a preset"),
+                             ("delete", "delete a group's config")):
+        g = gsub.add_parser(action, parents=[common], help=helptext)
+        g.add_argument("name")
+        g.add_argument("--expected-version", type=int,
+                       help="refuse (exit 1) if the group changed since this version")
+        g.add_argument("--reason", help="recorded in the event log")
+        g.add_argument("--json", action="store_true")
+        if action == "set":
+            g.add_argument("--tags", help="comma-separated tags (replaces the list)")
+            g.add_argument("--init-script", metavar="FILE", help="bash file run by each worker before jobs")
+            g.add_argument("--no-init-script", action="store_true", help="remove the init script")
+        if action == "reset":
+            g.add_argument("--preset", required=True, choices=["default", "native", "all"])
+    s.set_defaults(func=cmd_group)
+
+    s = sub.add_parser("workers", parents=[common], help="list live workers")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_workers)
+
+    for name, helptext in (("config", "run the config service (env: NATS_URL, CONFIG_PORT, GETOPERATE_DATA_DIR)"),
+                           ("router", "run the router (env: NATS_URL, ROUTER_PORT)"),
+                           ("worker", "run a worker (env: NATS_URL, WORKER_GROUP, WORKER_TAGS)")):
+        s = sub.add_parser(name, parents=[common], help=helptext)
+        s.set_defaults(func=cmd_service)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return int(ns.func(ns) or 0)
+    except CliError as exc:
+        print(f"getoperate: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except InvalidInput as exc:
+        print(f"getoperate: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Human-readable output of the CLI: tables and job reports (JSON output bypasses this)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def print_job(view: dict[str, Any]) -> None:
+    duration = f" in {view['duration_ms']:.0f} ms" if view.get("duration_ms") is not None else ""
+    print(f"job     {view['id']}")
+    print(f"status  {view['status']}{duration}")
+    print(f"tag     {view.get('tag')}")
+    print(f"group   {view.get('group') or '-'}")
+    print(f"worker  {view.get('worker') or '-'}")
+    if view.get("logs"):
+        print("--- logs ---")
+        print(view["logs"].rstrip("\n"))
+    if view.get("error"):
+        print("--- error ---")
+        print(view["error"])
+    if view["status"] == "success":
+        print("--- result ---")
+        print(json.dumps(view.get("result"), indent=2))
+
+
+def print_workers(workers: list[dict[str, Any]]) -> None:
+    now = time.time()
+    rows = [
+        [
+            w["id"], w.get("group") or "-", w.get("state", "?"),
+            f"{','.join(w['tags']) or '-'} ({w['tags_source']})", str(w["config_version"]),
+            w.get("current_job") or "-", w.get("init_status", "none"),
+            f"{now - w['heartbeat_at']:.0f}s ago",
+        ]
+        for w in workers
+    ]
+    _table(["WORKER", "GROUP", "STATE", "TAGS (SOURCE)", "CONFIG", "JOB", "INIT", "HEARTBEAT"], rows)
+    if not workers:
+        print("(no live workers)")
+
+
+def print_groups(groups: list[dict[str, Any]]) -> None:
+    rows = [
+        [g["name"], str(g["version"]), ",".join(g["tags"]) or "-", "yes" if g.get("init_script") else "-"]
+        for g in groups
+    ]
+    _table(["GROUP", "VERSION", "TAGS", "INIT SCRIPT"], rows)
+
+
+def print_group(g: dict[str, Any]) -> None:
+    print(f"group        {g['name']}")
+    print(f"version      {g['version']}")
+    print(f"tags         {', '.join(g['tags']) or '-'}")
+    if g.get("init_script"):
+        print("init script:")
+        print(g["init_script"].rstrip("\n"))
+    else:
+        print("init script  -")
+
+
+def print_write(name: str, answer: dict[str, Any]) -> None:
+    events = answer.get("events") or []
+    if not events:
+        print(f"group {name}: no change")
+        return
+    types = ", ".join(e["type"] for e in events)
+    live = "" if answer.get("published") else " (stored; not yet on NATS, the outbox will publish it)"
+    print(f"group {name}: {types} at seq {answer['seq']}{live}")

@@ -1,0 +1,135 @@
+"""`getoperate up`: nats-server, config, router and one worker per seeded group, in the foreground.
+
+Children get their own sessions so shutdown runs in order (workers, router, config, then NATS),
+and a Linux parent-death signal so none outlives a killed `up`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
+from services.common.natsserver import NatsServer, port_open
+from services.common.runtime import admin_token
+
+SEEDED_GROUPS = ("default", "native")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+        self.name, self.argv, self.env = name, argv, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc is not None and child.proc.poll() is not None:
+            raise CliError(f"{child.name} exited with code {child.proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise CliError(f"{child.name} did not answer {url} within {timeout:g}s")
+
+
+def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
+       workers_per_group: int = 1) -> int:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for port, what in ((nats_port, "--nats-port"), (config_port, "--config-port"),
+                       (router_port, "--router-port")):
+        if port_open(port):
+            raise CliError(f"port {port} ({what}) is already in use on 127.0.0.1", EXIT_USAGE)
+    admin_token(data_dir, create=True)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    nats = NatsServer(data_dir / "nats", port=nats_port).start()
+    base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),
+                "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
+                "HTTP_HOST": "127.0.0.1"}
+    base_env.pop("WORKER_TAGS", None)
+    cmd = [sys.executable, "-m", "cli.main"]
+    config = Child("config", cmd + ["config"], base_env)
+    router = Child("router", cmd + ["router"], base_env)
+    workers = [
+        Child(f"worker:{group}#{i}", cmd + ["worker"],
+              {**base_env, "WORKER_GROUP": group, "WORKER_DIR": str(data_dir / "work" / f"{group}-{i}")})
+        for group in SEEDED_GROUPS for i in range(workers_per_group)
+    ]
+    children = [config, router, *workers]
+    config_url = f"http://127.0.0.1:{config_port}"
+    router_url = f"http://127.0.0.1:{router_port}"
+    try:
+        config.start()
+        _wait_http(config_url + "/healthz", config)
+        router.start()
+        _wait_http(router_url + "/healthz", router)
+        for w in workers:
+            w.start()
+        (data_dir / ENDPOINTS_FILE).write_text(json.dumps(
+            {"nats_url": nats.url, "config_url": config_url, "router_url": router_url,
+             "pid": os.getpid()}, indent=2) + "\n")
+        print(f"getoperate is up (data in {data_dir})", flush=True)
+        print(f"  nats    {nats.url}", flush=True)
+        print(f"  config  {config_url}", flush=True)
+        print(f"  router  {router_url}", flush=True)
+        print(f"  workers {', '.join(SEEDED_GROUPS)} (x{workers_per_group} each)", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            time.sleep(0.2)
+            for child in children:
+                if child.proc is not None and child.proc.poll() is not None and not stopping:
+                    child.restarts += 1
+                    print(f"{child.name} exited with code {child.proc.returncode}; restarting"
+                          f" (restart {child.restarts})", file=sys.stderr, flush=True)
+                    time.sleep(min(child.restarts, 5))
+                    child.start()
+    finally:
+        for child in reversed(children):
+            child.stop()
+        nats.stop()
+        print("getoperate stopped", flush=True)
+    return 0

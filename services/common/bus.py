@@ -1,0 +1,149 @@
+"""NATS/JetStream plumbing every service uses: connect, declare streams, replay-then-follow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared import subjects
+from services.common.log import Logger
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+JOB_ACK_WAIT = 30.0
+WORKER_TTL = 15.0
+
+
+async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> NATS:
+    """Connect, retrying while NATS starts (compose starts services in any order); reconnect forever."""
+
+    async def disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def reconnected() -> None:
+        log.info("nats_reconnected")
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return await nats.connect(
+                url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
+                error_cb=error_cb, allow_reconnect=True,
+            )
+        except Exception as exc:  # nats raises several unrelated types here
+            last = exc
+            if attempt % 10 == 0:
+                log.warning("nats_connect_retry", url=url, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(0.5)
+    raise ConnectionError(f"could not connect to NATS at {url}: {last}")
+
+
+def job_events_max_age() -> float:
+    """Retention of job lifecycle events, from GETOPERATE_JOB_HISTORY_SECONDS (default 7 days)."""
+    return float(os.environ.get("GETOPERATE_JOB_HISTORY_SECONDS", 7 * 24 * 3600))
+
+
+def stream_configs() -> list[api.StreamConfig]:
+    """Every stream of the suite, declared identically by every service so start order is free."""
+    return [
+        api.StreamConfig(
+            name=subjects.CONFIG_STREAM, subjects=[subjects.CONFIG_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
+            duplicate_window=120.0, deny_delete=False,
+        ),
+        api.StreamConfig(
+            name=subjects.JOBS_STREAM, subjects=[subjects.JOBS_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=subjects.JOB_EVENTS_STREAM, subjects=[subjects.JOB_EVENTS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
+            max_age=job_events_max_age(), duplicate_window=120.0,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the streams and the workers bucket if missing (idempotent)."""
+    for cfg in stream_configs():
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:
+            await js.update_stream(cfg)
+    await workers_bucket(js)
+
+
+async def workers_bucket(js: JetStreamContext) -> KeyValue:
+    """Live workers: heartbeats expire after WORKER_TTL seconds without a refresh."""
+    try:
+        return await js.key_value(subjects.WORKERS_BUCKET)
+    except Exception:
+        return await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=subjects.WORKERS_BUCKET, history=1, ttl=WORKER_TTL,
+                storage=api.StorageType.MEMORY,
+            )
+        )
+
+
+async def ensure_tag_consumer(js: JetStreamContext, tag: str) -> str:
+    """The durable pull consumer of a tag, shared by every worker listening to it."""
+    name = subjects.tag_consumer(tag)
+    cfg = api.ConsumerConfig(
+        durable_name=name, filter_subject=subjects.job_subject(tag),
+        ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=JOB_ACK_WAIT, max_ack_pending=10_000,
+    )
+    await js.add_consumer(subjects.JOBS_STREAM, cfg)
+    return name
+
+
+async def last_sequence(js: JetStreamContext, stream: str, subject: str | None = None) -> int:
+    """Stream sequence of the newest message (on `subject` when given); 0 when there is none."""
+    if subject is None or subject.endswith(">"):
+        info = await js.stream_info(stream)
+        return int(info.state.last_seq)
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return 0
+    return int(msg.seq or 0)
+
+
+async def follow(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    handler: Callable[[Msg], Awaitable[None]],
+    caught_up: asyncio.Event,
+) -> JetStreamContext.PushSubscription:
+    """Replay every message on `subject` from the start, then keep delivering new ones.
+
+    `caught_up` is set once the messages that existed at the call have all been handled, so a
+    service can wait for a complete view before serving.
+    """
+    target = await last_sequence(js, stream, subject)
+    if target == 0:
+        caught_up.set()
+
+    async def on_msg(msg: Msg) -> None:
+        await handler(msg)
+        if not caught_up.is_set() and msg.metadata.sequence.stream >= target:
+            caught_up.set()
+
+    return await js.subscribe(
+        subject, stream=stream, cb=on_msg, ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=5.0,
+    )

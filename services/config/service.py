@@ -1,0 +1,102 @@
+"""The config service's core: load the log, reconcile with the stream, decide and append commands."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.common import bus
+from services.common.log import Logger
+from services.config.outbox import Outbox, StreamDiverged
+from services.config.store import EventLog
+from shared import state as st
+from shared import subjects
+from shared.codec import decode
+from shared.events import ConfigEvent, Recorded, event_type, verify_chain
+
+PUBLISH_WAIT = 2.0
+
+
+class ConfigService:
+    """Single writer of configuration: commands become events in SQLite, then on the stream."""
+
+    def __init__(self, data_dir: Path, nc: NATS, logger: Logger):
+        self.log = EventLog(Path(data_dir) / "config.sqlite")
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.logger = logger
+        self.state = st.fold(self.log.records())
+        self.outbox = Outbox(self.log, self.js, logger)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await bus.ensure_streams(self.js)
+        await self._reconcile_with_stream()
+        await self.execute(st.seed, actor="system", reason="first start: seed default groups")
+        self._task = asyncio.create_task(self.outbox.run(), name="outbox")
+        await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
+        self.logger.info("config_ready", seq=self.state.seq, groups=sorted(self.state.groups))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.log.close()
+
+    async def _reconcile_with_stream(self) -> None:
+        """Stream ahead of the log (empty data dir): copy the missing events back, verified.
+        Log ahead of the stream (empty NATS, crash before publish): the outbox republishes."""
+        stream_last = await bus.last_sequence(self.js, subjects.CONFIG_STREAM)
+        log_last, log_hash = self.log.last()
+        if stream_last > log_last:
+            missing: list[Recorded] = []
+            for seq in range(log_last + 1, stream_last + 1):
+                msg = await self.js.get_msg(subjects.CONFIG_STREAM, seq)
+                missing.append(decode(msg.data or b"", Recorded))
+            bad = verify_chain(missing, prev_hash=log_hash, start_seq=log_last + 1)
+            if bad is not None:
+                raise StreamDiverged(f"config stream breaks the hash chain at seq {bad}")
+            self.log.insert(missing, published=True)
+            self.state = st.fold(missing, self.state)
+            self.logger.info("log_rebuilt_from_stream", events=len(missing), seq=stream_last)
+        self.log.reconcile(stream_last)
+        if log_last > stream_last:
+            self.logger.info("outbox_republish", from_seq=stream_last + 1, to_seq=log_last)
+
+    async def execute(
+        self,
+        decide: Callable[..., list[ConfigEvent]],
+        *args: object,
+        actor: str,
+        reason: str | None = None,
+        **kwargs: object,
+    ) -> list[Recorded]:
+        """Decide against the current state, append, fold, publish. Serialised: one writer."""
+        async with self._lock:
+            events = decide(self.state, *args, **kwargs)
+            records = self.log.append(events, actor=actor, reason=reason)
+            self.state = st.fold(records, self.state)
+        for rec in records:
+            self.logger.info("config_event", seq=rec.seq, type=event_type(rec.event), actor=actor,
+                             event_id=rec.id)
+        if records:
+            self.outbox.kick()
+        return records
+
+    async def execute_and_publish(
+        self, decide: Callable[..., list[ConfigEvent]], *args: object, actor: str,
+        reason: str | None = None, **kwargs: object,
+    ) -> tuple[list[Recorded], bool]:
+        """Execute, then wait briefly for the stream: the answer says whether it is live yet."""
+        records = await self.execute(decide, *args, actor=actor, reason=reason, **kwargs)
+        if not records:
+            return records, True
+        return records, await self.outbox.wait_published(records[-1].seq, PUBLISH_WAIT)

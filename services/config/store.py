@@ -1,0 +1,130 @@
+"""The append-only SQLite event log (sqlite-utils): the source of truth for configuration.
+
+Each row holds the sequence, event id, time, actor, the hash chain and the encoded envelope; the
+`published` flag is the outbox: rows not yet on the JetStream stream.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from shared.codec import decode, encode
+from shared.errors import GetOperateError
+from shared.events import GENESIS_HASH, ConfigEvent, Recorded, event_type, seal, subject_for
+
+
+class StoreError(GetOperateError, RuntimeError):
+    """Raised when the SQLite log cannot be read or written."""
+
+    status = 500
+    code = "store_error"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class EventLog:
+    """Append-only log of config events. Single writer: the config service."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # an acknowledged config write survives power loss
+        self.db = sqlite_utils.Database(conn)
+        self.table = self.db.table("events")
+        if not self.table.exists():
+            self.db.create_table(
+                "events",
+                {
+                    "seq": int, "id": str, "time": str, "actor": str, "reason": str, "type": str,
+                    "subject": str, "prev_hash": str, "hash": str, "body": str, "published": int,
+                },
+                pk="seq",
+                not_null={"id", "time", "actor", "type", "subject", "prev_hash", "hash", "body"},
+            )
+            self.table.create_index(["id"], unique=True)
+            self.table.create_index(["published"])
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def last(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest record, or (0, genesis)."""
+        row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def append(
+        self, events: list[ConfigEvent], *, actor: str, reason: str | None = None
+    ) -> list[Recorded]:
+        """Seal and append events in one transaction; they are all stored or none is."""
+        if not events:
+            return []
+        seq, prev = self.last()
+        time = now_iso()
+        records: list[Recorded] = []
+        for event in events:
+            seq += 1
+            rec = seal(prev_hash=prev, seq=seq, id=uuid.uuid4().hex, time=time, actor=actor,
+                       reason=reason, event=event)
+            records.append(rec)
+            prev = rec.hash
+        self.insert(records, published=False)
+        return records
+
+    def insert(self, records: list[Recorded], *, published: bool) -> None:
+        """Insert already-sealed records (append, or rebuilding from the stream)."""
+        rows = [
+            {
+                "seq": r.seq, "id": r.id, "time": r.time, "actor": r.actor, "reason": r.reason,
+                "type": event_type(r.event), "subject": subject_for(r.event),
+                "prev_hash": r.prev_hash, "hash": r.hash, "body": encode(r).decode(),
+                "published": int(published),
+            }
+            for r in records
+        ]
+        cols = list(rows[0])
+        sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(sql, [[row[c] for c in cols] for row in rows])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not append to the event log {self.path}: {exc}") from exc
+
+    def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
+        """Records with seq > since, in order."""
+        sql = "SELECT body FROM events WHERE seq > ? ORDER BY seq"
+        params: list[object] = [since]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        for (body,) in self.db.execute(sql, params):
+            yield decode(body, Recorded)
+
+    def unpublished(self) -> list[tuple[Recorded, str]]:
+        """The outbox: records not yet confirmed on the stream, with their subject, in order."""
+        rows = self.db.execute(
+            "SELECT body, subject FROM events WHERE published = 0 ORDER BY seq"
+        ).fetchall()
+        return [(decode(body, Recorded), subject) for body, subject in rows]
+
+    def mark_published(self, seq: int) -> None:
+        self.db.execute("UPDATE events SET published = 1 WHERE seq <= ? AND published = 0", [seq])
+
+    def reconcile(self, stream_last_seq: int) -> None:
+        """Stream sequence == log sequence: rows at or below the stream's last are on it, others not."""
+        self.db.execute("UPDATE events SET published = (seq <= ?)", [stream_last_seq])

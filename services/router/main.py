@@ -1,0 +1,33 @@
+"""`getoperate router`: wiring of the router service (settings, NATS, HTTP, signals)."""
+
+from __future__ import annotations
+
+from services.common import bus
+from services.common.http import TokenCheck
+from services.common.log import Logger
+from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
+from services.router.app import create_app
+from services.router.service import RouterService
+
+
+async def amain() -> None:
+    logger = Logger("router")
+    token = admin_token(data_dir(), create=True)
+    assert token is not None
+    stop = stop_on_signals()
+    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger)
+    service = RouterService(nc, logger)
+    await service.start()
+    runner = await serve_http(
+        create_app(service, TokenCheck(token)), env("HTTP_HOST", "127.0.0.1"),
+        int(env("ROUTER_PORT", "8002")), logger,
+    )
+    await stop.wait()
+    logger.info("stopping")
+    await runner.cleanup()
+    await service.stop()
+    await nc.drain()
+
+
+def main() -> int:
+    return run(amain)

@@ -1,0 +1,183 @@
+"""Job messages: the submission, the queued job, lifecycle events, the folded job view, heartbeats."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Union
+
+import msgspec
+
+from shared.errors import InvalidInput
+
+MAX_CODE_BYTES = 256 * 1024
+MAX_ARGS_BYTES = 256 * 1024
+DEFAULT_WORKSPACE = "main"
+
+JobStatus = Literal["queued", "running", "success", "failure", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"success", "failure", "cancelled"})
+
+
+class JobSubmit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A request to run code: HTTP `POST /jobs` body and `go.router.submit` request payload."""
+
+    language: str
+    code: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    tag: str | None = None
+    workspace: str = DEFAULT_WORKSPACE
+    timeout: float | None = None
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """A routed job as it sits on its tag's work-queue subject."""
+
+    v: int = 1
+    id: str
+    workspace: str
+    language: str
+    code: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    tag: str
+    timeout: float | None = None
+    submitted_at: float
+
+
+class SubmitAnswer(msgspec.Struct, kw_only=True):
+    """What a router answers to a submission: where the job went and whether anyone serves it."""
+
+    id: str
+    tag: str
+    status: str = "queued"
+    groups: list[str] = msgspec.field(default_factory=list)
+    live_workers: int = 0
+    warning: str | None = None
+
+
+class _JobEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+    job_id: str
+    time: float
+
+
+class JobQueued(_JobEvent, tag="job.queued", kw_only=True):
+    """Published by the router once the job is durably on its tag's queue."""
+
+    tag: str
+    workspace: str
+    language: str
+
+
+class JobStarted(_JobEvent, tag="job.started", kw_only=True):
+    """Published by the worker that took the job, before it runs it."""
+
+    worker: str
+    group: str | None = None
+    attempt: int = 1
+
+
+class JobFinished(_JobEvent, tag="job.finished", kw_only=True):
+    """Published by the worker with the outcome, before it acknowledges the queue message."""
+
+    status: Literal["success", "failure", "cancelled"]
+    result: Any = None
+    error: str | None = None
+    logs: str = ""
+    worker: str
+    group: str | None = None
+    attempt: int = 1
+    duration_ms: float = 0.0
+
+
+JobEvent = Union[JobQueued, JobStarted, JobFinished]
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job as the CLI and HTTP API show it: the fold of its lifecycle events."""
+
+    id: str
+    status: JobStatus = "queued"
+    tag: str | None = None
+    workspace: str | None = None
+    language: str | None = None
+    result: Any = None
+    error: str | None = None
+    logs: str = ""
+    worker: str | None = None
+    group: str | None = None
+    attempts: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_ms: float | None = None
+
+
+def evolve_job(view: JobView, event: JobEvent) -> JobView:
+    """Apply one lifecycle event; a finished job ignores later duplicates (effectively-once results)."""
+    if view.status in TERMINAL:
+        return view
+    match event:
+        case JobQueued():
+            return msgspec.structs.replace(
+                view, tag=event.tag, workspace=event.workspace, language=event.language,
+                queued_at=event.time,
+            )
+        case JobStarted():
+            return msgspec.structs.replace(
+                view, status="running", worker=event.worker, group=event.group,
+                attempts=max(view.attempts, event.attempt), started_at=event.time,
+            )
+        case JobFinished():
+            return msgspec.structs.replace(
+                view, status=event.status, result=event.result, error=event.error, logs=event.logs,
+                worker=event.worker, group=event.group, attempts=max(view.attempts, event.attempt),
+                finished_at=event.time, duration_ms=event.duration_ms,
+            )
+    return view
+
+
+def job_view(job_id: str, events: Iterable[JobEvent]) -> JobView:
+    """Fold a job's lifecycle events into its current view."""
+    view = JobView(id=job_id)
+    for event in events:
+        view = evolve_job(view, event)
+    return view
+
+
+def validate_submit(sub: JobSubmit) -> JobSubmit:
+    """Size and shape checks msgspec's types cannot express."""
+    if not sub.language or not sub.language.strip():
+        raise InvalidInput("language must not be empty", field="language")
+    if len(sub.code.encode("utf-8")) > MAX_CODE_BYTES:
+        raise InvalidInput(f"code is larger than {MAX_CODE_BYTES} bytes", field="code")
+    if not sub.workspace or len(sub.workspace) > 64 or not all(
+        c.isalnum() or c in "-_" for c in sub.workspace
+    ):
+        raise InvalidInput(
+            f"workspace {sub.workspace!r} must be 1-64 characters of letters, digits, '-' or '_'",
+            field="workspace",
+        )
+    if sub.timeout is not None and not (0 < sub.timeout <= 24 * 3600):
+        raise InvalidInput("timeout must be between 0 and 86400 seconds", field="timeout")
+    return sub
+
+
+InitStatus = Literal["none", "running", "ok", "failed"]
+
+
+class WorkerStatus(msgspec.Struct, kw_only=True):
+    """A worker's heartbeat, kept in the GO_WORKERS KV bucket under its id until it stops beating."""
+
+    v: int = 1
+    id: str
+    group: str | None
+    tags: list[str]
+    tags_source: Literal["group", "env", "none"]
+    config_version: int
+    current_job: str | None = None
+    init_status: InitStatus = "none"
+    init_error: str | None = None
+    state: Literal["starting", "ready", "stopping"] = "starting"
+    hostname: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    jobs_done: int = 0

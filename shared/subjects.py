@@ -1,0 +1,108 @@
+"""Every stream, subject, durable consumer and bucket name of the suite, and the tag <-> token codec.
+
+A tag becomes one subject token (and a consumer name). Characters outside [A-Za-z0-9-] are written
+as `_XX` (hex of each UTF-8 byte), so the mapping is reversible and injective, and no tag, whatever
+it holds (`.`, `*`, `>`, spaces, `$`, unicode), can spell a wildcard, a second token or another tag.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shared.errors import InvalidInput
+
+PREFIX = "go"
+
+# Config event log: Limits retention, one subject per entity so a worker can replay only its group.
+CONFIG_STREAM = "GO_CONFIG"
+CONFIG_SUBJECTS = f"{PREFIX}.config.>"
+CONFIG_GROUP_PREFIX = f"{PREFIX}.config.group"
+CONFIG_GLOBAL_SUBJECT = f"{PREFIX}.config.global"
+
+# Job queue: WorkQueue retention, one subject and one shared durable pull consumer per tag.
+JOBS_STREAM = "GO_JOBS"
+JOBS_PREFIX = f"{PREFIX}.jobs.q"
+JOBS_SUBJECTS = f"{JOBS_PREFIX}.>"
+
+# Job lifecycle events (queued, started, finished): Limits retention with a max age.
+JOB_EVENTS_STREAM = "GO_JOB_EVENTS"
+JOB_EVENTS_PREFIX = f"{PREFIX}.jobev"
+JOB_EVENTS_SUBJECTS = f"{JOB_EVENTS_PREFIX}.>"
+
+# Live workers: a KV bucket whose entries expire when heartbeats stop.
+WORKERS_BUCKET = "GO_WORKERS"
+
+# Request/reply: submit a job to any router (queue group).
+SUBMIT_SUBJECT = f"{PREFIX}.router.submit"
+ROUTER_QUEUE_GROUP = "routers"
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+_TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
+
+
+def encode_token(text: str) -> str:
+    """Map any non-empty string to a subject token made of [A-Za-z0-9_-] only."""
+    if not text:
+        raise InvalidInput("an empty string cannot be a subject token", field="tag")
+    out: list[str] = []
+    for ch in text:
+        if _SAFE.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """Inverse of encode_token; refuses anything encode_token could not have produced."""
+    if not _TOKEN.fullmatch(token):
+        raise InvalidInput(f"{token!r} is not an encoded token", field="token")
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "_":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(token[i].encode("ascii"))
+            i += 1
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{token!r} does not decode to UTF-8", field="token") from exc
+    if encode_token(text) != token:  # e.g. `_41` for a plain `A`: not canonical
+        raise InvalidInput(f"{token!r} is not in canonical form", field="token")
+    return text
+
+
+def job_subject(tag: str) -> str:
+    """The work-queue subject a job with this tag is published to."""
+    return f"{JOBS_PREFIX}.{encode_token(tag)}"
+
+
+def tag_consumer(tag: str) -> str:
+    """The durable pull consumer every worker listening to `tag` shares (competing consumers)."""
+    return f"tag_{encode_token(tag)}"
+
+
+def tag_of_subject(subject: str) -> str:
+    """Recover the tag from a job subject."""
+    prefix = JOBS_PREFIX + "."
+    if not subject.startswith(prefix) or "." in subject[len(prefix) :]:
+        raise InvalidInput(f"{subject!r} is not a job subject", field="subject")
+    return decode_token(subject[len(prefix) :])
+
+
+def group_subject(group: str) -> str:
+    """Config events about one worker group: a worker replays only this subject."""
+    return f"{CONFIG_GROUP_PREFIX}.{encode_token(group)}"
+
+
+def job_events_subject(job_id: str) -> str:
+    """Lifecycle events of one job."""
+    return f"{JOB_EVENTS_PREFIX}.{encode_token(job_id)}"
+
+
+def worker_key(worker_id: str) -> str:
+    """KV key of a worker's heartbeat entry (KV keys allow [-/_=.A-Za-z0-9])."""
+    return encode_token(worker_id)
