@@ -1,0 +1,54 @@
+"""A whole suite started with `getoperate up` once per module, plus extra workers per test."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.harness import Api, Proc, free_port_base
+
+
+class Suite:
+    def __init__(self, root: Path, base: int, up: Proc):
+        self.root = root
+        self.base = base
+        self.up = up
+        self.api = Api(root / ".getoperate")
+        self.nats_url = f"nats://127.0.0.1:{base}"
+        self.extra: list[Proc] = []
+
+    def worker(self, name: str, **env: str) -> Proc:
+        """Start one more `getoperate worker` against this suite's NATS."""
+        proc = Proc(["worker"], cwd=self.root, env={"NATS_URL": self.nats_url, **env},
+                    name=f"worker-{name}-{len(self.extra)}")
+        self.extra.append(proc)
+        return proc
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    root = tmp_path_factory.mktemp("suite")
+    base = free_port_base()
+    up = Proc(["up", "--port-base", str(base)], cwd=root, env={}, name="up")
+    s = Suite(root, base, up)
+    try:
+        up.wait_for("Ctrl-C stops everything", timeout=60)
+        s.api.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"} >= {"default", "native"})
+        yield s
+    finally:
+        for proc in s.extra:
+            proc.stop()
+        up.stop(signal.SIGINT, timeout=60)
+
+
+@pytest.fixture
+def extra_workers(suite: Suite) -> Iterator[Suite]:
+    """Workers started by a test stop when it ends."""
+    before = len(suite.extra)
+    yield suite
+    for proc in suite.extra[before:]:
+        proc.stop()
+    del suite.extra[before:]

@@ -1,0 +1,133 @@
+"""Helpers to drive the real CLI and services as subprocesses in tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.natsserver import port_open
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port_base() -> int:
+    """Three consecutive free loopback ports (up's --port-base)."""
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        if not any(port_open(base + i) for i in range(3)):
+            return base
+    raise RuntimeError("no three consecutive free ports found")
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "GETOPERATE_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60,
+        check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `getoperate ARGS` (as `python -m cli.main`) and capture its output."""
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, env=cli_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"getoperate {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def cli_json(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    proc = cli(*args, "--json", cwd=cwd, env=env, timeout=timeout, check=True)
+    return json.loads(proc.stdout)
+
+
+class Proc:
+    """A long-running service subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], name: str):
+        self.log_path = cwd / f"{name}.log"
+        self.log = open(self.log_path, "ab")
+        self.p = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=cwd,
+                                  env=cli_env(env), stdout=self.log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.p.poll() is not None:
+                raise AssertionError(f"process exited {self.p.returncode}:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not seen within {timeout}s:\n{self.output()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("event") == event:
+                    out.append(rec)
+        return out
+
+
+class Api:
+    """Direct HTTP calls to a running suite (faster than the CLI for heavy tests)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+
+    def call(self, method: str, service: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+        from cli.client import Endpoints, call
+
+        ep = Endpoints(self.data_dir)  # read each time: endpoints.json appears once `up` is ready
+        base = ep.config_url if service == "config" else ep.router_url
+        return call(method, base + path, ep.token(), body, timeout=timeout)
+
+    def set_group(self, name: str, **body: Any) -> Any:
+        return self.call("PUT", "config", f"/groups/{name}", body)
+
+    def submit(self, code: str, language: str = "bash", **body: Any) -> Any:
+        return self.call("POST", "router", "/jobs", {"language": language, "code": code, **body})
+
+    def job(self, job_id: str, wait: bool = True, timeout: float = 30) -> Any:
+        q = f"?wait=1&timeout={timeout}" if wait else ""
+        return self.call("GET", "router", f"/jobs/{job_id}{q}", timeout=timeout + 30)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.call("GET", "router", "/workers")  # type: ignore[no-any-return]
+
+    def wait_workers(self, predicate: Any, timeout: float = 30) -> list[dict[str, Any]]:
+        """Poll live workers until `predicate(workers)` holds; returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ws = self.workers()
+            if predicate(ws):
+                return ws
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers never matched; last seen: {ws}")
+            time.sleep(0.05)

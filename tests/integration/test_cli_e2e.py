@@ -1,0 +1,129 @@
+"""The user's tour through the CLI against a real `getoperate up` (nats-server, SQLite, processes)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.conftest import Suite
+from tests.integration.harness import cli
+
+
+def test_run_bash_with_wait_shows_output_tag_group_and_worker(suite: Suite) -> None:
+    proc = cli("run", "--language", "bash", "--code", 'echo "hello $1"', "--arg", "name=world",
+               "--wait", cwd=suite.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "hello world" in proc.stdout
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines()[:5])
+    assert lines["status"].startswith("success")
+    assert lines["tag"] == "bash"
+    assert lines["group"] == "default"
+    assert lines["worker"].startswith("default-")
+
+
+def test_run_json_has_the_documented_fields(suite: Suite) -> None:
+    proc = cli("run", "--language", "bash", "--code", "echo one; echo two", "--wait", "--json",
+               cwd=suite.root)
+    assert proc.returncode == 0, proc.stderr
+    view = json.loads(proc.stdout)
+    assert {"id", "tag", "status", "result", "logs", "worker", "group"} <= set(view)
+    assert view["status"] == "success"
+    assert view["result"] == "two"
+    assert view["logs"] == "one\ntwo\n"
+
+
+def test_python3_main_return_value_is_the_result_and_args_parse_as_json(suite: Suite) -> None:
+    code = 'def main(n, name="x"):\n    print("working")\n    return {"twice": n * 2, "name": name}\n'
+    proc = cli("run", "--language", "python3", "--code", code, "--arg", "n=3", "--arg",
+               "name=bob", "--wait", "--json", cwd=suite.root)
+    assert proc.returncode == 0, proc.stderr
+    view = json.loads(proc.stdout)
+    assert view["tag"] == "python3"
+    assert view["result"] == {"twice": 6, "name": "bob"}
+    assert "working" in view["logs"]
+
+
+def test_failed_job_exits_1_and_shows_the_error(suite: Suite) -> None:
+    proc = cli("run", "--language", "python3", "--code", "def main():\n    raise ValueError('boom')\n",
+               "--wait", "--json", cwd=suite.root)
+    assert proc.returncode == 1
+    view = json.loads(proc.stdout)
+    assert view["status"] == "failure"
+    assert "ValueError: boom" in view["error"]
+
+
+def test_bad_usage_exits_2_with_one_line_on_stderr(suite: Suite) -> None:
+    missing_language = cli("run", "--code", "echo x", cwd=suite.root)
+    assert missing_language.returncode == 2
+    assert missing_language.stderr.strip().count("\n") == 0
+    assert "--language" in missing_language.stderr
+    bad_arg = cli("run", "--language", "bash", "--code", "x", "--arg", "novalue", cwd=suite.root)
+    assert bad_arg.returncode == 2
+    bad_tag = cli("run", "--language", "bash", "--code", "x", "--tag", "a,b", cwd=suite.root)
+    assert bad_tag.returncode == 2
+    assert "tag" in bad_tag.stderr
+
+
+def test_run_without_wait_prints_the_id_and_job_waits_later(suite: Suite) -> None:
+    proc = cli("run", "--language", "bash", "--code", "echo later", cwd=suite.root)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert len(job_id) == 32
+    later = cli("job", job_id, "--wait", "--json", cwd=suite.root)
+    assert later.returncode == 0, later.stderr
+    view = json.loads(later.stdout)
+    assert (view["id"], view["status"], view["result"]) == (job_id, "success", "later")
+
+
+def test_unknown_job_is_a_clear_error(suite: Suite) -> None:
+    proc = cli("job", "0" * 32, cwd=suite.root)
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr
+
+
+def test_a_tag_nobody_serves_is_reported_not_silently_stuck(suite: Suite) -> None:
+    proc = cli("run", "--language", "bash", "--code", "echo x", "--tag", "nobody-serves-this",
+               "--json", cwd=suite.root)
+    assert proc.returncode == 0
+    answer = json.loads(proc.stdout)
+    assert answer["live_workers"] == 0
+    assert "no live worker listens to tag 'nobody-serves-this'" in answer["warning"]
+    assert "warning" in proc.stderr
+    view = json.loads(cli("job", answer["id"], "--json", cwd=suite.root).stdout)
+    assert view["status"] == "queued"
+
+
+def test_group_commands(suite: Suite) -> None:
+    root = suite.root
+    (root / "init.sh").write_text("echo ready\n")
+    created = cli("group", "set", "cli-grp", "--tags", "a1,b1", "--init-script", "init.sh", cwd=root)
+    assert created.returncode == 0, created.stderr
+    shown = json.loads(cli("group", "show", "cli-grp", "--json", cwd=root).stdout)
+    assert shown["tags"] == ["a1", "b1"]
+    assert shown["init_script"] == "echo ready\n"
+    listed = json.loads(cli("group", "list", "--json", cwd=root).stdout)
+    names = [g["name"] for g in listed]
+    assert {"default", "native", "cli-grp"} <= set(names)
+    reset = cli("group", "reset", "cli-grp", "--preset", "native", cwd=root)
+    assert reset.returncode == 0, reset.stderr
+    shown = json.loads(cli("group", "show", "cli-grp", "--json", cwd=root).stdout)
+    assert shown["tags"] == ["nativets", "postgresql", "mysql", "graphql", "snowflake", "bigquery", "mssql"]
+    stale = cli("group", "set", "cli-grp", "--tags", "z", "--expected-version", "1", cwd=root)
+    assert stale.returncode == 1
+    assert "version" in stale.stderr
+    assert cli("group", "delete", "cli-grp", cwd=root).returncode == 0
+    gone = cli("group", "show", "cli-grp", cwd=root)
+    assert gone.returncode == 1
+    assert "does not exist" in gone.stderr
+    bad = cli("group", "set", "Not Valid", "--tags", "x", cwd=root)
+    assert bad.returncode == 2
+
+
+def test_workers_lists_live_workers(suite: Suite) -> None:
+    workers = json.loads(cli("workers", "--json", cwd=suite.root).stdout)
+    by_group = {w["group"]: w for w in workers}
+    assert "bash" in by_group["default"]["tags"]
+    assert "postgresql" in by_group["native"]["tags"]
+    for w in workers:
+        assert {"id", "group", "tags", "config_version", "current_job", "heartbeat_at"} <= set(w)
+    table = cli("workers", cwd=suite.root).stdout
+    assert table.splitlines()[0].split()[:3] == ["WORKER", "GROUP", "STATE"]
