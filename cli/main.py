@@ -187,13 +187,22 @@ def cmd_service(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=os.environ.get("GETOPERATE_DATA_DIR", DEFAULT_DATA_DIR),
-                        help="where `up` keeps data, endpoints.json and admin.token (default ./.getoperate)")
-    common.add_argument("--config-url", help="config service URL (default: endpoints.json, then $GETOPERATE_CONFIG_URL)")
-    common.add_argument("--router-url", help="router URL (default: endpoints.json, then $GETOPERATE_ROUTER_URL)")
+    def common_options(top: bool) -> argparse.ArgumentParser:
+        # Subcommands repeat the options with SUPPRESS defaults so `getoperate --data-dir X group
+        # list` and `getoperate group list --data-dir X` both work (argparse would reset it).
+        opts = argparse.ArgumentParser(add_help=False)
+        default_dir = os.environ.get("GETOPERATE_DATA_DIR", DEFAULT_DATA_DIR)
+        opts.add_argument("--data-dir", default=default_dir if top else argparse.SUPPRESS,
+                          help="where `up` keeps data, endpoints.json and admin.token (default ./.getoperate)")
+        opts.add_argument("--config-url", default=None if top else argparse.SUPPRESS,
+                          help="config service URL (default: $GETOPERATE_CONFIG_URL, then endpoints.json)")
+        opts.add_argument("--router-url", default=None if top else argparse.SUPPRESS,
+                          help="router URL (default: $GETOPERATE_ROUTER_URL, then endpoints.json)")
+        return opts
+
+    common = common_options(top=False)
     p = argparse.ArgumentParser(
-        prog="getoperate", parents=[common],
+        prog="getoperate", parents=[common_options(top=True)],
         description="Worker groups and tags over NATS JetStream.",
         epilog="Exit codes: 0 ok, 1 job failed or request refused, 2 bad usage, 3 service unreachable.",
     )

@@ -54,12 +54,15 @@ class Proc:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str], name: str):
         self.log_path = cwd / f"{name}.log"
         self.log = open(self.log_path, "ab")
+        self.offset = self.log.tell()  # a restarted service appends: read only this run's lines
         self.p = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=cwd,
                                   env=cli_env(env), stdout=self.log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode(errors="replace")
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
