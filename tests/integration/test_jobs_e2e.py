@@ -1,0 +1,64 @@
+"""Job execution details end to end: NATS submission, timeouts, unknown languages, many tags."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+
+from shared import subjects
+from tests.integration.conftest import Suite
+
+
+async def test_submit_over_nats_request_reply(suite: Suite) -> None:
+    nc = await nats.connect(suite.nats_url)
+    try:
+        payload = {"language": "bash", "code": "echo via nats", "workspace": "ws1"}
+        reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(), timeout=10)
+        answer = json.loads(reply.data)
+        assert answer["tag"] == "bash" and answer["live_workers"] >= 1
+        bad = await nc.request(subjects.SUBMIT_SUBJECT, b'{"language": "bash"}', timeout=10)
+        error = json.loads(bad.data)
+        assert error["error"] == "invalid" and "code" in error["message"]
+        garbage = await nc.request(subjects.SUBMIT_SUBJECT, b"\xff\x00", timeout=10)
+        assert json.loads(garbage.data)["error"] == "invalid"
+    finally:
+        await nc.close()
+    view = suite.api.job(answer["id"])
+    assert (view["status"], view["result"], view["workspace"]) == ("success", "via nats", "ws1")
+
+
+def test_job_timeout_kills_the_process_tree_and_the_worker_goes_on(suite: Suite) -> None:
+    slow = suite.api.submit("sleep 30 & sleep 30", timeout=0.5)
+    view = suite.api.job(slow["id"])
+    assert view["status"] == "failure"
+    assert view["error"] == "timed out after 0.5s"
+    after = suite.api.job(suite.api.submit("echo still here")["id"])
+    assert after["result"] == "still here"
+
+
+def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
+    answer = suite.api.submit("console.log(1)", language="deno")
+    assert answer["tag"] == "deno"
+    view = suite.api.job(answer["id"])
+    assert view["status"] == "failure"
+    assert "no executor for language 'deno' on this worker" in view["error"]
+
+
+def test_jobs_do_not_see_the_workers_environment(suite: Suite) -> None:
+    view = suite.api.job(suite.api.submit('echo "${NATS_URL:-unset}|$GO_TAG|$GO_WORKSPACE"')["id"])
+    assert view["result"] == "unset|bash|main"
+
+
+def test_dynamic_tags_fill_workspace_and_args(suite: Suite) -> None:
+    answer = suite.api.submit("echo x", tag="pool-$workspace-$args[cfg.size]", workspace="dev",
+                              args={"cfg": {"size": "xl"}})
+    assert answer["tag"] == "pool-dev-xl"
+    from cli.client import CliError
+
+    try:
+        suite.api.submit("echo x", tag="pool-$args[missing]")
+    except CliError as exc:
+        assert "no argument 'missing'" in exc.message
+    else:
+        raise AssertionError("a missing $args reference must be refused")
