@@ -7,7 +7,7 @@ Decoding never forbids unknown fields, so an older service reads a newer event's
 from __future__ import annotations
 
 import hashlib
-from typing import Union
+from typing import Iterable, Union
 
 import msgspec
 
@@ -49,8 +49,72 @@ class GroupDeleted(_Event, tag="group.deleted", kw_only=True):
     group: str
 
 
-ConfigEvent = Union[GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted]
-GROUP_EVENTS = (GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted)
+class GroupDedicatedSet(_Event, tag="group.dedicated_set", kw_only=True):
+    """Dedicate the group's workers to deployed scripts/flows (`ws:path`, `ws:flow/path`)."""
+
+    group: str
+    targets: tuple[str, ...] = ()
+
+
+class GroupPrioritiesSet(_Event, tag="group.priorities_set", kw_only=True):
+    """Tag priorities of the group (1..255, higher pulled first; unlisted tags have 0)."""
+
+    group: str
+    priorities: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ScriptDeployed(_Event, tag="script.deployed", kw_only=True):
+    """A new version of a deployed script; the log keeps every version."""
+
+    workspace: str
+    path: str
+    language: str
+    content: str
+    tag: str | None = None
+
+
+class FlowStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One step: a deployed script of the flow's workspace (`script`) or inline code."""
+
+    name: str | None = None
+    script: str | None = None
+    language: str | None = None
+    content: str | None = None
+    tag: str | None = None
+
+
+class FlowDeployed(_Event, tag="flow.deployed", kw_only=True):
+    """A new version of a deployed flow: ordered steps, an optional flow-level tag."""
+
+    workspace: str
+    path: str
+    steps: tuple[FlowStep, ...]
+    tag: str | None = None
+    preserve_step_tags: bool = False
+
+
+class AssignableTagSet(_Event, tag="tags.assignable_set", kw_only=True):
+    """A custom tag users may assign, optionally restricted to (`only`) or from (`exclude`) workspaces."""
+
+    tag: str
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+class AssignableTagRemoved(_Event, tag="tags.assignable_removed", kw_only=True):
+    """The custom tag is no longer assignable."""
+
+    tag: str
+
+
+ConfigEvent = Union[
+    GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
+    GroupPrioritiesSet, ScriptDeployed, FlowDeployed, AssignableTagSet, AssignableTagRemoved,
+]
+GROUP_EVENTS = (
+    GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
+    GroupPrioritiesSet,
+)
 
 
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,16 +139,41 @@ def subject_for(event: ConfigEvent) -> str:
     """The stream subject an event is published on: per group, so workers replay only theirs."""
     if isinstance(event, GROUP_EVENTS):
         return subjects.group_subject(event.group)
-    return subjects.CONFIG_GLOBAL_SUBJECT
+    if isinstance(event, ScriptDeployed):
+        return subjects.script_subject(event.workspace, event.path)
+    if isinstance(event, FlowDeployed):
+        return subjects.flow_subject(event.workspace, event.path)
+    return subjects.CONFIG_TAGS_SUBJECT
+
+
+class RawRecorded(msgspec.Struct, frozen=True, kw_only=True):
+    """The envelope with the event left as its stored bytes: what the hash chain covers.
+
+    Hashing stored bytes (not a re-encoding of the decoded event) keeps the chain valid across
+    schema evolution: an older service that drops a newer field, or a newer one that adds a
+    default, still computes the hash over exactly what was written.
+    """
+
+    seq: int
+    id: str
+    time: str
+    actor: str
+    reason: str | None = None
+    prev_hash: str
+    hash: str
+    event: msgspec.Raw
+
+
+_raw_decoder = msgspec.json.Decoder(RawRecorded)
 
 
 def chain_hash(
     *, prev_hash: str, seq: int, id: str, time: str, actor: str, reason: str | None,
-    event: ConfigEvent,
+    event_bytes: bytes,
 ) -> str:
-    """SHA-256 over the previous hash and this record's content: editing any row breaks the chain."""
-    body = encode([prev_hash, seq, id, time, actor, reason, event])
-    return hashlib.sha256(body).hexdigest()
+    """SHA-256 over the previous hash, this record's fields and its event's stored JSON bytes."""
+    head = encode([prev_hash, seq, id, time, actor, reason])
+    return hashlib.sha256(head + b"\n" + bytes(event_bytes)).hexdigest()
 
 
 def seal(
@@ -92,23 +181,61 @@ def seal(
     event: ConfigEvent,
 ) -> Recorded:
     """Build the Recorded envelope with its hash."""
-    h = chain_hash(prev_hash=prev_hash, seq=seq, id=id, time=time, actor=actor, reason=reason, event=event)
+    h = chain_hash(prev_hash=prev_hash, seq=seq, id=id, time=time, actor=actor, reason=reason,
+                   event_bytes=encode(event))
     return Recorded(
         seq=seq, id=id, time=time, actor=actor, reason=reason, prev_hash=prev_hash, hash=h, event=event
     )
 
 
-def verify_chain(records: list[Recorded], *, prev_hash: str = GENESIS_HASH, start_seq: int = 1) -> int | None:
-    """Return the first sequence whose record breaks the chain, or None when all are intact."""
+def _as_raw(record: Recorded | RawRecorded | bytes) -> RawRecorded:
+    if isinstance(record, RawRecorded):
+        return record
+    if isinstance(record, Recorded):  # freshly sealed, never stored: its encoding is what is stored
+        return _raw_decoder.decode(encode(record))
+    return _raw_decoder.decode(record)
+
+
+def verify_chain(
+    records: "Iterable[Recorded | RawRecorded | bytes]", *, prev_hash: str = GENESIS_HASH,
+    start_seq: int = 1,
+) -> int | None:
+    """Return the first sequence whose record breaks the chain, or None when all are intact.
+
+    Give stored bytes (SQLite rows, stream messages) to verify exactly what was written.
+    """
     expected_seq = start_seq
-    for rec in records:
-        if rec.seq != expected_seq or rec.prev_hash != prev_hash:
-            return expected_seq if rec.seq != expected_seq else rec.seq
+    for item in records:
+        rec = _as_raw(item)
+        if rec.seq != expected_seq:
+            return expected_seq
+        if rec.prev_hash != prev_hash:
+            return rec.seq
         if chain_hash(
             prev_hash=rec.prev_hash, seq=rec.seq, id=rec.id, time=rec.time, actor=rec.actor,
-            reason=rec.reason, event=rec.event,
+            reason=rec.reason, event_bytes=rec.event,
         ) != rec.hash:
             return rec.seq
         prev_hash = rec.hash
         expected_seq += 1
     return None
+
+
+KNOWN_TYPES: frozenset[str] = frozenset(
+    t.__struct_config__.tag for t in ConfigEvent.__args__  # type: ignore[attr-defined]
+)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+def decode_known(body: bytes) -> Recorded | None:
+    """Decode a stored envelope; None for an event type this version does not know (a newer
+    writer's), so readers skip it instead of failing. Malformed input still raises."""
+    from shared.codec import decode
+
+    raw = decode(body, RawRecorded)
+    if decode(raw.event, _TypeOnly).type not in KNOWN_TYPES:
+        return None
+    return decode(body, Recorded)

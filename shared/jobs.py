@@ -7,6 +7,8 @@ from typing import Any, Iterable, Literal, Union
 import msgspec
 
 from shared.errors import InvalidInput
+from shared.routing import PlannedStep
+from shared.tags import validate_workspace
 
 MAX_CODE_BYTES = 256 * 1024
 MAX_ARGS_BYTES = 256 * 1024
@@ -17,14 +19,23 @@ TERMINAL: frozenset[str] = frozenset({"success", "failure", "cancelled"})
 
 
 class JobSubmit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A request to run code: HTTP `POST /jobs` body and `go.router.submit` request payload."""
+    """A request to run code: HTTP `POST /jobs` body and `go.router.submit` request payload.
 
-    language: str
-    code: str
+    Either inline `language` + `code`, or the `path` of a deployed script or flow (`kind` tells
+    which when both exist). `require_worker` refuses the job when no live worker serves its tag.
+    """
+
+    language: str | None = None
+    code: str | None = None
+    path: str | None = None
+    kind: Literal["script", "flow"] | None = None
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     tag: str | None = None
     workspace: str = DEFAULT_WORKSPACE
     timeout: float | None = None
+    require_worker: bool = False
+    parent: str | None = None
+    step: int | None = None
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +50,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     tag: str
     timeout: float | None = None
     submitted_at: float
+    kind: Literal["inline", "script", "flow"] = "inline"
+    path: str | None = None
+    version: int | None = None
+    steps: tuple[PlannedStep, ...] = ()
+    parent: str | None = None
+    step: int | None = None
 
 
 class SubmitAnswer(msgspec.Struct, kw_only=True):
@@ -50,6 +67,19 @@ class SubmitAnswer(msgspec.Struct, kw_only=True):
     groups: list[str] = msgspec.field(default_factory=list)
     live_workers: int = 0
     warning: str | None = None
+    steps: list[str] = msgspec.field(default_factory=list)
+
+
+class StepSummary(msgspec.Struct, kw_only=True):
+    """How one step of a flow went: which job ran it, on which tag and group."""
+
+    index: int
+    name: str
+    job_id: str | None = None
+    tag: str
+    status: str = "queued"
+    group: str | None = None
+    worker: str | None = None
 
 
 class _JobEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -64,6 +94,9 @@ class JobQueued(_JobEvent, tag="job.queued", kw_only=True):
     tag: str
     workspace: str
     language: str
+    kind: str = "inline"
+    path: str | None = None
+    parent: str | None = None
 
 
 class JobStarted(_JobEvent, tag="job.started", kw_only=True):
@@ -85,6 +118,7 @@ class JobFinished(_JobEvent, tag="job.finished", kw_only=True):
     group: str | None = None
     attempt: int = 1
     duration_ms: float = 0.0
+    steps: list[StepSummary] = msgspec.field(default_factory=list)
 
 
 JobEvent = Union[JobQueued, JobStarted, JobFinished]
@@ -108,18 +142,23 @@ class JobView(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     duration_ms: float | None = None
+    kind: str = "inline"
+    path: str | None = None
+    parent: str | None = None
+    steps: list[StepSummary] = msgspec.field(default_factory=list)
 
 
 def evolve_job(view: JobView, event: JobEvent) -> JobView:
-    """Apply one lifecycle event; a finished job ignores later duplicates (effectively-once results)."""
-    if view.status in TERMINAL:
+    """Apply one lifecycle event; a finished job ignores later duplicates (effectively-once results),
+    but a `job.queued` that lands after the job started or ended still fills in where it went."""
+    if view.status in TERMINAL and not isinstance(event, JobQueued):
         return view
     match event:
         case JobQueued():
             return msgspec.structs.replace(
                 view, tag=event.tag, workspace=event.workspace, language=event.language,
-                queued_at=event.time,
-            )
+                queued_at=event.time, kind=event.kind, path=event.path, parent=event.parent,
+            )  # status untouched: queued is the default, and a late one must not undo progress
         case JobStarted():
             return msgspec.structs.replace(
                 view, status="running", worker=event.worker, group=event.group,
@@ -129,7 +168,7 @@ def evolve_job(view: JobView, event: JobEvent) -> JobView:
             return msgspec.structs.replace(
                 view, status=event.status, result=event.result, error=event.error, logs=event.logs,
                 worker=event.worker, group=event.group, attempts=max(view.attempts, event.attempt),
-                finished_at=event.time, duration_ms=event.duration_ms,
+                finished_at=event.time, duration_ms=event.duration_ms, steps=event.steps,
             )
     return view
 
@@ -144,17 +183,21 @@ def job_view(job_id: str, events: Iterable[JobEvent]) -> JobView:
 
 def validate_submit(sub: JobSubmit) -> JobSubmit:
     """Size and shape checks msgspec's types cannot express."""
-    if not sub.language or not sub.language.strip():
-        raise InvalidInput("language must not be empty", field="language")
-    if len(sub.code.encode("utf-8")) > MAX_CODE_BYTES:
+    if sub.path is None:
+        if sub.language is None or not sub.language.strip():
+            raise InvalidInput("language must not be empty (or give the path of a deployed script)",
+                               field="language")
+        if sub.code is None:
+            raise InvalidInput("code is required for an inline job", field="code")
+    elif sub.code is not None or sub.language is not None:
+        raise InvalidInput("give either path, or language and code, not both", field="path")
+    if sub.code is not None and len(sub.code.encode("utf-8")) > MAX_CODE_BYTES:
         raise InvalidInput(f"code is larger than {MAX_CODE_BYTES} bytes", field="code")
-    if not sub.workspace or len(sub.workspace) > 64 or not all(
-        c.isalnum() or c in "-_" for c in sub.workspace
-    ):
-        raise InvalidInput(
-            f"workspace {sub.workspace!r} must be 1-64 characters of letters, digits, '-' or '_'",
-            field="workspace",
-        )
+    args_size = len(msgspec.json.encode(sub.args))
+    if args_size > MAX_ARGS_BYTES:
+        raise InvalidInput(f"args are {args_size} bytes of JSON; the limit is {MAX_ARGS_BYTES}",
+                           field="args")
+    validate_workspace(sub.workspace)
     if sub.timeout is not None and not (0 < sub.timeout <= 24 * 3600):
         raise InvalidInput("timeout must be between 0 and 86400 seconds", field="timeout")
     return sub
@@ -181,3 +224,5 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     started_at: float
     heartbeat_at: float
     jobs_done: int = 0
+    priorities: dict[str, int] = msgspec.field(default_factory=dict)
+    dedicated: list[str] = msgspec.field(default_factory=list)

@@ -1,26 +1,40 @@
 """The pure fold of config events into state, and the command checks that decide new events.
 
 Every service builds its view with `fold`/`evolve` from here, so config means the same everywhere.
+`fold` copies the state's containers once and applies a whole batch in place, so replaying a long
+log costs one dict operation per event, not one copy of the state per event.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgspec
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.events import (
+    AssignableTagRemoved,
+    AssignableTagSet,
     ConfigEvent,
+    FlowDeployed,
+    FlowStep,
     GroupCreated,
+    GroupDedicatedSet,
     GroupDeleted,
     GroupInitScriptSet,
+    GroupPrioritiesSet,
     GroupTagsSet,
     Recorded,
+    ScriptDeployed,
 )
-from shared.tags import PRESETS, validate_group_name, validate_tags
+from shared.tags import (
+    PRESETS, parse_tag_spec, validate_group_name, validate_path, validate_tag, validate_tags,
+    validate_workspace,
+)
 
 MAX_INIT_SCRIPT_BYTES = 64 * 1024
+MAX_SCRIPT_BYTES = 256 * 1024
+MAX_FLOW_STEPS = 100
 
 
 class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,7 +43,46 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     tags: tuple[str, ...] = ()
     init_script: str | None = None
+    dedicated: tuple[str, ...] = ()
+    priorities: dict[str, int] = msgspec.field(default_factory=dict)
     version: int = 0
+
+
+class Script(msgspec.Struct, frozen=True, kw_only=True):
+    """The current version of a deployed script (`version` = seq of its deploy, `revision` counts)."""
+
+    workspace: str
+    path: str
+    language: str
+    content: str
+    tag: str | None = None
+    version: int = 0
+    revision: int = 1
+
+
+class Flow(msgspec.Struct, frozen=True, kw_only=True):
+    """The current version of a deployed flow."""
+
+    workspace: str
+    path: str
+    steps: tuple[FlowStep, ...]
+    tag: str | None = None
+    preserve_step_tags: bool = False
+    version: int = 0
+    revision: int = 1
+
+
+class AssignableTag(msgspec.Struct, frozen=True, kw_only=True):
+    """A custom tag open to `only` workspaces, or to all but `exclude`, or to all when both empty."""
+
+    tag: str
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def allows(self, workspace: str) -> bool:
+        if self.only:
+            return workspace in self.only
+        return workspace not in self.exclude
 
 
 class ConfigState(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,63 +90,99 @@ class ConfigState(msgspec.Struct, frozen=True, kw_only=True):
 
     seq: int = 0
     groups: dict[str, GroupConfig] = msgspec.field(default_factory=dict)
+    scripts: dict[str, Script] = msgspec.field(default_factory=dict)
+    flows: dict[str, Flow] = msgspec.field(default_factory=dict)
+    assignable: dict[str, AssignableTag] = msgspec.field(default_factory=dict)
 
 
-def _with_group(state: ConfigState, seq: int, group: GroupConfig | None, name: str) -> ConfigState:
-    groups = dict(state.groups)
-    if group is None:
-        groups.pop(name, None)
-    else:
-        groups[name] = group
-    return ConfigState(seq=seq, groups=groups)
+def key(workspace: str, path: str) -> str:
+    """Dictionary key of a script or flow: `ws/path`."""
+    return f"{workspace}/{path}"
 
 
-def evolve(state: ConfigState, rec: Recorded) -> ConfigState:
-    """Apply one recorded event. Events for unknown groups are applied leniently (replay of a subset)."""
+def _apply(
+    rec: Recorded, groups: dict[str, GroupConfig], scripts: dict[str, Script],
+    flows: dict[str, Flow], assignable: dict[str, AssignableTag],
+) -> None:
+    """Apply one event to mutable copies. Events for unknown groups are applied leniently."""
     event = rec.event
     seq = rec.seq
+    replace = msgspec.structs.replace
     match event:
         case GroupCreated(group=name):
-            return _with_group(state, seq, GroupConfig(name=name, version=seq), name)
+            groups[name] = GroupConfig(name=name, version=seq)
         case GroupTagsSet(group=name, tags=tags):
-            old = state.groups.get(name) or GroupConfig(name=name)
-            return _with_group(state, seq, msgspec.structs.replace(old, tags=tags, version=seq), name)
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), tags=tags, version=seq)
         case GroupInitScriptSet(group=name, init_script=script):
-            old = state.groups.get(name) or GroupConfig(name=name)
-            new = msgspec.structs.replace(old, init_script=script, version=seq)
-            return _with_group(state, seq, new, name)
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), init_script=script,
+                                   version=seq)
+        case GroupDedicatedSet(group=name, targets=targets):
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), dedicated=targets,
+                                   version=seq)
+        case GroupPrioritiesSet(group=name, priorities=priorities):
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name),
+                                   priorities=dict(priorities), version=seq)
         case GroupDeleted(group=name):
-            return _with_group(state, seq, None, name)
-    return ConfigState(seq=seq, groups=state.groups)  # an event this version does not act on
+            groups.pop(name, None)
+        case ScriptDeployed():
+            k = key(event.workspace, event.path)
+            old = scripts.get(k)
+            scripts[k] = Script(workspace=event.workspace, path=event.path, language=event.language,
+                                content=event.content, tag=event.tag, version=seq,
+                                revision=(old.revision + 1) if old else 1)
+        case FlowDeployed():
+            k = key(event.workspace, event.path)
+            oldf = flows.get(k)
+            flows[k] = Flow(workspace=event.workspace, path=event.path, steps=event.steps,
+                            tag=event.tag, preserve_step_tags=event.preserve_step_tags, version=seq,
+                            revision=(oldf.revision + 1) if oldf else 1)
+        case AssignableTagSet(tag=tag, only=only, exclude=exclude):
+            assignable[tag] = AssignableTag(tag=tag, only=only, exclude=exclude)
+        case AssignableTagRemoved(tag=tag):
+            assignable.pop(tag, None)
 
 
 def fold(records: Iterable[Recorded], state: ConfigState | None = None) -> ConfigState:
     """state = fold(events): the only way any service turns the log into configuration."""
     state = state if state is not None else ConfigState()
+    groups, scripts = dict(state.groups), dict(state.scripts)
+    flows, assignable = dict(state.flows), dict(state.assignable)
+    seq = state.seq
     for rec in records:
-        state = evolve(state, rec)
-    return state
+        _apply(rec, groups, scripts, flows, assignable)
+        seq = rec.seq
+    return ConfigState(seq=seq, groups=groups, scripts=scripts, flows=flows, assignable=assignable)
+
+
+def evolve(state: ConfigState, rec: Recorded) -> ConfigState:
+    """Apply one recorded event."""
+    return fold((rec,), state)
 
 
 def groups_by_tag(state: ConfigState) -> dict[str, tuple[str, ...]]:
-    """Which configured groups listen to each tag (for 'nobody serves this tag' answers)."""
+    """Which configured groups listen to each tag (dedicated tags included)."""
     index: dict[str, list[str]] = {}
     for group in state.groups.values():
-        for tag in group.tags:
+        for tag in group_tags(state, group):
             index.setdefault(tag, []).append(group.name)
     return {tag: tuple(sorted(names)) for tag, names in index.items()}
+
+
+def group_tags(state: ConfigState, group: GroupConfig) -> tuple[str, ...]:
+    """The tags a group's workers listen to: its tags plus the tags of its dedicated targets."""
+    from shared.routing import target_tag
+
+    extra = tuple(target_tag(t) for t in group.dedicated)
+    return group.tags + tuple(t for t in extra if t not in group.tags)
 
 
 # --- commands: check against state, return the events to append (or raise) -------------------
 
 
-def _check_version(group: GroupConfig | None, expected: int | None, name: str) -> None:
-    if expected is None:
-        return
-    actual = group.version if group else 0
-    if actual != expected:
+def _check_version(version: int, expected: int | None, what: str) -> None:
+    if expected is not None and version != expected:
         raise Conflict(
-            f"group {name!r} is at version {actual}, not {expected}: someone changed it first;"
+            f"{what} is at version {version}, not {expected}: someone changed it first;"
             " re-read it and retry",
             field="expected_version",
         )
@@ -105,15 +194,55 @@ def validate_init_script(script: object) -> str | None:
         return None
     if not isinstance(script, str):
         raise InvalidInput("init_script must be a string or null", field="init_script")
-    if len(script.encode("utf-8")) > MAX_INIT_SCRIPT_BYTES:
+    size = len(script.encode("utf-8"))
+    if size > MAX_INIT_SCRIPT_BYTES:
         raise InvalidInput(
-            f"init_script is {len(script.encode('utf-8'))} bytes; the limit is {MAX_INIT_SCRIPT_BYTES}",
-            field="init_script",
+            f"init_script is {size} bytes; the limit is {MAX_INIT_SCRIPT_BYTES}", field="init_script"
         )
     return script if script.strip() else None
 
 
-_UNSET = object()
+def validate_priorities(priorities: object) -> dict[str, int]:
+    if not isinstance(priorities, dict):
+        raise InvalidInput("priorities must be an object of tag -> 1..255", field="priorities")
+    out: dict[str, int] = {}
+    for tag, value in priorities.items():
+        validate_tag(tag, field="priorities")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+            raise InvalidInput(
+                f"priority of tag {tag!r} must be an integer from 1 to 255, got {value!r}",
+                field=f"priorities.{tag}",
+            )
+        out[tag] = value
+    return dict(sorted(out.items()))
+
+
+def validate_dedicated(state: ConfigState, targets: object) -> tuple[str, ...]:
+    """`ws:path` (a deployed script) or `ws:flow/path` (a deployed flow); each must exist."""
+    if not isinstance(targets, (list, tuple)):
+        raise InvalidInput("dedicated must be a list of 'ws:path'", field="dedicated")
+    out: dict[str, None] = {}
+    for i, target in enumerate(targets):
+        field = f"dedicated[{i}]"
+        if not isinstance(target, str) or ":" not in target:
+            raise InvalidInput(f"{field} {target!r} must look like ws:path or ws:flow/path", field=field)
+        ws, path = target.split(":", 1)
+        validate_workspace(ws, field=field)
+        if path.startswith("flow/"):
+            validate_path(path[5:], field=field)
+            if key(ws, path[5:]) not in state.flows:
+                raise NotFound(f"{field}: no flow {path[5:]!r} is deployed in workspace {ws!r}",
+                               field=field)
+        else:
+            validate_path(path, field=field)
+            if key(ws, path) not in state.scripts:
+                raise NotFound(f"{field}: no script {path!r} is deployed in workspace {ws!r}",
+                               field=field)
+        out[target] = None
+    return tuple(out)
+
+
+_UNSET: Any = object()
 
 
 def set_group(
@@ -122,12 +251,14 @@ def set_group(
     *,
     tags: object = _UNSET,
     init_script: object = _UNSET,
+    dedicated: object = _UNSET,
+    priorities: object = _UNSET,
     expected_version: int | None = None,
 ) -> list[ConfigEvent]:
     """Create the group if needed and set what was given; unchanged fields emit nothing."""
     validate_group_name(name)
     group = state.groups.get(name)
-    _check_version(group, expected_version, name)
+    _check_version(group.version if group else 0, expected_version, f"group {name!r}")
     events: list[ConfigEvent] = []
     if group is None:
         events.append(GroupCreated(group=name))
@@ -140,6 +271,14 @@ def set_group(
         script = validate_init_script(init_script)
         if script != group.init_script:
             events.append(GroupInitScriptSet(group=name, init_script=script))
+    if dedicated is not _UNSET:
+        targets = validate_dedicated(state, dedicated)
+        if targets != group.dedicated:
+            events.append(GroupDedicatedSet(group=name, targets=targets))
+    if priorities is not _UNSET:
+        prio = validate_priorities(priorities)
+        if prio != group.priorities:
+            events.append(GroupPrioritiesSet(group=name, priorities=prio))
     return events
 
 
@@ -162,7 +301,7 @@ def delete_group(
     group = state.groups.get(name)
     if group is None:
         raise NotFound(f"group {name!r} does not exist", field="group")
-    _check_version(group, expected_version, name)
+    _check_version(group.version, expected_version, f"group {name!r}")
     return [GroupDeleted(group=name)]
 
 
@@ -176,6 +315,82 @@ def seed(state: ConfigState) -> list[ConfigEvent]:
     return events
 
 
+def _check_code(content: object, field: str) -> str:
+    if not isinstance(content, str):
+        raise InvalidInput(f"{field} must be a string", field=field)
+    if len(content.encode("utf-8")) > MAX_SCRIPT_BYTES:
+        raise InvalidInput(f"{field} is larger than {MAX_SCRIPT_BYTES} bytes", field=field)
+    return content
+
+
+def _check_language(language: object, field: str = "language") -> str:
+    if not isinstance(language, str) or not language.strip() or len(language) > 32:
+        raise InvalidInput(f"{field} must be a non-empty name (bash, python3, ...)", field=field)
+    return language
+
+
+def deploy_script(
+    state: ConfigState, workspace: str, path: str, *, language: str, content: str,
+    tag: str | None = None, expected_version: int | None = None,
+) -> list[ConfigEvent]:
+    """Deploy a new version of a script (always a new event: a redeploy is a new version)."""
+    validate_workspace(workspace)
+    validate_path(path)
+    old = state.scripts.get(key(workspace, path))
+    _check_version(old.version if old else 0, expected_version, f"script {workspace}/{path}")
+    return [ScriptDeployed(workspace=workspace, path=path, language=_check_language(language),
+                           content=_check_code(content, "content"),
+                           tag=validate_tag(tag) if tag else None)]
+
+
+def deploy_flow(
+    state: ConfigState, workspace: str, path: str, *, steps: list[FlowStep] | tuple[FlowStep, ...],
+    tag: str | None = None, preserve_step_tags: bool = False, expected_version: int | None = None,
+) -> list[ConfigEvent]:
+    """Deploy a new version of a flow; script steps must name deployed scripts of the workspace."""
+    validate_workspace(workspace)
+    validate_path(path)
+    old = state.flows.get(key(workspace, path))
+    _check_version(old.version if old else 0, expected_version, f"flow {workspace}/{path}")
+    if not steps:
+        raise InvalidInput("a flow needs at least one step", field="steps")
+    if len(steps) > MAX_FLOW_STEPS:
+        raise InvalidInput(f"a flow has at most {MAX_FLOW_STEPS} steps", field="steps")
+    for i, step in enumerate(steps):
+        field = f"steps[{i}]"
+        if (step.script is None) == (step.content is None):
+            raise InvalidInput(f"{field} needs exactly one of 'script' (a deployed path) or 'content'",
+                               field=field)
+        if step.script is not None:
+            validate_path(step.script, field=f"{field}.script")
+            if key(workspace, step.script) not in state.scripts:
+                raise NotFound(f"{field}: no script {step.script!r} is deployed in workspace"
+                               f" {workspace!r}", field=f"{field}.script")
+        else:
+            _check_language(step.language, f"{field}.language")
+            _check_code(step.content, f"{field}.content")
+        if step.tag:
+            validate_tag(step.tag, field=f"{field}.tag")
+    return [FlowDeployed(workspace=workspace, path=path, steps=tuple(steps),
+                         tag=validate_tag(tag) if tag else None,
+                         preserve_step_tags=preserve_step_tags)]
+
+
+def set_assignable_tag(state: ConfigState, spec: str) -> list[ConfigEvent]:
+    """Add (or change the restriction of) an assignable custom tag from `gpu(ws1+ws2)` syntax."""
+    tag, only, exclude = parse_tag_spec(spec)
+    current = state.assignable.get(tag)
+    if current is not None and (current.only, current.exclude) == (only, exclude):
+        return []
+    return [AssignableTagSet(tag=tag, only=only, exclude=exclude)]
+
+
+def remove_assignable_tag(state: ConfigState, tag: str) -> list[ConfigEvent]:
+    if tag not in state.assignable:
+        raise NotFound(f"tag {tag!r} is not an assignable tag", field="tag")
+    return [AssignableTagRemoved(tag=tag)]
+
+
 def describe_change(old: GroupConfig | None, new: GroupConfig | None) -> list[str]:
     """Human-readable list of what changed in a group, for hot-reload log lines."""
     changes: list[str] = []
@@ -187,6 +402,11 @@ def describe_change(old: GroupConfig | None, new: GroupConfig | None) -> list[st
         changes.append("tags removed: " + ", ".join(removed))
     if (old.init_script if old else None) != (new.init_script if new else None):
         changes.append("init script changed")
+    if (old.dedicated if old else ()) != (new.dedicated if new else ()):
+        changes.append("dedicated: " + (", ".join(new.dedicated) if new and new.dedicated else "none"))
+    if (old.priorities if old else {}) != (new.priorities if new else {}):
+        prio = new.priorities if new else {}
+        changes.append("priorities: " + (", ".join(f"{t}={p}" for t, p in prio.items()) or "none"))
     if old is not None and new is None:
         changes.append("group deleted")
     if old is None and new is not None:

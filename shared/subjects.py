@@ -7,6 +7,7 @@ it holds (`.`, `*`, `>`, spaces, `$`, unicode), can spell a wildcard, a second t
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from shared.errors import InvalidInput
@@ -17,7 +18,9 @@ PREFIX = "go"
 CONFIG_STREAM = "GO_CONFIG"
 CONFIG_SUBJECTS = f"{PREFIX}.config.>"
 CONFIG_GROUP_PREFIX = f"{PREFIX}.config.group"
-CONFIG_GLOBAL_SUBJECT = f"{PREFIX}.config.global"
+CONFIG_SCRIPT_PREFIX = f"{PREFIX}.config.script"
+CONFIG_FLOW_PREFIX = f"{PREFIX}.config.flow"
+CONFIG_TAGS_SUBJECT = f"{PREFIX}.config.tags"
 
 # Job queue: WorkQueue retention, one subject and one shared durable pull consumer per tag.
 JOBS_STREAM = "GO_JOBS"
@@ -80,9 +83,19 @@ def job_subject(tag: str) -> str:
     return f"{JOBS_PREFIX}.{encode_token(tag)}"
 
 
+MAX_CONSUMER_NAME = 255
+
+
 def tag_consumer(tag: str) -> str:
-    """The durable pull consumer every worker listening to `tag` shares (competing consumers)."""
-    return f"tag_{encode_token(tag)}"
+    """The durable pull consumer every worker listening to `tag` shares (competing consumers).
+
+    JetStream caps consumer names at 255 characters; an encoded tag that would pass that is named
+    by its SHA-256 instead (`tagh_` prefix, so it cannot collide with a `tag_` name).
+    """
+    name = f"tag_{encode_token(tag)}"
+    if len(name) <= MAX_CONSUMER_NAME:
+        return name
+    return "tagh_" + hashlib.sha256(tag.encode("utf-8")).hexdigest()
 
 
 def tag_of_subject(subject: str) -> str:
@@ -106,3 +119,13 @@ def job_events_subject(job_id: str) -> str:
 def worker_key(worker_id: str) -> str:
     """KV key of a worker's heartbeat entry (KV keys allow [-/_=.A-Za-z0-9])."""
     return encode_token(worker_id)
+
+
+def script_subject(workspace: str, path: str) -> str:
+    """Config events of one deployed script: its last message is its current version."""
+    return f"{CONFIG_SCRIPT_PREFIX}.{encode_token(workspace)}.{encode_token(path)}"
+
+
+def flow_subject(workspace: str, path: str) -> str:
+    """Config events of one deployed flow."""
+    return f"{CONFIG_FLOW_PREFIX}.{encode_token(workspace)}.{encode_token(path)}"

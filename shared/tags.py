@@ -29,10 +29,10 @@ LANGUAGE_TAGS: frozenset[str] = frozenset(
 MAX_TAG_LENGTH = 100
 MAX_TAGS_PER_GROUP = 200
 # Commas separate tags on the CLI; parentheses carry workspace restrictions (`gpu(ws1+ws2)`).
-_FORBIDDEN_IN_TAG = re.compile(r"[\x00-\x1f\x7f,()]")
+_FORBIDDEN_IN_TAG = re.compile(r"[\x00-\x1f\x7f-\x9f,()]")  # all of Unicode's Cc, and , ( )
 _GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_ARGS_REF = re.compile(r"\$args\[([^\]]*)\]")
 WORKSPACE_REF = "$workspace"
+_PLACEHOLDER = re.compile(r"\$args\[([^\]]*)\]|\$workspace")
 
 
 def default_tag(language: str) -> str:
@@ -110,9 +110,11 @@ def _arg_text(args: Mapping[str, Any], path: str) -> str:
 
 
 def fill_template(template: str, *, workspace: str, args: Mapping[str, Any]) -> str:
-    """Substitute `$workspace` and `$args[a.b]`; a missing argument is an error, not an empty tag."""
-    tag = _ARGS_REF.sub(lambda m: _arg_text(args, m.group(1)), template)
-    return tag.replace(WORKSPACE_REF, workspace)
+    """Substitute `$workspace` and `$args[a.b]` in one pass (an argument's text is never expanded
+    again); a missing argument is an error, not an empty tag."""
+    return _PLACEHOLDER.sub(
+        lambda m: workspace if m.group(0) == WORKSPACE_REF else _arg_text(args, m.group(1)), template
+    )
 
 
 def resolve_tag(
@@ -129,3 +131,77 @@ def resolve_tag(
     """
     template = override if override else default_tag(language)
     return validate_tag(fill_template(template, workspace=workspace, args=args), field="tag")
+
+
+# --- workspaces, paths, assignable tags with restrictions --------------------------------------
+
+_WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SPEC = re.compile(r"^(?P<tag>[^()]+?)(?:\((?P<rule>[^()]*)\))?$")
+MAX_PATH_LENGTH = 255
+# Tags a workspace token may always use: the language defaults and the product's system tags.
+SYSTEM_TAGS: frozenset[str] = frozenset(LANGUAGE_TAGS | {"other", "flow", "dependency", "hub"})
+
+
+def validate_workspace(workspace: object, *, field: str = "workspace") -> str:
+    if not isinstance(workspace, str) or not _WORKSPACE.fullmatch(workspace):
+        raise InvalidInput(
+            f"{field} {workspace!r} must be 1-64 characters of letters, digits, '-' or '_'",
+            field=field,
+        )
+    return workspace
+
+
+def validate_path(path: object, *, field: str = "path") -> str:
+    """Script/flow paths: `/`-separated segments of [A-Za-z0-9_.-], no `..`, up to 255 characters."""
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH_LENGTH:
+        raise InvalidInput(f"{field} must be 1-{MAX_PATH_LENGTH} characters", field=field)
+    for segment in path.split("/"):
+        if not _PATH_SEGMENT.fullmatch(segment) or segment in (".", ".."):
+            raise InvalidInput(
+                f"{field} {path!r} has an invalid segment {segment!r}: use letters, digits, '_', '-', '.'",
+                field=field,
+            )
+    return path
+
+
+def parse_tag_spec(spec: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """`gpu` | `gpu(ws1+ws2)` (only these) | `gpu(^ws1^ws2)` (all but these) -> (tag, only, exclude)."""
+    m = _SPEC.fullmatch(spec.strip()) if isinstance(spec, str) else None
+    if m is None:
+        raise InvalidInput(
+            f"tag spec {spec!r} is malformed: use TAG, TAG(ws1+ws2) or TAG(^ws1^ws2)", field="spec"
+        )
+    tag = validate_tag(m.group("tag").strip(), field="spec")
+    rule = m.group("rule")
+    if rule is None:
+        return tag, (), ()
+    rule = rule.strip()
+    if rule.startswith("^"):
+        names = rule[1:].split("^")
+        return tag, (), tuple(validate_workspace(n.strip(), field="spec") for n in names)
+    if "^" in rule or not rule:
+        raise InvalidInput(
+            f"tag spec {spec!r}: inside the parentheses use ws1+ws2 (only) or ^ws1^ws2 (all but)",
+            field="spec",
+        )
+    return tag, tuple(validate_workspace(n.strip(), field="spec") for n in rule.split("+")), ()
+
+
+def format_tag_spec(tag: str, only: tuple[str, ...], exclude: tuple[str, ...]) -> str:
+    if only:
+        return f"{tag}({'+'.join(only)})"
+    if exclude:
+        return f"{tag}({''.join('^' + w for w in exclude)})"
+    return tag
+
+
+def dedicated_tag(workspace: str, path: str, *, flow: bool = False) -> str:
+    """The reference platform's dedicated-worker tag `ws:path` (`ws:flow/path`); long ones hashed."""
+    tag = f"{workspace}:{'flow/' if flow else ''}{path}"
+    if len(tag) <= MAX_TAG_LENGTH:
+        return tag
+    import hashlib
+
+    digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
+    return f"{tag[: MAX_TAG_LENGTH - 17]}-{digest}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import hmac
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -88,6 +89,9 @@ def query_float(request: web.Request, name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise InvalidInput(f"query parameter {name} must be a number, got {raw!r}", field=name)
+    if not math.isfinite(value):
+        raise InvalidInput(f"query parameter {name} must be a finite number, got {raw!r}", field=name)
+    return value

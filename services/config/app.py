@@ -13,7 +13,8 @@ from services.common.http import (
 from services.config.service import ConfigService
 from shared import state as st
 from shared.errors import NotFound
-from shared.events import Recorded
+from shared.events import FlowStep, Recorded
+from shared.tags import format_tag_spec
 
 SERVICE_KEY = web.AppKey("service", ConfigService)
 TOKENS_KEY = web.AppKey("tokens", TokenCheck)
@@ -24,7 +25,36 @@ class GroupUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     tags: list[str] | None = None
     init_script: str | None | msgspec.UnsetType = msgspec.UNSET
+    dedicated: list[str] | None = None
+    priorities: dict[str, int] | None = None
     expected_version: int | None = None
+    reason: str | None = None
+
+
+class ScriptDeploy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`PUT /scripts/{workspace}/{path}`: deploy a new version."""
+
+    language: str
+    content: str
+    tag: str | None = None
+    expected_version: int | None = None
+    reason: str | None = None
+
+
+class FlowDeploy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`PUT /flows/{workspace}/{path}`: deploy a new version."""
+
+    steps: list[FlowStep]
+    tag: str | None = None
+    preserve_step_tags: bool = False
+    expected_version: int | None = None
+    reason: str | None = None
+
+
+class TagAdd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /tags`: `gpu`, `gpu(ws1+ws2)` or `gpu(^ws1^ws2)`."""
+
+    spec: str
     reason: str | None = None
 
 
@@ -72,6 +102,10 @@ async def put_group(request: web.Request) -> web.Response:
         kwargs["tags"] = body.tags
     if body.init_script is not msgspec.UNSET:
         kwargs["init_script"] = body.init_script
+    if body.dedicated is not None:
+        kwargs["dedicated"] = body.dedicated
+    if body.priorities is not None:
+        kwargs["priorities"] = body.priorities
     records, published = await svc.execute_and_publish(
         st.set_group, name, actor=actor, reason=body.reason,
         expected_version=body.expected_version, **kwargs,
@@ -101,10 +135,104 @@ async def delete_group(request: web.Request) -> web.Response:
     return _write_answer(records, published, None)
 
 
+def _deployed_answer(records: list[Recorded], published: bool, item: Any) -> web.Response:
+    return json_response({"item": item, "seq": records[-1].seq if records else None,
+                          "published": published})
+
+
+def _filter_ws(request: web.Request, items: Any) -> list[Any]:
+    ws = request.query.get("workspace")
+    return sorted((i for i in items if ws is None or i.workspace == ws),
+                  key=lambda i: (i.workspace, i.path))
+
+
+async def list_scripts(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.scripts.values()))
+
+
+async def get_script(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    ws, path = request.match_info["ws"], request.match_info["path"]
+    script = request.app[SERVICE_KEY].state.scripts.get(st.key(ws, path))
+    if script is None:
+        raise NotFound(f"no script {path!r} is deployed in workspace {ws!r}", field="path")
+    return json_response(script)
+
+
+async def put_script(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    ws, path = request.match_info["ws"], request.match_info["path"]
+    body = await read_body(request, ScriptDeploy)
+    records, published = await svc.execute_and_publish(
+        st.deploy_script, ws, path, actor=actor, reason=body.reason, language=body.language,
+        content=body.content, tag=body.tag, expected_version=body.expected_version,
+    )
+    return _deployed_answer(records, published, svc.state.scripts.get(st.key(ws, path)))
+
+
+async def list_flows(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.flows.values()))
+
+
+async def get_flow(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    ws, path = request.match_info["ws"], request.match_info["path"]
+    flow = request.app[SERVICE_KEY].state.flows.get(st.key(ws, path))
+    if flow is None:
+        raise NotFound(f"no flow {path!r} is deployed in workspace {ws!r}", field="path")
+    return json_response(flow)
+
+
+async def put_flow(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    ws, path = request.match_info["ws"], request.match_info["path"]
+    body = await read_body(request, FlowDeploy)
+    records, published = await svc.execute_and_publish(
+        st.deploy_flow, ws, path, actor=actor, reason=body.reason, steps=body.steps, tag=body.tag,
+        preserve_step_tags=body.preserve_step_tags, expected_version=body.expected_version,
+    )
+    return _deployed_answer(records, published, svc.state.flows.get(st.key(ws, path)))
+
+
+def _tag_view(t: Any) -> dict[str, Any]:
+    return {"tag": t.tag, "only": list(t.only), "exclude": list(t.exclude),
+            "spec": format_tag_spec(t.tag, t.only, t.exclude)}
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    state = request.app[SERVICE_KEY].state
+    return json_response([_tag_view(t) for _, t in sorted(state.assignable.items())])
+
+
+async def add_tag(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    body = await read_body(request, TagAdd)
+    records, published = await svc.execute_and_publish(
+        st.set_assignable_tag, body.spec, actor=actor, reason=body.reason)
+    tag = body.spec.split("(")[0].strip()
+    item = svc.state.assignable.get(tag)
+    return _deployed_answer(records, published, _tag_view(item) if item else None)
+
+
+async def remove_tag(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    records, published = await svc.execute_and_publish(
+        st.remove_assignable_tag, request.match_info["tag"], actor=actor,
+        reason=request.query.get("reason"))
+    return _deployed_answer(records, published, None)
+
+
 async def list_events(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].actor(request)
     since = query_int(request, "since", 0) or 0
-    limit = min(query_int(request, "limit", 1000) or 1000, 10_000)
+    limit = min(max(query_int(request, "limit", 1000) or 1000, 1), 10_000)
     return json_response(list(request.app[SERVICE_KEY].log.records(since, limit)))
 
 
@@ -133,6 +261,15 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app.router.add_put("/groups/{name}", put_group)
     app.router.add_post("/groups/{name}/reset", reset_group)
     app.router.add_delete("/groups/{name}", delete_group)
+    app.router.add_get("/scripts", list_scripts)
+    app.router.add_get("/scripts/{ws}/{path:.+}", get_script)
+    app.router.add_put("/scripts/{ws}/{path:.+}", put_script)
+    app.router.add_get("/flows", list_flows)
+    app.router.add_get("/flows/{ws}/{path:.+}", get_flow)
+    app.router.add_put("/flows/{ws}/{path:.+}", put_flow)
+    app.router.add_get("/tags", list_tags)
+    app.router.add_post("/tags", add_tag)
+    app.router.add_delete("/tags/{tag}", remove_tag)
     app.router.add_get("/events", list_events)
     app.router.add_get("/state", get_state)
     return app

@@ -15,9 +15,9 @@ from nats.js.errors import APIError
 from services.common.log import Logger
 from services.config.store import EventLog
 from shared import subjects
-from shared.codec import decode, encode
+from shared.codec import decode
 from shared.errors import GetOperateError
-from shared.events import Recorded
+from shared.events import RawRecorded
 
 WRONG_LAST_SEQUENCE = 10071
 
@@ -74,17 +74,17 @@ class Outbox:
                 self._wake.set()
 
     async def flush(self) -> None:
-        for rec, subject in self.log.unpublished():
-            await self._publish_one(rec, subject)
+        for rec, body, subject in self.log.unpublished():
+            await self._publish_one(rec, body, subject)
             self.log.mark_published(rec.seq)
             async with self._progress:
                 self.published_seq = rec.seq
                 self._progress.notify_all()
 
-    async def _publish_one(self, rec: Recorded, subject: str) -> None:
+    async def _publish_one(self, rec: RawRecorded, body: bytes, subject: str) -> None:
         headers = {"Nats-Msg-Id": rec.id, "Nats-Expected-Last-Sequence": str(rec.seq - 1)}
         try:
-            ack = await self.js.publish(subject, encode(rec), timeout=5.0, headers=headers)
+            ack = await self.js.publish(subject, body, timeout=5.0, headers=headers)
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
@@ -95,7 +95,7 @@ class Outbox:
                 f"event {rec.id} (log seq {rec.seq}) landed at stream seq {ack.seq}"
             )
 
-    async def _check_already_there(self, rec: Recorded) -> None:
+    async def _check_already_there(self, rec: RawRecorded) -> None:
         """A 'wrong last sequence' answer is fine only if our event already sits at its sequence."""
         try:
             msg = await self.js.get_msg(subjects.CONFIG_STREAM, rec.seq)
@@ -103,7 +103,7 @@ class Outbox:
             raise StreamDiverged(
                 f"stream is ahead of the log but has no message at seq {rec.seq}: {exc}"
             ) from exc
-        stored = decode(msg.data or b"", Recorded)
+        stored = decode(msg.data or b"", RawRecorded)
         if stored.id != rec.id or stored.hash != rec.hash:
             raise StreamDiverged(
                 f"stream seq {rec.seq} holds event {stored.id}, the log holds {rec.id}"

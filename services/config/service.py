@@ -15,8 +15,7 @@ from services.config.outbox import Outbox, StreamDiverged
 from services.config.store import EventLog
 from shared import state as st
 from shared import subjects
-from shared.codec import decode
-from shared.events import ConfigEvent, Recorded, event_type, verify_chain
+from shared.events import ConfigEvent, Recorded, decode_known, event_type, verify_chain
 
 PUBLISH_WAIT = 2.0
 
@@ -57,17 +56,20 @@ class ConfigService:
         stream_last = await bus.last_sequence(self.js, subjects.CONFIG_STREAM)
         log_last, log_hash = self.log.last()
         if stream_last > log_last:
-            missing: list[Recorded] = []
+            missing: list[tuple[bytes, str]] = []
             for seq in range(log_last + 1, stream_last + 1):
                 msg = await self.js.get_msg(subjects.CONFIG_STREAM, seq)
-                missing.append(decode(msg.data or b"", Recorded))
-            bad = verify_chain(missing, prev_hash=log_hash, start_seq=log_last + 1)
+                missing.append((msg.data or b"", msg.subject))
+            bad = verify_chain([body for body, _ in missing], prev_hash=log_hash,
+                               start_seq=log_last + 1)
             if bad is not None:
                 raise StreamDiverged(f"config stream breaks the hash chain at seq {bad}")
             self.log.insert(missing, published=True)
-            self.state = st.fold(missing, self.state)
+            self.state = st.fold(
+                (r for r in (decode_known(body) for body, _ in missing) if r is not None), self.state)
             self.logger.info("log_rebuilt_from_stream", events=len(missing), seq=stream_last)
         self.log.reconcile(stream_last)
+        self.outbox.published_seq = min(stream_last, self.log.last()[0])
         if log_last > stream_last:
             self.logger.info("outbox_republish", from_seq=stream_last + 1, to_seq=log_last)
 

@@ -16,7 +16,9 @@ import sqlite_utils
 
 from shared.codec import decode, encode
 from shared.errors import GetOperateError
-from shared.events import GENESIS_HASH, ConfigEvent, Recorded, event_type, seal, subject_for
+from shared.events import (
+    GENESIS_HASH, ConfigEvent, RawRecorded, Recorded, _TypeOnly, decode_known, seal, subject_for,
+)
 
 
 class StoreError(GetOperateError, RuntimeError):
@@ -77,20 +79,26 @@ class EventLog:
                        reason=reason, event=event)
             records.append(rec)
             prev = rec.hash
-        self.insert(records, published=False)
+        self.insert([(encode(r), subject_for(r.event)) for r in records], published=False)
         return records
 
-    def insert(self, records: list[Recorded], *, published: bool) -> None:
-        """Insert already-sealed records (append, or rebuilding from the stream)."""
-        rows = [
-            {
+    def insert(self, items: list[tuple[bytes, str]], *, published: bool) -> None:
+        """Insert stored envelopes as (exact bytes, subject): appended ones, or copied from the stream.
+
+        The bytes are kept as they are, so an event from a newer version keeps its fields and
+        its hash still verifies.
+        """
+        rows = []
+        for body, subject in items:
+            r = decode(body, RawRecorded)
+            rows.append({
                 "seq": r.seq, "id": r.id, "time": r.time, "actor": r.actor, "reason": r.reason,
-                "type": event_type(r.event), "subject": subject_for(r.event),
-                "prev_hash": r.prev_hash, "hash": r.hash, "body": encode(r).decode(),
+                "type": decode(r.event, _TypeOnly).type, "subject": subject,
+                "prev_hash": r.prev_hash, "hash": r.hash, "body": bytes(body).decode(),
                 "published": int(published),
-            }
-            for r in records
-        ]
+            })
+        if not rows:
+            return
         cols = list(rows[0])
         sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
         conn = self.db.conn
@@ -105,22 +113,30 @@ class EventLog:
         except sqlite3.Error as exc:
             raise StoreError(f"could not append to the event log {self.path}: {exc}") from exc
 
-    def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
-        """Records with seq > since, in order."""
+    def raw(self, since: int = 0, limit: int | None = None) -> Iterator[bytes]:
+        """Stored envelope bytes with seq > since, in order (for verification)."""
         sql = "SELECT body FROM events WHERE seq > ? ORDER BY seq"
         params: list[object] = [since]
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
         for (body,) in self.db.execute(sql, params):
-            yield decode(body, Recorded)
+            yield body.encode()
 
-    def unpublished(self) -> list[tuple[Recorded, str]]:
-        """The outbox: records not yet confirmed on the stream, with their subject, in order."""
+    def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
+        """Decoded records with seq > since, in order; an event type this version does not know
+        (written by a newer version) is skipped here but stays in the log."""
+        for body in self.raw(since, limit):
+            rec = decode_known(body)
+            if rec is not None:
+                yield rec
+
+    def unpublished(self) -> list[tuple[RawRecorded, bytes, str]]:
+        """The outbox: records not yet on the stream, with their exact bytes and subject, in order."""
         rows = self.db.execute(
             "SELECT body, subject FROM events WHERE published = 0 ORDER BY seq"
         ).fetchall()
-        return [(decode(body, Recorded), subject) for body, subject in rows]
+        return [(decode(body.encode(), RawRecorded), body.encode(), subject) for body, subject in rows]
 
     def mark_published(self, seq: int) -> None:
         self.db.execute("UPDATE events SET published = 1 WHERE seq <= ? AND published = 0", [seq])

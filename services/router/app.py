@@ -25,6 +25,7 @@ async def get_job(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].actor(request)
     wait = request.query.get("wait", "") in ("1", "true", "yes")
     timeout = min(max(query_float(request, "timeout", 30.0), 0.0), MAX_WAIT)
+    wait = wait and timeout > 0  # wait=1&timeout=0 is a plain read
     view = await request.app[SERVICE_KEY].job(
         request.match_info["id"], wait=wait, timeout=timeout if wait else 5.0
     )

@@ -16,7 +16,8 @@ async def amain() -> None:
     assert token is not None
     stop = stop_on_signals()
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger)
-    service = RouterService(nc, logger)
+    service = RouterService(nc, logger,
+                            require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
     await service.start()
     runner = await serve_http(
         create_app(service, TokenCheck(token)), env("HTTP_HOST", "127.0.0.1"),

@@ -5,25 +5,31 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from services.common import bus
+from services.common.jobwatch import read_job
 from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
-from shared.errors import GetOperateError, InvalidInput, NotFound
-from shared.events import Recorded
+from shared.errors import Conflict, GetOperateError, InvalidInput
+from shared.events import decode_known
 from shared.jobs import (
-    TERMINAL, Job, JobEvent, JobQueued, JobSubmit, JobView, SubmitAnswer, evolve_job,
-    validate_submit,
+    JobFinished,
+    Job, JobQueued, JobSubmit, JobView, SubmitAnswer, validate_submit,
 )
-from shared.tags import resolve_tag
+from shared import routing
+
+
+class NoLiveWorker(Conflict):
+    """Raised when a job asks for (or the router requires) a live worker on its tag and none is."""
+
+    code = "no_live_worker"
 
 
 def new_job_id() -> str:
@@ -34,7 +40,8 @@ def new_job_id() -> str:
 class RouterService:
     """Turns submissions into durable queue messages on their tag's subject."""
 
-    def __init__(self, nc: NATS, logger: Logger):
+    def __init__(self, nc: NATS, logger: Logger, *, require_worker: bool = False):
+        self.require_worker = require_worker
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.logger = logger
@@ -67,36 +74,57 @@ class RouterService:
 
     async def _on_config(self, msg: Msg) -> None:
         try:
-            rec = decode(msg.data, Recorded)
+            rec = decode_known(msg.data)
         except InvalidInput as exc:
             self.logger.warning("config_event_skipped", seq=msg.metadata.sequence.stream, error=str(exc))
             return
+        if rec is None:
+            self.logger.warning("config_event_unknown_type_skipped", seq=msg.metadata.sequence.stream)
+            return
         self.config = st.evolve(self.config, rec)
 
-    async def submit(self, sub: JobSubmit) -> SubmitAnswer:
+    async def submit(self, sub: JobSubmit, *, admin: bool = True) -> SubmitAnswer:
         validate_submit(sub)
-        tag = resolve_tag(language=sub.language, workspace=sub.workspace, args=sub.args,
-                          override=sub.tag)
-        job = Job(id=new_job_id(), workspace=sub.workspace, language=sub.language, code=sub.code,
-                  args=sub.args, tag=tag, timeout=sub.timeout, submitted_at=time.time())
-        await self.js.publish(subjects.job_subject(tag), encode(job),
-                              headers={"Nats-Msg-Id": job.id})
-        queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
-                           language=job.language)
-        await self.js.publish(subjects.job_events_subject(job.id), encode(queued),
-                              headers={"Nats-Msg-Id": f"{job.id}:queued"})
+        route = routing.route(
+            self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
+            language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=admin,
+        )
+        tag = route.tag
         groups = list(st.groups_by_tag(self.config).get(tag, ()))
         live = self.workers.serving(tag)
         warning = None
         if not live:
             where = (f"groups configured with it: {', '.join(groups)}" if groups
                      else "no worker group is configured with it")
-            warning = (f"no live worker listens to tag {tag!r} ({where}); "
-                       "the job waits in the queue until one does")
+            warning = f"no live worker listens to tag {tag!r} ({where})"
+            if sub.require_worker or self.require_worker:
+                raise NoLiveWorker(f"refused: {warning}", field="tag")
+            warning += "; the job waits in the queue until one does"
+        job = Job(id=new_job_id(), workspace=sub.workspace, language=route.language,
+                  code=route.code, args=sub.args, tag=tag, timeout=sub.timeout,
+                  submitted_at=time.time(), kind=route.kind, path=route.path,
+                  version=route.version, steps=route.steps, parent=sub.parent, step=sub.step)
+        # History first, then the queue: a job's events always start with job.queued, and a job
+        # is never on a queue without history. If enqueueing fails, the history says so.
+        queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
+                           language=job.language, kind=job.kind, path=job.path, parent=job.parent)
+        events_subject = subjects.job_events_subject(job.id)
+        await self.js.publish(events_subject, encode(queued),
+                              headers={"Nats-Msg-Id": f"{job.id}:queued"})
+        try:
+            await self.js.publish(subjects.job_subject(tag), encode(job),
+                                  headers={"Nats-Msg-Id": job.id})
+        except Exception as exc:
+            failed = JobFinished(job_id=job.id, time=time.time(), status="failure",
+                                 error=f"not enqueued: {exc!r}", worker="router")
+            await self.js.publish(events_subject, encode(failed),
+                                  headers={"Nats-Msg-Id": f"{job.id}:0:finished"})
+            raise
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
-                         language=job.language, live_workers=len(live))
+                         kind=job.kind, path=job.path, language=job.language,
+                         live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
-                            warning=warning)
+                            warning=warning, steps=[s.tag for s in route.steps])
 
     async def _on_submit_request(self, msg: Msg) -> None:
         try:
@@ -111,41 +139,4 @@ class RouterService:
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""
-        try:
-            subject = subjects.job_events_subject(job_id)
-        except InvalidInput as exc:
-            raise NotFound(f"job {job_id!r} does not exist", field="id") from exc
-        last = await bus.last_sequence(self.js, subjects.JOB_EVENTS_STREAM, subject)
-        if last == 0:
-            raise NotFound(f"job {job_id!r} does not exist (or its history expired)", field="id")
-        view = JobView(id=job_id)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            await queue.put(msg)
-
-        psub = await self.js.subscribe(
-            subject, stream=subjects.JOB_EVENTS_STREAM, cb=on_msg, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-        )
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    msg = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                try:
-                    view = evolve_job(view, decode(msg.data, JobEvent))
-                except InvalidInput as exc:
-                    self.logger.warning("job_event_skipped", job_id=job_id, error=str(exc))
-                if view.status in TERMINAL:
-                    break
-                if not wait and msg.metadata.sequence.stream >= last:
-                    break
-        finally:
-            await psub.unsubscribe()
-        return view
+        return await read_job(self.js, job_id, wait=wait, timeout=timeout, logger=self.logger)

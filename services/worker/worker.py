@@ -1,9 +1,12 @@
-"""A worker: join a group, replay its config, run the init script, pull jobs of its tags, hot-reload.
+"""A worker: join a group, replay its config, run the init script, take jobs of its tags, hot-reload.
 
-One durable pull consumer per tag is shared by every worker listening to that tag (competing
-consumers on a WorkQueue stream), so several groups may serve one tag and each job runs once.
-A worker pulls only while it has a free slot; a message that arrives when it has none (a pull
-already in flight) goes straight back with a NAK for another worker.
+Jobs of a tag sit on one durable pull consumer shared by every worker listening to that tag
+(competing consumers on a WorkQueue stream), so several groups may serve one tag and each job
+runs once. A worker asks for a job only when it has a free slot, one message at a time with a
+`no_wait` pull, so it never holds a job it cannot run. It learns that a tag has work without
+polling: it also subscribes (plain NATS) to the tags' subjects, and each published job wakes it.
+A slow sweep of every tag catches what no wake-up announced (redeliveries, a missed signal).
+Tags are tried by priority (group config), then those known to have work, then round-robin.
 """
 
 from __future__ import annotations
@@ -15,24 +18,30 @@ import time
 from pathlib import Path
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
-from services.worker.runner import Outcome, run_init_script, run_job
+from services.worker.flows import run_flow
+from services.worker.runner import Outcome, job_env, run_init_script, run_job
+from services.worker.warm import WarmPool
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import InvalidInput
-from shared.events import Recorded
-from shared.jobs import Job, JobFinished, JobStarted, WorkerStatus
+from shared.events import decode_known
+from shared.jobs import Job, JobFinished, JobStarted, StepSummary, WorkerStatus
+from shared.routing import target_tag
 
-FETCH_TIMEOUT = 10.0
 HEARTBEAT_EVERY = 5.0
+SWEEP_EVERY = 5.0
 INIT_RETRY_MAX = 60.0
+PULL_NOW = b'{"batch":1,"no_wait":true}'
+# After a wake-up the message may not be stored yet (core delivery can beat the stream's write):
+# wait for it briefly instead of answering "no messages".
+PULL_SOON = b'{"batch":1,"expires":300000000}'
 
 
 class WorkerSettings(msgspec.Struct, kw_only=True):
@@ -47,18 +56,8 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     env_allowlist: tuple[str, ...] = ()
 
 
-class _TagLoop:
-    """The pull loop of one tag; `stop` lets the running job finish, then releases the tag."""
-
-    def __init__(self, tag: str):
-        self.tag = tag
-        self.stopped = False
-        self.running = False
-        self.task: asyncio.Task[None] | None = None
-
-
 class Worker:
-    """One worker process's job loop and config follower."""
+    """One worker process: config follower, job dispatcher, runner of jobs and init scripts."""
 
     def __init__(self, nc: NATS, logger: Logger, settings: WorkerSettings,
                  worker_id: str | None = None):
@@ -71,7 +70,14 @@ class Worker:
         self.config = st.ConfigState()
         self.applied: st.GroupConfig | None = None
         self.config_version = 0
-        self.loops: dict[str, _TagLoop] = {}
+        self.priorities: dict[str, int] = {}
+        self.dedicated_tags: set[str] = set()
+        self.wake_subs: dict[str, object] = {}
+        self.consumers: set[str] = set()
+        self.hinted: set[str] = set()
+        self.wake = asyncio.Event()
+        self._rotation = 0
+        self._next_sweep = 0.0
         self.busy = 0
         self.free = asyncio.Event()
         self.free.set()
@@ -82,9 +88,12 @@ class Worker:
         self.jobs_done = 0
         self.state = "starting"
         self.started_at = time.time()
+        self.warm = WarmPool(settings.work_dir, {})
         self._caught_up = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._init_task: asyncio.Task[None] | None = None
         self._hb_task: asyncio.Task[None] | None = None
+        self._dispatch_task: asyncio.Task[None] | None = None
         self._hb_kick = asyncio.Event()
         self._kv = None
         self._sub: object = None
@@ -100,36 +109,29 @@ class Worker:
                                          subjects.group_subject(self.group), self._on_config,
                                          self._caught_up)
             await asyncio.wait_for(self._caught_up.wait(), 60)
-        self._apply()
+        await self._apply()
         self.state = "ready"
         self._hb_kick.set()
+        self._dispatch_task = asyncio.create_task(self._dispatch(), name="dispatch")
         self.logger.info("worker_ready", tags=self.tags(), tags_source=self.tags_source(),
                          config_version=self.config_version)
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop pulling, let running jobs finish (up to `grace`), then leave the bucket."""
+        """Stop taking jobs, let running ones finish (up to `grace`), then leave the bucket."""
         self.state = "stopping"
-        tasks = []
-        for loop in self.loops.values():
-            loop.stopped = True
-            if loop.task is None:
-                continue
-            if loop.running:
-                tasks.append(loop.task)
-            else:  # idle in a fetch: a job delivered to it now is redelivered after ack_wait
-                loop.task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
-            for t in tasks:
+        if self._dispatch_task:
+            self._dispatch_task.cancel()
+        for sub in list(self.wake_subs.values()):
+            await _unsubscribe(sub)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+            for t in self._tasks:
                 t.cancel()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            except Exception:
-                pass
+        await _unsubscribe(self._sub)
         for task in (self._init_task, self._hb_task):
             if task:
                 task.cancel()
+        self.warm.stop_all()
         if self._kv is not None:
             try:
                 await self._kv.delete(subjects.worker_key(self.id))
@@ -141,13 +143,16 @@ class Worker:
 
     async def _on_config(self, msg: Msg) -> None:
         try:
-            rec = decode(msg.data, Recorded)
+            rec = decode_known(msg.data)
         except InvalidInput as exc:
             self.logger.warning("config_event_skipped", error=str(exc))
             return
+        if rec is None:
+            self.logger.warning("config_event_unknown_type_skipped", seq=msg.metadata.sequence.stream)
+            return
         self.config = st.evolve(self.config, rec)
         if self.state != "starting":  # a live change: apply in place
-            self._apply()
+            await self._apply()
 
     def tags_source(self) -> str:
         if self.settings.env_tags is not None:
@@ -155,11 +160,12 @@ class Worker:
         return "group" if self.group is not None else "none"
 
     def tags(self) -> list[str]:
-        if self.settings.env_tags is not None:
-            return list(self.settings.env_tags)
-        return list(self.applied.tags) if self.applied else []
+        """Tags listened to: WORKER_TAGS, or the group's tags; plus dedicated tags."""
+        base = list(self.settings.env_tags) if self.settings.env_tags is not None else (
+            list(self.applied.tags) if self.applied else [])
+        return base + sorted(t for t in self.dedicated_tags if t not in base)
 
-    def _apply(self) -> None:
+    async def _apply(self) -> None:
         """Make the running worker match the folded config; log what changed."""
         new = self.config.groups.get(self.group) if self.group else None
         old = self.applied
@@ -167,11 +173,15 @@ class Worker:
         changes = st.describe_change(old, new) if not first else []
         self.applied = new
         self.config_version = self.config.seq if self.group else 0
+        self.priorities = dict(new.priorities) if new else {}
+        self.dedicated_tags = {target_tag(t) for t in new.dedicated} if new else set()
+        self.warm.keep_only(self.dedicated_tags)
         wanted = set(self.tags())
-        for tag in sorted(wanted - set(self.loops)):
-            self._start_loop(tag)
-        for tag in sorted(set(self.loops) - wanted):
-            self.loops.pop(tag).stopped = True
+        for tag in sorted(wanted - set(self.wake_subs)):
+            await self._listen(tag)
+        for tag in sorted(set(self.wake_subs) - wanted):
+            await _unsubscribe(self.wake_subs.pop(tag))
+            self.hinted.discard(tag)
         old_script = old.init_script if old else None
         new_script = new.init_script if new else None
         if first or old_script != new_script:
@@ -181,7 +191,18 @@ class Worker:
                 changes.append("tags ignored: WORKER_TAGS takes precedence")
             self.logger.info("hot_reload", config_version=self.config_version, changes=changes,
                              tags=self.tags())
+        self.wake.set()
         self._hb_kick.set()
+
+    async def _listen(self, tag: str) -> None:
+        """Wake-ups for a tag: a plain subscription to its job subject (no queue group)."""
+
+        async def on_job_published(msg: Msg) -> None:
+            self.hinted.add(tag)
+            self.wake.set()
+
+        self.wake_subs[tag] = await self.nc.subscribe(subjects.job_subject(tag), cb=on_job_published)
+        self._next_sweep = 0.0  # it may already hold a backlog: sweep every tag next
 
     def _schedule_init(self, script: str | None) -> None:
         if self._init_task:
@@ -198,21 +219,22 @@ class Worker:
         """Run the init script while no job runs; retry with backoff on failure, never exit."""
         delay = 1.0
         while True:
-            await self._take_all_slots()
-            try:
-                self.init_status = "running"
-                self._hb_kick.set()
-                started = time.monotonic()
-                ok, logs = await run_init_script(
-                    script, work_dir=self.settings.work_dir, timeout=self.settings.init_timeout,
-                    env={k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ},
-                )
-            finally:
-                self._release_all_slots()
+            while self.busy:
+                self.free.clear()
+                await self.free.wait()
+            self.init_status = "running"
+            self._hb_kick.set()
+            started = time.monotonic()
+            ok, logs = await run_init_script(
+                script, work_dir=self.settings.work_dir, timeout=self.settings.init_timeout,
+                env={k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ},
+            )
             if ok:
                 self.init_status, self.init_error = "ok", None
-                self.logger.info("init_script_ok", duration_ms=round((time.monotonic() - started) * 1000))
+                self.logger.info("init_script_ok",
+                                 duration_ms=round((time.monotonic() - started) * 1000))
                 self.init_ok.set()
+                self.wake.set()
                 self._hb_kick.set()
                 return
             self.init_status, self.init_error = "failed", logs[-2000:]
@@ -221,83 +243,96 @@ class Worker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, INIT_RETRY_MAX)
 
-    # --- slots -----------------------------------------------------------------------------------
+    # --- dispatching ---------------------------------------------------------------------------
 
-    def _try_take_slot(self) -> bool:
-        if self.busy >= self.settings.concurrency or not self.init_ok.is_set():
-            return False
-        self.busy += 1
-        if self.busy >= self.settings.concurrency:
-            self.free.clear()
-        return True
-
-    def _release_slot(self) -> None:
-        self.busy -= 1
-        self.free.set()
-
-    async def _take_all_slots(self) -> None:
-        while self.busy:
-            await self.free.wait()
-            if self.busy:
-                await asyncio.sleep(0.01)
-        self.busy = self.settings.concurrency
-        self.free.clear()
-
-    def _release_all_slots(self) -> None:
-        self.busy = 0
-        self.free.set()
-
-    # --- pulling and running jobs ----------------------------------------------------------------
-
-    def _start_loop(self, tag: str) -> None:
-        loop = _TagLoop(tag)
-        loop.task = asyncio.create_task(self._pull(loop), name=f"pull:{tag}")
-        self.loops[tag] = loop
-
-    async def _pull(self, loop: _TagLoop) -> None:
-        psub = None
-        while not loop.stopped:
+    async def _dispatch(self) -> None:
+        """Take one job whenever a slot is free; sleep on wake-ups when no tag has work."""
+        while True:
             try:
-                if psub is None:
-                    durable = await bus.ensure_tag_consumer(self.js, loop.tag)
-                    psub = await self.js.pull_subscribe_bind(durable, stream=subjects.JOBS_STREAM)
                 await self.init_ok.wait()
-                await self.free.wait()
-                if loop.stopped:
-                    break
-                try:
-                    msgs = await psub.fetch(1, timeout=FETCH_TIMEOUT)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                while self.busy >= self.settings.concurrency:
+                    self.free.clear()
+                    await self.free.wait()
+                if not self.init_ok.is_set():
                     continue
-                for msg in msgs:
-                    if loop.stopped or not self._try_take_slot():
-                        await msg.nak()
-                        continue
-                    loop.running = True
+                self.wake.clear()
+                got = await self._take_next()
+                if got is None:
                     try:
-                        await self._run(loop.tag, msg)
-                    finally:
-                        loop.running = False
-                        self._release_slot()
+                        await asyncio.wait_for(self.wake.wait(), SWEEP_EVERY)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                tag, msg = got
+                self._start_job(tag, msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.logger.warning("pull_error", tag=loop.tag, error=str(exc) or type(exc).__name__)
+                self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
-        if psub is not None:
-            try:
-                await psub.unsubscribe()
-            except Exception:
-                pass
-        self.logger.info("tag_released", tag=loop.tag)
 
-    async def _run(self, tag: str, msg: Msg) -> None:
+    def _candidates(self) -> list[tuple[str, bool]]:
+        """(tag, woken) pairs to try, by priority, then woken before swept, then round-robin."""
+        now = time.monotonic()
+        tags = list(self.wake_subs)
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY
+        self._rotation += 1
+        n = max(len(tags), 1)
+        order = {t: (i - self._rotation) % n for i, t in enumerate(tags)}
+        pool = [(t, t in self.hinted) for t in tags if sweep or t in self.hinted]
+        return sorted(pool, key=lambda p: (-self.priorities.get(p[0], 0), not p[1], order[p[0]]))
+
+    async def _take_next(self) -> tuple[str, Msg] | None:
+        for tag, woken in self._candidates():
+            self.hinted.discard(tag)
+            msg = await self._pull(tag, PULL_SOON if woken else PULL_NOW)
+            if msg is None:
+                continue
+            self.hinted.add(tag)  # it may hold more: try it again first next time
+            return tag, msg
+        return None
+
+    async def _pull(self, tag: str, request: bytes) -> Msg | None:
+        """One pull of one message on the tag's consumer; None when it has none for us."""
+        if tag not in self.consumers:
+            await bus.ensure_tag_consumer(self.js, tag)
+            self.consumers.add(tag)
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{subjects.tag_consumer(tag)}"
+        try:
+            msg = await self.nc.request(api, request, timeout=5.0, old_style=True)
+        except Exception as exc:
+            self.consumers.discard(tag)  # consumer gone or NATS away: re-ensure next time
+            self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
+            return None
+        if msg.headers and msg.headers.get("Status"):
+            return None  # 404 no messages, 408 expired, 409 limits
+        return msg
+
+    def _start_job(self, tag: str, msg: Msg) -> None:
         try:
             job = decode(msg.data, Job)
         except InvalidInput as exc:
             self.logger.error("job_malformed_dropped", tag=tag, error=str(exc))
-            await msg.term()
+            self._spawn(msg.term())
             return
+        if tag not in self.wake_subs:  # released by a hot reload since the pull
+            self._spawn(msg.nak())
+            return
+        uses_slot = job.kind != "flow"  # orchestration waits on other jobs: it must not hold a slot
+        if uses_slot:
+            self.busy += 1
+            if self.busy >= self.settings.concurrency:
+                self.free.clear()
+        self._spawn(self._execute(tag, job, msg, uses_slot))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, tag: str, job: Job, msg: Msg, uses_slot: bool) -> None:
         attempt = msg.metadata.num_delivered or 1
         self.current.add(job.id)
         self._hb_kick.set()
@@ -306,27 +341,44 @@ class Worker:
             await self._publish_event(
                 JobStarted(job_id=job.id, time=time.time(), worker=self.id, group=self.group,
                            attempt=attempt), f"{job.id}:{attempt}:started")
-            self.logger.info("job_started", job_id=job.id, tag=tag, attempt=attempt)
-            outcome: Outcome = await run_job(
-                job, work_root=self.settings.work_dir,
-                timeout=job.timeout or self.settings.job_timeout,
-                extra_env={"GO_WORKER_ID": self.id, "GO_WORKER_GROUP": self.group or ""},
-                allowlist=self.settings.env_allowlist,
-            )
+            self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
+            steps: list[StepSummary] = []
+            try:
+                outcome, steps = await self._run(tag, job)
+            except Exception as exc:  # a bug or NATS trouble must still end the job visibly
+                outcome = Outcome(status="failure", error=f"worker error: {exc!r}")
             await self._publish_event(
                 JobFinished(job_id=job.id, time=time.time(), status=outcome.status,
                             result=outcome.result, error=outcome.error, logs=outcome.logs,
                             worker=self.id, group=self.group, attempt=attempt,
-                            duration_ms=round(outcome.duration_ms, 3)),
+                            duration_ms=round(outcome.duration_ms, 3), steps=steps),
                 f"{job.id}:{attempt}:finished")
             await msg.ack()  # only once the result is durable
             self.jobs_done += 1
             self.logger.info("job_finished", job_id=job.id, tag=tag, status=outcome.status,
                              duration_ms=round(outcome.duration_ms, 1))
+        except Exception as exc:
+            self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
         finally:
             keepalive.cancel()
             self.current.discard(job.id)
+            if uses_slot:
+                self.busy -= 1
+                self.free.set()
+            self.wake.set()
             self._hb_kick.set()
+
+    async def _run(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
+        timeout = job.timeout or self.settings.job_timeout
+        extra = {"GO_WORKER_ID": self.id, "GO_WORKER_GROUP": self.group or ""}
+        if job.kind == "flow":
+            return await run_flow(self.nc, job, self.logger)
+        if tag in self.dedicated_tags and job.language == "python3":
+            env = job_env(job, extra, self.settings.env_allowlist)
+            return await self.warm.run(tag, job.code, job.args, env, timeout), []
+        outcome = await run_job(job, work_root=self.settings.work_dir, timeout=timeout,
+                                extra_env=extra, allowlist=self.settings.env_allowlist)
+        return outcome, []
 
     async def _keepalive(self, msg: Msg) -> None:
         """Tell JetStream the job is still running so it is not redelivered mid-run."""
@@ -337,9 +389,8 @@ class Worker:
             except Exception as exc:
                 self.logger.warning("in_progress_failed", error=str(exc))
 
-    async def _publish_event(self, event: object, msg_id: str) -> None:
-        job_id = event.job_id  # type: ignore[attr-defined]
-        await self.js.publish(subjects.job_events_subject(job_id), encode(event),
+    async def _publish_event(self, event: JobStarted | JobFinished, msg_id: str) -> None:
+        await self.js.publish(subjects.job_events_subject(event.job_id), encode(fit(event)),
                               headers={"Nats-Msg-Id": msg_id})
 
     # --- heartbeat ---------------------------------------------------------------------------------
@@ -352,6 +403,7 @@ class Worker:
             init_error=self.init_error, state=self.state,  # type: ignore[arg-type]
             hostname=socket.gethostname(), pid=os.getpid(), started_at=self.started_at,
             heartbeat_at=time.time(), jobs_done=self.jobs_done,
+            priorities=self.priorities, dedicated=sorted(self.dedicated_tags),
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -367,6 +419,39 @@ class Worker:
             except Exception as exc:
                 self.logger.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
+
+
+MAX_EVENT_BYTES = 900 * 1024  # under the 1 MB max_payload, with room for headers
+MAX_ERROR_CHARS = 16 * 1024
+
+
+def fit(event: JobStarted | JobFinished) -> JobStarted | JobFinished:
+    """Make a result event fit one NATS message: cut logs first, then refuse an oversized result."""
+    if not isinstance(event, JobFinished):
+        return event
+    replace = msgspec.structs.replace
+    if event.error and len(event.error) > MAX_ERROR_CHARS:
+        event = replace(event, error=event.error[:MAX_ERROR_CHARS] + " [...]")
+    size = len(encode(event))
+    if size <= MAX_EVENT_BYTES:
+        return event
+    excess = size - MAX_EVENT_BYTES
+    logs = event.logs
+    keep = max(0, len(logs) - excess * 7)  # escaped characters take up to ~6 bytes each
+    event = replace(event, logs="[... log truncated ...]\n" + logs[len(logs) - keep:])
+    if len(encode(event)) <= MAX_EVENT_BYTES:
+        return event
+    return replace(event, status="failure", result=None, logs=event.logs[-64 * 1024:],
+                   error=f"the result is too large to record ({size} bytes of JSON)")
+
+
+async def _unsubscribe(sub: object) -> None:
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def _default_id(group: str | None) -> str:

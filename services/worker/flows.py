@@ -1,0 +1,66 @@
+"""Run a flow job: submit each planned step through a router, wait for it, pass its result on.
+
+Each step is a job of its own, routed by its own (already resolved) tag, so step 2 may run on
+`gpu` while step 1 ran on `default`. The orchestrating worker holds no execution slot meanwhile,
+so a one-slot worker can orchestrate a flow and run its steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from services.common.jobwatch import read_job
+from services.common.log import Logger
+from services.worker.runner import Outcome
+from shared import subjects
+from shared.codec import decode, encode
+from shared.jobs import Job, JobSubmit, StepSummary, SubmitAnswer
+
+STEP_SUBMIT_TIMEOUT = 10.0
+STEP_WAIT = 3600.0 * 24
+
+
+async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[StepSummary]]:
+    """Run the steps in order; a failed step fails the flow with the step named."""
+    js = nc.jetstream()
+    started = time.monotonic()
+    previous: Any = None
+    summaries: list[StepSummary] = []
+    lines: list[str] = []
+    for step in job.steps:
+        args = dict(job.args)
+        if step.index > 1:
+            args["previous_result"] = previous
+        submit = JobSubmit(language=step.language, code=step.code, tag=step.tag,
+                           workspace=job.workspace, args=args, timeout=job.timeout,
+                           parent=job.id, step=step.index)
+        reply = await nc.request(subjects.SUBMIT_SUBJECT, encode(submit),
+                                 timeout=STEP_SUBMIT_TIMEOUT)
+        raw = decode(reply.data, dict)
+        if "error" in raw:
+            error = f"step {step.index} ({step.name}) was refused: {raw.get('message')}"
+            summaries.append(StepSummary(index=step.index, name=step.name, tag=step.tag,
+                                         status="failure"))
+            return _done("failure", None, error, lines, started), summaries
+        answer = decode(reply.data, SubmitAnswer)
+        lines.append(f"step {step.index} ({step.name}): job {answer.id} on tag {answer.tag}")
+        if answer.warning:
+            lines.append(f"  warning: {answer.warning}")
+        view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
+        summaries.append(StepSummary(index=step.index, name=step.name, job_id=answer.id,
+                                     tag=answer.tag, status=view.status, group=view.group,
+                                     worker=view.worker))
+        lines.append(f"  {view.status} on group {view.group} ({view.worker})")
+        if view.status != "success":
+            error = f"step {step.index} ({step.name}) failed: {view.error or view.status}"
+            return _done("failure", None, error, lines, started), summaries
+        previous = view.result
+    return _done("success", previous, None, lines, started), summaries
+
+
+def _done(status: str, result: Any, error: str | None, lines: list[str], started: float) -> Outcome:
+    return Outcome(status=status, result=result, error=error, logs="\n".join(lines) + "\n",  # type: ignore[arg-type]
+                   duration_ms=(time.monotonic() - started) * 1000)

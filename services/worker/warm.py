@@ -1,0 +1,164 @@
+"""Warm runtimes for dedicated workers: one long-lived Python process per script version.
+
+The process imports the script once, then answers one JSON line per job on a pipe, calling
+`main(**args)` each time: no interpreter start and no import per job. A new version of the script
+(different code) gets a new process, and the old one is stopped: redeploying a dedicated script
+takes effect at once (the reference platform keeps the stale process, issue #8638).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from services.worker.runner import MAX_LOG_BYTES, Outcome
+
+_SERVER = r'''
+import contextlib, importlib.util, io, json, os, sys, traceback
+out = os.fdopen(int(sys.argv[2]), "w", buffering=1)
+spec = importlib.util.spec_from_file_location("main_script", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+buf = io.StringIO()
+try:
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        spec.loader.exec_module(mod)
+    if not hasattr(mod, "main"):
+        raise RuntimeError("the script defines no main() function")
+    out.write(json.dumps({"ready": True, "logs": buf.getvalue()}) + "\n")
+except BaseException as exc:
+    out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
+                          "logs": buf.getvalue() + traceback.format_exc()}) + "\n")
+    sys.exit(1)
+for line in sys.stdin:
+    req = json.loads(line)
+    os.environ.update(req.get("env", {}))
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            result = mod.main(**req["args"])
+        reply = {"ok": True, "result": result, "logs": buf.getvalue()}
+        try:
+            text = json.dumps(reply, default=str)
+        except ValueError as exc:
+            text = json.dumps({"ok": False, "error": f"result is not JSON: {exc}", "logs": buf.getvalue()})
+    except BaseException as exc:
+        text = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                           "logs": buf.getvalue() + traceback.format_exc()})
+    out.write(text + "\n")
+'''
+
+
+class WarmProcess:
+    """One warm Python process serving one script version, one job at a time."""
+
+    def __init__(self, code: str, work_dir: Path, env: dict[str, str]):
+        self.code = code
+        self.work_dir = work_dir
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.lock = asyncio.Lock()
+        self._read_fd: int | None = None
+
+    async def start(self) -> dict[str, Any]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        cwd = Path(tempfile.mkdtemp(prefix="warm-", dir=self.work_dir))
+        (cwd / "script.py").write_text(self.code)
+        read_fd, write_fd = os.pipe()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _SERVER, str(cwd / "script.py"), str(write_fd), cwd=str(cwd),
+            env=self.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True,
+        )
+        os.close(write_fd)
+        self.reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.reader),
+                                     os.fdopen(read_fd, "rb"))
+        hello = await self._read(timeout=60)
+        if not hello.get("ready"):
+            self.stop()
+        return hello
+
+    async def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.reader is not None
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not line:
+            raise EOFError("warm process exited")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def call(self, args: dict[str, Any], env: dict[str, str], timeout: float) -> Outcome:
+        assert self.proc is not None and self.proc.stdin is not None
+        started = time.monotonic()
+        self.proc.stdin.write((json.dumps({"args": args, "env": env}) + "\n").encode())
+        await self.proc.stdin.drain()
+        try:
+            reply = await self._read(timeout)
+        except asyncio.TimeoutError:
+            self.stop()
+            return Outcome(status="failure", error=f"timed out after {timeout:g}s",
+                           duration_ms=(time.monotonic() - started) * 1000)
+        except EOFError:
+            self.stop()
+            return Outcome(status="failure", error="the warm process exited during the job",
+                           duration_ms=(time.monotonic() - started) * 1000)
+        elapsed = (time.monotonic() - started) * 1000
+        logs = str(reply.get("logs", ""))[-MAX_LOG_BYTES:]
+        if reply.get("ok"):
+            return Outcome(status="success", result=reply.get("result"), logs=logs, duration_ms=elapsed)
+        return Outcome(status="failure", error=reply.get("error"), logs=logs, duration_ms=elapsed)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class WarmPool:
+    """Warm processes by dedicated tag (one tag = one script); new code replaces the process."""
+
+    def __init__(self, work_dir: Path, env: dict[str, str]):
+        self.work_dir = work_dir
+        self.env = env
+        self.procs: dict[str, WarmProcess] = {}
+        self.starts = 0
+
+    async def run(self, tag: str, code: str, args: dict[str, Any], env: dict[str, str],
+                  timeout: float) -> Outcome:
+        proc = self.procs.get(tag)
+        if proc is not None and (proc.code != code or not proc.alive()):
+            proc.stop()  # redeployed (or crashed): the next job gets the new version
+            proc = None
+        if proc is None:
+            proc = WarmProcess(code, self.work_dir, {**self.env, **env})
+            self.starts += 1
+            hello = await proc.start()
+            if not hello.get("ready"):
+                return Outcome(status="failure", error=hello.get("error"), logs=hello.get("logs", ""))
+            self.procs[tag] = proc
+        async with proc.lock:
+            return await proc.call(args, env, timeout)
+
+    def keep_only(self, tags: set[str]) -> list[str]:
+        """Stop warm processes of tags the worker is no longer dedicated to."""
+        stale = [t for t in self.procs if t not in tags]
+        for t in stale:
+            self.procs.pop(t).stop()
+        return stale
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        self.procs.clear()

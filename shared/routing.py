@@ -1,0 +1,172 @@
+"""Pure routing: which code a submission runs and which tag it goes to, with every precedence rule.
+
+Precedence (docs/tags.md): job override > dedicated worker > flow tag (unless the flow preserves
+step tags) > step tag > script tag > language default. Templates (`$workspace`, `$args[a.b]`) are
+filled in, then the allow-check runs on the RESOLVED tag, so `$args[t]` cannot reach a tag the
+workspace may not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import msgspec
+
+from shared.errors import Forbidden, InvalidInput, NotFound
+from shared.state import ConfigState, Flow, Script, key
+from shared.tags import (
+    SYSTEM_TAGS, WORKSPACE_REF, dedicated_tag, default_tag, fill_template, validate_path,
+    validate_tag, validate_workspace,
+)
+
+
+class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
+    """A flow step with its code and tag resolved when the flow was submitted."""
+
+    index: int
+    name: str
+    language: str
+    code: str
+    tag: str
+    path: str | None = None
+    script_version: int | None = None
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a submission goes and what it runs."""
+
+    tag: str
+    kind: Literal["inline", "script", "flow"]
+    language: str
+    code: str
+    path: str | None = None
+    version: int | None = None
+    steps: tuple[PlannedStep, ...] = ()
+
+
+def target_tag(target: str) -> str:
+    """Tag of a dedicated target `ws:path` / `ws:flow/path`."""
+    ws, path = target.split(":", 1)
+    if path.startswith("flow/"):
+        return dedicated_tag(ws, path[5:], flow=True)
+    return dedicated_tag(ws, path)
+
+
+def dedicated_targets(state: ConfigState) -> set[str]:
+    return {t for g in state.groups.values() for t in g.dedicated}
+
+
+def check_tag_allowed(
+    state: ConfigState, tag: str, template: str, workspace: str, *, admin: bool, trusted: bool
+) -> None:
+    """May `workspace` (as admin or a workspace token) use the resolved `tag`?
+
+    Restrictions bind everyone, admins included. `trusted` marks a template that came from
+    deployed config (checked when deployed) and holds no `$args`, which the runner controls.
+    """
+    rule = state.assignable.get(tag)
+    if rule is None and WORKSPACE_REF in template and "$args[" not in template:
+        rule = state.assignable.get(template)  # `normal-$workspace` assignable covers `normal-dev`
+    if rule is not None and not rule.allows(workspace):
+        raise Forbidden(f"tag {tag!r} is not available to workspace {workspace!r}", field="tag")
+    if admin or tag in SYSTEM_TAGS or rule is not None:
+        return
+    if trusted and "$args[" not in template:
+        return
+    raise Forbidden(
+        f"tag {tag!r} is not assignable in workspace {workspace!r}: an admin can add it with"
+        " `getoperate tags add`", field="tag",
+    )
+
+
+def _resolve(
+    state: ConfigState, template: str, workspace: str, args: Mapping[str, Any], *, admin: bool,
+    trusted: bool,
+) -> str:
+    tag = validate_tag(fill_template(template, workspace=workspace, args=args), field="tag")
+    check_tag_allowed(state, tag, template, workspace, admin=admin, trusted=trusted)
+    return tag
+
+
+def find_deployed(state: ConfigState, workspace: str, path: str, kind: str | None) -> Script | Flow:
+    validate_workspace(workspace)
+    validate_path(path)
+    script = state.scripts.get(key(workspace, path)) if kind in (None, "script") else None
+    flow = state.flows.get(key(workspace, path)) if kind in (None, "flow") else None
+    if script is not None and flow is not None:
+        raise InvalidInput(f"{workspace}/{path} is both a script and a flow: say which with kind",
+                           field="kind")
+    found = script or flow
+    if found is None:
+        what = kind or "script or flow"
+        raise NotFound(f"no {what} {path!r} is deployed in workspace {workspace!r}", field="path")
+    return found
+
+
+def route(
+    state: ConfigState, *, workspace: str, args: Mapping[str, Any], override: str | None = None,
+    language: str | None = None, code: str | None = None, path: str | None = None,
+    kind: str | None = None, admin: bool = True,
+) -> Route:
+    """Resolve a submission: inline code, a deployed script, or a deployed flow (with its steps)."""
+    validate_workspace(workspace)
+    dedicated = dedicated_targets(state)
+    if path is None:
+        if not language or code is None:
+            raise InvalidInput("give language and code, or the path of a deployed script or flow",
+                               field="language" if not language else "code")
+        template = override or default_tag(language)
+        tag = _resolve(state, template, workspace, args, admin=admin, trusted=False)
+        return Route(tag=tag, kind="inline", language=language, code=code)
+    found = find_deployed(state, workspace, path, kind)
+    if isinstance(found, Script):
+        target = f"{workspace}:{path}"
+        if override:
+            template, trusted = override, False
+        elif target in dedicated:
+            template, trusted = target_tag(target), True
+        else:
+            template, trusted = found.tag or default_tag(found.language), True
+        tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
+        return Route(tag=tag, kind="script", language=found.language, code=found.content,
+                     path=path, version=found.version)
+    return _route_flow(state, found, workspace, args, override, dedicated, admin)
+
+
+def _route_flow(
+    state: ConfigState, flow: Flow, workspace: str, args: Mapping[str, Any], override: str | None,
+    dedicated: set[str], admin: bool,
+) -> Route:
+    flow_target = f"{workspace}:flow/{flow.path}"
+    if override:
+        template, trusted = override, False
+    elif flow_target in dedicated:
+        template, trusted = target_tag(flow_target), True
+    else:
+        template, trusted = flow.tag or "flow", True
+    tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
+    steps = []
+    for i, step in enumerate(flow.steps):
+        script = state.scripts.get(key(workspace, step.script)) if step.script else None
+        if step.script and script is None:
+            raise NotFound(f"step {i + 1} of flow {flow.path!r} uses script {step.script!r},"
+                           " which is no longer deployed", field=f"steps[{i}].script")
+        language = script.language if script else (step.language or "")
+        code = script.content if script else (step.content or "")
+        step_target = f"{workspace}:{step.script}" if step.script else None
+        if override:
+            stemplate, strusted = override, False
+        elif step_target in dedicated:
+            stemplate, strusted = target_tag(step_target), True  # type: ignore[arg-type]
+        elif flow.tag and not flow.preserve_step_tags:
+            stemplate, strusted = flow.tag, True
+        else:
+            stemplate = step.tag or (script.tag if script else None) or default_tag(language)
+            strusted = True
+        stag = _resolve(state, stemplate, workspace, args, admin=admin, trusted=strusted)
+        steps.append(PlannedStep(
+            index=i + 1, name=step.name or step.script or f"step{i + 1}", language=language,
+            code=code, tag=stag, path=step.script, script_version=script.version if script else None,
+        ))
+    return Route(tag=tag, kind="flow", language="flow", code="", path=flow.path,
+                 version=flow.version, steps=tuple(steps))

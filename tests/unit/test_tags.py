@@ -1,0 +1,339 @@
+"""Tag vocabulary, validation and template resolution (shared/tags.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.errors import InvalidInput
+from shared.tags import (
+    DEFAULT_GROUP_TAGS,
+    MAX_TAG_LENGTH,
+    MAX_TAGS_PER_GROUP,
+    NATIVE_GROUP_TAGS,
+    PRESETS,
+    default_tag,
+    fill_template,
+    is_template,
+    resolve_tag,
+    validate_group_name,
+    validate_tag,
+    validate_tags,
+)
+
+SETTINGS = settings(max_examples=150, deadline=None, database=None)
+
+# --- default tags and presets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", ["deno", "python3", "go", "bash", "powershell", "bun"])
+def test_default_tag_of_script_languages_is_their_name(language: str) -> None:
+    assert default_tag(language) == language
+
+
+@pytest.mark.parametrize(
+    "language", ["nativets", "postgresql", "mysql", "mssql", "graphql", "snowflake", "bigquery"]
+)
+def test_default_tag_of_native_languages_is_their_name(language: str) -> None:
+    assert default_tag(language) == language
+
+
+@pytest.mark.parametrize(
+    "language",
+    ["rust", "php", "csharp", "ansible", "", "Python3", "BASH", "python", "dependency", "flow",
+     "hub", "other-lang", " deno"],
+)
+def test_default_tag_of_unknown_languages_is_other(language: str) -> None:
+    assert default_tag(language) == "other"
+
+
+def test_default_preset() -> None:
+    assert PRESETS["default"] == (
+        "deno", "python3", "go", "bash", "powershell", "dependency", "flow", "hub", "other", "bun",
+    )
+    assert DEFAULT_GROUP_TAGS == PRESETS["default"]
+
+
+def test_native_preset() -> None:
+    assert PRESETS["native"] == (
+        "nativets", "postgresql", "mysql", "graphql", "snowflake", "bigquery", "mssql",
+    )
+    assert NATIVE_GROUP_TAGS == PRESETS["native"]
+
+
+def test_all_preset_is_default_then_native() -> None:
+    assert PRESETS["all"] == PRESETS["default"] + PRESETS["native"]
+    assert len(PRESETS["all"]) == 17
+    assert len(set(PRESETS["all"])) == 17
+    assert set(PRESETS) == {"default", "native", "all"}
+
+
+def test_preset_tags_are_valid_and_every_default_tag_is_in_a_preset() -> None:
+    for tags in PRESETS.values():
+        assert validate_tags(list(tags)) == tags
+    for language in ["deno", "python3", "go", "bash", "powershell", "bun", "nativets",
+                     "postgresql", "mysql", "mssql", "graphql", "snowflake", "bigquery", "cobol"]:
+        assert default_tag(language) in PRESETS["all"]
+
+
+# --- validate_tag ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["gpu", "a", "x" * MAX_TAG_LENGTH, "gpu-é", "🚀", "a b", "a.b", "*", ">", "$workspace",
+     "normal-dev", "a\u00a0b", "{\"a\":1}"],
+)
+def test_validate_tag_accepts(tag: str) -> None:
+    assert validate_tag(tag) == tag
+
+
+@pytest.mark.parametrize(
+    ("tag", "why"),
+    [
+        ("", "empty"),
+        ("x" * (MAX_TAG_LENGTH + 1), "too long"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "newline inside"),
+        ("a\tb", "tab inside"),
+        ("a\x1bb", "escape"),
+        ("a\x7fb", "DEL"),
+        ("a,b", "comma"),
+        ("gpu(ws1)", "parentheses"),
+        ("a)", "closing parenthesis"),
+        (" gpu", "leading space"),
+        ("gpu ", "trailing space"),
+        ("gpu\n", "trailing newline"),
+        ("\u3000gpu", "leading ideographic space"),
+    ],
+)
+def test_validate_tag_rejects(tag: str, why: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_tag(tag)
+    assert info.value.field == "tag", why
+
+
+@pytest.mark.parametrize("value", [None, 1, 1.5, b"gpu", ["gpu"], {"gpu": 1}])
+def test_validate_tag_rejects_non_strings(value: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_tag(value)
+    assert info.value.field == "tag"
+
+
+def test_validate_tag_uses_given_field_name() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_tag("a,b", field="override")
+    assert info.value.field == "override"
+    assert "override" in info.value.message
+
+
+@pytest.mark.parametrize("tag", ["a\x9bb", "a\x85b", "a\x80b"], ids=["CSI", "NEL", "PAD"])
+def test_validate_tag_rejects_c1_control_characters(tag: str) -> None:
+    try:
+        validate_tag(tag)
+    except InvalidInput as exc:
+        assert exc.field == "tag"
+    else:
+        raise AssertionError(f"validate_tag accepted {tag!r}, which holds a control character")
+
+
+# --- validate_tags --------------------------------------------------------------------------------
+
+
+def test_validate_tags_dedups_keeping_first_seen_order() -> None:
+    assert validate_tags(["b", "a", "b", "c", "a"]) == ("b", "a", "c")
+    assert validate_tags(("x",)) == ("x",)
+    assert validate_tags([]) == ()
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["a", "b", "c", "gpu", "é", "x y"]), max_size=20))
+def test_validate_tags_is_order_preserving_dedup(tags: list[str]) -> None:
+    out = validate_tags(tags)
+    assert len(out) == len(set(out)) == len(set(tags))
+    assert list(out) == [t for i, t in enumerate(tags) if t not in tags[:i]]
+    assert validate_tags(list(out)) == out
+
+
+def test_validate_tags_names_the_bad_entry() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_tags(["ok", "also-ok", "bad,tag"])
+    assert info.value.field == "tags[2]"
+
+
+@pytest.mark.parametrize("value", ["gpu", None, {"gpu"}, 3])
+def test_validate_tags_rejects_non_lists(value: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_tags(value)
+    assert info.value.field == "tags"
+
+
+def test_validate_tags_limit() -> None:
+    ok = [f"t{i}" for i in range(MAX_TAGS_PER_GROUP)]
+    assert len(validate_tags(ok)) == MAX_TAGS_PER_GROUP
+    with pytest.raises(InvalidInput) as info:
+        validate_tags(ok + ["one-more"])
+    assert info.value.field == "tags"
+
+
+# --- validate_group_name --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "native", "a", "0", "gpu-2", "a_b", "a" * 63, "9lives"]
+)
+def test_validate_group_name_accepts(name: str) -> None:
+    assert validate_group_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "a" * 64, "Default", "-a", "_a", "a.b", "a b", "gpu!", "é", "a\n", None, 1, ["a"]],
+)
+def test_validate_group_name_rejects(name: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_group_name(name)
+    assert info.value.field == "group"
+
+
+# --- templates and resolve_tag --------------------------------------------------------------------
+
+
+def test_is_template() -> None:
+    assert is_template("normal-$workspace")
+    assert is_template("$args[x]")
+    assert not is_template("gpu")
+    assert not is_template("$work")
+
+
+def test_override_wins_over_language_default() -> None:
+    assert resolve_tag(language="python3", workspace="dev", args={}, override="gpu") == "gpu"
+    assert resolve_tag(language="python3", workspace="dev", args={}) == "python3"
+    assert resolve_tag(language="cobol", workspace="dev", args={}) == "other"
+    assert resolve_tag(language="bash", workspace="dev", args={}, override=None) == "bash"
+
+
+def test_workspace_substitution() -> None:
+    assert resolve_tag(language="bash", workspace="dev", args={}, override="normal-$workspace") == (
+        "normal-dev"
+    )
+    assert fill_template("$workspace/$workspace", workspace="w1", args={}) == "w1/w1"
+
+
+@pytest.mark.parametrize(
+    ("template", "args", "expected"),
+    [
+        ("gpu-$args[region]", {"region": "eu"}, "gpu-eu"),
+        ("$args[a.b]", {"a": {"b": "deep"}}, "deep"),
+        ("$args[a.b.c]-x", {"a": {"b": {"c": "z"}}}, "z-x"),
+        ("n$args[n]", {"n": 3}, "n3"),
+        ("f$args[f]", {"f": 1.5}, "f1.5"),
+        ("b-$args[b]", {"b": True}, "b-true"),
+        ("b-$args[b]", {"b": False}, "b-false"),
+        ("o-$args[o]", {"o": {"k": "v"}}, 'o-{"k":"v"}'),
+        ("o-$args[o]", {"o": {}}, "o-{}"),
+        ("$args[x]-$args[y]", {"x": "1", "y": "2"}, "1-2"),
+        ("$args[ws]-$workspace", {"ws": "a"}, "a-dev"),
+    ],
+)
+def test_args_substitution(template: str, args: dict[str, Any], expected: str) -> None:
+    assert resolve_tag(language="bash", workspace="dev", args=args, override=template) == expected
+
+
+@pytest.mark.parametrize(
+    ("template", "args", "field"),
+    [
+        ("$args[missing]", {}, "args.missing"),
+        ("$args[a.b]", {"a": {}}, "args.a.b"),
+        ("$args[a.b]", {"a": "not-an-object"}, "args.a.b"),
+        ("$args[a.b]", {}, "args.a.b"),
+        ("$args[x]", {"x": None}, "args.x"),
+        ("$args[a.b]", {"a": {"b": None}}, "args.a.b"),
+    ],
+)
+def test_missing_or_null_argument_is_an_error_naming_it(
+    template: str, args: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        resolve_tag(language="bash", workspace="dev", args=args, override=template)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("template", "args"),
+    [
+        ("$args[x]", {"x": "a,b"}),
+        ("$args[x]", {"x": ""}),
+        ("$args[x]", {"x": " padded "}),
+        ("$args[x]", {"x": "a\nb"}),
+        ("$args[x]", {"x": "gpu(ws1)"}),
+        ("$args[x]", {"x": "y" * (MAX_TAG_LENGTH + 1)}),
+        ("$args[x]", {"x": [1, 2]}),
+        ("$args[x]", {"x": {"a": 1, "b": 2}}),
+    ],
+)
+def test_resolved_tag_is_validated(template: str, args: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput) as info:
+        resolve_tag(language="bash", workspace="dev", args=args, override=template)
+    assert info.value.field == "tag"
+
+
+def test_workspace_making_tag_too_long_is_rejected() -> None:
+    with pytest.raises(InvalidInput):
+        resolve_tag(language="bash", workspace="w" * 64, args={}, override="x" * 40 + "$workspace")
+
+
+def test_argument_values_are_not_reinterpreted_as_templates() -> None:
+    tag = resolve_tag(language="bash", workspace="dev", args={"x": "$workspace-gpu"},
+                      override="$args[x]")
+    assert tag == "$workspace-gpu"
+
+
+def test_argument_values_are_not_reexpanded_as_args() -> None:
+    tag = resolve_tag(language="bash", workspace="dev", args={"x": "$args[y]", "y": "no"},
+                      override="$args[x]")
+    assert tag == "$args[y]"
+
+
+arg_values = st.one_of(
+    st.text(max_size=120),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@SETTINGS
+@given(
+    template=st.sampled_from(
+        ["$args[x]", "q-$args[x]", "$args[x]-$workspace", "$args[x]$args[y]", "$args[a.b]", None]
+    ),
+    x=arg_values,
+    y=st.text(max_size=60),
+    nested=st.text(max_size=60),
+    workspace=st.text(alphabet="abcdefghij0123456789-_", min_size=1, max_size=64),
+    language=st.sampled_from(["bash", "python3", "cobol", "mssql"]),
+)
+def test_resolve_tag_returns_a_valid_tag_or_raises_invalid_input(
+    template: str | None, x: Any, y: str, nested: str, workspace: str, language: str
+) -> None:
+    args = {"x": x, "y": y, "a": {"b": nested}}
+    try:
+        tag = resolve_tag(language=language, workspace=workspace, args=args, override=template)
+    except InvalidInput as exc:
+        assert exc.field is not None
+        assert exc.field == "tag" or exc.field.startswith("args.")
+        return
+    assert validate_tag(tag) == tag
+    assert 1 <= len(tag) <= MAX_TAG_LENGTH
+    if template is None:
+        assert tag == default_tag(language)
+    elif template == "q-$args[x]" and isinstance(x, str) and "$workspace" not in x:
+        # ('$workspace' inside an argument value is the re-expansion bug tested above)
+        assert tag == "q-" + x
