@@ -52,17 +52,37 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
             return view
 
 
+def split_target(target: str) -> tuple[str, str]:
+    """`WS/PATH` -> (workspace, path)."""
+    ws, sep, path = target.partition("/")
+    if not sep or not ws or not path:
+        raise CliError(f"{target!r} must look like WORKSPACE/PATH (e.g. main/f/etl)", EXIT_USAGE)
+    return ws, path
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
-    if ns.code is None and ns.file is None:
-        raise CliError("give the code with --code TEXT or --file PATH", EXIT_USAGE)
-    if ns.language is None:
-        raise CliError("--language is required (bash, python3, ...)", EXIT_USAGE)
-    code = ns.code if ns.code is not None else Path(ns.file).read_text()
-    body: dict[str, Any] = {"language": ns.language, "code": code,
-                            "args": dict(parse_arg(a) for a in ns.arg), "workspace": ns.workspace}
+    body: dict[str, Any] = {"args": dict(parse_arg(a) for a in ns.arg)}
+    if ns.target:
+        if ns.code is not None or ns.file is not None or ns.language is not None:
+            raise CliError("give either WS/PATH of a deployed script or flow, or --language with"
+                           " --code/--file", EXIT_USAGE)
+        body["workspace"], body["path"] = split_target(ns.target)
+        if ns.kind:
+            body["kind"] = ns.kind
+    else:
+        if ns.code is None and ns.file is None:
+            raise CliError("give the code with --code TEXT or --file PATH (or WS/PATH of a"
+                           " deployed script)", EXIT_USAGE)
+        if ns.language is None:
+            raise CliError("--language is required (bash, python3, ...)", EXIT_USAGE)
+        body["language"] = ns.language
+        body["code"] = ns.code if ns.code is not None else _read(ns.file, "--file")
+        body["workspace"] = ns.workspace
     if ns.tag:
         body["tag"] = ns.tag
+    if ns.require_worker:
+        body["require_worker"] = True
     if ns.job_timeout:
         body["timeout"] = ns.job_timeout
     answer = call("POST", f"{ep.router_url}/jobs", ep.token(), body)
@@ -73,6 +93,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
         return 0
     view = wait_for_job(ep, answer["id"], ns.timeout)
     return _show_job(view, ns.json)
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {flag} {path}: {exc.strerror}", EXIT_USAGE) from exc
 
 
 def _show_job(view: dict[str, Any], as_json: bool) -> int:
@@ -130,6 +157,19 @@ def cmd_group(ns: argparse.Namespace) -> int:
         body: dict[str, Any] = {}
         if ns.tags is not None:
             body["tags"] = [t.strip() for t in ns.tags.split(",") if t.strip()]
+        if ns.dedicated is not None:
+            body["dedicated"] = [t.strip() for t in ns.dedicated.split(",") if t.strip()]
+        if ns.priority:
+            prio: dict[str, int] = {}
+            for item in ns.priority:
+                tag, sep, value = item.rpartition("=")
+                if not sep or not tag or not value.strip().isdigit():
+                    raise CliError(f"--priority {item!r} must look like tag=N (N from 1 to 255)",
+                                   EXIT_USAGE)
+                prio[tag] = int(value)
+            body["priorities"] = prio
+        if ns.no_priorities:
+            body["priorities"] = {}
         if ns.no_init_script:
             body["init_script"] = None
         elif ns.init_script is not None:
@@ -158,6 +198,92 @@ def _write_opts(ns: argparse.Namespace) -> dict[str, Any]:
     if getattr(ns, "reason", None):
         opts["reason"] = ns.reason
     return opts
+
+
+# --- scripts, flows, assignable tags -----------------------------------------------------------
+
+
+def cmd_script(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    token = ep.token()
+    if ns.action == "list":
+        query = f"?workspace={urllib.parse.quote(ns.workspace)}" if ns.workspace else ""
+        items = call("GET", f"{ep.config_url}/scripts{query}", token)
+        return _print(items, ns.json, output.print_deployed)
+    ws, path = split_target(ns.target)
+    url = f"{ep.config_url}/scripts/{urllib.parse.quote(ws, safe='')}/{urllib.parse.quote(path)}"
+    if ns.action == "show":
+        return _print(call("GET", url, token), ns.json, output.print_script)
+    body: dict[str, Any] = {"language": ns.language, "content": _read(ns.file, "FILE"),
+                            **_write_opts(ns)}
+    if ns.tag:
+        body["tag"] = ns.tag
+    answer = call("PUT", url, token, body)
+    return _print(answer, ns.json, lambda a: output.print_deploy("script", ns.target, a))
+
+
+def load_flow_file(path: str) -> dict[str, Any]:
+    """A flow file is JSON or YAML: {steps: [...], tag?, preserve_step_tags?}."""
+    text = _read(path, "FLOW")
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # both parsers raise their own error types
+        raise CliError(f"cannot parse {path}: {exc}", EXIT_USAGE) from exc
+    if isinstance(data, list):
+        data = {"steps": data}
+    if not isinstance(data, dict):
+        raise CliError(f"{path} must hold an object with 'steps' (or a list of steps)", EXIT_USAGE)
+    return data
+
+
+def cmd_flow(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    token = ep.token()
+    if ns.action == "list":
+        query = f"?workspace={urllib.parse.quote(ns.workspace)}" if ns.workspace else ""
+        return _print(call("GET", f"{ep.config_url}/flows{query}", token), ns.json,
+                      output.print_deployed)
+    ws, path = split_target(ns.target)
+    url = f"{ep.config_url}/flows/{urllib.parse.quote(ws, safe='')}/{urllib.parse.quote(path)}"
+    if ns.action == "show":
+        return _print(call("GET", url, token), ns.json, output.print_flow)
+    body = {**load_flow_file(ns.file), **_write_opts(ns)}
+    if ns.tag:
+        body["tag"] = ns.tag
+    if ns.preserve_step_tags:
+        body["preserve_step_tags"] = True
+    answer = call("PUT", url, token, body)
+    return _print(answer, ns.json, lambda a: output.print_deploy("flow", ns.target, a))
+
+
+def cmd_tags(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    token = ep.token()
+    if ns.action == "list":
+        return _print(call("GET", f"{ep.config_url}/tags", token), ns.json, output.print_tags)
+    if ns.action == "add":
+        body: dict[str, Any] = {"spec": ns.spec}
+        if ns.reason:
+            body["reason"] = ns.reason
+        answer = call("POST", f"{ep.config_url}/tags", token, body)
+    else:
+        answer = call("DELETE", f"{ep.config_url}/tags/{urllib.parse.quote(ns.tag, safe='')}", token)
+    return _print(answer, ns.json, lambda a: print(
+        f"{ns.action} {getattr(ns, 'spec', None) or ns.tag}: "
+        + (f"seq {a['seq']}" if a.get("seq") else "no change")))
+
+
+def _print(obj: Any, as_json: bool, human: Any) -> int:
+    if as_json:
+        print(json.dumps(obj))
+    else:
+        human(obj)
+    return 0
 
 
 # --- services ----------------------------------------------------------------------------------
@@ -217,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("run", parents=[common], help="submit a job (and with --wait, show its outcome)")
+    s.add_argument("target", nargs="?", metavar="WS/PATH", help="a deployed script or flow to run")
+    s.add_argument("--kind", choices=["script", "flow"], help="when WS/PATH is both a script and a flow")
+    s.add_argument("--require-worker", action="store_true",
+                   help="refuse the job (exit 1) if no live worker listens to its tag")
     s.add_argument("--language", help="bash, python3, or any language tag")
     s.add_argument("--code", help="the script text")
     s.add_argument("--file", help="read the script from this file")
@@ -256,9 +386,51 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--tags", help="comma-separated tags (replaces the list)")
             g.add_argument("--init-script", metavar="FILE", help="bash file run by each worker before jobs")
             g.add_argument("--no-init-script", action="store_true", help="remove the init script")
+            g.add_argument("--dedicated", metavar="WS:PATH,...",
+                           help="dedicate the group's workers to deployed scripts (ws:path) or flows"
+                                " (ws:flow/path); empty string removes")
+            g.add_argument("--priority", action="append", default=[], metavar="TAG=N",
+                           help="tag priority 1..255, higher first (repeatable; replaces the set)")
+            g.add_argument("--no-priorities", action="store_true", help="remove all priorities")
         if action == "reset":
             g.add_argument("--preset", required=True, choices=["default", "native", "all"])
     s.set_defaults(func=cmd_group)
+
+    for noun, func in (("script", cmd_script), ("flow", cmd_flow)):
+        s = sub.add_parser(noun, parents=[common], help=f"deploy, list and show {noun}s")
+        nsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+        d = nsub.add_parser("deploy", parents=[common], help=f"deploy a new version of a {noun}")
+        d.add_argument("target", metavar="WS/PATH")
+        d.add_argument("file", metavar="FILE" if noun == "script" else "FLOW.json|yaml")
+        if noun == "script":
+            d.add_argument("--language", required=True, help="bash, python3, or any language")
+        else:
+            d.add_argument("--preserve-step-tags", action="store_true",
+                           help="the flow tag does not override the steps' own tags")
+        d.add_argument("--tag", help=f"the {noun}'s tag ($workspace and $args[...] allowed)")
+        d.add_argument("--expected-version", type=int, help="refuse if it changed since this version")
+        d.add_argument("--reason", help="recorded in the event log")
+        d.add_argument("--json", action="store_true")
+        ls = nsub.add_parser("list", parents=[common], help=f"deployed {noun}s")
+        ls.add_argument("--workspace")
+        ls.add_argument("--json", action="store_true")
+        sh = nsub.add_parser("show", parents=[common], help=f"one {noun}")
+        sh.add_argument("target", metavar="WS/PATH")
+        sh.add_argument("--json", action="store_true")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("tags", parents=[common], help="assignable custom tags and their workspace restrictions")
+    tsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("list", parents=[common], help="assignable tags")
+    t.add_argument("--json", action="store_true")
+    t = tsub.add_parser("add", parents=[common], help="TAG, TAG(ws1+ws2) or TAG(^ws1^ws2)")
+    t.add_argument("spec")
+    t.add_argument("--reason")
+    t.add_argument("--json", action="store_true")
+    t = tsub.add_parser("remove", parents=[common], help="make a tag no longer assignable")
+    t.add_argument("tag")
+    t.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tags)
 
     s = sub.add_parser("workers", parents=[common], help="list live workers")
     s.add_argument("--json", action="store_true")

@@ -21,6 +21,9 @@ def print_job(view: dict[str, Any]) -> None:
     print(f"tag     {view.get('tag')}")
     print(f"group   {view.get('group') or '-'}")
     print(f"worker  {view.get('worker') or '-'}")
+    for step in view.get("steps") or []:
+        print(f"  step {step['index']} {step['name']}: {step['status']} on tag {step['tag']}"
+              f" (group {step.get('group') or '-'}, job {step.get('job_id') or '-'})")
     if view.get("logs"):
         print("--- logs ---")
         print(view["logs"].rstrip("\n"))
@@ -75,3 +78,39 @@ def print_write(name: str, answer: dict[str, Any]) -> None:
     types = ", ".join(e["type"] for e in events)
     live = "" if answer.get("published") else " (stored; not yet on NATS, the outbox will publish it)"
     print(f"group {name}: {types} at seq {answer['seq']}{live}")
+
+
+def print_deployed(items: list[dict[str, Any]]) -> None:
+    rows = [[f"{i['workspace']}/{i['path']}", str(i["revision"]), str(i["version"]),
+             i.get("language") or f"{len(i.get('steps', []))} steps", i.get("tag") or "-"]
+            for i in items]
+    _table(["PATH", "REVISION", "VERSION", "LANGUAGE", "TAG"], rows)
+
+
+def print_script(s: dict[str, Any]) -> None:
+    print(f"script    {s['workspace']}/{s['path']}")
+    print(f"revision  {s['revision']} (version {s['version']})")
+    print(f"language  {s['language']}")
+    print(f"tag       {s.get('tag') or '- (language default)'}")
+    print("--- content ---")
+    print(s["content"].rstrip("\n"))
+
+
+def print_flow(f: dict[str, Any]) -> None:
+    print(f"flow      {f['workspace']}/{f['path']}")
+    print(f"revision  {f['revision']} (version {f['version']})")
+    print(f"tag       {f.get('tag') or '- (flow)'}{' (preserve step tags)' if f.get('preserve_step_tags') else ''}")
+    for i, step in enumerate(f["steps"], 1):
+        what = f"script {step['script']}" if step.get("script") else f"inline {step.get('language')}"
+        print(f"  step {i} {step.get('name') or ''}: {what}, tag {step.get('tag') or '-'}")
+
+
+def print_deploy(noun: str, target: str, answer: dict[str, Any]) -> None:
+    item = answer.get("item") or {}
+    print(f"{noun} {target}: revision {item.get('revision')} at seq {answer.get('seq')}")
+
+
+def print_tags(tags: list[dict[str, Any]]) -> None:
+    rows = [[t["tag"], t["spec"], ",".join(t["only"]) or ("all but " + ",".join(t["exclude"]) if t["exclude"] else "all")]
+            for t in tags]
+    _table(["TAG", "SPEC", "WORKSPACES"], rows)

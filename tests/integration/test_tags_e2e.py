@@ -1,0 +1,185 @@
+"""Every tag rule through the real services: deployed scripts and flows, restrictions, dedicated
+workers with warm runtimes, priorities, and refusing unserved tags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.client import CliError
+from tests.integration.conftest import Suite
+from tests.integration.harness import cli
+from tests.integration.test_routing_e2e import ready
+
+
+def deploy(s: Suite, target: str, content: str, language: str = "bash", **body: object) -> dict:  # type: ignore[type-arg]
+    ws, path = target.split("/", 1)
+    return s.api.call("PUT", "config", f"/scripts/{ws}/{path}",  # type: ignore[no-any-return]
+                      {"language": language, "content": content, **body})
+
+
+def run(s: Suite, target: str, **body: object) -> dict:  # type: ignore[type-arg]
+    ws, path = target.split("/", 1)
+    return s.api.call("POST", "router", "/jobs", {"workspace": ws, "path": path, **body})  # type: ignore[no-any-return]
+
+
+def test_deployed_script_runs_on_its_tag_and_every_version_is_kept(extra_workers: Suite) -> None:
+    s = extra_workers
+    root = s.root
+    (root / "hello.sh").write_text('echo "v1 $1"\n')
+    out = cli("script", "deploy", "ws1/f/hello", "hello.sh", "--language", "bash", "--tag",
+              "t-script", cwd=root)
+    assert out.returncode == 0, out.stderr
+    s.api.set_group("scriptg", tags=["t-script"])
+    s.worker("scriptg", WORKER_GROUP="scriptg")
+    res = cli("run", "ws1/f/hello", "--arg", "x=a", "--wait", "--json", cwd=root)
+    assert res.returncode == 0, res.stderr
+    view = json.loads(res.stdout)
+    assert (view["tag"], view["group"], view["result"], view["path"]) == ("t-script", "scriptg", "v1 a", "f/hello")
+    (root / "hello.sh").write_text('echo "v2 $1"\n')
+    cli("script", "deploy", "ws1/f/hello", "hello.sh", "--language", "bash", "--tag", "t-script",
+        cwd=root, check=True)
+    shown = json.loads(cli("script", "show", "ws1/f/hello", "--json", cwd=root).stdout)
+    assert shown["revision"] == 2
+    assert json.loads(cli("run", "ws1/f/hello", "--arg", "x=b", "--wait", "--json",
+                          cwd=root).stdout)["result"] == "v2 b"
+    deployed = [e for e in s.api.call("GET", "config", "/events?limit=10000")
+                if e["event"]["type"] == "script.deployed" and e["event"]["path"] == "f/hello"]
+    assert [e["event"]["content"] for e in deployed] == ['echo "v1 $1"\n', 'echo "v2 $1"\n']
+    listed = json.loads(cli("script", "list", "--workspace", "ws1", "--json", cwd=root).stdout)
+    assert [(i["path"], i["revision"]) for i in listed] == [("f/hello", 2)]
+    missing = cli("run", "ws1/f/nope", cwd=root)
+    assert missing.returncode == 1 and "no script or flow 'f/nope'" in missing.stderr
+
+
+def test_a_flow_runs_its_steps_on_their_own_groups_passing_results(extra_workers: Suite) -> None:
+    s = extra_workers
+    s.api.set_group("flowgpu", tags=["t-flowgpu"])
+    s.worker("flowgpu", WORKER_GROUP="flowgpu")
+    deploy(s, "ws1/f/double", "def main(previous_result, **kw):\n    return previous_result * 2\n",
+           language="python3", tag="t-flowgpu")
+    flow = {"steps": [
+        {"name": "seed", "language": "python3", "content": "def main(n):\n    return n + 1\n"},
+        {"name": "double", "script": "f/double"},
+        {"name": "show", "language": "bash", "content": 'echo "got $2"\n'},
+    ]}
+    (s.root / "flow.json").write_text(json.dumps(flow))
+    cli("flow", "deploy", "ws1/f/pipeline", "flow.json", cwd=s.root, check=True)
+    out = cli("run", "ws1/f/pipeline", "--arg", "n=20", "--wait", "--json", cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)
+    assert view["status"] == "success" and view["tag"] == "flow" and view["kind"] == "flow"
+    assert view["result"] == "got 42"
+    assert [(st["name"], st["tag"], st["group"]) for st in view["steps"]] == [
+        ("seed", "python3", "default"), ("double", "t-flowgpu", "flowgpu"), ("show", "bash", "default")]
+    step_jobs = [s.api.job(st["job_id"]) for st in view["steps"]]
+    assert all(j["parent"] == view["id"] for j in step_jobs)
+
+
+def test_a_failed_step_fails_the_flow_naming_the_step(extra_workers: Suite) -> None:
+    s = extra_workers
+    s.api.call("PUT", "config", "/flows/ws1/f/broken", {"steps": [
+        {"name": "ok", "language": "bash", "content": "echo fine"},
+        {"name": "explode", "language": "python3", "content": "def main(**kw):\n    raise RuntimeError('kaboom')\n"},
+        {"name": "never", "language": "bash", "content": "echo never"},
+    ]})
+    view = s.api.job(run(s, "ws1/f/broken")["id"])
+    assert view["status"] == "failure"
+    assert view["error"].startswith("step 2 (explode) failed: RuntimeError: kaboom")
+    assert [st["name"] for st in view["steps"]] == ["ok", "explode"]
+
+
+def test_flow_tag_overrides_steps_unless_preserve_step_tags(extra_workers: Suite) -> None:
+    s = extra_workers
+    steps = [{"language": "bash", "content": "echo a", "tag": "t-step-own"}]
+    s.api.call("PUT", "config", "/flows/ws1/f/tagged", {"steps": steps, "tag": "t-flowtag"})
+    s.api.call("PUT", "config", "/flows/ws1/f/kept",
+               {"steps": steps, "tag": "t-flowtag", "preserve_step_tags": True})
+    assert run(s, "ws1/f/tagged")["steps"] == ["t-flowtag"]
+    assert run(s, "ws1/f/kept")["steps"] == ["t-step-own"]
+    assert run(s, "ws1/f/kept", tag="t-override")["steps"] == ["t-override"]
+
+
+def test_restricted_tags_refuse_other_workspaces_even_for_admins(extra_workers: Suite) -> None:
+    s = extra_workers
+    root = s.root
+    assert cli("tags", "add", "gpu-r(ws1+ws2)", cwd=root).returncode == 0
+    assert cli("tags", "add", "cpu-x(^ws3)", cwd=root).returncode == 0
+    tags = {t["tag"]: t for t in json.loads(cli("tags", "list", "--json", cwd=root).stdout)}
+    assert tags["gpu-r"]["only"] == ["ws1", "ws2"] and tags["cpu-x"]["exclude"] == ["ws3"]
+    assert s.api.submit("echo x", tag="gpu-r", workspace="ws2")["tag"] == "gpu-r"
+    refused = cli("run", "--language", "bash", "--code", "echo x", "--tag", "gpu-r",
+                  "--workspace", "ws3", cwd=root)
+    assert refused.returncode == 1
+    assert "tag 'gpu-r' is not available to workspace 'ws3'" in refused.stderr
+    with pytest.raises(CliError, match="tag 'cpu-x' is not available to workspace 'ws3'"):
+        s.api.submit("echo x", tag="cpu-x", workspace="ws3")
+    # The check runs on the RESOLVED tag: $args cannot reach a restricted tag.
+    with pytest.raises(CliError, match="tag 'gpu-r' is not available to workspace 'ws3'"):
+        s.api.submit("echo x", tag="$args[t]", workspace="ws3", args={"t": "gpu-r"})
+    bad = cli("tags", "add", "gpu(ws1^ws2)", cwd=root)
+    assert bad.returncode == 2 and "spec" in bad.stderr
+    assert cli("tags", "remove", "cpu-x", cwd=root).returncode == 0
+    assert s.api.submit("echo x", tag="cpu-x", workspace="ws3")["tag"] == "cpu-x"
+
+
+def test_workspace_template_tag_routes_per_workspace(extra_workers: Suite) -> None:
+    s = extra_workers
+    s.api.call("POST", "config", "/tags", {"spec": "normal-$workspace"})
+    for ws in ("dev", "prod"):
+        deploy(s, f"{ws}/f/job", "echo $GO_TAG", tag="normal-$workspace")
+        s.api.set_group(f"normal-{ws}", tags=[f"normal-{ws}"])
+        s.worker(ws, WORKER_GROUP=f"normal-{ws}")
+    for ws in ("dev", "prod"):
+        view = s.api.job(run(s, f"{ws}/f/job")["id"])
+        assert (view["result"], view["group"]) == (f"normal-{ws}", f"normal-{ws}")
+
+
+def test_require_worker_refuses_an_unserved_tag(suite: Suite) -> None:
+    out = cli("run", "--language", "bash", "--code", "echo x", "--tag", "t-nobody-here",
+              "--require-worker", cwd=suite.root)
+    assert out.returncode == 1
+    assert "refused: no live worker listens to tag 't-nobody-here'" in out.stderr
+
+
+def test_dedicated_workers_keep_a_warm_runtime_per_script_and_restart_it_on_redeploy(
+    extra_workers: Suite,
+) -> None:
+    s = extra_workers
+    code = "import os\nSTARTED = os.getpid()\ndef main(x):\n    return [{v}, STARTED, x]\n"
+    deploy(s, "ws1/f/warm-a", code.format(v=1), language="python3")
+    deploy(s, "ws1/f/warm-b", code.format(v=100), language="python3")
+    root = s.root
+    out = cli("group", "set", "ded", "--tags", "t-ded-other", "--dedicated",
+              "ws1:f/warm-a,ws1:f/warm-b", cwd=root)
+    assert out.returncode == 0, out.stderr
+    s.worker("ded", WORKER_GROUP="ded")
+    s.api.wait_workers(ready("ded", tags={"t-ded-other", "ws1:f/warm-a", "ws1:f/warm-b"}))
+    first = [s.api.job(run(s, "ws1/f/warm-a", args={"x": i})["id"]) for i in range(3)]
+    assert {v["tag"] for v in first} == {"ws1:f/warm-a"}
+    results = [v["result"] for v in first]
+    assert [r[0] for r in results] == [1, 1, 1] and [r[2] for r in results] == [0, 1, 2]
+    assert len({r[1] for r in results}) == 1  # one process served all three
+    other = s.api.job(run(s, "ws1/f/warm-b", args={"x": 7})["id"])["result"]
+    assert other[0] == 100 and other[1] != results[0][1]  # every dedicated script is served
+    deploy(s, "ws1/f/warm-a", code.format(v=2), language="python3")
+    after = s.api.job(run(s, "ws1/f/warm-a", args={"x": 9})["id"])["result"]
+    assert after[0] == 2 and after[1] != results[0][1]  # redeploy: a fresh process, new code
+
+
+def test_higher_priority_tags_are_taken_first_from_a_backlog(extra_workers: Suite) -> None:
+    s = extra_workers
+    out = cli("group", "set", "prio", "--tags", "t-lo,t-hi", "--priority", "t-hi=10",
+              cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    lo = [s.api.submit("echo lo", tag="t-lo")["id"] for _ in range(4)]
+    hi = [s.api.submit("echo hi", tag="t-hi")["id"] for _ in range(4)]
+    s.worker("prio", WORKER_GROUP="prio")
+    views = {j: s.api.job(j) for j in lo + hi}
+    last_hi = max(views[j]["started_at"] for j in hi)
+    first_lo = min(views[j]["started_at"] for j in lo)
+    assert last_hi < first_lo
+    status = [w for w in s.api.workers() if w["group"] == "prio"][0]
+    assert status["priorities"] == {"t-hi": 10}
