@@ -13,9 +13,9 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from shared.errors import Forbidden, InvalidInput, NotFound
-from shared.state import ConfigState, Flow, Script, key
+from shared.state import AssignableTag, ConfigState, Flow, Script, key
 from shared.tags import (
-    SYSTEM_TAGS, WORKSPACE_REF, dedicated_tag, default_tag, fill_template, validate_path,
+    SYSTEM_TAGS, WORKSPACE_REF, dedicated_tag, default_tag, fill_template, is_template, validate_path,
     validate_tag, validate_workspace,
 )
 
@@ -64,9 +64,7 @@ def check_tag_allowed(
     Restrictions bind everyone, admins included. `trusted` marks a template that came from
     deployed config (checked when deployed) and holds no `$args`, which the runner controls.
     """
-    rule = state.assignable.get(tag)
-    if rule is None and WORKSPACE_REF in template and "$args[" not in template:
-        rule = state.assignable.get(template)  # `normal-$workspace` assignable covers `normal-dev`
+    rule = state.assignable.get(tag) or _template_rule(state, tag, workspace)
     if rule is not None and not rule.allows(workspace):
         raise Forbidden(f"tag {tag!r} is not available to workspace {workspace!r}", field="tag")
     if admin or tag in SYSTEM_TAGS or rule is not None:
@@ -79,11 +77,23 @@ def check_tag_allowed(
     )
 
 
+def _template_rule(state: ConfigState, tag: str, workspace: str) -> AssignableTag | None:
+    """An assignable `normal-$workspace` covers `normal-dev` for workspace dev, however the job
+    spelled it (literally, or through `$args`), so its restriction cannot be sidestepped."""
+    for rule in state.assignable.values():
+        if WORKSPACE_REF in rule.tag and rule.tag.replace(WORKSPACE_REF, workspace) == tag:
+            return rule
+    return None
+
+
 def _resolve(
     state: ConfigState, template: str, workspace: str, args: Mapping[str, Any], *, admin: bool,
     trusted: bool,
 ) -> str:
     tag = validate_tag(fill_template(template, workspace=workspace, args=args), field="tag")
+    if is_template(tag):  # an argument smuggled placeholder text in; no worker listens to that
+        raise InvalidInput(f"tag {tag!r} still holds a placeholder after filling in the arguments",
+                           field="tag")
     check_tag_allowed(state, tag, template, workspace, admin=admin, trusted=trusted)
     return tag
 

@@ -72,7 +72,9 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = 
 class NatsServer:
     """A nats-server child process with JetStream on loopback."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool = True):
+    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool | None = None):
+        if sync_always is None:  # GETOPERATE_NATS_SYNC=interval trades power-loss safety for speed
+            sync_always = os.environ.get("GETOPERATE_NATS_SYNC", "always") != "interval"
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.sync_always = sync_always

@@ -26,6 +26,9 @@ from shared.jobs import (
 from shared import routing
 
 
+MAX_INFLIGHT_SUBMITS = 1000
+
+
 class NoLiveWorker(Conflict):
     """Raised when a job asks for (or the router requires) a live worker on its tag and none is."""
 
@@ -49,6 +52,8 @@ class RouterService:
         self.config_ready = asyncio.Event()
         self.workers = LiveWorkers(self.js, logger)
         self._subs: list[object] = []
+        self._inflight = asyncio.Semaphore(MAX_INFLIGHT_SUBMITS)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
@@ -109,17 +114,22 @@ class RouterService:
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
                            language=job.language, kind=job.kind, path=job.path, parent=job.parent)
         events_subject = subjects.job_events_subject(job.id)
-        await self.js.publish(events_subject, encode(queued),
-                              headers={"Nats-Msg-Id": f"{job.id}:queued"})
-        try:
-            await self.js.publish(subjects.job_subject(tag), encode(job),
-                                  headers={"Nats-Msg-Id": job.id})
-        except Exception as exc:
+        # Both go out back to back on one connection (the server takes them in order), then we
+        # wait for both acks: one round trip instead of two.
+        history = asyncio.ensure_future(self.js.publish(
+            events_subject, encode(queued), headers={"Nats-Msg-Id": f"{job.id}:queued"}))
+        enqueue = asyncio.ensure_future(self.js.publish(
+            subjects.job_subject(tag), encode(job), headers={"Nats-Msg-Id": job.id}))
+        results = await asyncio.gather(history, enqueue, return_exceptions=True)
+        if isinstance(results[1], BaseException):
+            exc = results[1]
             failed = JobFinished(job_id=job.id, time=time.time(), status="failure",
                                  error=f"not enqueued: {exc!r}", worker="router")
             await self.js.publish(events_subject, encode(failed),
                                   headers={"Nats-Msg-Id": f"{job.id}:0:finished"})
-            raise
+            raise exc
+        if isinstance(results[0], BaseException):  # queued and will run; only its history failed
+            self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
                          kind=job.kind, path=job.path, language=job.language,
                          live_workers=len(live))
@@ -127,6 +137,18 @@ class RouterService:
                             warning=warning, steps=[s.tag for s in route.steps])
 
     async def _on_submit_request(self, msg: Msg) -> None:
+        """nats-py runs one callback at a time per subscription: hand each request to its own
+        task (bounded), so submissions overlap their JetStream round trips."""
+        await self._inflight.acquire()
+        task = asyncio.create_task(self._answer_submit(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._submit_done)
+
+    def _submit_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._inflight.release()
+
+    async def _answer_submit(self, msg: Msg) -> None:
         try:
             answer: object = await self.submit(decode(msg.data, JobSubmit))
         except GetOperateError as exc:

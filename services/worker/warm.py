@@ -136,13 +136,14 @@ class WarmPool:
         self.starts = 0
 
     async def run(self, tag: str, code: str, args: dict[str, Any], env: dict[str, str],
-                  timeout: float) -> Outcome:
+                  timeout: float, base_env: dict[str, str] | None = None) -> Outcome:
+        """Run one job; `env` is what changes per job, `base_env` the process's environment."""
         proc = self.procs.get(tag)
         if proc is not None and (proc.code != code or not proc.alive()):
             proc.stop()  # redeployed (or crashed): the next job gets the new version
             proc = None
         if proc is None:
-            proc = WarmProcess(code, self.work_dir, {**self.env, **env})
+            proc = WarmProcess(code, self.work_dir, {**self.env, **(base_env or {}), **env})
             self.starts += 1
             hello = await proc.start()
             if not hello.get("ready"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 import socket
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from shared.jobs import Job, JobFinished, JobStarted, StepSummary, WorkerStatus
 from shared.routing import target_tag
 
 HEARTBEAT_EVERY = 5.0
+JOB_BEAT_GAP = 0.5
 SWEEP_EVERY = 5.0
 INIT_RETRY_MAX = 60.0
 PULL_NOW = b'{"batch":1,"no_wait":true}'
@@ -95,6 +97,9 @@ class Worker:
         self._hb_task: asyncio.Task[None] | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
         self._hb_kick = asyncio.Event()
+        self._hb_dirty = False
+        self._inbox: Any = None
+        self._inbox_name = ""
         self._kv = None
         self._sub: object = None
 
@@ -291,7 +296,10 @@ class Worker:
             if msg is None:
                 continue
             self.hinted.add(tag)  # it may hold more: try it again first next time
-            return tag, msg
+            try:
+                return subjects.tag_of_subject(msg.subject), msg
+            except InvalidInput:
+                return tag, msg
         return None
 
     async def _pull(self, tag: str, request: bytes) -> Msg | None:
@@ -300,14 +308,20 @@ class Worker:
             await bus.ensure_tag_consumer(self.js, tag)
             self.consumers.add(tag)
         api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{subjects.tag_consumer(tag)}"
+        if self._inbox is None:
+            # One inbox for all pulls: the dispatcher has one pull outstanding at a time, and a
+            # delivered job names its own subject, so even a late answer is handled right.
+            self._inbox_name = self.nc.new_inbox()
+            self._inbox = await self.nc.subscribe(self._inbox_name)
         try:
-            msg = await self.nc.request(api, request, timeout=5.0, old_style=True)
+            await self.nc.publish(api, request, reply=self._inbox_name)
+            msg = await self._inbox.next_msg(timeout=5.0)
         except Exception as exc:
             self.consumers.discard(tag)  # consumer gone or NATS away: re-ensure next time
             self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
             return None
         if msg.headers and msg.headers.get("Status"):
-            return None  # 404 no messages, 408 expired, 409 limits
+            return None  # 404 no messages, 408 expired, 409 limits, 503 no consumer
         return msg
 
     def _start_job(self, tag: str, msg: Msg) -> None:
@@ -327,6 +341,11 @@ class Worker:
                 self.free.clear()
         self._spawn(self._execute(tag, job, msg, uses_slot))
 
+    def _release_slot(self) -> None:
+        self.busy -= 1
+        self.free.set()
+        self.wake.set()
+
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._tasks.add(task)
@@ -335,18 +354,24 @@ class Worker:
     async def _execute(self, tag: str, job: Job, msg: Msg, uses_slot: bool) -> None:
         attempt = msg.metadata.num_delivered or 1
         self.current.add(job.id)
-        self._hb_kick.set()
+        self._hb_dirty = True
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
-            await self._publish_event(
+            # The started event is stored while the job runs; awaited before the result so the
+            # history stays in order, but off the job's critical path.
+            started = asyncio.ensure_future(self._publish_event(
                 JobStarted(job_id=job.id, time=time.time(), worker=self.id, group=self.group,
-                           attempt=attempt), f"{job.id}:{attempt}:started")
+                           attempt=attempt), f"{job.id}:{attempt}:started"))
             self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
             steps: list[StepSummary] = []
             try:
                 outcome, steps = await self._run(tag, job)
             except Exception as exc:  # a bug or NATS trouble must still end the job visibly
                 outcome = Outcome(status="failure", error=f"worker error: {exc!r}")
+            if uses_slot:  # execution is over: the next job may start while this result is stored
+                uses_slot = False
+                self._release_slot()
+            await started
             await self._publish_event(
                 JobFinished(job_id=job.id, time=time.time(), status=outcome.status,
                             result=outcome.result, error=outcome.error, logs=outcome.logs,
@@ -363,10 +388,8 @@ class Worker:
             keepalive.cancel()
             self.current.discard(job.id)
             if uses_slot:
-                self.busy -= 1
-                self.free.set()
-            self.wake.set()
-            self._hb_kick.set()
+                self._release_slot()
+            self._hb_dirty = True
 
     async def _run(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
         timeout = job.timeout or self.settings.job_timeout
@@ -374,8 +397,9 @@ class Worker:
         if job.kind == "flow":
             return await run_flow(self.nc, job, self.logger)
         if tag in self.dedicated_tags and job.language == "python3":
-            env = job_env(job, extra, self.settings.env_allowlist)
-            return await self.warm.run(tag, job.code, job.args, env, timeout), []
+            per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
+            base = job_env(job, extra, self.settings.env_allowlist)
+            return await self.warm.run(tag, job.code, job.args, per_job, timeout, base), []
         outcome = await run_job(job, work_root=self.settings.work_dir, timeout=timeout,
                                 extra_env=extra, allowlist=self.settings.env_allowlist)
         return outcome, []
@@ -407,12 +431,16 @@ class Worker:
         )
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every HEARTBEAT_EVERY s; at once on config/init changes (`_hb_kick`); within
+        JOB_BEAT_GAP s when only the current job changed, so busy workers don't beat per job."""
         while True:
             try:
-                await asyncio.wait_for(self._hb_kick.wait(), HEARTBEAT_EVERY)
+                await asyncio.wait_for(self._hb_kick.wait(),
+                                       JOB_BEAT_GAP if self._hb_dirty else HEARTBEAT_EVERY)
             except asyncio.TimeoutError:
                 pass
             self._hb_kick.clear()
+            self._hb_dirty = False
             try:
                 assert self._kv is not None
                 await self._kv.put(subjects.worker_key(self.id), encode(self.status()))
