@@ -278,6 +278,31 @@ def cmd_tags(ns: argparse.Namespace) -> int:
         + (f"seq {a['seq']}" if a.get("seq") else "no change")))
 
 
+def cmd_token(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    token = ep.token()
+    if ns.action == "create":
+        body: dict[str, Any] = {"admin": True} if ns.admin else {"workspace": ns.workspace}
+        if ns.admin and ns.workspace:
+            raise CliError("give --workspace W or --admin, not both", EXIT_USAGE)
+        if not ns.admin and not ns.workspace:
+            raise CliError("give --workspace W (or --admin for another admin token)", EXIT_USAGE)
+        if ns.name:
+            body["name"] = ns.name
+        answer = call("POST", f"{ep.config_url}/tokens", token, body)
+        if ns.json:
+            print(json.dumps(answer))
+        else:
+            print(answer["token"])
+            print(f"token {answer['name']} for {answer['workspace'] or 'admin'}: shown once, store it"
+                  " now (use it with GETOPERATE_TOKEN)", file=sys.stderr)
+        return 0
+    if ns.action == "list":
+        return _print(call("GET", f"{ep.config_url}/tokens", token), ns.json, output.print_tokens)
+    answer = call("DELETE", f"{ep.config_url}/tokens/{urllib.parse.quote(ns.name, safe='')}", token)
+    return _print(answer, ns.json, lambda a: print(f"token {ns.name} revoked at seq {a['seq']}"))
+
+
 def _print(obj: Any, as_json: bool, human: Any) -> int:
     if as_json:
         print(json.dumps(obj))
@@ -431,6 +456,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("tag")
     t.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tags)
+
+    s = sub.add_parser("token", parents=[common], help="issue, list and revoke API tokens")
+    ksub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ksub.add_parser("create", parents=[common], help="issue a token (printed once)")
+    k.add_argument("--workspace", help="the workspace the token may submit and read jobs in")
+    k.add_argument("--admin", action="store_true", help="issue another admin token instead")
+    k.add_argument("--name", help="a name for listing and revoking (default: generated)")
+    k.add_argument("--json", action="store_true")
+    k = ksub.add_parser("list", parents=[common], help="issued tokens (names, never values)")
+    k.add_argument("--json", action="store_true")
+    k = ksub.add_parser("revoke", parents=[common], help="revoke a token by name")
+    k.add_argument("name")
+    k.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_token)
 
     s = sub.add_parser("workers", parents=[common], help="list live workers")
     s.add_argument("--json", action="store_true")

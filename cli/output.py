@@ -114,3 +114,8 @@ def print_tags(tags: list[dict[str, Any]]) -> None:
     rows = [[t["tag"], t["spec"], ",".join(t["only"]) or ("all but " + ",".join(t["exclude"]) if t["exclude"] else "all")]
             for t in tags]
     _table(["TAG", "SPEC", "WORKSPACES"], rows)
+
+
+def print_tokens(tokens: list[dict[str, Any]]) -> None:
+    _table(["NAME", "WORKSPACE", "CREATED AT SEQ"],
+           [[t["name"], t["workspace"] or "(admin)", str(t["created_seq"])] for t in tokens])

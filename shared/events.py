@@ -107,9 +107,25 @@ class AssignableTagRemoved(_Event, tag="tags.assignable_removed", kw_only=True):
     tag: str
 
 
+class TokenCreated(_Event, tag="token.created", kw_only=True):
+    """An API token was issued: its name, its workspace (None = admin) and the SHA-256 of its
+    value. The value itself never enters the log."""
+
+    name: str
+    workspace: str | None = None
+    token_hash: str
+
+
+class TokenRevoked(_Event, tag="token.revoked", kw_only=True):
+    """The named token no longer authenticates."""
+
+    name: str
+
+
 ConfigEvent = Union[
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
     GroupPrioritiesSet, ScriptDeployed, FlowDeployed, AssignableTagSet, AssignableTagRemoved,
+    TokenCreated, TokenRevoked,
 ]
 GROUP_EVENTS = (
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
@@ -143,6 +159,8 @@ def subject_for(event: ConfigEvent) -> str:
         return subjects.script_subject(event.workspace, event.path)
     if isinstance(event, FlowDeployed):
         return subjects.flow_subject(event.workspace, event.path)
+    if isinstance(event, (TokenCreated, TokenRevoked)):
+        return subjects.CONFIG_TOKENS_SUBJECT
     return subjects.CONFIG_TAGS_SUBJECT
 
 

@@ -7,6 +7,7 @@ log costs one dict operation per event, not one copy of the state per event.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import msgspec
@@ -26,6 +27,8 @@ from shared.events import (
     GroupTagsSet,
     Recorded,
     ScriptDeployed,
+    TokenCreated,
+    TokenRevoked,
 )
 from shared.tags import (
     PRESETS, parse_tag_spec, validate_group_name, validate_path, validate_tag, validate_tags,
@@ -85,6 +88,15 @@ class AssignableTag(msgspec.Struct, frozen=True, kw_only=True):
         return workspace not in self.exclude
 
 
+class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
+    """An issued token: `workspace` None means admin. Only the hash of its value is known."""
+
+    name: str
+    workspace: str | None = None
+    token_hash: str
+    created_seq: int = 0
+
+
 class ConfigState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the config log says, as of sequence `seq`. Treat as immutable."""
 
@@ -93,6 +105,7 @@ class ConfigState(msgspec.Struct, frozen=True, kw_only=True):
     scripts: dict[str, Script] = msgspec.field(default_factory=dict)
     flows: dict[str, Flow] = msgspec.field(default_factory=dict)
     assignable: dict[str, AssignableTag] = msgspec.field(default_factory=dict)
+    tokens: dict[str, ApiToken] = msgspec.field(default_factory=dict)
 
 
 def key(workspace: str, path: str) -> str:
@@ -102,7 +115,7 @@ def key(workspace: str, path: str) -> str:
 
 def _apply(
     rec: Recorded, groups: dict[str, GroupConfig], scripts: dict[str, Script],
-    flows: dict[str, Flow], assignable: dict[str, AssignableTag],
+    flows: dict[str, Flow], assignable: dict[str, AssignableTag], tokens: dict[str, ApiToken],
 ) -> None:
     """Apply one event to mutable copies. Events for unknown groups are applied leniently."""
     event = rec.event
@@ -140,18 +153,23 @@ def _apply(
             assignable[tag] = AssignableTag(tag=tag, only=only, exclude=exclude)
         case AssignableTagRemoved(tag=tag):
             assignable.pop(tag, None)
+        case TokenCreated(name=name, workspace=ws, token_hash=h):
+            tokens[name] = ApiToken(name=name, workspace=ws, token_hash=h, created_seq=seq)
+        case TokenRevoked(name=name):
+            tokens.pop(name, None)
 
 
 def fold(records: Iterable[Recorded], state: ConfigState | None = None) -> ConfigState:
     """state = fold(events): the only way any service turns the log into configuration."""
     state = state if state is not None else ConfigState()
     groups, scripts = dict(state.groups), dict(state.scripts)
-    flows, assignable = dict(state.flows), dict(state.assignable)
+    flows, assignable, tokens = dict(state.flows), dict(state.assignable), dict(state.tokens)
     seq = state.seq
     for rec in records:
-        _apply(rec, groups, scripts, flows, assignable)
+        _apply(rec, groups, scripts, flows, assignable, tokens)
         seq = rec.seq
-    return ConfigState(seq=seq, groups=groups, scripts=scripts, flows=flows, assignable=assignable)
+    return ConfigState(seq=seq, groups=groups, scripts=scripts, flows=flows, assignable=assignable,
+                       tokens=tokens)
 
 
 def evolve(state: ConfigState, rec: Recorded) -> ConfigState:
@@ -389,6 +407,30 @@ def remove_assignable_tag(state: ConfigState, tag: str) -> list[ConfigEvent]:
     if tag not in state.assignable:
         raise NotFound(f"tag {tag!r} is not an assignable tag", field="tag")
     return [AssignableTagRemoved(tag=tag)]
+
+
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def create_token(
+    state: ConfigState, name: str, *, workspace: str | None, token_hash: str
+) -> list[ConfigEvent]:
+    """Record a new token (by hash). Names are unique among live tokens."""
+    if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
+        raise InvalidInput(f"token name {name!r} must be 1-64 characters of letters, digits, '_-.'",
+                           field="name")
+    if name in state.tokens or name == "admin":
+        raise Conflict(f"a token named {name!r} already exists; revoke it or pick another name",
+                       field="name")
+    if workspace is not None:
+        validate_workspace(workspace)
+    return [TokenCreated(name=name, workspace=workspace, token_hash=token_hash)]
+
+
+def revoke_token(state: ConfigState, name: str) -> list[ConfigEvent]:
+    if name not in state.tokens:
+        raise NotFound(f"no token named {name!r}", field="name")
+    return [TokenRevoked(name=name)]
 
 
 def describe_change(old: GroupConfig | None, new: GroupConfig | None) -> list[str]:

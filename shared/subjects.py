@@ -21,6 +21,7 @@ CONFIG_GROUP_PREFIX = f"{PREFIX}.config.group"
 CONFIG_SCRIPT_PREFIX = f"{PREFIX}.config.script"
 CONFIG_FLOW_PREFIX = f"{PREFIX}.config.flow"
 CONFIG_TAGS_SUBJECT = f"{PREFIX}.config.tags"
+CONFIG_TOKENS_SUBJECT = f"{PREFIX}.config.tokens"
 
 # Job queue: WorkQueue retention, one subject and one shared durable pull consumer per tag.
 JOBS_STREAM = "GO_JOBS"

@@ -7,11 +7,13 @@ import math
 import hmac
 from typing import Any, Awaitable, Callable, TypeVar
 
+import msgspec
 from aiohttp import web
 
 from services.common.log import Logger
 from shared.codec import decode, encode
-from shared.errors import GetOperateError, InvalidInput, Unauthorized
+from shared.errors import Forbidden, GetOperateError, InvalidInput, Unauthorized
+from shared.state import ApiToken, ConfigState
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
@@ -57,21 +59,65 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class Identity(msgspec.Struct, frozen=True):
+    """Who a request comes from: the token's name, its workspace (None for admins)."""
+
+    name: str
+    workspace: str | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.workspace is None
+
+
 class TokenCheck:
-    """Bearer-token check against a stored hash, compared in constant time."""
+    """Bearer tokens: the bootstrap admin token, and tokens issued as config events (by hash).
 
-    def __init__(self, admin_token: str):
+    Only hashes are held; a presented token is hashed and looked up, and the match is confirmed
+    with a constant-time comparison.
+    """
+
+    def __init__(self, admin_token: str, state: Callable[[], ConfigState] | None = None):
         self._admin_hash = hash_token(admin_token)
+        self._state = state
+        self._index: dict[str, ApiToken] = {}
+        self._index_seq = -1
 
-    def actor(self, request: web.Request) -> str:
+    def _lookup(self, digest: str) -> ApiToken | None:
+        if self._state is None:
+            return None
+        state = self._state()
+        if state.seq != self._index_seq:
+            self._index = {t.token_hash: t for t in state.tokens.values()}
+            self._index_seq = state.seq
+        found = self._index.get(digest)
+        return found if found and hmac.compare_digest(found.token_hash, digest) else None
+
+    def identity(self, request: web.Request) -> Identity:
         """The identity behind the request's token, or Unauthorized."""
         header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        token = header[7:].strip() if header.startswith("Bearer ") else ""
         if not token:
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(hash_token(token), self._admin_hash):
-            raise Unauthorized("invalid token")
-        return "admin"
+        digest = hash_token(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return Identity("admin")
+        issued = self._lookup(digest)
+        if issued is None:
+            raise Unauthorized("invalid or revoked token")
+        return Identity(issued.name, issued.workspace)
+
+    def admin(self, request: web.Request) -> Identity:
+        """The identity, which must be an admin (configuration changes, init scripts, tokens)."""
+        who = self.identity(request)
+        if not who.admin:
+            raise Forbidden(f"token {who.name!r} is a workspace token ({who.workspace});"
+                            " this needs an admin token")
+        return who
+
+    def actor(self, request: web.Request) -> str:
+        """The name recorded as the actor of the change (admin only)."""
+        return self.admin(request).name
 
 
 def query_int(request: web.Request, name: str, default: int | None = None) -> int | None:

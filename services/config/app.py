@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from services.common.http import (
-    MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_int, read_body,
+    MAX_BODY_BYTES, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
 )
 from services.config.service import ConfigService
 from shared import state as st
-from shared.errors import NotFound
+from shared.errors import InvalidInput, NotFound
 from shared.events import FlowStep, Recorded
 from shared.tags import format_tag_spec
 
@@ -141,21 +142,26 @@ def _deployed_answer(records: list[Recorded], published: bool, item: Any) -> web
 
 
 def _filter_ws(request: web.Request, items: Any) -> list[Any]:
-    ws = request.query.get("workspace")
+    """Admins see every workspace (or `?workspace=`); a workspace token only its own."""
+    who = request.app[TOKENS_KEY].identity(request)
+    ws = request.query.get("workspace") if who.admin else who.workspace
     return sorted((i for i in items if ws is None or i.workspace == ws),
                   key=lambda i: (i.workspace, i.path))
 
 
+def _readable(request: web.Request, ws: str) -> bool:
+    who = request.app[TOKENS_KEY].identity(request)
+    return who.admin or who.workspace == ws
+
+
 async def list_scripts(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
     return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.scripts.values()))
 
 
 async def get_script(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
     ws, path = request.match_info["ws"], request.match_info["path"]
     script = request.app[SERVICE_KEY].state.scripts.get(st.key(ws, path))
-    if script is None:
+    if not _readable(request, ws) or script is None:
         raise NotFound(f"no script {path!r} is deployed in workspace {ws!r}", field="path")
     return json_response(script)
 
@@ -173,15 +179,13 @@ async def put_script(request: web.Request) -> web.Response:
 
 
 async def list_flows(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
     return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.flows.values()))
 
 
 async def get_flow(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
     ws, path = request.match_info["ws"], request.match_info["path"]
     flow = request.app[SERVICE_KEY].state.flows.get(st.key(ws, path))
-    if flow is None:
+    if not _readable(request, ws) or flow is None:
         raise NotFound(f"no flow {path!r} is deployed in workspace {ws!r}", field="path")
     return json_response(flow)
 
@@ -204,7 +208,7 @@ def _tag_view(t: Any) -> dict[str, Any]:
 
 
 async def list_tags(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].identity(request)
     state = request.app[SERVICE_KEY].state
     return json_response([_tag_view(t) for _, t in sorted(state.assignable.items())])
 
@@ -227,6 +231,47 @@ async def remove_tag(request: web.Request) -> web.Response:
         st.remove_assignable_tag, request.match_info["tag"], actor=actor,
         reason=request.query.get("reason"))
     return _deployed_answer(records, published, None)
+
+
+class TokenCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /tokens`: a workspace token (or an admin one with `admin: true`)."""
+
+    workspace: str | None = None
+    name: str | None = None
+    admin: bool = False
+    reason: str | None = None
+
+
+async def create_token(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    body = await read_body(request, TokenCreate)
+    if body.admin == (body.workspace is not None):
+        raise InvalidInput("give exactly one of workspace (a workspace token) or admin: true",
+                           field="workspace")
+    value = ("goa_" if body.admin else "gow_") + secrets.token_urlsafe(32)
+    name = body.name or f"{body.workspace or 'admin'}-{secrets.token_hex(3)}"
+    records, published = await svc.execute_and_publish(
+        st.create_token, name, actor=actor, reason=body.reason, workspace=body.workspace,
+        token_hash=hash_token(value))
+    # The only time the value is shown: it is not stored anywhere but in the caller's hands.
+    return json_response({"name": name, "workspace": body.workspace, "token": value,
+                          "seq": records[-1].seq, "published": published}, status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    tokens = request.app[SERVICE_KEY].state.tokens.values()
+    return json_response([{"name": t.name, "workspace": t.workspace, "created_seq": t.created_seq}
+                          for t in sorted(tokens, key=lambda t: t.name)])
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    actor = request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    records, published = await svc.execute_and_publish(
+        st.revoke_token, request.match_info["name"], actor=actor, reason=request.query.get("reason"))
+    return json_response({"seq": records[-1].seq, "published": published})
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -270,6 +315,9 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app.router.add_get("/tags", list_tags)
     app.router.add_post("/tags", add_tag)
     app.router.add_delete("/tags/{tag}", remove_tag)
+    app.router.add_get("/tokens", list_tokens)
+    app.router.add_post("/tokens", create_token)
+    app.router.add_delete("/tokens/{name}", revoke_token)
     app.router.add_get("/events", list_events)
     app.router.add_get("/state", get_state)
     return app

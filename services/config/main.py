@@ -20,7 +20,7 @@ async def amain() -> None:
     service = ConfigService(directory, nc, logger)
     await service.start()
     runner = await serve_http(
-        create_app(service, TokenCheck(token)), env("HTTP_HOST", "127.0.0.1"),
+        create_app(service, TokenCheck(token, lambda: service.state)), env("HTTP_HOST", "127.0.0.1"),
         int(env("CONFIG_PORT", "8001")), logger,
     )
     await stop.wait()

@@ -8,6 +8,8 @@ from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, read_body,
 )
 from services.router.service import RouterService
+from shared.codec import decode
+from shared.errors import Forbidden, NotFound
 from shared.jobs import JobSubmit
 
 SERVICE_KEY = web.AppKey("service", RouterService)
@@ -16,24 +18,41 @@ MAX_WAIT = 300.0
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
-    answer = await request.app[SERVICE_KEY].submit(await read_body(request, JobSubmit))
+    who = request.app[TOKENS_KEY].identity(request)
+    sub = await read_body(request, JobSubmit)
+    if not who.admin:
+        if "workspace" not in _body_keys(await request.read()):
+            sub.workspace = who.workspace  # type: ignore[assignment]
+        if sub.workspace != who.workspace:
+            raise Forbidden(f"token {who.name!r} may only submit jobs in workspace"
+                            f" {who.workspace!r}, not {sub.workspace!r}", field="workspace")
+        if sub.parent is not None:
+            raise Forbidden("only workers submit flow steps", field="parent")
+    answer = await request.app[SERVICE_KEY].submit(sub, admin=who.admin)
     return json_response(answer, status=201)
 
 
+def _body_keys(raw: bytes) -> set[str]:
+    return set(decode(raw, dict))
+
+
 async def get_job(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    who = request.app[TOKENS_KEY].identity(request)
     wait = request.query.get("wait", "") in ("1", "true", "yes")
     timeout = min(max(query_float(request, "timeout", 30.0), 0.0), MAX_WAIT)
     wait = wait and timeout > 0  # wait=1&timeout=0 is a plain read
-    view = await request.app[SERVICE_KEY].job(
-        request.match_info["id"], wait=wait, timeout=timeout if wait else 5.0
-    )
+    job_id = request.match_info["id"]
+    svc = request.app[SERVICE_KEY]
+    if not who.admin:  # never wait on, or reveal, another workspace's job
+        peek = await svc.job(job_id, wait=False, timeout=5.0)
+        if peek.workspace != who.workspace:
+            raise NotFound(f"job {job_id!r} does not exist", field="id")
+    view = await svc.job(job_id, wait=wait, timeout=timeout if wait else 5.0)
     return json_response(view)
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].identity(request)
     return json_response(request.app[SERVICE_KEY].workers.all())
 
 

@@ -20,7 +20,7 @@ async def amain() -> None:
                             require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
     await service.start()
     runner = await serve_http(
-        create_app(service, TokenCheck(token)), env("HTTP_HOST", "127.0.0.1"),
+        create_app(service, TokenCheck(token, lambda: service.config)), env("HTTP_HOST", "127.0.0.1"),
         int(env("ROUTER_PORT", "8002")), logger,
     )
     await stop.wait()

@@ -183,3 +183,51 @@ def test_higher_priority_tags_are_taken_first_from_a_backlog(extra_workers: Suit
     assert last_hi < first_lo
     status = [w for w in s.api.workers() if w["group"] == "prio"][0]
     assert status["priorities"] == {"t-hi": 10}
+
+
+def test_workspace_tokens_use_defaults_and_open_assignable_tags_only(extra_workers: Suite) -> None:
+    s = extra_workers
+    root = s.root
+    made = cli("token", "create", "--workspace", "teama", "--name", "team-a", cwd=root)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("gow_") and "shown once" in made.stderr
+    assert token not in json.dumps(s.api.call("GET", "config", "/events?limit=10000"))
+    listed = json.loads(cli("token", "list", "--json", cwd=root).stdout)
+    assert {"name": "team-a", "workspace": "teama"} in [
+        {k: t[k] for k in ("name", "workspace")} for t in listed]
+    cli("tags", "add", "tok-open(teama)", cwd=root, check=True)
+    cli("tags", "add", "tok-closed(^teama)", cwd=root, check=True)
+    as_team = {"GETOPERATE_TOKEN": token}
+
+    def run_as_team(*args: str) -> object:
+        return cli("run", "--language", "bash", "--code", "echo hi", *args, cwd=root, env=as_team)
+
+    ok = run_as_team("--workspace", "teama", "--wait", "--json")
+    assert ok.returncode == 0, ok.stderr
+    job_id = json.loads(ok.stdout)["id"]
+    assert json.loads(run_as_team("--workspace", "teama", "--tag", "tok-open", "--json").stdout)["tag"] == "tok-open"
+    for tag, why in (("tok-closed", "is not available to workspace 'teama'"),
+                     ("some-admin-tag", "is not assignable in workspace 'teama'")):
+        refused = run_as_team("--workspace", "teama", "--tag", tag)
+        assert refused.returncode == 1 and why in refused.stderr, refused.stderr
+    # $args cannot escalate: the resolved tag is what is checked.
+    escalate = cli("run", "--language", "bash", "--code", "x", "--workspace", "teama", "--tag",
+                   "$args[t]", "--arg", "t=some-admin-tag", cwd=root, env=as_team)
+    assert escalate.returncode == 1 and "not assignable" in escalate.stderr
+    other_ws = run_as_team("--workspace", "teamb")
+    assert other_ws.returncode == 1 and "may only submit jobs in workspace 'teama'" in other_ws.stderr
+    # An admin may use any unrestricted tag, but not a restricted one from an excluded workspace.
+    assert s.api.submit("echo x", tag="some-admin-tag", workspace="teama")["tag"] == "some-admin-tag"
+    with pytest.raises(CliError, match="not available to workspace 'teama'"):
+        s.api.submit("echo x", tag="tok-closed", workspace="teama")
+    # Isolation: the team cannot read another workspace's job or change configuration.
+    admin_job = s.api.submit("echo secret", workspace="other")["id"]
+    peek = cli("job", admin_job, cwd=root, env=as_team)
+    assert peek.returncode == 1 and "does not exist" in peek.stderr
+    assert cli("job", job_id, "--json", cwd=root, env=as_team).returncode == 0
+    denied = cli("group", "set", "hack", "--tags", "x", cwd=root, env=as_team)
+    assert denied.returncode == 1 and "needs an admin token" in denied.stderr
+    assert cli("token", "revoke", "team-a", cwd=root).returncode == 0
+    revoked = run_as_team("--workspace", "teama")
+    assert revoked.returncode == 1 and "invalid or revoked token" in revoked.stderr

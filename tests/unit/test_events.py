@@ -17,6 +17,8 @@ from shared.errors import InvalidInput
 from shared.events import (
     GENESIS_HASH,
     AssignableTagRemoved,
+    TokenCreated,
+    TokenRevoked,
     AssignableTagSet,
     ConfigEvent,
     FlowDeployed,
@@ -35,7 +37,7 @@ from shared.events import (
     subject_for,
     verify_chain,
 )
-from shared.state import AssignableTag, Flow, GroupConfig, Script, fold
+from shared.state import ApiToken, AssignableTag, Flow, GroupConfig, Script, fold
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None)
 FIXTURE = Path(__file__).parent / "fixtures" / "events_v1.jsonl"
@@ -64,6 +66,9 @@ ALL_EVENTS: list[ConfigEvent] = [
     AssignableTagSet(tag="gpu", only=("dev", "prod")),
     AssignableTagSet(tag="arm", exclude=("sandbox",)),
     AssignableTagRemoved(tag="arm"),
+    TokenCreated(name="team-a", workspace="dev", token_hash="ab" * 32),
+    TokenCreated(name="ops", token_hash="cd" * 32),
+    TokenRevoked(name="ops"),
 ]
 
 
@@ -102,6 +107,8 @@ config_events: st.SearchStrategy[ConfigEvent] = st.one_of(
     st.builds(AssignableTagSet, tag=short, only=st.lists(short, max_size=2).map(tuple),
               exclude=st.lists(short, max_size=2).map(tuple)),
     st.builds(AssignableTagRemoved, tag=short),
+    st.builds(TokenCreated, name=short, workspace=opt_short, token_hash=short),
+    st.builds(TokenRevoked, name=short),
 )
 records: st.SearchStrategy[Recorded] = st.builds(
     Recorded,
@@ -165,6 +172,7 @@ def test_subject_for() -> None:
     )
     assert subject_for(AssignableTagSet(tag="gpu")) == subjects.CONFIG_TAGS_SUBJECT
     assert subject_for(AssignableTagRemoved(tag="gpu")) == subjects.CONFIG_TAGS_SUBJECT
+    assert subject_for(TokenRevoked(name="x")) == subjects.CONFIG_TOKENS_SUBJECT
     for event in ALL_EVENTS:  # every event lands inside the config stream's subjects
         subject = subject_for(event)
         assert subject.startswith("go.config.") and "*" not in subject and ">" not in subject
@@ -245,7 +253,7 @@ def test_v1_fixture_decodes_and_folds() -> None:
     assert {event_type(r.event) for r in recs} == EVENT_TAGS  # one line (at least) per type
     assert recs[0].actor == "operator" and recs[0].reason == "new GPU pool"
     state = fold(recs)
-    assert state.seq == 13
+    assert state.seq == 16
     assert state.groups == {
         "gpu": GroupConfig(
             name="gpu", tags=("gpu", "cuda-12", "normal-$workspace", "é"),
@@ -267,6 +275,8 @@ def test_v1_fixture_decodes_and_folds() -> None:
         ),
     }
     assert state.assignable == {"gpu": AssignableTag(tag="gpu", only=("dev", "prod"))}
+    assert state.tokens == {"team-a": ApiToken(name="team-a", workspace="dev",
+                                               token_hash="ab" * 32, created_seq=14)}
 
 
 def test_v1_fixture_hash_chain_still_verifies() -> None:
