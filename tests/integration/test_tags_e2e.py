@@ -4,7 +4,6 @@ workers with warm runtimes, priorities, and refusing unserved tags."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
