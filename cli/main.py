@@ -303,6 +303,68 @@ def cmd_token(ns: argparse.Namespace) -> int:
     return _print(answer, ns.json, lambda a: print(f"token {ns.name} revoked at seq {a['seq']}"))
 
 
+def cmd_events(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    query: dict[str, Any] = {"limit": ns.limit}
+    for key in ("group", "type", "actor", "since", "until"):
+        if getattr(ns, key):
+            query[key] = getattr(ns, key)
+    if not ns.json:
+        query["summary"] = 1
+    rows = call("GET", f"{ep.config_url}/events?{urllib.parse.urlencode(query)}", ep.token())
+    for row in rows:
+        print(json.dumps(row) if ns.json else output.event_line(row), flush=True)
+    if not ns.follow:
+        return 0
+    from cli.follow import follow_events
+
+    last = rows[-1]["seq"] if rows else None
+    return follow_events(ep.nats_url, after=last, group=ns.group, type_=ns.type, actor=ns.actor,
+                         as_json=ns.json)
+
+
+def cmd_replay(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    state = call("GET", f"{ep.config_url}/state?{urllib.parse.urlencode({'at': ns.at})}", ep.token())
+    return _print(state, ns.json, output.print_state)
+
+
+def cmd_diff(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    query = {"from": ns.a, **({"to": ns.b} if ns.b else {})}
+    answer = call("GET", f"{ep.config_url}/diff?{urllib.parse.urlencode(query)}", ep.token())
+    if ns.json:
+        print(json.dumps(answer))
+        return 0
+    print(f"from seq {answer['from_seq']} to seq {answer['to_seq']}:")
+    for line in answer["changes"] or ["(no change)"]:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    print("verifying the SQLite hash chain and the stream, event by event...", file=sys.stderr,
+          flush=True)
+    report = call("GET", f"{ep.config_url}/verify", ep.token(), timeout=600)
+    if ns.json:
+        print(json.dumps(report))
+    if report["ok"]:
+        if not ns.json:
+            print(f"intact: {report['log_events']} events in the log, {report['stream_events']}"
+                  " on the stream, same bytes in the same order")
+        return 0
+    raise CliError(f"verification failed at seq {report['first_bad_seq']}: {report['problem']}")
+
+
+def cmd_jobs(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    query = {k: v for k, v in (("tag", ns.tag), ("group", ns.group), ("workspace", ns.workspace),
+                                ("status", ns.status), ("limit", ns.limit)) if v}
+    jobs = call("GET", f"{ep.router_url}/jobs?{urllib.parse.urlencode(query)}", ep.token())
+    return _print(jobs, ns.json, output.print_jobs)
+
+
 def _print(obj: Any, as_json: bool, human: Any) -> int:
     if as_json:
         print(json.dumps(obj))
@@ -470,6 +532,42 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("name")
     k.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_token)
+
+    s = sub.add_parser("events", parents=[common], help="the config event log (audit)")
+    s.add_argument("--group", help="only events about this worker group")
+    s.add_argument("--type", help="only this event type, e.g. group.tags_set")
+    s.add_argument("--actor", help="only changes made with this token name")
+    s.add_argument("--since", metavar="TIME|SEQ", help="from this sequence or ISO time (inclusive)")
+    s.add_argument("--until", metavar="TIME|SEQ", help="up to this sequence or ISO time (inclusive)")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--follow", action="store_true", help="then stream new events live from NATS")
+    s.add_argument("--json", action="store_true", help="JSON lines, one event per line")
+    s.set_defaults(func=cmd_events)
+
+    s = sub.add_parser("replay", parents=[common], help="the whole configuration at a point in time")
+    s.add_argument("--at", required=True, metavar="TIME|SEQ")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("diff", parents=[common], help="what changed between two points (TIME|SEQ)")
+    s.add_argument("a", metavar="A")
+    s.add_argument("b", metavar="B", nargs="?", help="default: now")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_diff)
+
+    s = sub.add_parser("verify", parents=[common],
+                       help="check the log's hash chain and that the stream holds the same events")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("jobs", parents=[common], help="recent jobs from the job history")
+    s.add_argument("--tag")
+    s.add_argument("--group")
+    s.add_argument("--workspace")
+    s.add_argument("--status", choices=["queued", "running", "success", "failure", "cancelled"])
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
 
     s = sub.add_parser("workers", parents=[common], help="list live workers")
     s.add_argument("--json", action="store_true")

@@ -119,3 +119,38 @@ def print_tags(tags: list[dict[str, Any]]) -> None:
 def print_tokens(tokens: list[dict[str, Any]]) -> None:
     _table(["NAME", "WORKSPACE", "CREATED AT SEQ"],
            [[t["name"], t["workspace"] or "(admin)", str(t["created_seq"])] for t in tokens])
+
+
+def event_line(row: dict[str, Any]) -> str:
+    reason = f"  (reason: {row['reason']})" if row.get("reason") else ""
+    return f"{row['seq']:>6}  {row['time'][:19].replace('T', ' ')}  {row['actor']:<12} {row['type']:<24} {row['summary']}{reason}"
+
+
+def print_state(state: dict[str, Any]) -> None:
+    print(f"configuration at seq {state['seq']}")
+    for g in sorted(state["groups"].values(), key=lambda g: g["name"]):
+        extras = []
+        if g.get("init_script"):
+            extras.append("init script")
+        if g.get("dedicated"):
+            extras.append("dedicated " + ",".join(g["dedicated"]))
+        if g.get("priorities"):
+            extras.append("priorities " + ",".join(f"{k}={v}" for k, v in g["priorities"].items()))
+        print(f"  group {g['name']} (v{g['version']}): {', '.join(g['tags']) or '-'}"
+              + (f"; {'; '.join(extras)}" if extras else ""))
+    for s in sorted(state["scripts"].values(), key=lambda s: (s["workspace"], s["path"])):
+        print(f"  script {s['workspace']}/{s['path']} r{s['revision']} {s['language']} tag {s.get('tag') or '-'}")
+    for f in sorted(state["flows"].values(), key=lambda f: (f["workspace"], f["path"])):
+        print(f"  flow {f['workspace']}/{f['path']} r{f['revision']} {len(f['steps'])} steps tag {f.get('tag') or '-'}")
+    for t in sorted(state["assignable"]):
+        print(f"  assignable tag {t}")
+    for name, tok in sorted(state.get("tokens", {}).items()):
+        print(f"  token {name} ({tok.get('workspace') or 'admin'})")
+
+
+def print_jobs(jobs: list[dict[str, Any]]) -> None:
+    rows = [[j["id"], j["status"], j.get("tag") or "-", j.get("group") or "-",
+             j.get("workspace") or "-",
+             time.strftime("%H:%M:%S", time.localtime(j["queued_at"])) if j.get("queued_at") else "-"]
+            for j in jobs]
+    _table(["JOB", "STATUS", "TAG", "GROUP", "WORKSPACE", "QUEUED"], rows)

@@ -57,3 +57,18 @@ def _path_of(message: str) -> str | None:
     if i < 0:
         return None
     return message[i + len(marker):].rstrip("`").split("[")[0] or None
+
+
+_mp_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_compact(obj: object) -> bytes:
+    """MessagePack: for derived blobs (state snapshots) where size and speed matter, not reading."""
+    return _mp_encoder.encode(obj)
+
+
+def decode_compact(data: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.msgpack.decode(data, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidInput(f"invalid snapshot: {exc}") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
@@ -98,6 +98,30 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
         )
 
 
+SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
+SNAPSHOT_NAME = "config"
+
+
+async def _snapshot_store(js: JetStreamContext) -> Any:
+    try:
+        return await js.object_store(SNAPSHOT_BUCKET)
+    except Exception:
+        return await js.create_object_store(SNAPSHOT_BUCKET)
+
+
+async def put_snapshot(js: JetStreamContext, body: bytes) -> None:
+    """The latest folded config state (MessagePack), for services that start from it."""
+    await (await _snapshot_store(js)).put(SNAPSHOT_NAME, body)
+
+
+async def get_snapshot(js: JetStreamContext) -> bytes | None:
+    try:
+        result = await (await _snapshot_store(js)).get(SNAPSHOT_NAME)
+    except Exception:
+        return None
+    return bytes(result.data) if result.data else None
+
+
 async def ensure_tag_consumer(js: JetStreamContext, tag: str) -> str:
     """The durable pull consumer of a tag, shared by every worker listening to it."""
     name = subjects.tag_consumer(tag)
@@ -128,6 +152,7 @@ async def follow(
     subject: str,
     handler: Callable[[Msg], Awaitable[None]],
     caught_up: asyncio.Event,
+    start_seq: int = 1,
 ) -> JetStreamContext.PushSubscription:
     """Replay every message on `subject` from the start, then keep delivering new ones.
 
@@ -135,7 +160,7 @@ async def follow(
     service can wait for a complete view before serving.
     """
     target = await last_sequence(js, stream, subject)
-    if target == 0:
+    if target < start_seq:
         caught_up.set()
 
     async def on_msg(msg: Msg) -> None:
@@ -143,7 +168,13 @@ async def follow(
         if not caught_up.is_set() and msg.metadata.sequence.stream >= target:
             caught_up.set()
 
+    if start_seq <= 1:
+        return await js.subscribe(
+            subject, stream=stream, cb=on_msg, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=5.0,
+        )
     return await js.subscribe(
-        subject, stream=stream, cb=on_msg, ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=5.0,
+        subject, stream=stream, cb=on_msg, ordered_consumer=True, idle_heartbeat=5.0,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start_seq),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -58,3 +59,44 @@ async def read_job(
     finally:
         await psub.unsubscribe()
     return view
+
+
+async def recent_jobs(
+    js: JetStreamContext, *, scan: int = 20_000, tag: str | None = None, group: str | None = None,
+    workspace: str | None = None, status: str | None = None, limit: int = 100,
+) -> list[JobView]:
+    """Jobs from the newest `scan` lifecycle events, folded, filtered, newest first."""
+    info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
+    if info.state.messages == 0:
+        return []
+    start = max(int(info.state.first_seq), int(info.state.last_seq) - scan + 1)
+    sub = await js.pull_subscribe(
+        subjects.JOB_EVENTS_SUBJECTS, durable=None, stream=subjects.JOB_EVENTS_STREAM,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, max_ack_pending=-1,
+                                  deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start, inactive_threshold=30.0),
+    )
+    views: dict[str, JobView] = {}
+    try:
+        done = False
+        while not done:
+            try:
+                batch = await sub.fetch(1000, timeout=1.0)
+            except (asyncio.TimeoutError, nats_errors.TimeoutError):
+                break
+            for msg in batch:
+                try:
+                    event = decode(msg.data, JobEvent)
+                except InvalidInput:
+                    continue
+                view = views.get(event.job_id) or JobView(id=event.job_id)
+                views[event.job_id] = evolve_job(view, event)
+                done = msg.metadata.sequence.stream >= info.state.last_seq
+    finally:
+        await sub.unsubscribe()
+    out = [v for v in views.values()
+           if (tag is None or v.tag == tag) and (group is None or v.group == group)
+           and (workspace is None or v.workspace == workspace)
+           and (status is None or v.status == status)]
+    out.sort(key=lambda v: v.queued_at or v.started_at or 0.0, reverse=True)
+    return out[:limit]

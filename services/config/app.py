@@ -15,6 +15,8 @@ from services.config.service import ConfigService
 from shared import state as st
 from shared.errors import InvalidInput, NotFound
 from shared.events import FlowStep, Recorded
+from shared.history import Point, diff_states, summarize
+from shared.subjects import group_subject
 from shared.tags import format_tag_spec
 
 SERVICE_KEY = web.AppKey("service", ConfigService)
@@ -274,16 +276,56 @@ async def revoke_token(request: web.Request) -> web.Response:
     return json_response({"seq": records[-1].seq, "published": published})
 
 
+def _point(request: web.Request, name: str) -> Point | None:
+    raw = request.query.get(name)
+    return Point.parse(raw, field=name) if raw else None
+
+
 async def list_events(request: web.Request) -> web.Response:
+    """The log, filtered: since/until (seq or ISO time), type, actor, group; oldest first."""
     request.app[TOKENS_KEY].actor(request)
-    since = query_int(request, "since", 0) or 0
+    svc = request.app[SERVICE_KEY]
+    since, until = _point(request, "since"), _point(request, "until")
+    group = request.query.get("group")
     limit = min(max(query_int(request, "limit", 1000) or 1000, 1), 10_000)
-    return json_response(list(request.app[SERVICE_KEY].log.records(since, limit)))
+    records = svc.log.query(
+        since_seq=(since.seq - 1) if since and since.seq else 0,
+        since_time=since.time if since else None,
+        until_seq=until.seq if until else None, until_time=until.time if until else None,
+        type=request.query.get("type"), actor=request.query.get("actor"),
+        subject=group_subject(group) if group else None, limit=limit,
+    )
+    if request.query.get("summary") in ("1", "true"):
+        return json_response([{"seq": r.seq, "time": r.time, "actor": r.actor, "reason": r.reason,
+                               "type": r.event.__struct_config__.tag, "summary": summarize(r.event)}
+                              for r in records])
+    return json_response(records)
 
 
 async def get_state(request: web.Request) -> web.Response:
+    """The whole configuration now, or `?at=` a sequence or an ISO time."""
     request.app[TOKENS_KEY].actor(request)
-    return json_response(request.app[SERVICE_KEY].state)
+    svc = request.app[SERVICE_KEY]
+    at = _point(request, "at")
+    return json_response(svc.state_at(at) if at else svc.state)
+
+
+async def get_diff(request: web.Request) -> web.Response:
+    """What changed between two points (`from`, `to`; `to` defaults to now)."""
+    request.app[TOKENS_KEY].actor(request)
+    svc = request.app[SERVICE_KEY]
+    start = _point(request, "from")
+    if start is None:
+        raise InvalidInput("give from=SEQ|TIME (and optionally to=SEQ|TIME)", field="from")
+    end = _point(request, "to")
+    a = svc.state_at(start)
+    b = svc.state_at(end) if end else svc.state
+    return json_response({"from_seq": a.seq, "to_seq": b.seq, "changes": diff_states(a, b)})
+
+
+async def get_verify(request: web.Request) -> web.Response:
+    request.app[TOKENS_KEY].actor(request)
+    return json_response(await request.app[SERVICE_KEY].verify())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -320,4 +362,6 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app.router.add_delete("/tokens/{name}", revoke_token)
     app.router.add_get("/events", list_events)
     app.router.add_get("/state", get_state)
+    app.router.add_get("/diff", get_diff)
+    app.router.add_get("/verify", get_verify)
     return app

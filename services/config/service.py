@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -15,9 +16,13 @@ from services.config.outbox import Outbox, StreamDiverged
 from services.config.store import EventLog
 from shared import state as st
 from shared import subjects
+from services.config.verify import Report, verify
+from shared.codec import decode_compact, encode_compact
 from shared.events import ConfigEvent, Recorded, decode_known, event_type, verify_chain
+from shared.history import Point
 
 PUBLISH_WAIT = 2.0
+SNAPSHOT_EVERY = int(os.environ.get("GETOPERATE_SNAPSHOT_EVERY", "10000"))
 
 
 class ConfigService:
@@ -28,10 +33,49 @@ class ConfigService:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.logger = logger
-        self.state = st.fold(self.log.records())
+        self.state = self._load()
         self.outbox = Outbox(self.log, self.js, logger)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._snapshot_pending: bytes | None = None
+
+    def _load(self) -> st.ConfigState:
+        """Latest snapshot, then the events after it: start-up cost follows the tail, not the log."""
+        last, _ = self.log.last()
+        snap = self.log.snapshot_at_or_before(last)
+        state = decode_compact(snap[1], st.ConfigState) if snap else st.ConfigState()
+        return st.fold(self.log.records(since=state.seq), state)
+
+    def state_at(self, point: Point) -> st.ConfigState:
+        """The whole configuration as it was at a sequence or a time."""
+        target = point.seq if point.seq is not None else self.log.seq_at_time(point.time or "")
+        if target >= self.state.seq:
+            return self.state
+        snap = self.log.snapshot_at_or_before(target)
+        base = decode_compact(snap[1], st.ConfigState) if snap else st.ConfigState()
+        records = (r for r in (decode_known(b) for b in self.log.raw_range(base.seq, target)) if r)
+        return st.fold(records, base)
+
+    def _maybe_snapshot(self, force: bool = False) -> None:
+        last = self.log.snapshot_at_or_before(self.state.seq)
+        if self.state.seq and (force or self.state.seq - (last[0] if last else 0) >= SNAPSHOT_EVERY):
+            body = encode_compact(self.state)
+            self.log.save_snapshot(self.state.seq, body)
+            self._snapshot_pending = body
+
+    async def _publish_snapshot(self) -> None:
+        """Routers start from the latest snapshot in the GO_SNAPSHOTS object store, then the tail."""
+        body, self._snapshot_pending = self._snapshot_pending, None
+        if body is None:
+            return
+        try:
+            await bus.put_snapshot(self.js, body)
+        except Exception as exc:
+            self.logger.warning("snapshot_publish_failed", error=str(exc) or type(exc).__name__)
+
+    async def verify(self) -> Report:
+        await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
+        return await verify(self.log, self.js, self.outbox.published_seq)
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
@@ -39,6 +83,8 @@ class ConfigService:
         await self.execute(st.seed, actor="system", reason="first start: seed default groups")
         self._task = asyncio.create_task(self.outbox.run(), name="outbox")
         await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
+        self._maybe_snapshot(force=True)
+        await self._publish_snapshot()
         self.logger.info("config_ready", seq=self.state.seq, groups=sorted(self.state.groups))
 
     async def stop(self) -> None:
@@ -86,11 +132,14 @@ class ConfigService:
             events = decide(self.state, *args, **kwargs)
             records = self.log.append(events, actor=actor, reason=reason)
             self.state = st.fold(records, self.state)
+            self._maybe_snapshot()
         for rec in records:
             self.logger.info("config_event", seq=rec.seq, type=event_type(rec.event), actor=actor,
                              event_id=rec.id)
         if records:
             self.outbox.kick()
+        if self._snapshot_pending is not None:
+            asyncio.create_task(self._publish_snapshot())
         return records
 
     async def execute_and_publish(

@@ -55,6 +55,10 @@ class EventLog:
             )
             self.table.create_index(["id"], unique=True)
             self.table.create_index(["published"])
+            self.table.create_index(["time"])
+        if not self.db.table("snapshots").exists():
+            # A snapshot is the folded state at `seq`: a derived cache, rebuildable from the log.
+            self.db.create_table("snapshots", {"seq": int, "time": str, "body": bytes}, pk="seq")
 
     def close(self) -> None:
         self.db.conn.close()
@@ -122,6 +126,49 @@ class EventLog:
             params.append(limit)
         for (body,) in self.db.execute(sql, params):
             yield body.encode()
+
+    def raw_range(self, since: int, until: int | None = None) -> Iterator[bytes]:
+        """Stored bytes with since < seq <= until, in order, without a row limit."""
+        sql, params = "SELECT body FROM events WHERE seq > ?", [since]
+        if until is not None:
+            sql += " AND seq <= ?"
+            params.append(until)
+        for (body,) in self.db.execute(sql + " ORDER BY seq", params):
+            yield body.encode()
+
+    def query(
+        self, *, since_seq: int = 0, until_seq: int | None = None, since_time: str | None = None,
+        until_time: str | None = None, type: str | None = None, actor: str | None = None,
+        subject: str | None = None, limit: int = 1000,
+    ) -> list[Recorded]:
+        """Filtered read of the log (the `events` command and `GET /events`)."""
+        where, params = ["seq > ?"], [since_seq]
+        for clause, value in (("seq <= ?", until_seq), ("time >= ?", since_time),
+                              ("time <= ?", until_time), ("type = ?", type), ("actor = ?", actor),
+                              ("subject = ?", subject)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = self.db.execute(
+            f"SELECT body FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            [*params, limit])
+        return [r for r in (decode_known(body.encode()) for (body,) in rows) if r is not None]
+
+    def seq_at_time(self, time: str) -> int:
+        """The last sequence written at or before `time` (ISO UTC), 0 if none."""
+        row = self.db.execute("SELECT max(seq) FROM events WHERE time <= ?", [time]).fetchone()
+        return int(row[0] or 0)
+
+    def save_snapshot(self, seq: int, body: bytes) -> None:
+        time = self.db.execute("SELECT time FROM events WHERE seq = ?", [seq]).fetchone()
+        self.db.execute("INSERT OR REPLACE INTO snapshots (seq, time, body) VALUES (?, ?, ?)",
+                        [seq, time[0] if time else "", body])
+
+    def snapshot_at_or_before(self, seq: int) -> tuple[int, bytes] | None:
+        row = self.db.execute(
+            "SELECT seq, body FROM snapshots WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [seq]
+        ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
 
     def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
         """Decoded records with seq > since, in order; an event type this version does not know

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.http import (
-    MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, read_body,
+    MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
 )
+from services.common.jobwatch import recent_jobs
 from services.router.service import RouterService
 from shared.codec import decode
 from shared.errors import Forbidden, NotFound
@@ -51,6 +52,18 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(view)
 
 
+async def list_jobs(request: web.Request) -> web.Response:
+    """Recent jobs from the job history stream, filtered by tag, group, workspace or status."""
+    who = request.app[TOKENS_KEY].identity(request)
+    workspace = request.query.get("workspace") if who.admin else who.workspace
+    limit = min(max(query_int(request, "limit", 100) or 100, 1), 1000)
+    jobs = await recent_jobs(
+        request.app[SERVICE_KEY].js, tag=request.query.get("tag"), group=request.query.get("group"),
+        workspace=workspace, status=request.query.get("status"), limit=limit,
+    )
+    return json_response(jobs)
+
+
 async def list_workers(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].identity(request)
     return json_response(request.app[SERVICE_KEY].workers.all())
@@ -71,6 +84,7 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app[TOKENS_KEY] = tokens
     app.router.add_get("/healthz", health)
     app.router.add_post("/jobs", submit_job)
+    app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)
     app.router.add_get("/workers", list_workers)
     return app

@@ -16,7 +16,7 @@ from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from shared import state as st
 from shared import subjects
-from shared.codec import decode, encode
+from shared.codec import decode, decode_compact, encode
 from shared.errors import Conflict, GetOperateError, InvalidInput
 from shared.events import decode_known
 from shared.jobs import (
@@ -57,9 +57,15 @@ class RouterService:
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
+        snapshot = await bus.get_snapshot(self.js)
+        if snapshot is not None:
+            try:
+                self.config = decode_compact(snapshot, st.ConfigState)
+            except InvalidInput as exc:
+                self.logger.warning("snapshot_unreadable", error=str(exc))
         self._subs.append(
             await bus.follow(self.js, subjects.CONFIG_STREAM, subjects.CONFIG_SUBJECTS,
-                             self._on_config, self.config_ready)
+                             self._on_config, self.config_ready, start_seq=self.config.seq + 1)
         )
         await self.workers.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
@@ -85,6 +91,8 @@ class RouterService:
             return
         if rec is None:
             self.logger.warning("config_event_unknown_type_skipped", seq=msg.metadata.sequence.stream)
+            return
+        if rec.seq <= self.config.seq:  # already in the snapshot we started from
             return
         self.config = st.evolve(self.config, rec)
 

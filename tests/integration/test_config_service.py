@@ -29,11 +29,13 @@ class ConfigProc:
         self.root, self.nats_url = root, nats_url
         self.port = free_port()
         self.proc: Proc | None = None
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> "ConfigProc":
         self.proc = Proc(["config"], cwd=self.root, name="config", env={
             "NATS_URL": self.nats_url, "CONFIG_PORT": str(self.port),
-            "GETOPERATE_DATA_DIR": str(self.root / "data"), "GETOPERATE_ADMIN_TOKEN": TOKEN})
+            "GETOPERATE_DATA_DIR": str(self.root / "data"), "GETOPERATE_ADMIN_TOKEN": TOKEN,
+            **self.extra_env})
         self.proc.wait_for('"http_listening"')
         return self
 

@@ -62,3 +62,22 @@ def test_dynamic_tags_fill_workspace_and_args(suite: Suite) -> None:
         assert "no argument 'missing'" in exc.message
     else:
         raise AssertionError("a missing $args reference must be refused")
+
+
+def test_job_history_lists_by_tag_group_workspace_and_status(suite: Suite) -> None:
+    ok = [suite.api.submit("echo hist", workspace="histws")["id"] for _ in range(3)]
+    bad = suite.api.submit("exit 4", workspace="histws")["id"]
+    for job_id in ok + [bad]:
+        suite.api.job(job_id)
+    from tests.integration.harness import cli
+
+    listed = json.loads(cli("jobs", "--workspace", "histws", "--json", cwd=suite.root).stdout)
+    assert {j["id"] for j in listed} == set(ok + [bad])
+    failed = json.loads(cli("jobs", "--workspace", "histws", "--status", "failure", "--json",
+                            cwd=suite.root).stdout)
+    assert [j["id"] for j in failed] == [bad]
+    by_tag = json.loads(cli("jobs", "--tag", "bash", "--group", "default", "--limit", "500",
+                            "--json", cwd=suite.root).stdout)
+    assert set(ok) <= {j["id"] for j in by_tag}
+    table = cli("jobs", "--workspace", "histws", cwd=suite.root).stdout
+    assert table.splitlines()[0].split()[:3] == ["JOB", "STATUS", "TAG"] and bad in table

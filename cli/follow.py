@@ -1,0 +1,55 @@
+"""`getoperate events --follow`: stream new config events live from NATS (Ctrl-C stops)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import nats
+from nats.js import api
+
+from cli import output
+from shared import subjects
+from shared.codec import to_builtins
+from shared.events import decode_known, event_type
+from shared.history import summarize
+
+
+def follow_events(url: str, *, after: int | None, group: str | None, type_: str | None,
+                  actor: str | None, as_json: bool) -> int:
+    return asyncio.run(_follow(url, after, group, type_, actor, as_json))
+
+
+async def _follow(url: str, after: int | None, group: str | None, type_: str | None,
+                  actor: str | None, as_json: bool) -> int:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def on_msg(msg: object) -> None:
+        rec = decode_known(msg.data)  # type: ignore[attr-defined]
+        if rec is None or (after is not None and rec.seq <= after):
+            return
+        if (type_ and event_type(rec.event) != type_) or (actor and rec.actor != actor):
+            return
+        if as_json:
+            print(json.dumps(to_builtins(rec)), flush=True)
+        else:
+            print(output.event_line({"seq": rec.seq, "time": rec.time, "actor": rec.actor,
+                                     "reason": rec.reason, "type": event_type(rec.event),
+                                     "summary": summarize(rec.event)}), flush=True)
+
+    subject = subjects.group_subject(group) if group else subjects.CONFIG_SUBJECTS
+    cfg = (api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                              opt_start_seq=after + 1) if after else
+           api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW))
+    sub = await js.subscribe(subject, stream=subjects.CONFIG_STREAM, cb=on_msg,
+                             ordered_consumer=True, config=cfg)
+    await stop.wait()
+    await sub.unsubscribe()
+    await nc.close()
+    return 0
