@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import dedicated
+from bench import dedicated, history
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "dedicated": dedicated.run,
+    "history": history.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
