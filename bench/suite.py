@@ -30,7 +30,7 @@ def _free_base() -> int:
     import random
 
     for _ in range(200):
-        base = random.randint(20000, 60000)
+        base = random.randint(20000, 32000)  # below the ephemeral range (32768+)
         if not any(port_open(base + i) for i in range(3)):
             return base
     raise RuntimeError("no free ports")

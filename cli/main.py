@@ -121,6 +121,17 @@ def cmd_job(ns: argparse.Namespace) -> int:
     return _show_job(view, ns.json)
 
 
+def cmd_cancel(ns: argparse.Namespace) -> int:
+    ep = _endpoints(ns)
+    view = call("POST", f"{ep.router_url}/jobs/{urllib.parse.quote(ns.id, safe='')}/cancel",
+                ep.token(), {})
+    if ns.json:
+        print(json.dumps(view))
+    else:
+        print(f"job {view['id']}: {view['status']}" + (f" ({view['error']})" if view.get("error") else ""))
+    return 0 if view["status"] == "cancelled" else EXIT_FAILED
+
+
 def cmd_workers(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
     workers = call("GET", f"{ep.router_url}/workers", ep.token())
@@ -218,6 +229,8 @@ def cmd_script(ns: argparse.Namespace) -> int:
                             **_write_opts(ns)}
     if ns.tag:
         body["tag"] = ns.tag
+    if ns.timeout:
+        body["timeout"] = ns.timeout
     answer = call("PUT", url, token, body)
     return _print(answer, ns.json, lambda a: output.print_deploy("script", ns.target, a))
 
@@ -454,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_job)
 
+    s = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cancel)
+
     s = sub.add_parser("group", parents=[common], help="manage worker groups")
     gsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     g = gsub.add_parser("list", parents=[common], help="all groups")
@@ -491,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("file", metavar="FILE" if noun == "script" else "FLOW.json|yaml")
         if noun == "script":
             d.add_argument("--language", required=True, help="bash, python3, or any language")
+            d.add_argument("--timeout", type=float, help="seconds each run may take (default: the worker's)")
         else:
             d.add_argument("--preserve-step-tags", action="store_true",
                            help="the flow tag does not override the steps' own tags")

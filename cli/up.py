@@ -120,6 +120,10 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:
             time.sleep(0.2)
+            if nats.proc is not None and nats.proc.poll() is not None and not stopping:
+                print(f"nats-server exited with code {nats.proc.returncode}; restarting it"
+                      " (its JetStream data is on disk)", file=sys.stderr, flush=True)
+                nats.start()
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None and not stopping:
                     child.restarts += 1

@@ -71,6 +71,7 @@ class ScriptDeployed(_Event, tag="script.deployed", kw_only=True):
     language: str
     content: str
     tag: str | None = None
+    timeout: float | None = None
 
 
 class FlowStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -119,6 +119,7 @@ class JobFinished(_JobEvent, tag="job.finished", kw_only=True):
     attempt: int = 1
     duration_ms: float = 0.0
     steps: list[StepSummary] = msgspec.field(default_factory=list)
+    dead_letter: bool = False
 
 
 JobEvent = Union[JobQueued, JobStarted, JobFinished]
@@ -146,6 +147,7 @@ class JobView(msgspec.Struct, kw_only=True):
     path: str | None = None
     parent: str | None = None
     steps: list[StepSummary] = msgspec.field(default_factory=list)
+    dead_letter: bool = False
 
 
 def evolve_job(view: JobView, event: JobEvent) -> JobView:
@@ -169,6 +171,7 @@ def evolve_job(view: JobView, event: JobEvent) -> JobView:
                 view, status=event.status, result=event.result, error=event.error, logs=event.logs,
                 worker=event.worker, group=event.group, attempts=max(view.attempts, event.attempt),
                 finished_at=event.time, duration_ms=event.duration_ms, steps=event.steps,
+                dead_letter=event.dead_letter,
             )
     return view
 
@@ -226,3 +229,13 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     jobs_done: int = 0
     priorities: dict[str, int] = msgspec.field(default_factory=dict)
     dedicated: list[str] = msgspec.field(default_factory=list)
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A job parked on GO_DEAD after too many deliveries, with the history that led there."""
+
+    v: int = 1
+    job: Job
+    deliveries: int
+    time: float
+    history: list[JobEvent] = msgspec.field(default_factory=list)

@@ -42,6 +42,7 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     path: str | None = None
     version: int | None = None
     steps: tuple[PlannedStep, ...] = ()
+    timeout: float | None = None
 
 
 def target_tag(target: str) -> str:
@@ -139,7 +140,7 @@ def route(
             template, trusted = found.tag or default_tag(found.language), True
         tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
         return Route(tag=tag, kind="script", language=found.language, code=found.content,
-                     path=path, version=found.version)
+                     path=path, version=found.version, timeout=found.timeout)
     return _route_flow(state, found, workspace, args, override, dedicated, admin)
 
 

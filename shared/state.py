@@ -59,6 +59,7 @@ class Script(msgspec.Struct, frozen=True, kw_only=True):
     language: str
     content: str
     tag: str | None = None
+    timeout: float | None = None
     version: int = 0
     revision: int = 1
 
@@ -141,7 +142,8 @@ def _apply(
             k = key(event.workspace, event.path)
             old = scripts.get(k)
             scripts[k] = Script(workspace=event.workspace, path=event.path, language=event.language,
-                                content=event.content, tag=event.tag, version=seq,
+                                content=event.content, tag=event.tag, timeout=event.timeout,
+                                version=seq,
                                 revision=(old.revision + 1) if old else 1)
         case FlowDeployed():
             k = key(event.workspace, event.path)
@@ -349,16 +351,18 @@ def _check_language(language: object, field: str = "language") -> str:
 
 def deploy_script(
     state: ConfigState, workspace: str, path: str, *, language: str, content: str,
-    tag: str | None = None, expected_version: int | None = None,
+    tag: str | None = None, expected_version: int | None = None, timeout: float | None = None,
 ) -> list[ConfigEvent]:
     """Deploy a new version of a script (always a new event: a redeploy is a new version)."""
+    if timeout is not None and not (0 < timeout <= 24 * 3600):
+        raise InvalidInput("timeout must be between 0 and 86400 seconds", field="timeout")
     validate_workspace(workspace)
     validate_path(path)
     old = state.scripts.get(key(workspace, path))
     _check_version(old.version if old else 0, expected_version, f"script {workspace}/{path}")
     return [ScriptDeployed(workspace=workspace, path=path, language=_check_language(language),
                            content=_check_code(content, "content"),
-                           tag=validate_tag(tag) if tag else None)]
+                           tag=validate_tag(tag) if tag else None, timeout=timeout)]
 
 
 def deploy_flow(

@@ -33,6 +33,11 @@ JOB_EVENTS_STREAM = "GO_JOB_EVENTS"
 JOB_EVENTS_PREFIX = f"{PREFIX}.jobev"
 JOB_EVENTS_SUBJECTS = f"{JOB_EVENTS_PREFIX}.>"
 
+# Dead letters: jobs that lost their worker too many times, with their history.
+DEAD_STREAM = "GO_DEAD"
+DEAD_PREFIX = f"{PREFIX}.dead"
+DEAD_SUBJECTS = f"{DEAD_PREFIX}.>"
+
 # Live workers: a KV bucket whose entries expire when heartbeats stop.
 WORKERS_BUCKET = "GO_WORKERS"
 
@@ -115,6 +120,11 @@ def group_subject(group: str) -> str:
 def job_events_subject(job_id: str) -> str:
     """Lifecycle events of one job."""
     return f"{JOB_EVENTS_PREFIX}.{encode_token(job_id)}"
+
+
+def dead_subject(tag: str) -> str:
+    """Where a dead-lettered job of `tag` is parked."""
+    return f"{DEAD_PREFIX}.{encode_token(tag)}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -17,8 +17,12 @@ from shared import subjects
 from services.common.log import Logger
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-JOB_ACK_WAIT = 30.0
+# Seconds without an in-progress ack before JetStream redelivers a job (a worker died).
+JOB_ACK_WAIT = float(os.environ.get("GETOPERATE_ACK_WAIT", "30"))
+# Deliveries after which a job that keeps losing its worker goes to the dead-letter stream.
+MAX_DELIVER = int(os.environ.get("GETOPERATE_MAX_DELIVER", "5"))
 WORKER_TTL = 15.0
+CANCELS_BUCKET = "GO_CANCELS"
 
 
 async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> NATS:
@@ -72,6 +76,11 @@ def stream_configs() -> list[api.StreamConfig]:
             retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
             max_age=job_events_max_age(), duplicate_window=120.0,
         ),
+        api.StreamConfig(
+            name=subjects.DEAD_STREAM, subjects=[subjects.DEAD_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
+            max_age=job_events_max_age(), duplicate_window=120.0,
+        ),
     ]
 
 
@@ -83,6 +92,17 @@ async def ensure_streams(js: JetStreamContext) -> None:
         except BadRequestError:
             await js.update_stream(cfg)
     await workers_bucket(js)
+    await cancels_bucket(js)
+
+
+async def cancels_bucket(js: JetStreamContext) -> KeyValue:
+    """Cancellation requests by job id; workers watch it and kill the job if they run it."""
+    try:
+        return await js.key_value(CANCELS_BUCKET)
+    except Exception:
+        return await js.create_key_value(api.KeyValueConfig(
+            bucket=CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
+            storage=api.StorageType.FILE))
 
 
 async def workers_bucket(js: JetStreamContext) -> KeyValue:

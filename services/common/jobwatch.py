@@ -100,3 +100,28 @@ async def recent_jobs(
            and (status is None or v.status == status)]
     out.sort(key=lambda v: v.queued_at or v.started_at or 0.0, reverse=True)
     return out[:limit]
+
+
+async def job_history(js: JetStreamContext, job_id: str) -> list[JobEvent]:
+    """Every lifecycle event of one job, in order (for dead letters and audits)."""
+    subject = subjects.job_events_subject(job_id)
+    last = await bus.last_sequence(js, subjects.JOB_EVENTS_STREAM, subject)
+    if last == 0:
+        return []
+    sub = await js.pull_subscribe(
+        subject, durable=None, stream=subjects.JOB_EVENTS_STREAM,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL,
+                                  inactive_threshold=30.0),
+    )
+    events: list[JobEvent] = []
+    try:
+        while True:
+            for msg in await sub.fetch(100, timeout=5.0):
+                try:
+                    events.append(decode(msg.data, JobEvent))
+                except InvalidInput:
+                    pass
+                if msg.metadata.sequence.stream >= last:
+                    return events
+    finally:
+        await sub.unsubscribe()

@@ -40,14 +40,26 @@ class ScriptDeploy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     language: str
     content: str
     tag: str | None = None
+    timeout: float | None = None
     expected_version: int | None = None
     reason: str | None = None
+
+
+class FlowStepIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A step as a request gives it: unknown (misspelled) fields are refused here, while the
+    stored event type stays lenient for forward compatibility."""
+
+    name: str | None = None
+    script: str | None = None
+    language: str | None = None
+    content: str | None = None
+    tag: str | None = None
 
 
 class FlowDeploy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """`PUT /flows/{workspace}/{path}`: deploy a new version."""
 
-    steps: list[FlowStep]
+    steps: list[FlowStepIn]
     tag: str | None = None
     preserve_step_tags: bool = False
     expected_version: int | None = None
@@ -176,6 +188,7 @@ async def put_script(request: web.Request) -> web.Response:
     records, published = await svc.execute_and_publish(
         st.deploy_script, ws, path, actor=actor, reason=body.reason, language=body.language,
         content=body.content, tag=body.tag, expected_version=body.expected_version,
+        timeout=body.timeout,
     )
     return _deployed_answer(records, published, svc.state.scripts.get(st.key(ws, path)))
 
@@ -198,7 +211,8 @@ async def put_flow(request: web.Request) -> web.Response:
     ws, path = request.match_info["ws"], request.match_info["path"]
     body = await read_body(request, FlowDeploy)
     records, published = await svc.execute_and_publish(
-        st.deploy_flow, ws, path, actor=actor, reason=body.reason, steps=body.steps, tag=body.tag,
+        st.deploy_flow, ws, path, actor=actor, reason=body.reason,
+        steps=[FlowStep(**msgspec.structs.asdict(step)) for step in body.steps], tag=body.tag,
         preserve_step_tags=body.preserve_step_tags, expected_version=body.expected_version,
     )
     return _deployed_answer(records, published, svc.state.flows.get(st.key(ws, path)))

@@ -52,6 +52,15 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(view)
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    who = request.app[TOKENS_KEY].identity(request)
+    job_id = request.match_info["id"]
+    svc = request.app[SERVICE_KEY]
+    if not who.admin and (await svc.job(job_id)).workspace != who.workspace:
+        raise NotFound(f"job {job_id!r} does not exist", field="id")
+    return json_response(await svc.cancel(job_id, by=who.name))
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """Recent jobs from the job history stream, filtered by tag, group, workspace or status."""
     who = request.app[TOKENS_KEY].identity(request)
@@ -86,5 +95,6 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)
     app.router.add_get("/workers", list_workers)
     return app

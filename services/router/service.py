@@ -20,6 +20,7 @@ from shared.codec import decode, decode_compact, encode
 from shared.errors import Conflict, GetOperateError, InvalidInput
 from shared.events import decode_known
 from shared.jobs import (
+    TERMINAL,
     JobFinished,
     Job, JobQueued, JobSubmit, JobView, SubmitAnswer, validate_submit,
 )
@@ -27,6 +28,7 @@ from shared import routing
 
 
 MAX_INFLIGHT_SUBMITS = 1000
+MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 
 
 class NoLiveWorker(Conflict):
@@ -114,9 +116,14 @@ class RouterService:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
             warning += "; the job waits in the queue until one does"
         job = Job(id=new_job_id(), workspace=sub.workspace, language=route.language,
-                  code=route.code, args=sub.args, tag=tag, timeout=sub.timeout,
+                  code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
                   submitted_at=time.time(), kind=route.kind, path=route.path,
                   version=route.version, steps=route.steps, parent=sub.parent, step=sub.step)
+        body = encode(job)
+        if len(body) > MAX_JOB_BYTES:
+            raise InvalidInput(
+                f"the job is {len(body)} bytes once routed (code, arguments and flow steps); the"
+                f" limit is {MAX_JOB_BYTES}", field="code")
         # History first, then the queue: a job's events always start with job.queued, and a job
         # is never on a queue without history. If enqueueing fails, the history says so.
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
@@ -127,11 +134,11 @@ class RouterService:
         history = asyncio.ensure_future(self.js.publish(
             events_subject, encode(queued), headers={"Nats-Msg-Id": f"{job.id}:queued"}))
         enqueue = asyncio.ensure_future(self.js.publish(
-            subjects.job_subject(tag), encode(job), headers={"Nats-Msg-Id": job.id}))
+            subjects.job_subject(tag), body, headers={"Nats-Msg-Id": job.id}))
         results = await asyncio.gather(history, enqueue, return_exceptions=True)
         if isinstance(results[1], BaseException):
             exc = results[1]
-            failed = JobFinished(job_id=job.id, time=time.time(), status="failure",
+            failed = JobFinished(job_id=job.id, time=time.time(), status="failure", attempt=0,
                                  error=f"not enqueued: {exc!r}", worker="router")
             await self.js.publish(events_subject, encode(failed),
                                   headers={"Nats-Msg-Id": f"{job.id}:0:finished"})
@@ -166,6 +173,23 @@ class RouterService:
             answer = {"error": "internal", "message": str(exc)}
         if msg.reply:
             await msg.respond(encode(answer))
+
+    async def cancel(self, job_id: str, *, by: str) -> JobView:
+        """Ask for a job to be cancelled: a queued job ends now; a running one is killed by its
+        worker (which watches GO_CANCELS); one that already ended is a conflict."""
+        view = await self.job(job_id)
+        if view.status in TERMINAL:
+            raise Conflict(f"job {job_id!r} already ended ({view.status})", field="id")
+        kv = await bus.cancels_bucket(self.js)
+        await kv.put(job_id, f"cancelled by {by}".encode())
+        if view.status == "queued":
+            await self.js.publish(
+                subjects.job_events_subject(job_id),
+                encode(JobFinished(job_id=job_id, time=time.time(), status="cancelled",
+                                   error=f"cancelled by {by} before it started", worker="router")),
+                headers={"Nats-Msg-Id": f"{job_id}:cancel:finished"})
+        self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
+        return await self.job(job_id, wait=view.status == "running", timeout=10.0)
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""

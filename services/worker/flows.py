@@ -7,11 +7,13 @@ so a one-slot worker can orchestrate a flow and run its steps.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from services.common import bus
 from services.common.jobwatch import read_job
 from services.common.log import Logger
 from services.worker.runner import Outcome
@@ -49,7 +51,12 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
         lines.append(f"step {step.index} ({step.name}): job {answer.id} on tag {answer.tag}")
         if answer.warning:
             lines.append(f"  warning: {answer.warning}")
-        view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
+        try:
+            view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
+        except asyncio.CancelledError:  # the flow was cancelled: so is its running step
+            kv = await bus.cancels_bucket(js)
+            await kv.put(answer.id, f"flow {job.id} cancelled".encode())
+            raise
         summaries.append(StepSummary(index=step.index, name=step.name, job_id=answer.id,
                                      tag=answer.tag, status=view.status, group=view.group,
                                      worker=view.worker))

@@ -150,7 +150,11 @@ class WarmPool:
                 return Outcome(status="failure", error=hello.get("error"), logs=hello.get("logs", ""))
             self.procs[tag] = proc
         async with proc.lock:
-            return await proc.call(args, env, timeout)
+            try:
+                return await proc.call(args, env, timeout)
+            except asyncio.CancelledError:
+                proc.stop()  # cancelled mid-call: its state is unknown, start afresh next time
+                raise
 
     def keep_only(self, tags: set[str]) -> list[str]:
         """Stop warm processes of tags the worker is no longer dedicated to."""

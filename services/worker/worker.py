@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus
+from services.common.jobwatch import job_history
 from services.common.log import Logger
 from services.worker.flows import run_flow
 from services.worker.runner import Outcome, job_env, run_init_script, run_job
@@ -33,7 +34,7 @@ from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import InvalidInput
 from shared.events import decode_known
-from shared.jobs import Job, JobFinished, JobStarted, StepSummary, WorkerStatus
+from shared.jobs import DeadLetter, Job, JobFinished, JobStarted, StepSummary, WorkerStatus
 from shared.routing import target_tag
 
 HEARTBEAT_EVERY = 5.0
@@ -76,7 +77,8 @@ class Worker:
         self.dedicated_tags: set[str] = set()
         self.wake_subs: dict[str, object] = {}
         self.consumers: set[str] = set()
-        self.hinted: set[str] = set()
+        self.hinted: set[str] = set()  # tags whose subject signalled a new job
+        self.recent: set[str] = set()  # tags that delivered a job on the last pull
         self.wake = asyncio.Event()
         self._rotation = 0
         self._next_sweep = 0.0
@@ -96,10 +98,14 @@ class Worker:
         self._init_task: asyncio.Task[None] | None = None
         self._hb_task: asyncio.Task[None] | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._cancel_task: asyncio.Task[None] | None = None
         self._hb_kick = asyncio.Event()
-        self._hb_dirty = False
+        self._hb_urgent = False
+        self._last_beat = 0.0
         self._inbox: Any = None
         self._inbox_name = ""
+        self.cancel_requested: set[str] = set()
+        self.running: dict[str, asyncio.Task[tuple[Outcome, list[StepSummary]]]] = {}
         self._kv = None
         self._sub: object = None
 
@@ -109,6 +115,9 @@ class Worker:
         await bus.ensure_streams(self.js)
         self._kv = await bus.workers_bucket(self.js)
         self._hb_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        cancels = await bus.cancels_bucket(self.js)
+        self._cancel_watch = await cancels.watchall()
+        self._cancel_task = asyncio.create_task(self._watch_cancels(), name="cancels")
         if self.group is not None:
             self._sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
                                          subjects.group_subject(self.group), self._on_config,
@@ -116,7 +125,7 @@ class Worker:
             await asyncio.wait_for(self._caught_up.wait(), 60)
         await self._apply()
         self.state = "ready"
-        self._hb_kick.set()
+        self._beat_now()
         self._dispatch_task = asyncio.create_task(self._dispatch(), name="dispatch")
         self.logger.info("worker_ready", tags=self.tags(), tags_source=self.tags_source(),
                          config_version=self.config_version)
@@ -133,7 +142,7 @@ class Worker:
             for t in self._tasks:
                 t.cancel()
         await _unsubscribe(self._sub)
-        for task in (self._init_task, self._hb_task):
+        for task in (self._init_task, self._hb_task, self._cancel_task):
             if task:
                 task.cancel()
         self.warm.stop_all()
@@ -143,6 +152,18 @@ class Worker:
             except Exception:
                 pass
         self.logger.info("worker_stopped", jobs_done=self.jobs_done)
+
+    async def _watch_cancels(self) -> None:
+        """Cancellation requests (GO_CANCELS): kill the job if it runs here, skip it if it comes."""
+        async for entry in self._cancel_watch:
+            if entry is None or entry.operation in ("DEL", "PURGE"):
+                continue
+            job_id = entry.key
+            self.cancel_requested.add(job_id)
+            task = self.running.get(job_id)
+            if task is not None and not task.done():
+                self.logger.info("job_cancel_requested", job_id=job_id)
+                task.cancel()
 
     # --- config and hot reload ---------------------------------------------------------------
 
@@ -187,6 +208,7 @@ class Worker:
         for tag in sorted(set(self.wake_subs) - wanted):
             await _unsubscribe(self.wake_subs.pop(tag))
             self.hinted.discard(tag)
+            self.recent.discard(tag)
         old_script = old.init_script if old else None
         new_script = new.init_script if new else None
         if first or old_script != new_script:
@@ -197,7 +219,7 @@ class Worker:
             self.logger.info("hot_reload", config_version=self.config_version, changes=changes,
                              tags=self.tags())
         self.wake.set()
-        self._hb_kick.set()
+        self._beat_now()
 
     async def _listen(self, tag: str) -> None:
         """Wake-ups for a tag: a plain subscription to its job subject (no queue group)."""
@@ -228,7 +250,7 @@ class Worker:
                 self.free.clear()
                 await self.free.wait()
             self.init_status = "running"
-            self._hb_kick.set()
+            self._beat_now()
             started = time.monotonic()
             ok, logs = await run_init_script(
                 script, work_dir=self.settings.work_dir, timeout=self.settings.init_timeout,
@@ -240,11 +262,11 @@ class Worker:
                                  duration_ms=round((time.monotonic() - started) * 1000))
                 self.init_ok.set()
                 self.wake.set()
-                self._hb_kick.set()
+                self._beat_now()
                 return
             self.init_status, self.init_error = "failed", logs[-2000:]
             self.logger.error("init_script_failed", retry_in=delay, output=logs[-500:])
-            self._hb_kick.set()
+            self._beat_now()
             await asyncio.sleep(delay)
             delay = min(delay * 2, INIT_RETRY_MAX)
 
@@ -276,8 +298,9 @@ class Worker:
                 self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
 
-    def _candidates(self) -> list[tuple[str, bool]]:
-        """(tag, woken) pairs to try, by priority, then woken before swept, then round-robin."""
+    def _candidates(self) -> list[str]:
+        """Tags to try: by priority, then those known to have work, then round-robin. Between
+        sweeps only tags that signalled a job or just delivered one are tried."""
         now = time.monotonic()
         tags = list(self.wake_subs)
         sweep = now >= self._next_sweep
@@ -286,16 +309,20 @@ class Worker:
         self._rotation += 1
         n = max(len(tags), 1)
         order = {t: (i - self._rotation) % n for i, t in enumerate(tags)}
-        pool = [(t, t in self.hinted) for t in tags if sweep or t in self.hinted]
-        return sorted(pool, key=lambda p: (-self.priorities.get(p[0], 0), not p[1], order[p[0]]))
+        hot = self.hinted | self.recent
+        pool = [t for t in tags if sweep or t in hot]
+        return sorted(pool, key=lambda t: (-self.priorities.get(t, 0), t not in hot, order[t]))
 
     async def _take_next(self) -> tuple[str, Msg] | None:
-        for tag, woken in self._candidates():
+        for tag in self._candidates():
+            # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
+            request = PULL_SOON if tag in self.hinted else PULL_NOW
             self.hinted.discard(tag)
-            msg = await self._pull(tag, PULL_SOON if woken else PULL_NOW)
+            self.recent.discard(tag)
+            msg = await self._pull(tag, request)
             if msg is None:
                 continue
-            self.hinted.add(tag)  # it may hold more: try it again first next time
+            self.recent.add(tag)  # it may hold more: try it again first next time
             try:
                 return subjects.tag_of_subject(msg.subject), msg
             except InvalidInput:
@@ -351,23 +378,62 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int) -> None:
+        """Too many deliveries (each attempt lost its worker): park the job with its history."""
+        history = await job_history(self.js, job.id)
+        dead = DeadLetter(job=job, deliveries=deliveries, time=time.time(), history=history)
+        await self.js.publish(subjects.dead_subject(tag), encode(dead),
+                              headers={"Nats-Msg-Id": job.id})
+        await self._publish_event(JobFinished(
+            job_id=job.id, time=time.time(), status="failure", worker=self.id, group=self.group,
+            attempt=deliveries, dead_letter=True,
+            error=f"dead-lettered after {deliveries - 1} deliveries that never finished"
+                  f" (the job kept losing its worker); parked on {subjects.DEAD_STREAM}"),
+            f"{job.id}:{deliveries}:finished")
+        await msg.term()
+        self.logger.error("job_dead_lettered", job_id=job.id, tag=tag, deliveries=deliveries - 1)
+
     async def _execute(self, tag: str, job: Job, msg: Msg, uses_slot: bool) -> None:
         attempt = msg.metadata.num_delivered or 1
+        if attempt > bus.MAX_DELIVER:
+            try:
+                await self._dead_letter(tag, job, msg, attempt)
+            except Exception as exc:
+                self.logger.error("dead_letter_failed", job_id=job.id, error=repr(exc))
+            finally:
+                if uses_slot:
+                    self._release_slot()
+            return
         self.current.add(job.id)
-        self._hb_dirty = True
+        self._job_changed()
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
-            # The started event is stored while the job runs; awaited before the result so the
-            # history stays in order, but off the job's critical path.
+            # On a first attempt the started event is stored while the job runs (awaited before
+            # the result, so the history stays in order) to keep it off the critical path. A
+            # redelivered job already lost a worker once: its start is recorded before it runs.
             started = asyncio.ensure_future(self._publish_event(
                 JobStarted(job_id=job.id, time=time.time(), worker=self.id, group=self.group,
                            attempt=attempt), f"{job.id}:{attempt}:started"))
+            if attempt > 1:
+                await started
             self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
             steps: list[StepSummary] = []
-            try:
-                outcome, steps = await self._run(tag, job)
-            except Exception as exc:  # a bug or NATS trouble must still end the job visibly
-                outcome = Outcome(status="failure", error=f"worker error: {exc!r}")
+            if job.id in self.cancel_requested:
+                outcome = Outcome(status="cancelled", error="cancelled before it started")
+            else:
+                run = asyncio.ensure_future(self._run(tag, job))
+                self.running[job.id] = run
+                try:
+                    outcome, steps = await asyncio.shield(run)
+                except asyncio.CancelledError:
+                    if not run.cancelled() or self.state == "stopping":
+                        raise  # the worker itself is stopping
+                    outcome = Outcome(status="cancelled", error="cancelled by request; its"
+                                      " processes were killed")
+                except Exception as exc:  # a bug or NATS trouble must still end the job visibly
+                    outcome = Outcome(status="failure", error=f"worker error: {exc!r}")
+                finally:
+                    self.running.pop(job.id, None)
             if uses_slot:  # execution is over: the next job may start while this result is stored
                 uses_slot = False
                 self._release_slot()
@@ -389,7 +455,7 @@ class Worker:
             self.current.discard(job.id)
             if uses_slot:
                 self._release_slot()
-            self._hb_dirty = True
+            self._job_changed()
 
     async def _run(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
         timeout = job.timeout or self.settings.job_timeout
@@ -430,17 +496,30 @@ class Worker:
             priorities=self.priorities, dedicated=sorted(self.dedicated_tags),
         )
 
+    def _beat_now(self) -> None:
+        """Config, init or state changed: beat at once."""
+        self._hb_urgent = True
+        self._hb_kick.set()
+
+    def _job_changed(self) -> None:
+        """The current job changed: beat soon, at most every JOB_BEAT_GAP s (not per job)."""
+        self._hb_kick.set()
+
     async def _heartbeat_loop(self) -> None:
-        """Beat every HEARTBEAT_EVERY s; at once on config/init changes (`_hb_kick`); within
-        JOB_BEAT_GAP s when only the current job changed, so busy workers don't beat per job."""
+        """Beat every HEARTBEAT_EVERY s, at once on config/init changes, and within JOB_BEAT_GAP s
+        of a job starting or ending."""
         while True:
             try:
-                await asyncio.wait_for(self._hb_kick.wait(),
-                                       JOB_BEAT_GAP if self._hb_dirty else HEARTBEAT_EVERY)
+                await asyncio.wait_for(self._hb_kick.wait(), HEARTBEAT_EVERY)
             except asyncio.TimeoutError:
                 pass
+            if not self._hb_urgent:
+                gap = self._last_beat + JOB_BEAT_GAP - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
             self._hb_kick.clear()
-            self._hb_dirty = False
+            self._hb_urgent = False
+            self._last_beat = time.monotonic()
             try:
                 assert self._kv is not None
                 await self._kv.put(subjects.worker_key(self.id), encode(self.status()))

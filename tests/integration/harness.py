@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def free_port_base() -> int:
     """Three consecutive free loopback ports (up's --port-base)."""
     for _ in range(200):
-        base = random.randint(20000, 60000)
+        base = random.randint(20000, 32000)  # below the ephemeral range (32768+)
         if not any(port_open(base + i) for i in range(3)):
             return base
     raise RuntimeError("no three consecutive free ports found")

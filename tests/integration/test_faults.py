@@ -1,0 +1,236 @@
+"""Faults with real processes: SIGKILLed workers, dead letters, cancellation, timeouts, failing
+init scripts, NATS down during a config write, a NATS restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import nats
+import pytest
+
+from services.common.natsserver import NatsServer
+from shared import subjects
+from tests.integration.conftest import Suite
+from tests.integration.harness import Proc, cli, free_port_base
+from tests.integration.test_config_service import ConfigProc
+from tests.integration.test_routing_e2e import finished_events, ready
+
+FAST = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "2"}
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    """A suite whose jobs are redelivered 2 s after their worker dies, dead-lettered after 2."""
+    root = tmp_path_factory.mktemp("faults")
+    base = free_port_base()
+    up = Proc(["up", "--port-base", str(base)], cwd=root, env=dict(FAST), name="up")
+    s = Suite(root, base, up)
+    try:
+        up.wait_for("Ctrl-C stops everything", timeout=60)
+        yield s
+    finally:
+        for proc in s.extra:
+            proc.stop(signal.SIGKILL)
+        up.stop(signal.SIGINT, timeout=60)
+
+
+def worker(s: Suite, group: str) -> Proc:
+    return s.worker(group, WORKER_GROUP=group, **FAST)
+
+
+def wait_status(s: Suite, job_id: str, status: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while True:
+        view = s.api.job(job_id, wait=False)
+        if view["status"] == status:
+            return view  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {view['status']}, expected {status}: {view}")
+        time.sleep(0.05)
+
+
+def test_a_job_of_a_killed_worker_is_redelivered_and_recorded_once(fast: Suite) -> None:
+    s = fast
+    s.api.set_group("kill", tags=["t-kill"])
+    first = worker(s, "kill")
+    s.api.wait_workers(ready("kill"))
+    job = s.api.submit("sleep 2; echo survived", tag="t-kill")["id"]
+    running = wait_status(s, job, "running")
+    assert running["worker"].startswith("kill-")
+    first.stop(signal.SIGKILL)
+    second = worker(s, "kill")
+    view = s.api.job(job, timeout=60)
+    assert (view["status"], view["result"], view["attempts"]) == ("success", "survived", 2)
+    assert view["worker"] != running["worker"]
+    assert asyncio.run(finished_events(s.nats_url))[job] == 1
+    assert second.p.poll() is None
+
+
+def test_a_job_that_keeps_killing_its_worker_is_dead_lettered(fast: Suite) -> None:
+    s = fast
+    s.api.set_group("crash", tags=["t-crash"])
+    job = s.api.submit("kill -9 $PPID; sleep 1", tag="t-crash")["id"]
+    deaths = 0
+    deadline = time.monotonic() + 90
+    while s.api.job(job, wait=False)["status"] != "failure":
+        assert time.monotonic() < deadline, "the job was never dead-lettered"
+        proc = worker(s, "crash")
+        try:
+            proc.p.wait(15)  # the job kills it...
+            deaths += 1
+        except Exception:
+            pass
+        time.sleep(2.2)  # ...and JetStream redelivers after ack_wait
+    view = s.api.job(job, wait=False)
+    assert view["dead_letter"] is True and "dead-lettered after 2 deliveries" in view["error"]
+    assert deaths == 2
+
+    async def parked() -> dict:  # type: ignore[type-arg]
+        nc = await nats.connect(s.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(subjects.DEAD_STREAM, subjects.dead_subject("t-crash"))
+            return json.loads(msg.data)  # type: ignore[no-any-return]
+        finally:
+            await nc.close()
+
+    dead = asyncio.run(parked())
+    assert dead["job"]["id"] == job and dead["deliveries"] == 3
+    started = [e for e in dead["history"] if e["type"] == "job.started"]
+    # The redelivery's start is always recorded; the first attempt's only if it got out before
+    # the job killed its worker (docs/configuration.md, Delivery).
+    assert 2 in [e["attempt"] for e in started]
+
+
+def test_cancel_kills_a_running_job_and_the_worker_goes_on(fast: Suite, tmp_path: Path) -> None:
+    s = fast
+    s.api.set_group("cancelg", tags=["t-cancel"])
+    worker(s, "cancelg")
+    pidfile = tmp_path / "pid"
+    job = s.api.submit(f"echo $$ > {pidfile}; sleep 60 & wait", tag="t-cancel")["id"]
+    wait_status(s, job, "running")
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    out = cli("cancel", job, cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    view = wait_status(s, job, "cancelled", timeout=15)
+    assert "cancelled" in view["error"]
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the job's process survived cancellation"
+        time.sleep(0.05)
+    after = s.api.job(s.api.submit("echo next", tag="t-cancel")["id"])
+    assert after["result"] == "next"
+    again = cli("cancel", job, cwd=s.root)
+    assert again.returncode == 1 and "already ended" in again.stderr
+
+
+def test_cancel_a_queued_job_means_it_never_runs(fast: Suite, tmp_path: Path) -> None:
+    s = fast
+    marker = tmp_path / "ran"
+    s.api.set_group("cq", tags=["t-cq"])
+    job = s.api.submit(f"touch {marker}", tag="t-cq")["id"]
+    view = json.loads(cli("cancel", job, "--json", cwd=s.root).stdout)
+    assert view["status"] == "cancelled" and "before it started" in view["error"]
+    worker(s, "cq")
+    later = s.api.job(s.api.submit("echo ok", tag="t-cq")["id"])
+    assert later["status"] == "success"
+    assert not marker.exists()
+
+
+def test_per_script_timeout(fast: Suite) -> None:
+    s = fast
+    (s.root / "slow.sh").write_text("sleep 10\n")
+    cli("script", "deploy", "ws1/f/slow", "slow.sh", "--language", "bash", "--timeout", "0.5",
+        cwd=s.root, check=True)
+    view = s.api.job(s.api.call("POST", "router", "/jobs", {"workspace": "ws1", "path": "f/slow"})["id"])
+    assert (view["status"], view["error"]) == ("failure", "timed out after 0.5s")
+
+
+def test_a_failing_init_script_keeps_the_worker_out_until_fixed(fast: Suite) -> None:
+    s = fast
+    s.api.set_group("badinit", tags=["t-badinit"], init_script="echo broken >&2; exit 3\n")
+    proc = worker(s, "badinit")
+    ws = s.api.wait_workers(lambda ws: any(w["group"] == "badinit" and w["init_status"] == "failed"
+                                           for w in ws))
+    status = [w for w in ws if w["group"] == "badinit"][0]
+    assert "exited with 3" in status["init_error"] and "broken" in status["init_error"]
+    table = cli("workers", cwd=s.root).stdout
+    assert "failed" in [line for line in table.splitlines() if "badinit" in line][0]
+    job = s.api.submit("echo finally", tag="t-badinit")["id"]
+    time.sleep(1.0)
+    assert s.api.job(job, wait=False)["status"] == "queued"
+    assert proc.p.poll() is None  # retried with backoff, never a crash
+    s.api.set_group("badinit", init_script="echo fixed\n")
+    assert s.api.job(job, timeout=30)["result"] == "finally"
+    assert len(proc.log_events("init_script_failed")) >= 1
+
+
+def test_a_config_write_while_nats_is_down_is_stored_then_published(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    config = ConfigProc(tmp_path, nats_server.url).start()
+    try:
+        nats_server.stop()
+        status, answer = config.call("PUT", "/groups/offline", {"tags": ["o1"]})
+        assert status == 200 and answer["published"] is False
+        restarted = NatsServer(nats_server.data_dir, port=nats_server.port).start()
+        try:
+            deadline = time.monotonic() + 30
+            while config.call("GET", "/healthz")[1]["published_seq"] < answer["seq"]:
+                assert time.monotonic() < deadline, "the outbox never published"
+                time.sleep(0.1)
+
+            async def on_stream() -> int:
+                nc = await nats.connect(restarted.url)
+                try:
+                    info = await nc.jetstream().stream_info(subjects.CONFIG_STREAM)
+                    return int(info.state.last_seq)
+                finally:
+                    await nc.close()
+
+            assert asyncio.run(on_stream()) == answer["seq"]
+        finally:
+            config.stop()
+            restarted.stop()
+    finally:
+        if config.proc and config.proc.p.poll() is None:
+            config.stop()
+
+
+def test_a_nats_restart_loses_no_queued_job_and_services_reconnect(tmp_path: Path) -> None:
+    base = free_port_base()
+    up = Proc(["up", "--port-base", str(base)], cwd=tmp_path, env={}, name="up")
+    s = Suite(tmp_path, base, up)
+    try:
+        up.wait_for("Ctrl-C stops everything", timeout=60)
+        s.api.set_group("restart", tags=["t-restart"])
+        queued = [s.api.submit(f"echo {i}", tag="t-restart")["id"] for i in range(10)]
+        ps = subprocess.run(["ps", "-eo", "pid,args", "-ww"], capture_output=True, text=True).stdout
+        nats_pid = int(next(line.split()[0] for line in ps.splitlines()
+                            if f"{tmp_path}/.getoperate/nats/nats.conf" in line))
+        os.kill(nats_pid, signal.SIGKILL)  # `up` notices and starts it again on the same store
+        up.wait_for("nats-server exited", timeout=30)
+        try:
+            s.worker("restart", WORKER_GROUP="restart")
+            views = [s.api.job(j, timeout=60) for j in queued]
+            assert [v["result"] for v in views] == [str(i) for i in range(10)]
+            assert s.api.set_group("restart", tags=["t-restart", "t-more"])["published"] is True
+            later = s.api.job(s.api.submit("echo default-worker-back")["id"], timeout=60)
+            assert later["result"] == "default-worker-back"  # up's own workers reconnected
+        finally:
+            for proc in s.extra:
+                proc.stop()
+            up.stop(signal.SIGINT, timeout=60)
+    finally:
+        if up.p.poll() is None:
+            up.stop(signal.SIGKILL)
