@@ -11,7 +11,10 @@ from aiohttp import web
 from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
 )
+from services.common import openapi
+from services.common.openapi import Op
 from services.config.service import ConfigService
+from services.config.verify import Report
 from shared import state as st
 from shared.errors import InvalidInput, NotFound
 from shared.events import FlowStep, Recorded
@@ -350,6 +353,40 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+EVENT_QUERY = {"since": "sequence or ISO time (inclusive)", "until": "sequence or ISO time (inclusive)",
+               "type": "event type", "actor": "token name", "group": "group name",
+               "limit": "1..10000", "summary": "1 for one-line summaries"}
+OPS = [
+    Op(method="GET", path="/healthz", summary="liveness and log position", auth=False),
+    Op(method="GET", path="/groups", summary="all worker groups", response=list[st.GroupConfig]),
+    Op(method="GET", path="/groups/{name}", summary="one group", response=st.GroupConfig),
+    Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate),
+    Op(method="POST", path="/groups/{name}/reset", summary="reset tags to a preset", body=GroupReset),
+    Op(method="DELETE", path="/groups/{name}", summary="delete a group",
+       query={"expected_version": "refuse if changed", "reason": "recorded in the log"}),
+    Op(method="GET", path="/scripts", summary="deployed scripts", response=list[st.Script],
+       query={"workspace": "only this workspace"}),
+    Op(method="GET", path="/scripts/{ws}/{path:.+}", summary="one script", response=st.Script),
+    Op(method="PUT", path="/scripts/{ws}/{path:.+}", summary="deploy a script version", body=ScriptDeploy),
+    Op(method="GET", path="/flows", summary="deployed flows", response=list[st.Flow],
+       query={"workspace": "only this workspace"}),
+    Op(method="GET", path="/flows/{ws}/{path:.+}", summary="one flow", response=st.Flow),
+    Op(method="PUT", path="/flows/{ws}/{path:.+}", summary="deploy a flow version", body=FlowDeploy),
+    Op(method="GET", path="/tags", summary="assignable tags"),
+    Op(method="POST", path="/tags", summary="add an assignable tag", body=TagAdd),
+    Op(method="DELETE", path="/tags/{tag}", summary="remove an assignable tag"),
+    Op(method="GET", path="/tokens", summary="issued tokens (names only)"),
+    Op(method="POST", path="/tokens", summary="issue a token", body=TokenCreate, status=201),
+    Op(method="DELETE", path="/tokens/{name}", summary="revoke a token"),
+    Op(method="GET", path="/events", summary="the event log, filtered", query=EVENT_QUERY),
+    Op(method="GET", path="/state", summary="configuration now or at a point",
+       response=st.ConfigState, query={"at": "sequence or ISO time"}),
+    Op(method="GET", path="/diff", summary="changes between two points",
+       query={"from": "sequence or ISO time", "to": "sequence or ISO time"}),
+    Op(method="GET", path="/verify", summary="hash chain and stream check", response=Report),
+]
+
+
 def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware(service.logger)], client_max_size=MAX_BODY_BYTES
@@ -375,6 +412,7 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app.router.add_post("/tokens", create_token)
     app.router.add_delete("/tokens/{name}", revoke_token)
     app.router.add_get("/events", list_events)
+    openapi.serve(app, "getOperate config service", OPS)
     app.router.add_get("/state", get_state)
     app.router.add_get("/diff", get_diff)
     app.router.add_get("/verify", get_verify)

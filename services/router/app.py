@@ -11,7 +11,9 @@ from services.common.jobwatch import recent_jobs
 from services.router.service import RouterService
 from shared.codec import decode
 from shared.errors import Forbidden, NotFound
-from shared.jobs import JobSubmit
+from services.common import openapi
+from services.common.openapi import Op
+from shared.jobs import JobSubmit, JobView, SubmitAnswer, WorkerStatus
 
 SERVICE_KEY = web.AppKey("service", RouterService)
 TOKENS_KEY = web.AppKey("tokens", TokenCheck)
@@ -85,6 +87,19 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+OPS = [
+    Op(method="GET", path="/healthz", summary="liveness and config position", auth=False),
+    Op(method="POST", path="/jobs", summary="submit a job", body=JobSubmit, response=SubmitAnswer,
+       status=201),
+    Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],
+       query={"tag": "", "group": "", "workspace": "", "status": "", "limit": "1..1000"}),
+    Op(method="GET", path="/jobs/{id}", summary="a job, optionally waiting for it to end",
+       response=JobView, query={"wait": "1 to wait", "timeout": "seconds to wait (0..300)"}),
+    Op(method="POST", path="/jobs/{id}/cancel", summary="cancel a job", response=JobView),
+    Op(method="GET", path="/workers", summary="live workers", response=list[WorkerStatus]),
+]
+
+
 def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware(service.logger)], client_max_size=MAX_BODY_BYTES
@@ -97,4 +112,5 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app.router.add_get("/jobs/{id}", get_job)
     app.router.add_post("/jobs/{id}/cancel", cancel_job)
     app.router.add_get("/workers", list_workers)
+    openapi.serve(app, "getOperate router", OPS)
     return app

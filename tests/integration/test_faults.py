@@ -234,3 +234,42 @@ def test_a_nats_restart_loses_no_queued_job_and_services_reconnect(tmp_path: Pat
     finally:
         if up.p.poll() is None:
             up.stop(signal.SIGKILL)
+
+
+def test_malformed_and_unknown_messages_are_skipped_not_fatal(fast: Suite) -> None:
+    """Runs last in this module: the stray config messages it publishes on purpose leave the
+    config stream ahead of the log (in production NATS permissions stop such publishers)."""
+    s = fast
+    s.api.set_group("garb", tags=["t-garb"])
+    proc = worker(s, "garb")
+    s.api.wait_workers(ready("garb", tags={"t-garb"}))
+
+    async def inject() -> None:
+        nc = await nats.connect(s.nats_url)
+        js = nc.jetstream()
+        try:
+            await js.publish(subjects.job_subject("t-garb"), b"\xff\x00 not json")
+            await js.publish(subjects.job_subject("t-garb"), b'{"v": 9, "id": 1}')
+            subject = subjects.group_subject("garb")
+            await js.publish(subject, b"garbage")
+            info = await js.stream_info(subjects.CONFIG_STREAM)
+            seq = info.state.last_seq + 1
+            unknown = {"seq": seq, "id": "u", "time": "t", "actor": "x", "prev_hash": "0" * 64,
+                       "hash": "0" * 64, "event": {"type": "group.colour_set", "group": "garb"}}
+            await js.publish(subject, json.dumps(unknown).encode())
+            newer = {"seq": seq + 1, "id": "n", "time": "t", "actor": "x", "prev_hash": "0" * 64,
+                     "hash": "0" * 64, "event": {"type": "group.tags_set", "v": 2, "group": "garb",
+                                                 "tags": ["t-garb", "t-newer"], "colour": "red"}}
+            await js.publish(subject, json.dumps(newer).encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(inject())
+    # The newer-version event still applies (its unknown field ignored); the rest is skipped.
+    s.api.wait_workers(ready("garb", tags={"t-garb", "t-newer"}))
+    assert s.api.job(s.api.submit("echo alive", tag="t-newer")["id"])["result"] == "alive"
+    assert proc.p.poll() is None
+    assert len(proc.log_events("job_malformed_dropped")) == 2
+    assert proc.log_events("config_event_skipped") and proc.log_events("config_event_unknown_type_skipped")
+    router_log = s.up.output()
+    assert "config_event_skipped" in router_log
