@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,8 +49,25 @@ class Endpoints:
         return path.read_text().strip() if path.exists() else None
 
 
-def call(method: str, url: str, token: str | None, body: Any = None, timeout: float = 30.0) -> Any:
-    """One JSON HTTP call; service errors become CliError with the service's message."""
+def call(method: str, url: str, token: str | None, body: Any = None, timeout: float = 30.0,
+         retries: int = 5) -> Any:
+    """One JSON HTTP call; reads are retried while a service answers 503 (NATS away or electing
+    a leader); service errors become CliError with the service's message."""
+    for attempt in range(retries + 1):
+        try:
+            return _call_once(method, url, token, body, timeout)
+        except _Unavailable as exc:
+            if method != "GET" or attempt == retries:
+                raise CliError(exc.message, EXIT_FAILED) from exc
+            time.sleep(min(0.2 * 2 ** attempt, 3.0))
+    raise AssertionError("unreachable")
+
+
+class _Unavailable(CliError):
+    """Raised when a service answered 503."""
+
+
+def _call_once(method: str, url: str, token: str | None, body: Any, timeout: float) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
@@ -66,6 +84,8 @@ def call(method: str, url: str, token: str | None, body: Any = None, timeout: fl
         except (ValueError, AttributeError):
             message = raw.decode(errors="replace") or exc.reason
         code = EXIT_USAGE if exc.code in (400, 413, 422) else EXIT_FAILED
+        if exc.code == 503:
+            raise _Unavailable(f"{message} (HTTP 503)") from exc
         raise CliError(f"{message} (HTTP {exc.code})", code) from exc
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, Awaitable, Callable
 
 import nats
@@ -41,7 +42,7 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> N
     for attempt in range(attempts):
         try:
             return await nats.connect(
-                url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
                 error_cb=error_cb, allow_reconnect=True,
             )
@@ -51,6 +52,31 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> N
                 log.warning("nats_connect_retry", url=url, error=str(exc) or type(exc).__name__)
             await asyncio.sleep(0.5)
     raise ConnectionError(f"could not connect to NATS at {url}: {last}")
+
+
+async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
+                  within: float = 20.0) -> Any:
+    """A JetStream publish retried while the stream has no leader (a node died, an election is
+    under way) or NATS is reconnecting. Safe because `Nats-Msg-Id` makes a repeat a no-op."""
+    delay, deadline = 0.1, time.monotonic() + within
+    while True:
+        try:
+            return await js.publish(subject, body, timeout=5.0, headers={"Nats-Msg-Id": msg_id})
+        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            if time.monotonic() + delay > deadline or isinstance(exc, BadRequestError):
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def servers(url: str) -> list[str]:
+    """NATS_URL may list several servers of a cluster, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def replicas() -> int:
+    """Stream and bucket replicas: 1 on one server; 3 on a 3-node cluster (GETOPERATE_REPLICAS)."""
+    return int(os.environ.get("GETOPERATE_REPLICAS", "1"))
 
 
 def job_events_max_age() -> float:
@@ -64,22 +90,22 @@ def stream_configs() -> list[api.StreamConfig]:
         api.StreamConfig(
             name=subjects.CONFIG_STREAM, subjects=[subjects.CONFIG_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            duplicate_window=120.0, deny_delete=False,
+            duplicate_window=120.0, deny_delete=False, num_replicas=replicas(),
         ),
         api.StreamConfig(
             name=subjects.JOBS_STREAM, subjects=[subjects.JOBS_SUBJECTS],
             retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
-            duplicate_window=120.0,
+            duplicate_window=120.0, num_replicas=replicas(),
         ),
         api.StreamConfig(
             name=subjects.JOB_EVENTS_STREAM, subjects=[subjects.JOB_EVENTS_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            max_age=job_events_max_age(), duplicate_window=120.0,
+            max_age=job_events_max_age(), duplicate_window=120.0, num_replicas=replicas(),
         ),
         api.StreamConfig(
             name=subjects.DEAD_STREAM, subjects=[subjects.DEAD_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            max_age=job_events_max_age(), duplicate_window=120.0,
+            max_age=job_events_max_age(), duplicate_window=120.0, num_replicas=replicas(),
         ),
     ]
 
@@ -102,7 +128,7 @@ async def cancels_bucket(js: JetStreamContext) -> KeyValue:
     except Exception:
         return await js.create_key_value(api.KeyValueConfig(
             bucket=CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
-            storage=api.StorageType.FILE))
+            storage=api.StorageType.FILE, replicas=replicas()))
 
 
 async def workers_bucket(js: JetStreamContext) -> KeyValue:
@@ -113,7 +139,7 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
         return await js.create_key_value(
             api.KeyValueConfig(
                 bucket=subjects.WORKERS_BUCKET, history=1, ttl=WORKER_TTL,
-                storage=api.StorageType.MEMORY,
+                storage=api.StorageType.MEMORY, replicas=replicas(),
             )
         )
 
@@ -126,7 +152,8 @@ async def _snapshot_store(js: JetStreamContext) -> Any:
     try:
         return await js.object_store(SNAPSHOT_BUCKET)
     except Exception:
-        return await js.create_object_store(SNAPSHOT_BUCKET)
+        return await js.create_object_store(
+            SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(bucket=SNAPSHOT_BUCKET, replicas=replicas()))
 
 
 async def put_snapshot(js: JetStreamContext, body: bytes) -> None:

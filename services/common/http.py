@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import hmac
@@ -9,6 +10,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import msgspec
 from aiohttp import web
+from nats import errors as nats_errors
 
 from services.common.log import Logger
 from shared.codec import decode, encode
@@ -34,6 +36,13 @@ def error_middleware(logger: Logger) -> Any:
             return await handler(request)
         except GetOperateError as exc:
             return json_response(exc.to_dict(), status=exc.status)
+        except (asyncio.TimeoutError, nats_errors.Error) as exc:
+            # NATS unreachable or electing a leader: the caller may retry; nothing was half-done
+            # (writes are appended to SQLite before any publish, and publishes are idempotent).
+            logger.warning("http_unavailable", path=request.path, error=repr(exc))
+            return json_response({"error": "unavailable",
+                                  "message": "NATS did not answer in time; retry shortly"},
+                                 status=503)
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
                 return json_response(

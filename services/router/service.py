@@ -131,17 +131,15 @@ class RouterService:
         events_subject = subjects.job_events_subject(job.id)
         # Both go out back to back on one connection (the server takes them in order), then we
         # wait for both acks: one round trip instead of two.
-        history = asyncio.ensure_future(self.js.publish(
-            events_subject, encode(queued), headers={"Nats-Msg-Id": f"{job.id}:queued"}))
-        enqueue = asyncio.ensure_future(self.js.publish(
-            subjects.job_subject(tag), body, headers={"Nats-Msg-Id": job.id}))
+        history = asyncio.ensure_future(
+            bus.publish(self.js, events_subject, encode(queued), f"{job.id}:queued"))
+        enqueue = asyncio.ensure_future(bus.publish(self.js, subjects.job_subject(tag), body, job.id))
         results = await asyncio.gather(history, enqueue, return_exceptions=True)
         if isinstance(results[1], BaseException):
             exc = results[1]
             failed = JobFinished(job_id=job.id, time=time.time(), status="failure", attempt=0,
                                  error=f"not enqueued: {exc!r}", worker="router")
-            await self.js.publish(events_subject, encode(failed),
-                                  headers={"Nats-Msg-Id": f"{job.id}:0:finished"})
+            await bus.publish(self.js, events_subject, encode(failed), f"{job.id}:0:finished")
             raise exc
         if isinstance(results[0], BaseException):  # queued and will run; only its history failed
             self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))

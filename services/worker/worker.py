@@ -480,8 +480,8 @@ class Worker:
                 self.logger.warning("in_progress_failed", error=str(exc))
 
     async def _publish_event(self, event: JobStarted | JobFinished, msg_id: str) -> None:
-        await self.js.publish(subjects.job_events_subject(event.job_id), encode(fit(event)),
-                              headers={"Nats-Msg-Id": msg_id})
+        await bus.publish(self.js, subjects.job_events_subject(event.job_id), encode(fit(event)),
+                          msg_id, within=60.0)
 
     # --- heartbeat ---------------------------------------------------------------------------------
 

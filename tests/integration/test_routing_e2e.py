@@ -30,7 +30,7 @@ def ready(group: str, n: int = 1, tags: set[str] | None = None, version: int | N
 
 async def finished_events(nats_url: str) -> Counter[str]:
     """How many job.finished events each job id has in the job-events stream."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url.split(","))
     try:
         js = nc.jetstream()
         info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
