@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,7 +64,7 @@ class Point:
     @classmethod
     def parse(cls, text: str, *, field: str = "at") -> "Point":
         text = text.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # not "¹": str.isdigit accepts it, int() doesn't
             return cls(seq=int(text))
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -91,13 +92,14 @@ def diff_states(a: ConfigState, b: ConfigState) -> list[str]:
         "tags": list(g.tags), "init_script": g.init_script, "dedicated": list(g.dedicated),
         "priorities": g.priorities})
     out += _diff_map("script", a.scripts, b.scripts, lambda s: {
-        "language": s.language, "tag": s.tag, "revision": s.revision, "content": s.content})
+        "language": s.language, "tag": s.tag, "timeout": s.timeout, "revision": s.revision,
+        "content": s.content})
     out += _diff_map("flow", a.flows, b.flows, lambda f: {
         "tag": f.tag, "revision": f.revision, "preserve_step_tags": f.preserve_step_tags,
         "steps": len(f.steps)})
     out += _diff_map("assignable tag", a.assignable, b.assignable,
                      lambda t: {"spec": format_tag_spec(t.tag, t.only, t.exclude)})
-    out += _diff_map("token", a.tokens, b.tokens, lambda t: {"workspace": t.workspace})
+    out += _diff_map("token", a.tokens, b.tokens, lambda t: {"workspace": t.workspace or "(admin)"})
     return out
 
 
@@ -105,7 +107,8 @@ def _diff_map(kind: str, a: dict[str, Any], b: dict[str, Any], view: Any) -> lis
     lines: list[str] = []
     for name in sorted(set(a) | set(b)):
         if name not in a:
-            lines.append(f"+ {kind} {name}: {_fmt(view(b[name]))}")
+            added = {k: v for k, v in view(b[name]).items() if k != "content"}
+            lines.append(f"+ {kind} {name}: {_fmt(added)}" if added else f"+ {kind} {name}")
         elif name not in b:
             lines.append(f"- {kind} {name}")
         else:
@@ -128,4 +131,6 @@ def _fmt(value: Any) -> str:
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, str) and "\n" in value:
         return f"<{len(value.splitlines())} lines>"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
     return str(value)

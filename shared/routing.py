@@ -30,6 +30,7 @@ class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
     tag: str
     path: str | None = None
     script_version: int | None = None
+    timeout: float | None = None
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +179,7 @@ def _route_flow(
         steps.append(PlannedStep(
             index=i + 1, name=step.name or step.script or f"step{i + 1}", language=language,
             code=code, tag=stag, path=step.script, script_version=script.version if script else None,
+            timeout=script.timeout if script else None,
         ))
     return Route(tag=tag, kind="flow", language="flow", code="", path=flow.path,
                  version=flow.version, steps=tuple(steps))

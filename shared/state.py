@@ -423,7 +423,9 @@ def create_token(
     if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
         raise InvalidInput(f"token name {name!r} must be 1-64 characters of letters, digits, '_-.'",
                            field="name")
-    if name in state.tokens or name == "admin":
+    if name == "admin":
+        raise InvalidInput("the name 'admin' is reserved for the bootstrap token", field="name")
+    if name in state.tokens:
         raise Conflict(f"a token named {name!r} already exists; revoke it or pick another name",
                        field="name")
     if workspace is not None:

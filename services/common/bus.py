@@ -55,13 +55,16 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> N
 
 
 async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
-                  within: float = 20.0) -> Any:
+                  within: float = 20.0, expect_last: int | None = None) -> Any:
     """A JetStream publish retried while the stream has no leader (a node died, an election is
     under way) or NATS is reconnecting. Safe because `Nats-Msg-Id` makes a repeat a no-op."""
     delay, deadline = 0.1, time.monotonic() + within
     while True:
         try:
-            return await js.publish(subject, body, timeout=5.0, headers={"Nats-Msg-Id": msg_id})
+            headers = {"Nats-Msg-Id": msg_id}
+            if expect_last is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
+            return await js.publish(subject, body, timeout=5.0, headers=headers)
         except (asyncio.TimeoutError, nats.errors.Error) as exc:
             if time.monotonic() + delay > deadline or isinstance(exc, BadRequestError):
                 raise

@@ -1,4 +1,4 @@
-"""OpenAPI 3.0 documents built from the msgspec types each service really decodes and encodes,
+"""OpenAPI 3.1 documents built from the msgspec types each service really decodes and encodes,
 so the spec cannot drift from the code. Each service serves its own at `/openapi.json`."""
 
 from __future__ import annotations

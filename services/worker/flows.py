@@ -37,7 +37,7 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
         if step.index > 1:
             args["previous_result"] = previous
         submit = JobSubmit(language=step.language, code=step.code, tag=step.tag,
-                           workspace=job.workspace, args=args, timeout=job.timeout,
+                           workspace=job.workspace, args=args, timeout=step.timeout or job.timeout,
                            parent=job.id, step=step.index)
         reply = await nc.request(subjects.SUBMIT_SUBJECT, encode(submit),
                                  timeout=STEP_SUBMIT_TIMEOUT)

@@ -22,6 +22,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
 
 from services.common import bus
 from services.common.jobwatch import job_history
@@ -34,9 +35,12 @@ from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import InvalidInput
 from shared.events import decode_known
-from shared.jobs import DeadLetter, Job, JobFinished, JobStarted, StepSummary, WorkerStatus
+from shared.jobs import (
+    DeadLetter, Job, JobEvent, JobFinished, JobQueued, JobStarted, StepSummary, WorkerStatus,
+)
 from shared.routing import target_tag
 
+WRONG_LAST_SEQUENCE = 10071
 HEARTBEAT_EVERY = 5.0
 JOB_BEAT_GAP = 0.5
 SWEEP_EVERY = 5.0
@@ -380,10 +384,14 @@ class Worker:
 
     async def _dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int) -> None:
         """Too many deliveries (each attempt lost its worker): park the job with its history."""
-        history = await job_history(self.js, job.id)
+        history = [msgspec.structs.replace(e, logs="", result=None) if isinstance(e, JobFinished)
+                   else e for e in await job_history(self.js, job.id)]  # keep it one message
         dead = DeadLetter(job=job, deliveries=deliveries, time=time.time(), history=history)
-        await self.js.publish(subjects.dead_subject(tag), encode(dead),
-                              headers={"Nats-Msg-Id": job.id})
+        try:
+            await self.js.publish(subjects.dead_subject(tag), encode(dead),
+                                  headers={"Nats-Msg-Id": job.id})
+        except Exception as exc:  # still end the job below: never retry it forever
+            self.logger.error("dead_letter_not_parked", job_id=job.id, error=repr(exc))
         await self._publish_event(JobFinished(
             job_id=job.id, time=time.time(), status="failure", worker=self.id, group=self.group,
             attempt=deliveries, dead_letter=True,
@@ -393,8 +401,31 @@ class Worker:
         await msg.term()
         self.logger.error("job_dead_lettered", job_id=job.id, tag=tag, deliveries=deliveries - 1)
 
+    async def _last_event(self, job: Job) -> tuple[int, object]:
+        """(stream sequence, event) of the newest lifecycle event of a job; (0, None) if none."""
+        try:
+            raw = await self.js.get_last_msg(subjects.JOB_EVENTS_STREAM,
+                                             subjects.job_events_subject(job.id))
+        except NotFoundError:
+            return 0, None
+        try:
+            return int(raw.seq or 0), decode(raw.data or b"", JobEvent)
+        except InvalidInput:
+            return int(raw.seq or 0), None
+
     async def _execute(self, tag: str, job: Job, msg: Msg, uses_slot: bool) -> None:
         attempt = msg.metadata.num_delivered or 1
+        last_seq = 0
+        if attempt > 1:
+            # A redelivery: its earlier worker died, or NATS restarted under a running job. If a
+            # result is already stored, don't run it again (effectively once).
+            last_seq, last = await self._last_event(job)
+            if isinstance(last, JobFinished):
+                self.logger.info("job_result_already_stored", job_id=job.id, attempt=attempt)
+                await msg.ack()
+                if uses_slot:
+                    self._release_slot()
+                return
         if attempt > bus.MAX_DELIVER:
             try:
                 await self._dead_letter(tag, job, msg, attempt)
@@ -413,9 +444,22 @@ class Worker:
             # redelivered job already lost a worker once: its start is recorded before it runs.
             started = asyncio.ensure_future(self._publish_event(
                 JobStarted(job_id=job.id, time=time.time(), worker=self.id, group=self.group,
-                           attempt=attempt), f"{job.id}:{attempt}:started"))
+                           attempt=attempt), f"{job.id}:{attempt}:started",
+                expect_last=last_seq or None))
             if attempt > 1:
-                await started
+                try:
+                    await started
+                except APIError as exc:
+                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                    # Someone wrote to this job since we looked (its old worker's result): let
+                    # JetStream hand it to us again later, when we will see that result.
+                    self.logger.info("job_changed_while_starting", job_id=job.id)
+                    await msg.nak(delay=1)
+                    if uses_slot:
+                        uses_slot = False
+                        self._release_slot()
+                    return
             self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
             steps: list[StepSummary] = []
             if job.id in self.cancel_requested:
@@ -437,17 +481,21 @@ class Worker:
             if uses_slot:  # execution is over: the next job may start while this result is stored
                 uses_slot = False
                 self._release_slot()
-            await started
-            await self._publish_event(
-                JobFinished(job_id=job.id, time=time.time(), status=outcome.status,
-                            result=outcome.result, error=outcome.error, logs=outcome.logs,
-                            worker=self.id, group=self.group, attempt=attempt,
-                            duration_ms=round(outcome.duration_ms, 3), steps=steps),
-                f"{job.id}:{attempt}:finished")
+            started_ack = await started
+            await self._publish_result(job, JobFinished(
+                job_id=job.id, time=time.time(), status=outcome.status, result=outcome.result,
+                error=outcome.error, logs=outcome.logs, worker=self.id, group=self.group,
+                attempt=attempt, duration_ms=round(outcome.duration_ms, 3), steps=steps),
+                started_ack.seq)
             await msg.ack()  # only once the result is durable
             self.jobs_done += 1
             self.logger.info("job_finished", job_id=job.id, tag=tag, status=outcome.status,
                              duration_ms=round(outcome.duration_ms, 1))
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
+            else:  # another attempt (or a cancel) wrote after our start: its outcome stands
+                self.logger.warning("job_result_superseded", job_id=job.id, attempt=attempt)
         except Exception as exc:
             self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
         finally:
@@ -479,9 +527,28 @@ class Worker:
             except Exception as exc:
                 self.logger.warning("in_progress_failed", error=str(exc))
 
-    async def _publish_event(self, event: JobStarted | JobFinished, msg_id: str) -> None:
-        await bus.publish(self.js, subjects.job_events_subject(event.job_id), encode(fit(event)),
-                          msg_id, within=60.0)
+    async def _publish_result(self, job: Job, event: JobFinished, after: int) -> None:
+        """Store the result only if nothing but a (late) job.queued was written to the job since
+        our job.started: another attempt's start or result, or a cancel, supersedes ours."""
+        msg_id = f"{job.id}:{event.attempt}:finished"
+        while True:
+            try:
+                await self._publish_event(event, msg_id, expect_last=after)
+                return
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                seq, last = await self._last_event(job)
+                if not isinstance(last, JobQueued) or seq <= after:
+                    raise
+                after = seq
+
+    async def _publish_event(self, event: JobStarted | JobFinished, msg_id: str,
+                             expect_last: int | None = None) -> Any:
+        """Store a lifecycle event. `expect_last` makes it conditional on the job's subject not
+        having changed since that sequence, so two attempts can never both record a result."""
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id),
+                                 encode(fit(event)), msg_id, within=60.0, expect_last=expect_last)
 
     # --- heartbeat ---------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ however wrong, gets a 5xx. Runs against its own `getoperate up` (the fuzzer chan
 from __future__ import annotations
 
 import json
+import os
 import signal
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.integration.conftest import Suite
 from tests.integration.harness import Proc, free_port_base
 
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck),
                 database=None)
 
 
