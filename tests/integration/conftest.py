@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 from typing import Iterator
@@ -28,20 +29,27 @@ class Suite:
         return proc
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    root = tmp_path_factory.mktemp("suite")
+@contextlib.contextmanager
+def running_suite(root: Path, env: dict[str, str] | None = None,
+                  kill_extra: bool = False) -> Iterator[Suite]:
+    """`getoperate up` in `root` (with `env` for every child), stopped with Ctrl-C afterwards."""
     base = free_port_base()
-    up = Proc(["up", "--port-base", str(base)], cwd=root, env={}, name="up")
+    up = Proc(["up", "--port-base", str(base)], cwd=root, env=dict(env or {}), name="up")
     s = Suite(root, base, up)
     try:
         up.wait_for("Ctrl-C stops everything", timeout=60)
-        s.api.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"} >= {"default", "native"})
         yield s
     finally:
         for proc in s.extra:
-            proc.stop()
+            proc.stop(signal.SIGKILL if kill_extra else signal.SIGTERM)
         up.stop(signal.SIGINT, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    with running_suite(tmp_path_factory.mktemp("suite")) as s:
+        s.api.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"} >= {"default", "native"})
+        yield s
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,8 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.integration.conftest import Suite
-from tests.integration.harness import Proc, free_port_base
+from tests.integration.conftest import Suite, running_suite
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck),
                 database=None)
@@ -23,14 +21,8 @@ FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadlin
 
 @pytest.fixture(scope="module")
 def fuzz_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    root = tmp_path_factory.mktemp("fuzz")
-    base = free_port_base()
-    up = Proc(["up", "--port-base", str(base)], cwd=root, env={}, name="up")
-    try:
-        up.wait_for("Ctrl-C stops everything", timeout=60)
-        yield Suite(root, base, up)
-    finally:
-        up.stop(signal.SIGINT, timeout=60)
+    with running_suite(tmp_path_factory.mktemp("fuzz")) as s:
+        yield s
 
 
 def _spec(url: str) -> dict[str, Any]:

@@ -13,21 +13,19 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import msgspec
-import nats
 import pytest
 
 from cli.client import CliError
-from shared import subjects
 from shared.codec import decode
 from shared.events import Recorded
 from shared.state import ConfigState, fold
-from tests.integration.conftest import Suite
-from tests.integration.harness import Proc, cli, free_port_base
+from tests.integration.conftest import Suite, running_suite
+from tests.integration.test_routing_e2e import finished_events
+from tests.integration.harness import Proc, cli
 
 JOBS = int(os.environ.get("CHAOS_JOBS", "80"))
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))
@@ -51,41 +49,10 @@ def pid_of(pattern: str) -> int:
     return int(next(line.split()[0] for line in ps.splitlines() if pattern in line))
 
 
-async def event_counts(url: str) -> tuple[Counter[str], Counter[str]]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
-        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
-                                      stream=subjects.JOB_EVENTS_STREAM)
-        finished: Counter[str] = Counter()
-        started: Counter[str] = Counter()
-        seen = 0
-        while seen < info.state.messages:
-            for msg in await sub.fetch(500, timeout=5):
-                seen += 1
-                event = json.loads(msg.data)
-                if event["type"] == "job.finished":
-                    finished[event["job_id"]] += 1
-                elif event["type"] == "job.started":
-                    started[event["job_id"]] += 1
-        return finished, started
-    finally:
-        await nc.close()
-
-
 @pytest.fixture
 def chaos_suite(tmp_path: Path) -> Iterator[Suite]:
-    base = free_port_base()
-    up = Proc(["up", "--port-base", str(base)], cwd=tmp_path, env=dict(ENV), name="up")
-    s = Suite(tmp_path, base, up)
-    try:
-        up.wait_for("Ctrl-C stops everything", timeout=60)
+    with running_suite(tmp_path, ENV, kill_extra=True) as s:
         yield s
-    finally:
-        for proc in s.extra:
-            proc.stop(signal.SIGKILL)
-        up.stop(signal.SIGINT, timeout=60)
 
 
 def test_chaos(chaos_suite: Suite) -> None:
@@ -137,7 +104,7 @@ def test_chaos(chaos_suite: Suite) -> None:
     views = [retry(lambda j=j: s.api.job(j, timeout=120), within=180) for j in ids]
     assert [v["status"] for v in views] == ["success"] * len(ids), [v for v in views if v["status"] != "success"][:3]
     assert sorted(int(v["result"]) for v in views) == list(range(JOBS))
-    finished, started = asyncio.run(event_counts(s.nats_url))
+    finished = asyncio.run(finished_events(s.nats_url))
     assert all(finished[j] == 1 for j in ids), {j: finished[j] for j in ids if finished[j] != 1}
     redeliveries = sum(max(v["attempts"] - 1, 0) for v in views)
     suppressed = sum(len(p.log_events(e)) for p in s.extra

@@ -17,7 +17,7 @@ import pytest
 
 from services.common.natsserver import NatsServer
 from shared import subjects
-from tests.integration.conftest import Suite
+from tests.integration.conftest import Suite, running_suite
 from tests.integration.harness import Proc, cli, free_port_base
 from tests.integration.test_config_service import ConfigProc
 from tests.integration.test_routing_e2e import finished_events, ready
@@ -28,17 +28,8 @@ FAST = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "2"}
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     """A suite whose jobs are redelivered 2 s after their worker dies, dead-lettered after 2."""
-    root = tmp_path_factory.mktemp("faults")
-    base = free_port_base()
-    up = Proc(["up", "--port-base", str(base)], cwd=root, env=dict(FAST), name="up")
-    s = Suite(root, base, up)
-    try:
-        up.wait_for("Ctrl-C stops everything", timeout=60)
+    with running_suite(tmp_path_factory.mktemp("faults"), FAST, kill_extra=True) as s:
         yield s
-    finally:
-        for proc in s.extra:
-            proc.stop(signal.SIGKILL)
-        up.stop(signal.SIGINT, timeout=60)
 
 
 def worker(s: Suite, group: str) -> Proc:
