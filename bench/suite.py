@@ -61,6 +61,9 @@ class LocalSuite:
                 raise RuntimeError((self.dir / "up.log").read_text()[-2000:])
             time.sleep(0.05)
         self.token = (self.dir / "data" / "admin.token").read_text().strip()
+        admin = json.loads((self.dir / "data" / "nats-credentials.json").read_text())["admin"]
+        self.plain_nats_url = self.nats_url
+        self.nats_url = f"nats://admin:{admin}@127.0.0.1:{self.base}"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -81,7 +84,8 @@ class LocalSuite:
         log = open(self.dir / f"worker-{len(self.procs)}.log", "wb")
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"], cwd=self.dir,
-            env={**self.env, "NATS_URL": self.nats_url, **env}, stdout=log,
+            env={**self.env, "NATS_URL": self.plain_nats_url,
+                 "GETOPERATE_DATA_DIR": str(self.dir / "data"), **env}, stdout=log,
             stderr=subprocess.STDOUT))
 
     def http(self, method: str, url: str, body: Any = None) -> Any:

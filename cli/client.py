@@ -41,6 +41,15 @@ class Endpoints:
                            or saved.get("router_url") or "http://127.0.0.1:8002").rstrip("/")
         self.nats_url = os.environ.get("NATS_URL") or saved.get("nats_url") or "nats://127.0.0.1:4222"
 
+    def nats_auth(self) -> dict[str, str]:
+        """NATS_USER/NATS_PASSWORD, else the admin entry of the data dir's credentials file."""
+        if os.environ.get("NATS_USER"):
+            return {"user": os.environ["NATS_USER"], "password": os.environ.get("NATS_PASSWORD", "")}
+        path = self.data_dir / "nats-credentials.json"
+        if path.exists():
+            return {"user": "admin", "password": json.loads(path.read_text())["admin"]}
+        return {}
+
     def token(self) -> str | None:
         token = os.environ.get("GETOPERATE_TOKEN") or os.environ.get("GETOPERATE_ADMIN_TOKEN")
         if token:

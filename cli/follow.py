@@ -17,13 +17,13 @@ from shared.history import summarize
 
 
 def follow_events(url: str, *, after: int | None, group: str | None, type_: str | None,
-                  actor: str | None, as_json: bool) -> int:
-    return asyncio.run(_follow(url, after, group, type_, actor, as_json))
+                  actor: str | None, as_json: bool, auth: dict[str, str] | None = None) -> int:
+    return asyncio.run(_follow(url, after, group, type_, actor, as_json, auth or {}))
 
 
 async def _follow(url: str, after: int | None, group: str | None, type_: str | None,
-                  actor: str | None, as_json: bool) -> int:
-    nc = await nats.connect(url)
+                  actor: str | None, as_json: bool, auth: dict[str, str]) -> int:
+    nc = await nats.connect(url.split(","), **auth)
     js = nc.jetstream()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

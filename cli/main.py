@@ -333,7 +333,7 @@ def cmd_events(ns: argparse.Namespace) -> int:
 
     last = rows[-1]["seq"] if rows else None
     return follow_events(ep.nats_url, after=last, group=ns.group, type_=ns.type, actor=ns.actor,
-                         as_json=ns.json)
+                         as_json=ns.json, auth=ep.nats_auth())
 
 
 def cmd_replay(ns: argparse.Namespace) -> int:

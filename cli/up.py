@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
+from services.common import natsauth
 from services.common.natsserver import NatsServer, port_open
 from services.common.runtime import admin_token
 
@@ -86,11 +87,14 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    nats = NatsServer(data_dir / "nats", port=nats_port).start()
+    creds = natsauth.load_or_create(data_dir)
+    nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(creds)).start()
     base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),
                 "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
                 "HTTP_HOST": "127.0.0.1"}
     base_env.pop("WORKER_TAGS", None)
+    for var in ("NATS_USER", "NATS_PASSWORD"):
+        base_env.pop(var, None)  # each child connects as its own role, from the credentials file
     cmd = [sys.executable, "-m", "cli.main"]
     config = Child("config", cmd + ["config"], base_env)
     router = Child("router", cmd + ["router"], base_env)

@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from services.common.log import Logger
+from services.common.natsauth import credentials_for
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # Seconds without an in-progress ack before JetStream redelivers a job (a worker died).
@@ -26,7 +27,8 @@ WORKER_TTL = 15.0
 CANCELS_BUCKET = "GO_CANCELS"
 
 
-async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> NATS:
+async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
+                  role: str = "admin") -> NATS:
     """Connect, retrying while NATS starts (compose starts services in any order); reconnect forever."""
 
     async def disconnected() -> None:
@@ -38,11 +40,13 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120) -> N
     async def error_cb(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc) or type(exc).__name__)
 
+    user, password = credentials_for(role)
+    auth = {"user": user, "password": password} if user else {}
     last: Exception | None = None
     for attempt in range(attempts):
         try:
             return await nats.connect(
-                servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                servers(url), name=name, **auth, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
                 error_cb=error_cb, allow_reconnect=True,
             )
@@ -124,6 +128,24 @@ async def ensure_streams(js: JetStreamContext) -> None:
     await cancels_bucket(js)
 
 
+async def wait_streams(js: JetStreamContext, log: Logger, timeout: float = 120.0) -> None:
+    """For roles that may not create streams (workers): wait until the config service or a
+    router has declared them."""
+    names = [c.name for c in stream_configs()] + [f"KV_{subjects.WORKERS_BUCKET}",
+                                                   f"KV_{CANCELS_BUCKET}"]
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            try:
+                await js.stream_info(name)
+                break
+            except NotFoundError:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting_for_stream", stream=name)
+                await asyncio.sleep(0.5)
+
+
 async def cancels_bucket(js: JetStreamContext) -> KeyValue:
     """Cancellation requests by job id; workers watch it and kill the job if they run it."""
     try:
@@ -141,8 +163,10 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
     except Exception:
         return await js.create_key_value(
             api.KeyValueConfig(
+                # File storage: a memory bucket vanishes when nats-server restarts, and workers
+                # may not recreate it.
                 bucket=subjects.WORKERS_BUCKET, history=1, ttl=WORKER_TTL,
-                storage=api.StorageType.MEMORY, replicas=replicas(),
+                storage=api.StorageType.FILE, replicas=replicas(),
             )
         )
 

@@ -48,7 +48,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = True,
-                 http_port: int | None = None) -> Path:
+                 http_port: int | None = None, auth: str | None = None) -> Path:
     """nats-server config for local runs.
 
     `sync_interval: always` fsyncs every JetStream write: the config log and accepted jobs must
@@ -65,6 +65,8 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = 
     ]
     if http_port:
         lines.append("http: 127.0.0.1:%d" % http_port)
+    if auth:
+        lines.append(auth)
     path.write_text("\n".join(line for line in lines if line) + "\n")
     return path
 
@@ -72,7 +74,9 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = 
 class NatsServer:
     """A nats-server child process with JetStream on loopback."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool | None = None,
+                 auth: str | None = None):
+        self.auth = auth
         if sync_always is None:  # GETOPERATE_NATS_SYNC=interval trades power-loss safety for speed
             sync_always = os.environ.get("GETOPERATE_NATS_SYNC", "always") != "interval"
         self.data_dir = Path(data_dir)
@@ -88,7 +92,7 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = write_config(
             self.data_dir / "nats.conf", port=self.port, store_dir=self.data_dir / "jetstream",
-            sync_always=self.sync_always,
+            sync_always=self.sync_always, auth=self.auth,
         )
         if port_open(self.port):
             raise NatsServerError(f"port {self.port} is already in use on 127.0.0.1")

@@ -16,7 +16,7 @@ async def amain() -> None:
     token = admin_token(directory, create=True)
     assert token is not None
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-config", logger)
+    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-config", logger, role="config")
     service = ConfigService(directory, nc, logger)
     await service.start()
     runner = await serve_http(

@@ -15,7 +15,7 @@ async def amain() -> None:
     token = admin_token(data_dir(), create=True)
     assert token is not None
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger)
+    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger, role="router")
     service = RouterService(nc, logger,
                             require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
     await service.start()

@@ -50,7 +50,7 @@ async def amain() -> None:
     settings = settings_from_env()
     logger = Logger("worker")
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-worker", logger)
+    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-worker", logger, role="worker")
     worker = Worker(nc, logger, settings, worker_id=os.environ.get("WORKER_ID") or None)
     await worker.start()
     await stop.wait()

@@ -116,7 +116,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await bus.ensure_streams(self.js)
+        await bus.wait_streams(self.js, self.logger)  # workers may not create streams
         self._kv = await bus.workers_bucket(self.js)
         self._hb_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         cancels = await bus.cancels_bucket(self.js)

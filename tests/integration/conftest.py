@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 from pathlib import Path
 from typing import Iterator
@@ -18,12 +19,22 @@ class Suite:
         self.base = base
         self.up = up
         self.api = Api(root / ".getoperate")
-        self.nats_url = f"nats://127.0.0.1:{base}"
+        self.plain_nats_url = f"nats://127.0.0.1:{base}"
         self.extra: list[Proc] = []
+
+    @property
+    def nats_url(self) -> str:
+        """For the tests' own connections: the admin user of `up`'s credentials file."""
+        creds = self.root / ".getoperate" / "nats-credentials.json"
+        if not creds.exists():
+            return self.plain_nats_url
+        password = json.loads(creds.read_text())["admin"]
+        return f"nats://admin:{password}@127.0.0.1:{self.base}"
 
     def worker(self, name: str, **env: str) -> Proc:
         """Start one more `getoperate worker` against this suite's NATS."""
-        proc = Proc(["worker"], cwd=self.root, env={"NATS_URL": self.nats_url, **env},
+        # No credentials in the URL: the worker finds its own in ./.getoperate, as a user's would.
+        proc = Proc(["worker"], cwd=self.root, env={"NATS_URL": self.plain_nats_url, **env},
                     name=f"worker-{name}-{len(self.extra)}")
         self.extra.append(proc)
         return proc
