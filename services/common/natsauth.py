@@ -48,14 +48,16 @@ def load_or_create(directory: Path) -> dict[str, str]:
     return creds
 
 
-def config_block(creds: dict[str, str]) -> str:
-    """nats-server `authorization` block for these credentials."""
+def config_block(creds: dict[str, str] | None = None) -> str:
+    """nats-server `authorization` block for these credentials; without any, passwords are
+    read by nats-server from $NATS_<ROLE>_PASSWORD (how compose.yaml passes them)."""
     users = []
     for role in ROLES:
         deny = ", ".join(json.dumps(s) for s in DENY_PUBLISH[role])
         perms = f"permissions: {{publish: {{deny: [{deny}]}}}}" if deny else ""
         sep = ", " if perms else ""
-        users.append(f"    {{user: {role}, password: {json.dumps(creds[role])}{sep}{perms}}}")
+        password = json.dumps(creds[role]) if creds else f"$NATS_{role.upper()}_PASSWORD"
+        users.append(f"    {{user: {role}, password: {password}{sep}{perms}}}")
     return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}"
 
 

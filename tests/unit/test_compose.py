@@ -39,3 +39,16 @@ def test_worker_groups_are_replicas_with_worker_group() -> None:
     groups = {s["environment"]["WORKER_GROUP"]: s["deploy"]["replicas"]
               for s in services.values() if s.get("command") == ["worker"]}
     assert groups == {"default": 2, "native": 1, "gpu": 1}
+
+
+def test_deploy_nats_conf_carries_the_same_permissions_as_up() -> None:
+    from services.common.natsauth import config_block
+
+    assert config_block() in (ROOT / "deploy" / "nats.conf").read_text()
+
+
+def test_every_service_connects_as_its_own_nats_user() -> None:
+    services = _compose()["services"]
+    users = {name: s["environment"].get("NATS_USER") for name, s in services.items() if "build" in s}
+    assert users == {"config": "config", "router": "router", "worker-default": "worker",
+                     "worker-native": "worker", "worker-gpu": "worker"}
