@@ -181,6 +181,16 @@ def cmd_group(ns: argparse.Namespace) -> int:
             body["priorities"] = prio
         if ns.no_priorities:
             body["priorities"] = {}
+        if ns.env:
+            variables: dict[str, str] = {}
+            for item in ns.env:
+                var, sep, value = item.partition("=")
+                if not sep or not var:
+                    raise CliError(f"--env {item!r} must look like NAME=value", EXIT_USAGE)
+                variables[var] = value
+            body["env"] = variables
+        if ns.no_env:
+            body["env"] = {}
         if ns.no_init_script:
             body["init_script"] = None
         elif ns.init_script is not None:
@@ -497,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--priority", action="append", default=[], metavar="TAG=N",
                            help="tag priority 1..255, higher first (repeatable; replaces the set)")
             g.add_argument("--no-priorities", action="store_true", help="remove all priorities")
+            g.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                           help="a static variable for the group's jobs (repeatable; replaces the set)")
+            g.add_argument("--no-env", action="store_true", help="remove all static variables")
         if action == "reset":
             g.add_argument("--preset", required=True, choices=["default", "native", "all"])
     s.set_defaults(func=cmd_group)

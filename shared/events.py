@@ -63,6 +63,13 @@ class GroupPrioritiesSet(_Event, tag="group.priorities_set", kw_only=True):
     priorities: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class GroupEnvSet(_Event, tag="group.env_set", kw_only=True):
+    """Static environment variables every job of the group's workers gets (env_vars_static)."""
+
+    group: str
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class ScriptDeployed(_Event, tag="script.deployed", kw_only=True):
     """A new version of a deployed script; the log keeps every version."""
 
@@ -126,11 +133,11 @@ class TokenRevoked(_Event, tag="token.revoked", kw_only=True):
 ConfigEvent = Union[
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
     GroupPrioritiesSet, ScriptDeployed, FlowDeployed, AssignableTagSet, AssignableTagRemoved,
-    TokenCreated, TokenRevoked,
+    TokenCreated, TokenRevoked, GroupEnvSet,
 ]
 GROUP_EVENTS = (
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
-    GroupPrioritiesSet,
+    GroupPrioritiesSet, GroupEnvSet,
 )
 
 

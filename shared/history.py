@@ -9,7 +9,7 @@ from typing import Any
 from shared.errors import InvalidInput
 from shared.events import (
     AssignableTagRemoved, AssignableTagSet, ConfigEvent, FlowDeployed, GroupCreated,
-    GroupDedicatedSet, GroupDeleted, GroupInitScriptSet, GroupPrioritiesSet, GroupTagsSet,
+    GroupDedicatedSet, GroupDeleted, GroupEnvSet, GroupInitScriptSet, GroupPrioritiesSet, GroupTagsSet,
     ScriptDeployed, TokenCreated, TokenRevoked,
 )
 from shared.state import ConfigState
@@ -32,6 +32,8 @@ def summarize(event: ConfigEvent) -> str:
             return f"group {g} dedicated to {', '.join(t) or '(nothing)'}"
         case GroupPrioritiesSet(group=g, priorities=p):
             return f"group {g} priorities " + (", ".join(f"{k}={v}" for k, v in p.items()) or "cleared")
+        case GroupEnvSet(group=g, env=env):
+            return f"group {g} env = {', '.join(sorted(env)) or '(none)'}"
         case GroupDeleted(group=g):
             return f"group {g} deleted"
         case ScriptDeployed(workspace=ws, path=p, language=lang, tag=tag):
@@ -90,7 +92,7 @@ def diff_states(a: ConfigState, b: ConfigState) -> list[str]:
     out: list[str] = []
     out += _diff_map("group", a.groups, b.groups, lambda g: {
         "tags": list(g.tags), "init_script": g.init_script, "dedicated": list(g.dedicated),
-        "priorities": g.priorities})
+        "priorities": g.priorities, "env": sorted(g.env)})
     out += _diff_map("script", a.scripts, b.scripts, lambda s: {
         "language": s.language, "tag": s.tag, "timeout": s.timeout, "revision": s.revision,
         "content": s.content})

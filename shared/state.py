@@ -22,6 +22,7 @@ from shared.events import (
     GroupCreated,
     GroupDedicatedSet,
     GroupDeleted,
+    GroupEnvSet,
     GroupInitScriptSet,
     GroupPrioritiesSet,
     GroupTagsSet,
@@ -48,6 +49,7 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     init_script: str | None = None
     dedicated: tuple[str, ...] = ()
     priorities: dict[str, int] = msgspec.field(default_factory=dict)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
     version: int = 0
 
 
@@ -136,6 +138,9 @@ def _apply(
         case GroupPrioritiesSet(group=name, priorities=priorities):
             groups[name] = replace(groups.get(name) or GroupConfig(name=name),
                                    priorities=dict(priorities), version=seq)
+        case GroupEnvSet(group=name, env=env):
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), env=dict(env),
+                                   version=seq)
         case GroupDeleted(group=name):
             groups.pop(name, None)
         case ScriptDeployed():
@@ -273,6 +278,7 @@ def set_group(
     init_script: object = _UNSET,
     dedicated: object = _UNSET,
     priorities: object = _UNSET,
+    env: object = _UNSET,
     expected_version: int | None = None,
 ) -> list[ConfigEvent]:
     """Create the group if needed and set what was given; unchanged fields emit nothing."""
@@ -299,7 +305,32 @@ def set_group(
         prio = validate_priorities(priorities)
         if prio != group.priorities:
             events.append(GroupPrioritiesSet(group=name, priorities=prio))
+    if env is not _UNSET:
+        variables = validate_env(env)
+        if variables != group.env:
+            events.append(GroupEnvSet(group=name, env=variables))
     return events
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# The job's own context: a group cannot override these.
+RESERVED_ENV = frozenset({"GO_JOB_ID", "GO_WORKSPACE", "GO_TAG", "GO_WORKER_ID", "GO_WORKER_GROUP"})
+
+
+def validate_env(env: object) -> dict[str, str]:
+    """Static variables for a group's jobs: NAME=value, names like shell variables, 16 KiB total."""
+    if not isinstance(env, dict):
+        raise InvalidInput("env must be an object of NAME -> value", field="env")
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name) or name in RESERVED_ENV:
+            raise InvalidInput(f"env variable name {name!r} is not allowed", field=f"env.{name}")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidInput(f"env variable {name} must be a string without NUL", field=f"env.{name}")
+        out[name] = value
+    if sum(len(k) + len(v) for k, v in out.items()) > 16 * 1024:
+        raise InvalidInput("env is larger than 16 KiB", field="env")
+    return dict(sorted(out.items()))
 
 
 def reset_group(
@@ -452,6 +483,8 @@ def describe_change(old: GroupConfig | None, new: GroupConfig | None) -> list[st
         changes.append("init script changed")
     if (old.dedicated if old else ()) != (new.dedicated if new else ()):
         changes.append("dedicated: " + (", ".join(new.dedicated) if new and new.dedicated else "none"))
+    if (old.env if old else {}) != (new.env if new else {}):
+        changes.append("env: " + (", ".join(sorted(new.env)) if new and new.env else "none"))
     if (old.priorities if old else {}) != (new.priorities if new else {}):
         prio = new.priorities if new else {}
         changes.append("priorities: " + (", ".join(f"{t}={p}" for t, p in prio.items()) or "none"))

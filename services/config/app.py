@@ -33,6 +33,7 @@ class GroupUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     init_script: str | None | msgspec.UnsetType = msgspec.UNSET
     dedicated: list[str] | None = None
     priorities: dict[str, int] | None = None
+    env: dict[str, str] | None = None
     expected_version: int | None = None
     reason: str | None = None
 
@@ -124,6 +125,8 @@ async def put_group(request: web.Request) -> web.Response:
         kwargs["dedicated"] = body.dedicated
     if body.priorities is not None:
         kwargs["priorities"] = body.priorities
+    if body.env is not None:
+        kwargs["env"] = body.env
     records, published = await svc.execute_and_publish(
         st.set_group, name, actor=actor, reason=body.reason,
         expected_version=body.expected_version, **kwargs,

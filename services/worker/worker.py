@@ -507,7 +507,8 @@ class Worker:
 
     async def _run(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
         timeout = job.timeout or self.settings.job_timeout
-        extra = {"GO_WORKER_ID": self.id, "GO_WORKER_GROUP": self.group or ""}
+        static = self.applied.env if self.applied else {}
+        extra = {**static, "GO_WORKER_ID": self.id, "GO_WORKER_GROUP": self.group or ""}
         if job.kind == "flow":
             return await run_flow(self.nc, job, self.logger)
         if tag in self.dedicated_tags and job.language == "python3":

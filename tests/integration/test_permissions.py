@@ -85,3 +85,23 @@ def test_jobs_do_not_see_nats_credentials(suite: Suite) -> None:
     view = suite.api.job(suite.api.submit('echo "${NATS_PASSWORD:-none} ${NATS_USER:-none}"')["id"])
     assert view["result"] == "none none"
     assert (suite.root / ".getoperate" / "nats-credentials.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_group_static_env_reaches_jobs_but_worker_secrets_do_not(extra_workers: Suite) -> None:
+    from tests.integration.harness import cli
+    from tests.integration.test_routing_e2e import ready
+
+    s = extra_workers
+    out = cli("group", "set", "envstatic", "--tags", "t-envstatic", "--env", "REGION=eu-west",
+              "--env", "MODE=batch", cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    proc = s.worker("envstatic", WORKER_GROUP="envstatic", NATS_PASSWORD_HINT="x")
+    s.api.wait_workers(ready("envstatic"))
+    code = 'echo "$REGION ${MODE:-unset} ${NATS_PASSWORD:-none} ${NATS_PASSWORD_HINT:-none}"'
+    assert s.api.job(s.api.submit(code, tag="t-envstatic")["id"])["result"] == "eu-west batch none none"
+    changed = s.api.set_group("envstatic", env={"REGION": "us-east"})
+    s.api.wait_workers(ready("envstatic", version=changed["seq"]))
+    assert s.api.job(s.api.submit(code, tag="t-envstatic")["id"])["result"] == "us-east unset none none"
+    assert any("env: REGION" in c for r in proc.log_events("hot_reload") for c in r["changes"])
+    bad = cli("group", "set", "envstatic", "--env", "GO_JOB_ID=x", cwd=s.root)
+    assert bad.returncode == 2 and "not allowed" in bad.stderr

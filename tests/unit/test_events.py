@@ -19,6 +19,7 @@ from shared.events import (
     AssignableTagRemoved,
     TokenCreated,
     TokenRevoked,
+    GroupEnvSet,
     AssignableTagSet,
     ConfigEvent,
     FlowDeployed,
@@ -69,6 +70,7 @@ ALL_EVENTS: list[ConfigEvent] = [
     TokenCreated(name="team-a", workspace="dev", token_hash="ab" * 32),
     TokenCreated(name="ops", token_hash="cd" * 32),
     TokenRevoked(name="ops"),
+    GroupEnvSet(group="gpu", env={"CUDA_HOME": "/usr/local/cuda", "EMPTY": ""}),
 ]
 
 
@@ -109,6 +111,7 @@ config_events: st.SearchStrategy[ConfigEvent] = st.one_of(
     st.builds(AssignableTagRemoved, tag=short),
     st.builds(TokenCreated, name=short, workspace=opt_short, token_hash=short),
     st.builds(TokenRevoked, name=short),
+    st.builds(GroupEnvSet, group=short, env=st.dictionaries(short, short, max_size=3)),
 )
 records: st.SearchStrategy[Recorded] = st.builds(
     Recorded,
@@ -253,12 +256,12 @@ def test_v1_fixture_decodes_and_folds() -> None:
     assert {event_type(r.event) for r in recs} == EVENT_TAGS  # one line (at least) per type
     assert recs[0].actor == "operator" and recs[0].reason == "new GPU pool"
     state = fold(recs)
-    assert state.seq == 16
+    assert state.seq == 17
     assert state.groups == {
         "gpu": GroupConfig(
             name="gpu", tags=("gpu", "cuda-12", "normal-$workspace", "é"),
             init_script="apt-get install -y jq\n", dedicated=("dev:f/hello",),
-            priorities={"cuda-12": 200, "gpu": 10}, version=7,
+            priorities={"cuda-12": 200, "gpu": 10}, env={"CUDA_HOME": "/usr/local/cuda"}, version=17,
         )
     }
     assert state.scripts == {
