@@ -18,7 +18,7 @@ def _creds(s: Suite) -> dict[str, str]:
     return json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())  # type: ignore[no-any-return]
 
 
-async def _probe(s: Suite, role: str, subject: str) -> tuple[bool, list[str]]:
+async def _probe(s: Suite, role: str, subject: str, wait: float = 1.0) -> tuple[bool, list[str]]:
     """Publish as `role`; report whether an admin subscriber saw it, and the server's errors."""
     errors: list[str] = []
 
@@ -39,7 +39,7 @@ async def _probe(s: Suite, role: str, subject: str) -> tuple[bool, list[str]]:
         await probe.publish(subject, b'{"forged": true}')
         await probe.flush()
         try:
-            await asyncio.wait_for(seen.wait(), 1.0)
+            await asyncio.wait_for(seen.wait(), wait)
         except asyncio.TimeoutError:
             pass
         return seen.is_set(), errors
@@ -62,8 +62,8 @@ def test_worker_credentials_cannot_forge_config_inject_jobs_or_touch_streams(
 
 @pytest.mark.parametrize("subject", [subjects.job_events_subject("probe-job"), subjects.SUBMIT_SUBJECT])
 def test_worker_credentials_may_publish_job_events_and_ask_a_router(suite: Suite, subject: str) -> None:
-    delivered, errors = asyncio.run(_probe(suite, "worker", subject))
-    assert delivered and not errors
+    delivered, errors = asyncio.run(_probe(suite, "worker", subject, wait=10.0))
+    assert delivered and not errors, errors
 
 
 def test_a_router_cannot_write_config_and_config_cannot_enqueue(suite: Suite) -> None:
