@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.integration.conftest import Suite, running_suite
 
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck),
-                database=None)
+# Derandomized in CI so a run is reproducible; FUZZ_RANDOM=1 FUZZ_EXAMPLES=500 explores afresh.
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "25")), deadline=None,
+                suppress_health_check=list(HealthCheck), database=None,
+                derandomize=os.environ.get("FUZZ_RANDOM") != "1")
 
 
 @pytest.fixture(scope="module")
