@@ -54,6 +54,8 @@ class RouterService:
         self.config_ready = asyncio.Event()
         self.workers = LiveWorkers(self.js, logger)
         self._subs: list[object] = []
+        self._index: dict[str, tuple[str, ...]] = {}
+        self._index_seq = -1
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_SUBMITS)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -85,6 +87,13 @@ class RouterService:
             except Exception:
                 pass
 
+    def _groups_by_tag(self) -> dict[str, tuple[str, ...]]:
+        """The tag -> groups index, rebuilt only when the config changed (not per job)."""
+        if self._index_seq != self.config.seq:
+            self._index = st.groups_by_tag(self.config)
+            self._index_seq = self.config.seq
+        return self._index
+
     async def _on_config(self, msg: Msg) -> None:
         try:
             rec = decode_known(msg.data)
@@ -105,7 +114,7 @@ class RouterService:
             language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=admin,
         )
         tag = route.tag
-        groups = list(st.groups_by_tag(self.config).get(tag, ()))
+        groups = list(self._groups_by_tag().get(tag, ()))
         live = self.workers.serving(tag)
         warning = None
         if not live:
