@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import dedicated, history
+from bench import dedicated, history, idle
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "dedicated": dedicated.run,
     "history": history.run,
+    "idle": idle.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
