@@ -224,17 +224,25 @@ def _write_opts(ns: argparse.Namespace) -> dict[str, Any]:
 # --- scripts, flows, assignable tags -----------------------------------------------------------
 
 
-def cmd_script(ns: argparse.Namespace) -> int:
+def _deployed(ns: argparse.Namespace, kind: str, show: Any) -> tuple[int | None, str, str | None]:
+    """The list/show half of `script` and `flow`: (exit code if done, item URL, token)."""
     ep = _endpoints(ns)
     token = ep.token()
     if ns.action == "list":
         query = f"?workspace={urllib.parse.quote(ns.workspace)}" if ns.workspace else ""
-        items = call("GET", f"{ep.config_url}/scripts{query}", token)
-        return _print(items, ns.json, output.print_deployed)
+        items = call("GET", f"{ep.config_url}/{kind}s{query}", token)
+        return _print(items, ns.json, output.print_deployed), "", token
     ws, path = split_target(ns.target)
-    url = f"{ep.config_url}/scripts/{urllib.parse.quote(ws, safe='')}/{urllib.parse.quote(path)}"
+    url = f"{ep.config_url}/{kind}s/{urllib.parse.quote(ws, safe='')}/{urllib.parse.quote(path)}"
     if ns.action == "show":
-        return _print(call("GET", url, token), ns.json, output.print_script)
+        return _print(call("GET", url, token), ns.json, show), url, token
+    return None, url, token
+
+
+def cmd_script(ns: argparse.Namespace) -> int:
+    done, url, token = _deployed(ns, "script", output.print_script)
+    if done is not None:
+        return done
     body: dict[str, Any] = {"language": ns.language, "content": _read(ns.file, "FILE"),
                             **_write_opts(ns)}
     if ns.tag:
@@ -265,16 +273,9 @@ def load_flow_file(path: str) -> dict[str, Any]:
 
 
 def cmd_flow(ns: argparse.Namespace) -> int:
-    ep = _endpoints(ns)
-    token = ep.token()
-    if ns.action == "list":
-        query = f"?workspace={urllib.parse.quote(ns.workspace)}" if ns.workspace else ""
-        return _print(call("GET", f"{ep.config_url}/flows{query}", token), ns.json,
-                      output.print_deployed)
-    ws, path = split_target(ns.target)
-    url = f"{ep.config_url}/flows/{urllib.parse.quote(ws, safe='')}/{urllib.parse.quote(path)}"
-    if ns.action == "show":
-        return _print(call("GET", url, token), ns.json, output.print_flow)
+    done, url, token = _deployed(ns, "flow", output.print_flow)
+    if done is not None:
+        return done
     body = {**load_flow_file(ns.file), **_write_opts(ns)}
     if ns.tag:
         body["tag"] = ns.tag

@@ -47,13 +47,14 @@ class LiveWorkers:
                 self.logger.warning("bad_heartbeat_skipped", key=entry.key, error=str(exc))
             self.ready.set()
 
-    def all(self) -> list[WorkerStatus]:
+    def _live(self) -> list[WorkerStatus]:
         cutoff = time.time() - bus.WORKER_TTL
-        return sorted(
-            (w for w in self._workers.values() if w.heartbeat_at >= cutoff),
-            key=lambda w: ((w.group or ""), w.id),
-        )
+        return [w for w in self._workers.values() if w.heartbeat_at >= cutoff]
+
+    def all(self) -> list[WorkerStatus]:
+        """Live workers, sorted for display."""
+        return sorted(self._live(), key=lambda w: ((w.group or ""), w.id))
 
     def serving(self, tag: str) -> list[WorkerStatus]:
-        """Ready workers whose current tag list includes `tag`."""
-        return [w for w in self.all() if tag in w.tags and w.state == "ready"]
+        """Ready workers whose current tag list includes `tag` (per submission: no sorting)."""
+        return [w for w in self._live() if tag in w.tags and w.state == "ready"]

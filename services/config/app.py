@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from services.common.http import (
-    MAX_BODY_BYTES, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
+    MAX_BODY_BYTES, Handler, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
 )
 from services.common import openapi
 from services.common.openapi import Op
@@ -174,16 +174,28 @@ def _readable(request: web.Request, ws: str) -> bool:
     return who.admin or who.workspace == ws
 
 
-async def list_scripts(request: web.Request) -> web.Response:
-    return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.scripts.values()))
+def _deployed_reads(kind: str) -> tuple[Handler, Handler]:
+    """`GET /{kind}s` and `GET /{kind}s/{ws}/{path}`, the same for scripts and flows."""
+
+    def items(request: web.Request) -> dict[str, Any]:
+        state = request.app[SERVICE_KEY].state
+        return state.scripts if kind == "script" else state.flows  # type: ignore[return-value]
+
+    async def list_items(request: web.Request) -> web.Response:
+        return json_response(_filter_ws(request, items(request).values()))
+
+    async def get_item(request: web.Request) -> web.Response:
+        ws, path = request.match_info["ws"], request.match_info["path"]
+        item = items(request).get(st.key(ws, path))
+        if not _readable(request, ws) or item is None:
+            raise NotFound(f"no {kind} {path!r} is deployed in workspace {ws!r}", field="path")
+        return json_response(item)
+
+    return list_items, get_item
 
 
-async def get_script(request: web.Request) -> web.Response:
-    ws, path = request.match_info["ws"], request.match_info["path"]
-    script = request.app[SERVICE_KEY].state.scripts.get(st.key(ws, path))
-    if not _readable(request, ws) or script is None:
-        raise NotFound(f"no script {path!r} is deployed in workspace {ws!r}", field="path")
-    return json_response(script)
+list_scripts, get_script = _deployed_reads("script")
+list_flows, get_flow = _deployed_reads("flow")
 
 
 async def put_script(request: web.Request) -> web.Response:
@@ -197,18 +209,6 @@ async def put_script(request: web.Request) -> web.Response:
         timeout=body.timeout,
     )
     return _deployed_answer(records, published, svc.state.scripts.get(st.key(ws, path)))
-
-
-async def list_flows(request: web.Request) -> web.Response:
-    return json_response(_filter_ws(request, request.app[SERVICE_KEY].state.flows.values()))
-
-
-async def get_flow(request: web.Request) -> web.Response:
-    ws, path = request.match_info["ws"], request.match_info["path"]
-    flow = request.app[SERVICE_KEY].state.flows.get(st.key(ws, path))
-    if not _readable(request, ws) or flow is None:
-        raise NotFound(f"no flow {path!r} is deployed in workspace {ws!r}", field="path")
-    return json_response(flow)
 
 
 async def put_flow(request: web.Request) -> web.Response:
