@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import dedicated, history, idle
+from bench import coldbash, dedicated, history, idle, reload, router
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "router": router.run,
+    "coldbash": coldbash.run,
     "dedicated": dedicated.run,
     "history": history.run,
     "idle": idle.run,
+    "reload": reload.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

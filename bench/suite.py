@@ -39,7 +39,7 @@ def _free_base() -> int:
 class LocalSuite:
     """`getoperate up` in a temp dir, plus extra workers, torn down on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, **env: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="getoperate-bench-"))
         self.base = _free_base()
         self.nats_url = f"nats://127.0.0.1:{self.base}"
@@ -49,6 +49,7 @@ class LocalSuite:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
         for k in [k for k in self.env if k.startswith(("WORKER_", "GETOPERATE_"))]:
             del self.env[k]
+        self.env.update(env)
 
     def __enter__(self) -> "LocalSuite":
         log = open(self.dir / "up.log", "wb")

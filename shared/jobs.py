@@ -229,6 +229,8 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     jobs_done: int = 0
     priorities: dict[str, int] = msgspec.field(default_factory=dict)
     dedicated: list[str] = msgspec.field(default_factory=list)
+    # When this worker applied config_version (Unix seconds): how fast hot reloads land.
+    config_applied_at: float | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

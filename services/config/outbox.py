@@ -76,10 +76,10 @@ class Outbox:
     async def flush(self) -> None:
         for rec, body, subject in self.log.unpublished():
             await self._publish_one(rec, body, subject)
-            self.log.mark_published(rec.seq)
-            async with self._progress:
+            async with self._progress:  # the event is live: answer the writer before bookkeeping
                 self.published_seq = rec.seq
                 self._progress.notify_all()
+            self.log.mark_published(rec.seq)
 
     async def _publish_one(self, rec: RawRecorded, body: bytes, subject: str) -> None:
         headers = {"Nats-Msg-Id": rec.id, "Nats-Expected-Last-Sequence": str(rec.seq - 1)}

@@ -186,7 +186,15 @@ class EventLog:
         return [(decode(body.encode(), RawRecorded), body.encode(), subject) for body, subject in rows]
 
     def mark_published(self, seq: int) -> None:
-        self.db.execute("UPDATE events SET published = 1 WHERE seq <= ? AND published = 0", [seq])
+        """Not fsynced: the flag is a hint. The stream is the truth (`reconcile` at start), and a
+        republish is a no-op (expected last sequence), so losing it to a power cut costs nothing,
+        while an fsync here would add one to every config write."""
+        conn = self.db.conn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("UPDATE events SET published = 1 WHERE seq <= ? AND published = 0", [seq])
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
     def reconcile(self, stream_last_seq: int) -> None:
         """Stream sequence == log sequence: rows at or below the stream's last are on it, others not."""

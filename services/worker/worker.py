@@ -77,6 +77,7 @@ class Worker:
         self.config = st.ConfigState()
         self.applied: st.GroupConfig | None = None
         self.config_version = 0
+        self.config_applied_at: float | None = None
         self.priorities: dict[str, int] = {}
         self.dedicated_tags: set[str] = set()
         self.wake_subs: dict[str, object] = {}
@@ -217,6 +218,7 @@ class Worker:
         new_script = new.init_script if new else None
         if first or old_script != new_script:
             self._schedule_init(new_script)
+        self.config_applied_at = time.time()  # listening to the new tags from here on
         if not first:
             if self.settings.env_tags is not None and any(c.startswith("tags") for c in changes):
                 changes.append("tags ignored: WORKER_TAGS takes precedence")
@@ -562,6 +564,7 @@ class Worker:
             hostname=socket.gethostname(), pid=os.getpid(), started_at=self.started_at,
             heartbeat_at=time.time(), jobs_done=self.jobs_done,
             priorities=self.priorities, dedicated=sorted(self.dedicated_tags),
+            config_applied_at=self.config_applied_at,
         )
 
     def _beat_now(self) -> None:

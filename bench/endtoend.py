@@ -1,0 +1,95 @@
+"""End to end against the peers: a no-op python3 job with a result, 2 workers, in the same run.
+
+Ours: a script `bench:f/noop` (`def main(x): return x`), and two workers of a group dedicated to
+it (a warm Python runtime each). Jobs go through the router over NATS (`go.router.submit`,
+durable), and a result counts when its `job.finished` event arrives, as a client would see it.
+The suite runs as `getoperate up` runs it: every JetStream write fsynced.
+
+Peers: Celery + Redis and Dramatiq + Redis with 2 worker processes each, configured as
+`bench/peers.py` says, on a private redis-server (no persistence: they are not asked to survive a
+power cut, ours is).
+
+- throughput: n jobs submitted as fast as the client goes, first submit -> last result;
+- round trip: one job at a time, submit -> result (`delay().get()`, `send().get_result()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench import peers
+from bench.reload import percentile
+from bench.suite import LocalSuite, progress, run_jobs
+
+NOOP = "def main(x):\n    return x\n"
+
+
+def _ours(n: int, trips: int) -> tuple[float, list[float]]:
+    with LocalSuite() as suite:
+        cfg = suite.config_url
+        suite.http("PUT", f"{cfg}/scripts/bench/f/noop", {"language": "python3", "content": NOOP})
+        suite.http("PUT", f"{cfg}/groups/bench-e2e", {"dedicated": ["bench:f/noop"]})
+        suite.worker(WORKER_GROUP="bench-e2e")
+        suite.worker(WORKER_GROUP="bench-e2e")
+        suite.wait_workers(lambda ws: sum(w["group"] == "bench-e2e" and w["state"] == "ready"
+                                          for w in ws) >= 2)
+        job = {"workspace": "bench", "path": "f/noop", "args": {"x": 1}}
+        asyncio.run(run_jobs(suite.nats_url, [job] * 200))  # warm: runtimes, connections
+        progress(f"endtoend: ours: {n} jobs on 2 dedicated workers")
+        started = time.perf_counter()
+        asyncio.run(run_jobs(suite.nats_url, [job] * n, in_flight=500))
+        rate = n / (time.perf_counter() - started)
+        progress(f"endtoend: ours: {trips} round trips one at a time")
+        latencies = asyncio.run(run_jobs(suite.nats_url, [job] * trips, in_flight=1))
+    return rate, latencies
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n, trips = (2000, 100) if quick else (10000, 500)
+    rate, latencies = _ours(n, trips)
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    reason = peers.unavailable()
+    peer_rate: dict[str, float] = {}
+    peer_p50: dict[str, float] = {}
+    if reason is None:
+        for peer in ("celery", "dramatiq"):
+            peer_rate[peer] = peers.throughput(peer, n, workers=2)
+            peer_p50[peer] = percentile(peers.roundtrip(peer, trips), 50) * 1000
+    rows = []
+    if peer_rate:
+        best = max(peer_rate, key=lambda p: peer_rate[p])
+        others = ", ".join(f"{p} {peer_rate[p]:.0f}" for p in sorted(peer_rate))
+        rows.append({
+            "name": f"end to end: no-op python3 job, 2 dedicated workers ({n} jobs); peers: "
+                    f"{others} jobs/s",
+            "value": round(rate), "unit": "jobs/s",
+            "baseline": round(peer_rate[best]), "baseline_name": f"{best} + Redis, 2 processes",
+            "ratio": round(rate / peer_rate[best], 2), "target": ">= 2x the faster peer",
+            "met": rate >= 2 * peer_rate[best], "bound": THROUGHPUT_BOUND,
+        })
+        fastest = min(peer_p50, key=lambda p: peer_p50[p])
+        others = ", ".join(f"{p} {peer_p50[p]:.2f}" for p in sorted(peer_p50))
+        rows.append({
+            "name": f"round trip submit -> result, one at a time, warm ({trips} jobs): p50 "
+                    f"(p99 {p99:.2f} ms); peers' p50: {others} ms",
+            "value": round(p50, 2), "unit": "ms",
+            "baseline": round(peer_p50[fastest], 2), "baseline_name": f"{fastest} + Redis p50",
+            "ratio": round(p50 / peer_p50[fastest], 2), "target": "p50 <= the best peer's p50",
+            "met": p50 <= peer_p50[fastest], "bound": ROUNDTRIP_BOUND,
+        })
+    else:
+        for name, value, unit in (("end to end: no-op python3 job, 2 dedicated workers", rate,
+                                   "jobs/s"), ("round trip, warm: p50", p50, "ms")):
+            rows.append({"name": name, "value": round(value, 2), "unit": unit, "baseline": None,
+                         "baseline_name": f"peers not measured: {reason}", "ratio": None,
+                         "target": "against the peers", "met": False,
+                         "bound": "install the bench extra and redis-server to compare"})
+    return rows
+
+
+THROUGHPUT_BOUND = ("CPU on 2 cores shared by the client, the router, nats-server and 2 workers; "
+                    "per job 4 fsynced JetStream writes (history, queue, started, result)")
+ROUNDTRIP_BOUND = ("NATS round trips in series (submit, 2 writes, wake-up + pull, result write) "
+                   "with an fsync each; the warm runtime's pipe")
