@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import coldbash, dedicated, history, idle, reload, router
+from bench import coldbash, dedicated, endtoend, history, idle, reload, router
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
     "coldbash": coldbash.run,
+    "endtoend": endtoend.run,
     "dedicated": dedicated.run,
     "history": history.run,
     "idle": idle.run,

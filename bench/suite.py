@@ -47,8 +47,9 @@ class LocalSuite:
         self.router_url = f"http://127.0.0.1:{self.base + 2}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for k in [k for k in self.env if k.startswith(("WORKER_", "GETOPERATE_"))]:
-            del self.env[k]
+        for k in [k for k in self.env if k.startswith(("WORKER_", "GETOPERATE_"))
+                  and k != "GETOPERATE_NATS_SYNC"]:  # kept: `GETOPERATE_NATS_SYNC=interval` runs
+            del self.env[k]                             # a benchmark without fsync per write
         self.env.update(env)
 
     def __enter__(self) -> "LocalSuite":
