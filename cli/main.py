@@ -42,14 +42,30 @@ def _endpoints(ns: argparse.Namespace) -> Endpoints:
 
 
 def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str, Any]:
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """Long-poll the router until the job ends. A job still going after PROGRESS_AFTER seconds
+    gets a line on stderr at each change (queued on which tag, running on which worker), so a
+    long wait is never silent; stdout keeps only the result."""
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     quoted = urllib.parse.quote(job_id, safe="")
+    shown = None
     while True:
-        step = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+        chunk = PROGRESS_AFTER if shown is None else 10.0
+        step = chunk if deadline is None else max(0.0, min(chunk, deadline - time.monotonic()))
         view: dict[str, Any] = call("GET", f"{ep.router_url}/jobs/{quoted}?wait=1&timeout={step}",
                                     ep.token(), timeout=step + 30)
         if view["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
             return view
+        where = (f"on worker {view['worker']}" if view["status"] == "running"
+                 else f"on tag {view['tag']!r}")
+        line = f"job {job_id} is {view['status']} {where}"
+        if line != shown:
+            print(f"getoperate: {line} ({time.monotonic() - started:.0f}s)...", file=sys.stderr,
+                  flush=True)
+            shown = line
+
+
+PROGRESS_AFTER = 2.0
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
+from services.common.metrics import ConfigMetrics
 from services.config.outbox import Outbox, StreamDiverged
 from services.config.store import EventLog
 from shared import state as st
@@ -38,6 +39,8 @@ class ConfigService:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._snapshot_pending: bytes | None = None
+        self.ready = False
+        self.metrics = ConfigMetrics(lambda: self.state.seq, lambda: self.outbox.published_seq)
 
     def _load(self) -> st.ConfigState:
         """Latest snapshot, then the events after it: start-up cost follows the tail, not the log."""
@@ -85,6 +88,7 @@ class ConfigService:
         await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
         self._maybe_snapshot(force=True)
         await self._publish_snapshot()
+        self.ready = True
         self.logger.info("config_ready", seq=self.state.seq, groups=sorted(self.state.groups))
 
     async def stop(self) -> None:
@@ -134,6 +138,7 @@ class ConfigService:
             self.state = st.fold(records, self.state)
             self._maybe_snapshot()
         for rec in records:
+            self.metrics.events.labels(event_type(rec.event)).inc()
             self.logger.info("config_event", seq=rec.seq, type=event_type(rec.event), actor=actor,
                              event_id=rec.id)
         if records:

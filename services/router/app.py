@@ -8,6 +8,7 @@ from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
 )
 from services.common.jobwatch import recent_jobs
+from services.common.metrics import metrics_handler, readiness
 from services.router.service import RouterService
 from shared.codec import decode
 from shared.errors import Forbidden, NotFound
@@ -87,8 +88,17 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def ready(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE_KEY]
+    return readiness({"config_followed": svc.config_ready.is_set(),
+                      "nats_connected": svc.nc.is_connected})
+
+
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and config position", auth=False),
+    Op(method="GET", path="/readyz", summary="readiness: config followed, NATS connected",
+       auth=False),
+    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
     Op(method="POST", path="/jobs", summary="submit a job", body=JobSubmit, response=SubmitAnswer,
        status=201),
     Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],
@@ -107,6 +117,9 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics_handler(service.metrics.registry,
+                                                   service.refresh_metrics))
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)

@@ -15,6 +15,8 @@ from services.common import bus
 from services.common.jobwatch import read_job
 from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
+from services.common.metrics import RouterMetrics
+from services.common.queues import waiting_per_tag
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, decode_compact, encode
@@ -65,6 +67,7 @@ class RouterService:
         self._index_seq = -1
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_SUBMITS)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = RouterMetrics(lambda: self.config.seq)
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
@@ -115,6 +118,13 @@ class RouterService:
         self.config = st.evolve(self.config, rec)
 
     async def submit(self, sub: JobSubmit, *, admin: bool = True) -> SubmitAnswer:
+        try:
+            return await self._submit(sub, admin=admin)
+        except GetOperateError as exc:
+            self.metrics.refused.labels(exc.code).inc()
+            raise
+
+    async def _submit(self, sub: JobSubmit, *, admin: bool) -> SubmitAnswer:
         validate_submit(sub)
         route = routing.route(
             self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
@@ -159,11 +169,17 @@ class RouterService:
             raise exc
         if isinstance(results[0], BaseException):  # queued and will run; only its history failed
             self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))
+        self.metrics.routed.labels(tag).inc()
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
                          kind=job.kind, path=job.path, language=job.language,
                          live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
                             warning=warning, steps=[s.tag for s in route.steps])
+
+    async def refresh_metrics(self) -> None:
+        """Before a scrape: waiting jobs per tag from JetStream, live workers from heartbeats."""
+        self.metrics.observe_workers(self.workers.all())
+        self.metrics.observe_queues(await waiting_per_tag(self.js))
 
     async def _on_submit_request(self, msg: Msg) -> None:
         """nats-py runs one callback at a time per subscription: hand each request to its own

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aiohttp import web
+
 from services.common import bus
 from services.common.log import Logger
-from services.common.runtime import env, run, stop_on_signals
+from services.common.metrics import metrics_handler, readiness
+from services.common.runtime import env, run, serve_http, stop_on_signals
 from services.worker.worker import Worker, WorkerSettings
 from shared.errors import InvalidInput
 from shared.tags import validate_group_name, validate_tags
@@ -52,10 +55,32 @@ async def amain() -> None:
     stop = stop_on_signals()
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-worker", logger, role="worker")
     worker = Worker(nc, logger, settings, worker_id=os.environ.get("WORKER_ID") or None)
+    runner = None
+    if os.environ.get("METRICS_PORT"):  # before start(): probes answer "not ready" while joining
+        runner = await serve_http(probe_app(worker), env("HTTP_HOST", "127.0.0.1"),
+                                  int(env("METRICS_PORT", "0")), logger)
     await worker.start()
     await stop.wait()
     await worker.stop()
+    if runner is not None:
+        await runner.cleanup()
     await nc.drain()
+
+
+def probe_app(worker: Worker) -> web.Application:
+    """METRICS_PORT: /metrics for Prometheus, /healthz and /readyz for orchestrators' probes."""
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "worker": worker.id, "state": worker.state})
+
+    async def ready(request: web.Request) -> web.Response:
+        return readiness(worker.readiness())
+
+    app = web.Application()
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics_handler(worker.metrics.registry))
+    return app
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ from nats.js.errors import APIError, NotFoundError
 from services.common import bus
 from services.common.jobwatch import job_history
 from services.common.log import Logger
+from services.common.metrics import WorkerMetrics
 from services.worker.flows import run_flow
 from services.worker.runner import Outcome, job_env, run_init_script, run_job
 from services.worker.warm import WarmPool
@@ -74,6 +75,9 @@ class Worker:
         self.group = settings.group
         self.id = worker_id or _default_id(settings.group)
         self.logger = logger.bind(worker=self.id, group=self.group)
+        self.metrics = WorkerMetrics()
+        self.metrics.config_version.set_function(lambda: self.config_version)
+        self.metrics.busy.set_function(lambda: self.busy)
         self.config = st.ConfigState()
         self.applied: st.GroupConfig | None = None
         self.config_version = 0
@@ -113,6 +117,20 @@ class Worker:
         self.running: dict[str, asyncio.Task[tuple[Outcome, list[StepSummary]]]] = {}
         self._kv = None
         self._sub: object = None
+
+    @property
+    def init_status(self) -> str:
+        return self._init_status
+
+    @init_status.setter
+    def init_status(self, value: str) -> None:
+        self._init_status = value
+        self.metrics.init_status.state(value)
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: joined, init script done, NATS connected."""
+        return {"joined": self.state == "ready", "init_script_ok": self.init_ok.is_set(),
+                "nats_connected": self.nc.is_connected}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -222,6 +240,7 @@ class Worker:
         if not first:
             if self.settings.env_tags is not None and any(c.startswith("tags") for c in changes):
                 changes.append("tags ignored: WORKER_TAGS takes precedence")
+            self.metrics.hot_reloads.inc()
             self.logger.info("hot_reload", config_version=self.config_version, changes=changes,
                              tags=self.tags())
         self.wake.set()
@@ -401,6 +420,7 @@ class Worker:
                   f" (the job kept losing its worker); parked on {subjects.DEAD_STREAM}"),
             f"{job.id}:{deliveries}:finished")
         await msg.term()
+        self.metrics.dead_letters.labels(tag).inc()
         self.logger.error("job_dead_lettered", job_id=job.id, tag=tag, deliveries=deliveries - 1)
 
     async def _last_event(self, job: Job) -> tuple[int, object]:
@@ -419,6 +439,7 @@ class Worker:
         attempt = msg.metadata.num_delivered or 1
         last_seq = 0
         if attempt > 1:
+            self.metrics.redeliveries.labels(tag).inc()
             # A redelivery: its earlier worker died, or NATS restarted under a running job. If a
             # result is already stored, don't run it again (effectively once).
             last_seq, last = await self._last_event(job)
@@ -491,6 +512,8 @@ class Worker:
                 started_ack.seq)
             await msg.ack()  # only once the result is durable
             self.jobs_done += 1
+            self.metrics.finished.labels(tag, outcome.status).inc()
+            self.metrics.duration.labels(tag).observe(outcome.duration_ms / 1000)
             self.logger.info("job_finished", job_id=job.id, tag=tag, status=outcome.status,
                              duration_ms=round(outcome.duration_ms, 1))
         except APIError as exc:

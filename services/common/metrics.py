@@ -1,0 +1,128 @@
+"""Prometheus metrics of each service (names prefixed `getoperate_`), and the `/metrics` handler.
+
+Each service instance owns its registry (not the process-global one), so tests can run several
+services in one process and a scrape shows only that service. Gauges that describe NATS state
+(waiting jobs per tag, live workers) are refreshed when scraped, not polled in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest,
+)
+
+from shared.jobs import WorkerStatus
+
+INIT_STATES = ["none", "running", "ok", "failed"]
+# Job durations: from a warm no-op (sub-millisecond) to the default 300 s timeout.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, float("inf"))
+
+
+class ConfigMetrics:
+    def __init__(self, seq: Callable[[], int], published_seq: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        Gauge("getoperate_config_seq", "Sequence of the last config event in the log",
+              registry=r).set_function(seq)
+        Gauge("getoperate_config_published_seq", "Sequence of the last config event on the stream",
+              registry=r).set_function(published_seq)
+        Gauge("getoperate_config_unpublished", "Config events stored but not yet on the stream "
+              "(NATS away)", registry=r).set_function(lambda: max(seq() - published_seq(), 0))
+        self.events = Counter("getoperate_config_events", "Config events appended, by type",
+                              ["type"], registry=r)
+
+
+class RouterMetrics:
+    def __init__(self, config_seq: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        Gauge("getoperate_router_config_seq", "Config sequence the router has folded",
+              registry=r).set_function(config_seq)
+        self.routed = Counter("getoperate_jobs_routed", "Jobs routed and durably queued, by tag",
+                              ["tag"], registry=r)
+        self.refused = Counter("getoperate_jobs_refused", "Submissions refused, by error code",
+                               ["code"], registry=r)
+        self.waiting = Gauge("getoperate_jobs_waiting", "Jobs queued on a tag that no worker has "
+                             "taken yet (JetStream consumer info)", ["tag"], registry=r)
+        self.running = Gauge("getoperate_jobs_running", "Jobs taken by a worker and not yet "
+                             "acknowledged, by tag (JetStream consumer info)", ["tag"], registry=r)
+        self.workers = Gauge("getoperate_workers_live", "Live workers, by group",
+                             ["group"], registry=r)
+        self.worker_config = Gauge("getoperate_worker_config_version", "Config version each live "
+                                   "worker has applied (from its heartbeat)",
+                                   ["worker", "group"], registry=r)
+        self.worker_init = Gauge("getoperate_worker_init_script_failed", "1 when a live worker's "
+                                 "init script failed (from its heartbeat)", ["worker", "group"],
+                                 registry=r)
+
+    def observe_queues(self, queues: dict[str, dict[str, int]]) -> None:
+        self.waiting.clear()
+        self.running.clear()
+        for tag, counts in queues.items():
+            self.waiting.labels(tag).set(counts["waiting"])
+            self.running.labels(tag).set(counts["running"])
+
+    def observe_workers(self, workers: list[WorkerStatus]) -> None:
+        """Replace the per-worker series with the live set, so a gone worker's series ends."""
+        for gauge in (self.workers, self.worker_config, self.worker_init):
+            gauge.clear()
+        per_group: dict[str, int] = {}
+        for w in workers:
+            group = w.group or ""
+            per_group[group] = per_group.get(group, 0) + 1
+            self.worker_config.labels(w.id, group).set(w.config_version)
+            self.worker_init.labels(w.id, group).set(1 if w.init_status == "failed" else 0)
+        for group, n in per_group.items():
+            self.workers.labels(group).set(n)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.finished = Counter("getoperate_jobs_finished", "Jobs this worker finished, by tag and "
+                                "status (success, failure, cancelled)", ["tag", "status"],
+                                registry=r)
+        self.duration = Histogram("getoperate_job_duration_seconds", "Time running a job, by tag",
+                                  ["tag"], buckets=DURATION_BUCKETS, registry=r)
+        self.redeliveries = Counter("getoperate_job_redeliveries", "Jobs received again after an "
+                                    "earlier attempt lost its worker, by tag", ["tag"], registry=r)
+        self.dead_letters = Counter("getoperate_jobs_dead_lettered", "Jobs parked on GO_DEAD, by "
+                                    "tag", ["tag"], registry=r)
+        self.hot_reloads = Counter("getoperate_hot_reloads", "Config changes applied without a "
+                                   "restart", registry=r)
+        self.config_version = Gauge("getoperate_worker_config_version", "Config version this "
+                                    "worker applied", registry=r)
+        self.init_status = Enum("getoperate_init_script_status", "State of this worker's init "
+                                "script", states=INIT_STATES, registry=r)
+        self.busy = Gauge("getoperate_worker_busy_slots", "Job slots in use", registry=r)
+
+
+def metrics_handler(registry: CollectorRegistry,
+                    refresh: Callable[[], Awaitable[None]] | None = None) -> Callable[
+                        [web.Request], Awaitable[web.Response]]:
+    """GET /metrics: refresh the NATS-derived gauges (bounded), then the text exposition."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if refresh is not None:
+            try:
+                await asyncio.wait_for(refresh(), 5.0)
+            except Exception:  # NATS away: serve what we have, a scrape must not fail
+                pass
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
+
+
+def readiness(checks: dict[str, bool]) -> web.Response:
+    """GET /readyz: 200 when every check holds, else 503 naming the failing ones."""
+    failing = sorted(name for name, ok in checks.items() if not ok)
+    body = {"ready": not failing, "checks": checks}
+    if failing:
+        body["message"] = "not ready: " + ", ".join(failing)
+    return web.json_response(body, status=503 if failing else 200)
