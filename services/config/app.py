@@ -12,6 +12,7 @@ from services.common.http import (
     MAX_BODY_BYTES, Handler, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
 )
 from services.common import openapi
+from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
 from services.config.service import ConfigService
 from services.config.verify import Report
@@ -356,11 +357,20 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def ready(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE_KEY]
+    return readiness({"log_loaded": svc.ready, "nats_connected": svc.nc.is_connected,
+                      "log_published": svc.outbox.published_seq >= svc.state.seq})
+
+
 EVENT_QUERY = {"since": "sequence or ISO time (inclusive)", "until": "sequence or ISO time (inclusive)",
                "type": "event type", "actor": "token name", "group": "group name",
                "limit": "1..10000", "summary": "1 for one-line summaries"}
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and log position", auth=False),
+    Op(method="GET", path="/readyz", summary="readiness: log loaded, NATS connected, log published",
+       auth=False),
+    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
     Op(method="GET", path="/groups", summary="all worker groups", response=list[st.GroupConfig]),
     Op(method="GET", path="/groups/{name}", summary="one group", response=st.GroupConfig),
     Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate),
@@ -397,6 +407,8 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics_handler(service.metrics.registry))
     app.router.add_get("/groups", list_groups)
     app.router.add_get("/groups/{name}", get_group)
     app.router.add_put("/groups/{name}", put_group)
