@@ -436,6 +436,17 @@ def cmd_service(ns: argparse.Namespace) -> int:
     return service_main()
 
 
+def cmd_asyncapi(ns: argparse.Namespace) -> int:
+    """The AsyncAPI document (shared/asyncapi.py), exactly as docs/asyncapi.json holds it."""
+    from shared.asyncapi import render
+
+    if ns.output:
+        Path(ns.output).write_text(render())
+    else:
+        sys.stdout.write(render())
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -462,9 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("up", parents=[common], help="run NATS, config, router and the seeded workers locally")
-    s.add_argument("--nats-port", type=int, default=4222)
-    s.add_argument("--config-port", type=int, default=8001)
-    s.add_argument("--router-port", type=int, default=8002)
+    s.add_argument("--nats-port", type=int, default=4222, help="NATS client port (default 4222)")
+    s.add_argument("--config-port", type=int, default=8001, help="config service HTTP port (default 8001)")
+    s.add_argument("--router-port", type=int, default=8002, help="router HTTP port (default 8002)")
     s.add_argument("--port-base", type=int, help="set the three ports to N, N+1, N+2")
     s.add_argument("--workers-per-group", type=int, default=1, help="workers started per seeded group")
     s.set_defaults(func=cmd_up)
@@ -480,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arg", action="append", default=[], metavar="K=V",
                    help="an argument; V is JSON when it parses, else a string (repeatable)")
     s.add_argument("--tag", help="route to this tag instead of the language default")
-    s.add_argument("--workspace", default="main")
+    s.add_argument("--workspace", default="main", help="workspace of an inline job (default main)")
     s.add_argument("--job-timeout", type=float, help="seconds the job may run (worker default 300)")
     s.add_argument("--wait", action="store_true", help="wait for the job to finish and show it")
     s.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
@@ -489,23 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("job", parents=[common], help="show a job (or wait for it)")
     s.add_argument("id")
-    s.add_argument("--wait", action="store_true")
-    s.add_argument("--timeout", type=float)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--wait", action="store_true", help="wait until the job ends")
+    s.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_job)
 
     s = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     s.add_argument("id")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_cancel)
 
     s = sub.add_parser("group", parents=[common], help="manage worker groups")
     gsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     g = gsub.add_parser("list", parents=[common], help="all groups")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print JSON instead of text")
     g = gsub.add_parser("show", parents=[common], help="one group")
     g.add_argument("name")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print JSON instead of text")
     for action, helptext in (("set", "create or change a group"), ("reset", "reset tags to a preset"),
                              ("delete", "delete a group's config")):
         g = gsub.add_parser(action, parents=[common], help=helptext)
@@ -513,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--expected-version", type=int,
                        help="refuse (exit 1) if the group changed since this version")
         g.add_argument("--reason", help="recorded in the event log")
-        g.add_argument("--json", action="store_true")
+        g.add_argument("--json", action="store_true", help="print JSON instead of text")
         if action == "set":
             g.add_argument("--tags", help="comma-separated tags (replaces the list)")
             g.add_argument("--init-script", metavar="FILE", help="bash file run by each worker before jobs")
@@ -528,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a static variable for the group's jobs (repeatable; replaces the set)")
             g.add_argument("--no-env", action="store_true", help="remove all static variables")
         if action == "reset":
-            g.add_argument("--preset", required=True, choices=["default", "native", "all"])
+            g.add_argument("--preset", required=True, choices=["default", "native", "all"],
+                           help="the tag preset to reset to")
     s.set_defaults(func=cmd_group)
 
     for noun, func in (("script", cmd_script), ("flow", cmd_flow)):
@@ -546,26 +558,26 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--tag", help=f"the {noun}'s tag ($workspace and $args[...] allowed)")
         d.add_argument("--expected-version", type=int, help="refuse if it changed since this version")
         d.add_argument("--reason", help="recorded in the event log")
-        d.add_argument("--json", action="store_true")
+        d.add_argument("--json", action="store_true", help="print JSON instead of text")
         ls = nsub.add_parser("list", parents=[common], help=f"deployed {noun}s")
-        ls.add_argument("--workspace")
-        ls.add_argument("--json", action="store_true")
+        ls.add_argument("--workspace", help="only this workspace")
+        ls.add_argument("--json", action="store_true", help="print JSON instead of text")
         sh = nsub.add_parser("show", parents=[common], help=f"one {noun}")
         sh.add_argument("target", metavar="WS/PATH")
-        sh.add_argument("--json", action="store_true")
+        sh.add_argument("--json", action="store_true", help="print JSON instead of text")
         s.set_defaults(func=func)
 
     s = sub.add_parser("tags", parents=[common], help="assignable custom tags and their workspace restrictions")
     tsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = tsub.add_parser("list", parents=[common], help="assignable tags")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help="print JSON instead of text")
     t = tsub.add_parser("add", parents=[common], help="TAG, TAG(ws1+ws2) or TAG(^ws1^ws2)")
     t.add_argument("spec")
-    t.add_argument("--reason")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--reason", help="recorded in the event log")
+    t.add_argument("--json", action="store_true", help="print JSON instead of text")
     t = tsub.add_parser("remove", parents=[common], help="make a tag no longer assignable")
     t.add_argument("tag")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_tags)
 
     s = sub.add_parser("token", parents=[common], help="issue, list and revoke API tokens")
@@ -574,12 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--workspace", help="the workspace the token may submit and read jobs in")
     k.add_argument("--admin", action="store_true", help="issue another admin token instead")
     k.add_argument("--name", help="a name for listing and revoking (default: generated)")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
     k = ksub.add_parser("list", parents=[common], help="issued tokens (names, never values)")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
     k = ksub.add_parser("revoke", parents=[common], help="revoke a token by name")
     k.add_argument("name")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_token)
 
     s = sub.add_parser("events", parents=[common], help="the config event log (audit)")
@@ -588,39 +600,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--actor", help="only changes made with this token name")
     s.add_argument("--since", metavar="TIME|SEQ", help="from this sequence or ISO time (inclusive)")
     s.add_argument("--until", metavar="TIME|SEQ", help="up to this sequence or ISO time (inclusive)")
-    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
     s.add_argument("--follow", action="store_true", help="then stream new events live from NATS")
     s.add_argument("--json", action="store_true", help="JSON lines, one event per line")
     s.set_defaults(func=cmd_events)
 
     s = sub.add_parser("replay", parents=[common], help="the whole configuration at a point in time")
-    s.add_argument("--at", required=True, metavar="TIME|SEQ")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--at", required=True, metavar="TIME|SEQ",
+                   help="an ISO time (2026-11-28T10:32:00Z) or a log sequence number")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("diff", parents=[common], help="what changed between two points (TIME|SEQ)")
     s.add_argument("a", metavar="A")
     s.add_argument("b", metavar="B", nargs="?", help="default: now")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("verify", parents=[common],
                        help="check the log's hash chain and that the stream holds the same events")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("jobs", parents=[common], help="recent jobs from the job history")
-    s.add_argument("--tag")
-    s.add_argument("--group")
-    s.add_argument("--workspace")
-    s.add_argument("--status", choices=["queued", "running", "success", "failure", "cancelled"])
-    s.add_argument("--limit", type=int, default=50)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--tag", help="only jobs routed to this tag")
+    s.add_argument("--group", help="only jobs run by this worker group")
+    s.add_argument("--workspace", help="only jobs of this workspace")
+    s.add_argument("--status", choices=["queued", "running", "success", "failure", "cancelled"],
+                   help="only jobs in this state")
+    s.add_argument("--limit", type=int, default=50, help="at most this many jobs, newest first (default 50)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_jobs)
 
     s = sub.add_parser("workers", parents=[common], help="list live workers")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_workers)
+
+    about = "print the AsyncAPI document of every NATS subject and message"
+    s = sub.add_parser("asyncapi", help=about, description=about)
+    s.add_argument("--output", metavar="PATH", help="write it to PATH instead of stdout")
+    s.set_defaults(func=cmd_asyncapi)
 
     for name, helptext in (("config", "run the config service (env: NATS_URL, CONFIG_PORT, GETOPERATE_DATA_DIR)"),
                            ("router", "run the router (env: NATS_URL, ROUTER_PORT)"),

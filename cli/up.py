@@ -69,6 +69,11 @@ def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
     raise CliError(f"{child.name} did not answer {url} within {timeout:g}s")
 
 
+def _progress(step: str) -> None:
+    """Start-up takes seconds: say what is happening, on stderr (stdout keeps the summary)."""
+    print(f"getoperate: {step}...", file=sys.stderr, flush=True)
+
+
 def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
        workers_per_group: int = 1) -> int:
     data_dir = data_dir.resolve()
@@ -88,6 +93,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     signal.signal(signal.SIGTERM, on_signal)
 
     creds = natsauth.load_or_create(data_dir)
+    _progress(f"starting nats-server on 127.0.0.1:{nats_port} (JetStream in {data_dir / 'nats'})")
     nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(creds)).start()
     base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),
                 "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
@@ -107,10 +113,13 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     config_url = f"http://127.0.0.1:{config_port}"
     router_url = f"http://127.0.0.1:{router_port}"
     try:
+        _progress(f"starting the config service on {config_url}")
         config.start()
         _wait_http(config_url + "/healthz", config)
+        _progress(f"starting the router on {router_url}")
         router.start()
         _wait_http(router_url + "/healthz", router)
+        _progress(f"starting {len(workers)} workers ({', '.join(SEEDED_GROUPS)})")
         for w in workers:
             w.start()
         (data_dir / ENDPOINTS_FILE).write_text(json.dumps(
@@ -120,6 +129,8 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
         print(f"  nats    {nats.url}", flush=True)
         print(f"  config  {config_url}", flush=True)
         print(f"  router  {router_url}", flush=True)
+        print(f"  web     {config_url}/  (the Workers page; admin token in"
+              f" {data_dir / 'admin.token'})", flush=True)
         print(f"  workers {', '.join(SEEDED_GROUPS)} (x{workers_per_group} each)", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:

@@ -14,6 +14,7 @@ from services.common.http import (
 from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
+from services.config.dashboard import Overview, add_dashboard
 from services.config.service import ConfigService
 from services.config.verify import Report
 from shared import state as st
@@ -397,6 +398,7 @@ OPS = [
     Op(method="GET", path="/diff", summary="changes between two points",
        query={"from": "sequence or ISO time", "to": "sequence or ISO time"}),
     Op(method="GET", path="/verify", summary="hash chain and stream check", response=Report),
+    Op(method="GET", path="/ui/overview", summary="the Workers page's data", response=Overview),
 ]
 
 
@@ -427,6 +429,7 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     app.router.add_post("/tokens", create_token)
     app.router.add_delete("/tokens/{name}", revoke_token)
     app.router.add_get("/events", list_events)
+    add_dashboard(app)  # GET / (the Workers page) and GET /ui/overview
     openapi.serve(app, "getOperate config service", OPS)
     app.router.add_get("/state", get_state)
     app.router.add_get("/diff", get_diff)

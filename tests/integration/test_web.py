@@ -1,0 +1,230 @@
+"""The Workers page (`GET /` of the config service) in a real headless Chromium, against a real
+`getoperate up`: token first, then groups, live workers, queues and events; tag edits go through
+the API (and reach a worker); a wrong token shows the API's error and changes nothing.
+
+Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (the `test` extra); no
+browser is downloaded. Without chromium the browser test is skipped and says how to install it,
+so the README's test command still passes on a fresh machine; `.ci/run` installs chromium and sets
+GETOPERATE_REQUIRE_BROWSER=1, which turns the skip into a failure. `UPDATE_SCREENSHOT=1` rewrites
+docs/workers-page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.client import Endpoints
+from tests.integration.conftest import Suite
+from tests.integration.harness import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = ROOT / "docs" / "workers-page.png"
+INIT_SCRIPT = 'echo "<img src=x onerror=window.__xss=1>" >/tmp/motd\necho "installing CUDA drivers"\n'
+WAIT = 15_000  # ms, for each expectation on the page
+
+
+def _browser_or_fail() -> Any:
+    if not CHROMIUM.exists():
+        message = (f"{CHROMIUM} is missing: the web test needs Debian's chromium. Install it with"
+                   " `sudo apt-get install -y --no-install-recommends chromium` (.ci/run does"
+                   " this); Playwright's own browser download is not used.")
+        if os.environ.get("GETOPERATE_REQUIRE_BROWSER") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the `playwright` package is missing: python3 -m pip install -e '.[test]'",
+                    pytrace=False)
+    return sync_playwright
+
+
+def _http(method: str, url: str, token: str | None = None,
+          body: Any = None) -> tuple[int, dict[str, str], Any]:
+    req = urllib.request.Request(url, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, headers, raw = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, raw = exc.code, dict(exc.headers), exc.read()
+    ctype = headers.get("Content-Type", "")
+    return status, headers, json.loads(raw) if ctype.startswith("application/json") else raw
+
+
+def _group(suite: Suite, name: str) -> dict[str, Any]:
+    return suite.api.call("GET", "config", f"/groups/{name}")  # type: ignore[no-any-return]
+
+
+def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
+    ep = Endpoints(suite.root / ".getoperate")
+    token = ep.token()
+    status, headers, body = _http("GET", ep.config_url + "/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
+    assert "unsafe-inline" not in csp and "http" not in csp
+    assert b"<script>" in body and b"src=\"http" not in body  # self-contained: nothing external
+
+    assert _http("GET", ep.config_url + "/ui/overview")[0] == 401
+    made = _http("POST", ep.config_url + "/tokens", token, {"workspace": "ws-ui"})[2]
+    status, _, err = _http("GET", ep.config_url + "/ui/overview", made["token"])
+    assert status == 403 and "admin token" in err["message"]
+
+    status, _, view = _http("GET", ep.config_url + "/ui/overview", token)
+    assert status == 200
+    assert set(view) == {"now", "config_seq", "published_seq", "groups", "workers", "queues",
+                         "events", "problems"}
+    assert view["problems"] == []
+    assert {g["name"] for g in view["groups"]} >= {"default", "native"}
+    assert view["events"][0]["seq"] == view["config_seq"]  # newest first
+    assert len(view["events"]) <= 20
+    assert {w["group"] for w in view["workers"]} >= {"default", "native"}
+    for w in view["workers"]:
+        assert w["stale"] == (w["config_version"] < w["group_version"])
+    python3 = next(q for q in view["queues"] if q["tag"] == "python3")
+    assert python3["groups"] == ["default"] and python3["live_workers"] >= 1
+
+
+def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
+    sync_playwright = _browser_or_fail()
+    from playwright.sync_api import expect
+
+    ep = Endpoints(suite.root / ".getoperate")
+    token = ep.token()
+    assert token
+    suite.api.set_group("gpu", tags=["gpu", "cuda"], init_script=INIT_SCRIPT)
+    waiting = suite.api.submit('echo "trained"', tag="gpu")  # no gpu worker: it waits
+    parked = suite.api.submit('echo "report done"', tag="reports")  # no group listens yet
+    assert waiting["live_workers"] == 0 and parked["groups"] == []
+    native_before = _group(suite, "native")
+
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: problems.append(msg.text) if (
+                "Content Security Policy" in msg.text or "Refused" in msg.text) else None)
+            page.set_default_timeout(WAIT)
+            expect.set_options(timeout=WAIT)
+            page.goto(ep.config_url + "/")
+
+            # Token first: nothing is loaded without one, and a wrong one is an error.
+            expect(page.locator("#intro")).to_be_visible()
+            expect(page.locator("#content")).to_be_hidden()
+            page.fill("#token", "goa_not-the-token")
+            page.click("#use-token")
+            expect(page.locator("#banner")).to_contain_text("invalid or revoked token")
+            expect(page.locator("#content")).to_be_hidden()
+
+            page.fill("#token", token)
+            page.click("#use-token")
+            expect(page.locator("#content")).to_be_visible()
+            expect(page.locator("#banner")).to_be_hidden()
+            assert page.evaluate("sessionStorage.getItem('getoperate.adminToken')") == token
+
+            # 1. groups with tags, init script (as text, never as HTML) and dedicated targets.
+            groups = page.locator("#groups")
+            expect(groups.locator('tr[data-group="default"]')).to_contain_text("python3")
+            expect(groups.locator('tr[data-group="native"]')).to_contain_text("nativets")
+            gpu_row = groups.locator('tr[data-group="gpu"]')
+            expect(gpu_row).to_contain_text("cuda")
+            assert gpu_row.locator("pre.script").text_content() == INIT_SCRIPT
+            assert groups.locator("img").count() == 0
+            assert page.evaluate("window.__xss") is None
+
+            # 2. live workers with their applied config version.
+            native_v = native_before["version"]
+            native_worker = page.locator('#workers tr[data-group="native"]').first
+            expect(native_worker.locator("td.cfg")).to_have_text(str(native_v))
+            expect(native_worker).to_contain_text("ready")
+            expect(page.locator('#workers tr[data-group="default"]').first).to_contain_text("python3")
+
+            # 3. waiting jobs per tag, flagged when nobody will take them.
+            gpu_queue = page.locator('#queues tr[data-tag="gpu"]')
+            expect(gpu_queue.locator("td.waiting-count")).to_have_text("1")
+            expect(gpu_queue).to_contain_text("no live worker")
+            expect(page.locator('#queues tr[data-tag="reports"]')).to_contain_text("no group listens")
+
+            # 4. recent config events, newest first.
+            seq = suite.api.call("GET", "config", "/events?limit=10000")[-1]["seq"]
+            expect(page.locator("#events tr[data-seq]").first).to_have_attribute("data-seq", str(seq))
+            expect(page.locator("#events")).to_contain_text("group gpu created")
+
+            # 5. editing tags: the API's validation message is shown, nothing changes.
+            native_row = groups.locator('tr[data-group="native"]')
+            native_row.locator("button.edit-btn").click()
+            edit = page.locator("#edit-tags")
+            expect(edit).to_have_value(", ".join(native_before["tags"]))
+            edit.fill("nativets, bad(tag)")
+            native_row.locator('form.edit button[type="submit"]').click()
+            expect(page.locator("#edit-error")).to_contain_text("are not allowed")
+            expect(page.locator("#edit-error")).to_contain_text("field: tags")
+            assert _group(suite, "native") == native_before
+
+            # ... and with a wrong token: the error is shown, nothing changes.
+            page.fill("#token", "goa_wrong")
+            page.click("#use-token")
+            expect(page.locator("#banner")).to_contain_text("invalid or revoked token")
+            new_tags = [*native_before["tags"], "reports"]
+            edit.fill(", ".join(new_tags))
+            native_row.locator('form.edit button[type="submit"]').click()
+            expect(page.locator("#edit-error")).to_contain_text("invalid or revoked token")
+            assert _group(suite, "native") == native_before
+
+            # With the admin token again the same edit lands, and the native worker applies it.
+            page.fill("#token", token)
+            page.click("#use-token")
+            expect(page.locator("#banner")).to_be_hidden()
+            expect(edit).to_have_value(", ".join(new_tags))  # the draft survived the refreshes
+            native_row.locator('form.edit button[type="submit"]').click()
+            expect(page.locator("#edit-notice")).to_contain_text("Group native: saved at seq")
+            after = _group(suite, "native")
+            assert after["tags"] == new_tags and after["version"] > native_v
+            expect(native_row).to_contain_text("reports")
+            expect(native_worker.locator("td.cfg")).to_have_text(str(after["version"]))
+            suite.api.wait_workers(lambda ws: any(
+                w["group"] == "native" and w["config_version"] == after["version"]
+                and "reports" in w["tags"] for w in ws))
+            # The parked job is now taken by the native worker.
+            assert suite.api.job(parked["id"])["status"] == "success"
+            # Nothing waits on it any more: an idle, served tag is a chip, not a row.
+            expect(page.locator('#queues .idle [data-tag="reports"]')).to_be_visible()
+            expect(page.locator('#queues tr[data-tag="reports"]')).to_have_count(0)
+            expect(page.locator("#events tr[data-seq]").first).to_contain_text("group.tags_set")
+
+            # A change made elsewhere while editing is not overwritten (expected_version).
+            gpu_row.locator("button.edit-btn").click()
+            suite.api.set_group("gpu", tags=["gpu", "cuda", "a100"])
+            edit.fill("gpu, h100")
+            gpu_row.locator('form.edit button[type="submit"]').click()
+            expect(page.locator("#edit-error")).to_contain_text("someone changed it first")
+            assert _group(suite, "gpu")["tags"] == ["gpu", "cuda", "a100"]
+            gpu_row.get_by_role("button", name="Cancel").click()
+            expect(gpu_row).to_contain_text("a100")  # refreshing again
+
+            page.mouse.move(0, 0)
+            time.sleep(0.3)
+            shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "workers.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert problems == []
