@@ -5,7 +5,10 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN pip install --no-cache-dir . && useradd --create-home getoperate
+RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 getoperate \
+    && mkdir -p /data && chown getoperate:getoperate /data
+# /data exists and belongs to the service user, so a fresh named volume mounted there (Compose
+# copies the image's ownership into it) is writable for the SQLite log.
 USER getoperate
 ENV HTTP_HOST=0.0.0.0 GETOPERATE_DATA_DIR=/data
 ENTRYPOINT ["getoperate"]

@@ -119,10 +119,11 @@ def metrics_handler(registry: CollectorRegistry,
     return handler
 
 
-def readiness(checks: dict[str, bool]) -> web.Response:
-    """GET /readyz: 200 when every check holds, else 503 naming the failing ones."""
+def readiness(checks: dict[str, bool], info: dict[str, object] | None = None) -> web.Response:
+    """GET /readyz: 200 when every check holds, else 503 naming the failing ones. `info` is
+    reported but never makes the service unready."""
     failing = sorted(name for name, ok in checks.items() if not ok)
-    body = {"ready": not failing, "checks": checks}
+    body: dict[str, object] = {"ready": not failing, "checks": checks, **(info or {})}
     if failing:
         body["message"] = "not ready: " + ", ".join(failing)
     return web.json_response(body, status=503 if failing else 200)

