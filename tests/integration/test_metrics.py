@@ -73,7 +73,7 @@ def test_worker_metrics_port_serves_metrics_and_probes(extra_workers: Suite) -> 
     s = extra_workers
     port = free_port_base() + 5
     s.api.set_group("metered", tags=["metered-a"], init_script="echo init")
-    s.worker("metered", WORKER_GROUP="metered", METRICS_PORT=str(port))
+    proc = s.worker("metered", WORKER_GROUP="metered", METRICS_PORT=str(port))
     wait_until(lambda: probe(port, "/readyz")[0] == 200 if _listening(port) else False)
     assert probe(port, "/healthz")[1]["ok"] is True
 
@@ -88,6 +88,12 @@ def test_worker_metrics_port_serves_metrics_and_probes(extra_workers: Suite) -> 
     assert m[("getoperate_job_duration_seconds_count", (("tag", "metered-a"),))] == 2
     assert m[("getoperate_init_script_status", (("getoperate_init_script_status", "ok"),))] == 1
     assert m[("getoperate_hot_reloads_total", ())] == 0
+    # One structured log line per job state change: routed (router), started and finished (worker).
+    routed = {r["job_id"]: r["tag"] for r in s.up.log_events("job_routed")}
+    assert routed[ok["id"]] == routed[bad["id"]] == "metered-a"
+    assert {ok["id"], bad["id"]} <= {r["job_id"] for r in proc.log_events("job_started")}
+    finished = {r["job_id"]: r["status"] for r in proc.log_events("job_finished")}
+    assert (finished[ok["id"]], finished[bad["id"]]) == ("success", "failure")
 
     answer = s.api.set_group("metered", tags=["metered-a", "metered-b"])
     m = wait_until(lambda: (lambda m: m if m[("getoperate_hot_reloads_total", ())] == 1 else None)(
