@@ -9,7 +9,9 @@ from aiohttp import web
 
 from services.common import bus
 from services.common.log import Logger
+from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
+from services.common.openapi import Op
 from services.common.runtime import env, run, serve_http, stop_on_signals
 from services.worker.worker import Worker, WorkerSettings
 from shared.errors import InvalidInput
@@ -80,7 +82,16 @@ def probe_app(worker: Worker) -> web.Application:
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics_handler(worker.metrics.registry))
+    openapi.serve(app, "getOperate worker (METRICS_PORT)", PROBE_OPS)
     return app
+
+
+PROBE_OPS = [
+    Op(method="GET", path="/healthz", summary="liveness: the process answers", auth=False),
+    Op(method="GET", path="/readyz", summary="readiness: joined, init script ok, NATS connected",
+       auth=False),
+    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
+]
 
 
 def main() -> int:

@@ -76,6 +76,7 @@ def test_worker_metrics_port_serves_metrics_and_probes(extra_workers: Suite) -> 
     proc = s.worker("metered", WORKER_GROUP="metered", METRICS_PORT=str(port))
     wait_until(lambda: probe(port, "/readyz")[0] == 200 if _listening(port) else False)
     assert probe(port, "/healthz")[1]["ok"] is True
+    assert set(probe(port, "/openapi.json")[1]["paths"]) == {"/healthz", "/readyz", "/metrics"}
 
     ok = s.api.submit("echo fine", tag="metered-a")
     bad = s.api.submit("exit 3", tag="metered-a")
