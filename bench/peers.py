@@ -182,13 +182,17 @@ def _answers_ping(proc: subprocess.Popen[bytes], port: int, timeout: float = 10)
 
 
 @contextmanager
-def _redis(tmp: Path) -> Iterator[str]:
-    """A private, non-persistent redis-server on a free loopback port; yields its URL."""
+def _redis(tmp: Path, durable: bool = False) -> Iterator[str]:
+    """A private redis-server on a free loopback port; yields its URL. Not persistent, as the
+    peers are usually run; `durable` turns on the append-only file fsynced on every write
+    (`appendfsync always`), the durability our suite gives every acknowledged job."""
     log = tmp / "redis.log"
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else [
+        "--appendonly", "no"]
     for _ in range(3):  # the port can be taken between our check and redis binding it
         port = _free_port()
         proc = _start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--dir", str(tmp)], log)
+                       *persistence, "--dir", str(tmp)], log)
         try:
             if _answers_ping(proc, port):
                 yield f"redis://127.0.0.1:{port}/0"
@@ -269,13 +273,14 @@ def _wait_ready(client: _Client, worker: subprocess.Popen[bytes], log: Path) -> 
 
 
 @contextmanager
-def _peer(peer: str, workers: int) -> Iterator[_Client]:
+def _peer(peer: str, workers: int, durable: bool = False) -> Iterator[_Client]:
     """A private Redis and a warmed-up worker for `peer`, torn down on exit."""
     if peer not in PEERS:
         raise ValueError(f"unknown peer {peer!r}; expected one of {PEERS}")
     if reason := unavailable():
         raise RuntimeError(f"peers unavailable: {reason}")
-    with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmpdir, _redis(Path(tmpdir)) as url:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmpdir, \
+            _redis(Path(tmpdir), durable) as url:
         tmp = Path(tmpdir)
         module = f"bench_peer_{peer}"
         (tmp / f"{module}.py").write_text(WORKER_MODULES[peer])
@@ -317,11 +322,12 @@ def throughput(peer: str, n: int, workers: int = 2) -> float:
     return rate
 
 
-def roundtrip(peer: str, n: int) -> list[float]:
+def roundtrip(peer: str, n: int, durable: bool = False) -> list[float]:
     """Seconds from enqueue to result for n jobs sent one at a time on an idle worker: the peer's
-    dispatch latency, with nothing to overlap it."""
-    with _peer(peer, 2) as client:
-        progress(f"peers: {peer}: {n} round trips, one at a time")
+    dispatch latency, with nothing to overlap it. `durable`: Redis fsyncs every write."""
+    with _peer(peer, 2, durable) as client:
+        progress(f"peers: {peer}: {n} round trips, one at a time"
+                 + (" (Redis appendfsync always)" if durable else ""))
         latencies = []
         for i in range(n):
             started = time.perf_counter()
