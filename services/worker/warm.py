@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from services.worker.runner import MAX_LOG_BYTES, Outcome
 
 _SERVER = r'''
@@ -53,6 +55,9 @@ for line in sys.stdin:
                            "logs": buf.getvalue() + traceback.format_exc()})
     out.write(text + "\n")
 '''
+
+
+_ENCODER = msgspec.json.Encoder()  # the reply is read with json.loads: the child may write NaN
 
 
 class WarmProcess:
@@ -100,7 +105,7 @@ class WarmProcess:
     async def call(self, args: dict[str, Any], env: dict[str, str], timeout: float) -> Outcome:
         assert self.proc is not None and self.proc.stdin is not None
         started = time.monotonic()
-        self.proc.stdin.write((json.dumps({"args": args, "env": env}) + "\n").encode())
+        self.proc.stdin.write(_ENCODER.encode({"args": args, "env": env}) + b"\n")
         await self.proc.stdin.drain()
         try:
             reply = await self._read(timeout)
