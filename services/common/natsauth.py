@@ -4,10 +4,12 @@
 0600) and writes the matching `authorization` block into nats-server's config. Services take
 NATS_USER / NATS_PASSWORD from the environment, else their role's entry in that file.
 
-The lists deny what a role must never do; everything else (JetStream API calls, inboxes) is
-allowed. A worker, the least trusted (it runs user code on arbitrary machines), can neither
-publish config events nor put jobs on a queue directly, nor create, change, purge or delete
-streams or their messages; it submits flow steps through a router like any client.
+The services' lists deny what a role must never do. A worker, the least trusted (it runs user
+code on arbitrary machines), gets an allow list instead: exactly the subjects its work needs
+(its JetStream reads, consumers and pulls, acks, heartbeats, job events, dead letters, and
+submitting flow steps through a router), with the deny list on top. So it can neither publish
+config events nor put jobs on a queue directly, nor create, change, purge or delete streams or
+their messages, nor publish anywhere it was not meant to (another service's subjects, `$SYS`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ DENY_PUBLISH: dict[str, list[str]] = {
                "$KV.GO_CANCELS.>", "$O.>"],
     "admin": [],
 }
+# The worker's whole publish surface; anything else is a permissions violation.
+ALLOW_PUBLISH: dict[str, list[str]] = {
+    "worker": [
+        "$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.MSG.GET.>",
+        "$JS.API.DIRECT.GET.>",  # waiting for streams, bucket lookups, a job's last event
+        "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>",
+        "$JS.API.CONSUMER.INFO.>",  # tag consumers, config follow, bucket watches
+        f"$JS.API.CONSUMER.DELETE.{subjects.CONFIG_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.{subjects.JOB_EVENTS_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.KV_{subjects.WORKERS_BUCKET}.>",
+        "$JS.API.CONSUMER.DELETE.KV_GO_CANCELS.>",  # its own ephemeral consumers, on unsubscribe
+        f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.>",  # pulls of jobs,
+        f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOB_EVENTS_STREAM}.>",  # of a job's history
+        "$JS.ACK.>", "$JS.FC.>",  # acks, in-progress, naks; flow control of push consumers
+        f"$KV.{subjects.WORKERS_BUCKET}.>",  # heartbeats
+        subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,
+    ],
+}
 
 
 def load_or_create(directory: Path) -> dict[str, str]:
@@ -53,8 +73,10 @@ def config_block(creds: dict[str, str] | None = None) -> str:
     read by nats-server from $NATS_<ROLE>_PASSWORD (how compose.yaml passes them)."""
     users = []
     for role in ROLES:
-        deny = ", ".join(json.dumps(s) for s in DENY_PUBLISH[role])
-        perms = f"permissions: {{publish: {{deny: [{deny}]}}}}" if deny else ""
+        rules = [f"{kind}: [{', '.join(json.dumps(s) for s in subjects_)}]"
+                 for kind, subjects_ in (("allow", ALLOW_PUBLISH.get(role, [])),
+                                         ("deny", DENY_PUBLISH[role])) if subjects_]
+        perms = f"permissions: {{publish: {{{', '.join(rules)}}}}}" if rules else ""
         sep = ", " if perms else ""
         password = json.dumps(creds[role]) if creds else f"$NATS_{role.upper()}_PASSWORD"
         users.append(f"    {{user: {role}, password: {password}{sep}{perms}}}")

@@ -51,7 +51,13 @@ async def _probe(s: Suite, role: str, subject: str, wait: float = 1.0) -> tuple[
 @pytest.mark.parametrize("subject", [subjects.group_subject("default"),
                                      subjects.job_subject("bash"),
                                      "$JS.API.STREAM.DELETE.GO_CONFIG",
-                                     "$JS.API.STREAM.PURGE.GO_JOBS"])
+                                     "$JS.API.STREAM.PURGE.GO_JOBS",
+                                     # beyond its allow list: the shared tag consumers, the
+                                     # snapshots, the system account, any other subject
+                                     f"$JS.API.CONSUMER.DELETE.GO_JOBS.{subjects.tag_consumer('bash')}",
+                                     "$O.GO_SNAPSHOTS.C.forged",
+                                     "$SYS.REQ.SERVER.PING",
+                                     "anything.else"])
 def test_worker_credentials_cannot_forge_config_inject_jobs_or_touch_streams(
     suite: Suite, subject: str
 ) -> None:
