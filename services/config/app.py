@@ -15,6 +15,7 @@ from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
 from services.config.dashboard import Overview, add_dashboard
+from services.config.keys import SERVICE_KEY, TOKENS_KEY
 from services.config.service import ConfigService
 from services.config.verify import Report
 from shared import state as st
@@ -24,8 +25,6 @@ from shared.history import Point, diff_states, summarize
 from shared.subjects import group_subject
 from shared.tags import format_tag_spec
 
-SERVICE_KEY = web.AppKey("service", ConfigService)
-TOKENS_KEY = web.AppKey("tokens", TokenCheck)
 
 
 class GroupUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

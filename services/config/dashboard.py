@@ -24,6 +24,7 @@ from nats import errors as nats_errors
 from services.common.http import json_response
 from services.common.liveworkers import LiveWorkers
 from services.common.queues import waiting_per_tag
+from services.config.keys import SERVICE_KEY, TOKENS_KEY
 from services.config.service import ConfigService
 from services.config.workers_page import CSP, HTML
 from shared import state as st
@@ -129,8 +130,6 @@ def _worker_view(w: WorkerStatus, groups: dict[str, st.GroupConfig]) -> WorkerVi
 
 
 async def overview(request: web.Request) -> web.Response:
-    from services.config.app import SERVICE_KEY, TOKENS_KEY  # app.py imports this module
-
     request.app[TOKENS_KEY].actor(request)  # same rule as GET /groups: an admin token
     svc = request.app[SERVICE_KEY]
     state = svc.state
