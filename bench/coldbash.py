@@ -15,7 +15,7 @@ from typing import Any
 
 import nats
 
-from bench.reload import percentile
+from bench.stats import percentile
 from bench.suite import LocalSuite, progress, run_jobs
 
 

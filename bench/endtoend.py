@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from bench import peers
-from bench.reload import percentile
+from bench.stats import percentile
 from bench.suite import LocalSuite, progress, run_jobs
 
 NOOP = "def main(x):\n    return x\n"

@@ -48,7 +48,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.stats import percentile
 
 PEERS = ("celery", "dramatiq")
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +340,7 @@ def roundtrip(peer: str, n: int, durable: bool = False) -> list[float]:
 
 
 def _ms(latencies: list[float], q: int) -> float:
-    return round(statistics.quantiles(latencies, n=100, method="inclusive")[q - 1] * 1000, 2)
+    return round(percentile(latencies, q) * 1000, 2)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,13 @@ from typing import Any
 import nats
 import msgspec
 
+from bench.stats import percentile
 from bench.suite import LocalSuite, progress
 from shared import subjects
 from shared.jobs import WorkerStatus
 
 WORKERS = 50
 GROUP = "bench-reload"
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def _measure(suite: LocalSuite, writes: int, gap: float) -> tuple[list[float], list[float]]:

@@ -32,6 +32,13 @@ class Op(msgspec.Struct, kw_only=True):
     auth: bool = True
 
 
+def probe_ops(readiness: str) -> list[Op]:
+    """`/readyz` and `/metrics`, as every service declares them; `readiness` says what ready means."""
+    return [Op(method="GET", path="/readyz", summary=f"readiness: {readiness}", auth=False),
+            Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)",
+               auth=False)]
+
+
 def _path(path: str) -> tuple[str, list[str]]:
     """`/scripts/{ws}/{path:.+}` -> (`/scripts/{ws}/{path}`, [ws, path])."""
     names, out = [], []

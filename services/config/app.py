@@ -371,9 +371,7 @@ EVENT_QUERY = {"since": "sequence or ISO time (inclusive)", "until": "sequence o
                "limit": "1..10000", "summary": "1 for one-line summaries"}
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and log position", auth=False),
-    Op(method="GET", path="/readyz", summary="readiness: log loaded (NATS state reported)",
-       auth=False),
-    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
+    *openapi.probe_ops("log loaded (NATS state reported)"),
     Op(method="GET", path="/groups", summary="all worker groups", response=list[st.GroupConfig]),
     Op(method="GET", path="/groups/{name}", summary="one group", response=st.GroupConfig),
     Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate),

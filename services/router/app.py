@@ -96,9 +96,7 @@ async def ready(request: web.Request) -> web.Response:
 
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and config position", auth=False),
-    Op(method="GET", path="/readyz", summary="readiness: config followed, NATS connected",
-       auth=False),
-    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
+    *openapi.probe_ops("config followed, NATS connected"),
     Op(method="POST", path="/jobs", summary="submit a job", body=JobSubmit, response=SubmitAnswer,
        status=201),
     Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],

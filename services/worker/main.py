@@ -88,9 +88,7 @@ def probe_app(worker: Worker) -> web.Application:
 
 PROBE_OPS = [
     Op(method="GET", path="/healthz", summary="liveness: the process answers", auth=False),
-    Op(method="GET", path="/readyz", summary="readiness: joined, init script ok, NATS connected",
-       auth=False),
-    Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)", auth=False),
+    *openapi.probe_ops("joined, init script ok, NATS connected"),
 ]
 
 
