@@ -11,6 +11,7 @@ Pure, like the rest of `shared/`: no I/O, the same output on every call.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Annotated, Any
 
@@ -416,10 +417,19 @@ def _operations() -> dict[str, dict[str, Any]]:
 def _asyncapi_schema(node: Any) -> Any:
     """msgspec writes OpenAPI's `discriminator` object; AsyncAPI's Schema Object wants the bare
     property name, so keep only that (the `enum` on `type` already tells the variants). Tuple
-    defaults become lists, so the document equals its own JSON."""
+    defaults become lists, so the document equals its own JSON. Descriptions taken from
+    docstrings are dedented here, because msgspec dedents them only from 0.23 on: the document
+    must not depend on the msgspec version installed."""
     if isinstance(node, dict):
-        return {k: (v["propertyName"] if k == "discriminator" and isinstance(v, dict)
-                    else _asyncapi_schema(v)) for k, v in node.items()}
+        out = {}
+        for k, v in node.items():
+            if k == "discriminator" and isinstance(v, dict):
+                out[k] = v["propertyName"]
+            elif k == "description" and isinstance(v, str):
+                out[k] = inspect.cleandoc(v)
+            else:
+                out[k] = _asyncapi_schema(v)
+        return out
     if isinstance(node, (list, tuple)):
         return [_asyncapi_schema(v) for v in node]
     return node
