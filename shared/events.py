@@ -70,6 +70,35 @@ class GroupEnvSet(_Event, tag="group.env_set", kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class JobLimits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Resource limits of every job of a group; None means the worker's default (docs/security.md).
+
+    Sizes are bytes, times seconds. `max_timeout` also caps the timeout a workspace may ask for.
+    """
+
+    memory: int | None = None
+    cpu_seconds: int | None = None
+    processes: int | None = None
+    file_size: int | None = None
+    max_timeout: float | None = None
+
+
+class GroupLimitsSet(_Event, tag="group.limits_set", kw_only=True):
+    """The resource limits of the group's jobs (replaces the previous limits; unset = default)."""
+
+    group: str
+    limits: JobLimits = JobLimits()
+
+
+class GroupSandboxSet(_Event, tag="group.sandbox_set", kw_only=True):
+    """How the group's jobs are isolated: `sandbox` bwrap|none (None = the worker's JOB_SANDBOX),
+    and whether they may use the network."""
+
+    group: str
+    sandbox: str | None = None
+    network: bool = True
+
+
 class ScriptDeployed(_Event, tag="script.deployed", kw_only=True):
     """A new version of a deployed script; the log keeps every version."""
 
@@ -133,11 +162,11 @@ class TokenRevoked(_Event, tag="token.revoked", kw_only=True):
 ConfigEvent = Union[
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
     GroupPrioritiesSet, ScriptDeployed, FlowDeployed, AssignableTagSet, AssignableTagRemoved,
-    TokenCreated, TokenRevoked, GroupEnvSet,
+    TokenCreated, TokenRevoked, GroupEnvSet, GroupLimitsSet, GroupSandboxSet,
 ]
 GROUP_EVENTS = (
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
-    GroupPrioritiesSet, GroupEnvSet,
+    GroupPrioritiesSet, GroupEnvSet, GroupLimitsSet, GroupSandboxSet,
 )
 
 

@@ -231,6 +231,11 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     dedicated: list[str] = msgspec.field(default_factory=list)
     # When this worker applied config_version (Unix seconds): how fast hot reloads land.
     config_applied_at: float | None = None
+    # How this worker's jobs are isolated: "bwrap", or "none" (no sandbox; shown loudly).
+    sandbox: str = "none"
+    network: bool = True
+    # Why the sandbox is off or unusable here (bwrap missing, ...), for `workers` and the page.
+    sandbox_note: str | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -24,7 +24,10 @@ from shared.events import (
     GroupDeleted,
     GroupEnvSet,
     GroupInitScriptSet,
+    GroupLimitsSet,
     GroupPrioritiesSet,
+    GroupSandboxSet,
+    JobLimits,
     GroupTagsSet,
     Recorded,
     ScriptDeployed,
@@ -50,6 +53,9 @@ class GroupConfig(msgspec.Struct, frozen=True, kw_only=True):
     dedicated: tuple[str, ...] = ()
     priorities: dict[str, int] = msgspec.field(default_factory=dict)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    limits: JobLimits = JobLimits()
+    sandbox: str | None = None  # None: the worker's JOB_SANDBOX
+    network: bool = True
     version: int = 0
 
 
@@ -141,6 +147,12 @@ def _apply(
         case GroupEnvSet(group=name, env=env):
             groups[name] = replace(groups.get(name) or GroupConfig(name=name), env=dict(env),
                                    version=seq)
+        case GroupLimitsSet(group=name, limits=limits):
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), limits=limits,
+                                   version=seq)
+        case GroupSandboxSet(group=name, sandbox=sandbox, network=network):
+            groups[name] = replace(groups.get(name) or GroupConfig(name=name), sandbox=sandbox,
+                                   network=network, version=seq)
         case GroupDeleted(group=name):
             groups.pop(name, None)
         case ScriptDeployed():
@@ -488,8 +500,22 @@ def describe_change(old: GroupConfig | None, new: GroupConfig | None) -> list[st
     if (old.priorities if old else {}) != (new.priorities if new else {}):
         prio = new.priorities if new else {}
         changes.append("priorities: " + (", ".join(f"{t}={p}" for t, p in prio.items()) or "none"))
+    if (old.limits if old else JobLimits()) != (new.limits if new else JobLimits()):
+        changes.append("limits: " + (describe_limits(new.limits) if new else "default"))
+    old_box = (old.sandbox, old.network) if old else (None, True)
+    new_box = (new.sandbox, new.network) if new else (None, True)
+    if old_box != new_box:
+        changes.append(f"sandbox: {new_box[0] or 'worker default'}, network "
+                       f"{'on' if new_box[1] else 'off'}")
     if old is not None and new is None:
         changes.append("group deleted")
     if old is None and new is not None:
         changes.append("group created")
     return changes
+
+
+def describe_limits(limits: JobLimits) -> str:
+    """`memory=536870912,processes=256`, or `default` when nothing is set."""
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in msgspec.structs.asdict(limits).items() if v is not None]
+    return ",".join(parts) or "default"

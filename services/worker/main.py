@@ -13,42 +13,8 @@ from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
 from services.common.runtime import env, run, serve_http, stop_on_signals
-from services.worker.worker import Worker, WorkerSettings
-from shared.errors import InvalidInput
-from shared.tags import validate_group_name, validate_tags
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def settings_from_env() -> WorkerSettings:
-    """WORKER_GROUP and WORKER_TAGS precedence (docs/configuration.md):
-    - only WORKER_GROUP: tags, init script and version come from the group's stored config;
-    - only WORKER_TAGS: no group, exactly these tags (community mode);
-    - both: the group's init script, but exactly WORKER_TAGS (shown as tags_source=env);
-    - neither: group `default`.
-    """
-    group_raw = os.environ.get("WORKER_GROUP", "").strip()
-    tags_raw = os.environ.get("WORKER_TAGS")
-    env_tags = validate_tags(list(_csv(tags_raw)), field="WORKER_TAGS") if tags_raw else None
-    group = validate_group_name(group_raw, field="WORKER_GROUP") if group_raw else None
-    if group is None and env_tags is None:
-        group = "default"
-    try:
-        concurrency = int(env("WORKER_CONCURRENCY", "1"))
-        job_timeout = float(env("JOB_TIMEOUT", "300"))
-        init_timeout = float(env("INIT_SCRIPT_TIMEOUT", "300"))
-    except ValueError as exc:
-        raise InvalidInput(f"bad numeric worker setting: {exc}") from exc
-    if concurrency < 1:
-        raise InvalidInput("WORKER_CONCURRENCY must be at least 1", field="WORKER_CONCURRENCY")
-    return WorkerSettings(
-        group=group, env_tags=env_tags, concurrency=concurrency, job_timeout=job_timeout,
-        init_timeout=init_timeout,
-        work_dir=Path(env("WORKER_DIR", f"/tmp/getoperate-worker-{os.getpid()}")),
-        env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
-    )
+from services.worker.settings import settings_from_env
+from services.worker.worker import Worker
 
 
 async def amain() -> None:

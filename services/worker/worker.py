@@ -29,8 +29,9 @@ from services.common.jobwatch import job_history
 from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
 from services.worker.flows import run_flow
-from services.worker.runner import Outcome, job_env, run_init_script, run_job
-from services.worker.warm import WarmPool
+from services.worker.executor import Executor
+from services.worker.runner import Outcome
+from services.worker.settings import WorkerSettings
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
@@ -39,7 +40,6 @@ from shared.events import decode_known
 from shared.jobs import (
     DeadLetter, Job, JobEvent, JobFinished, JobQueued, JobStarted, StepSummary, WorkerStatus,
 )
-from shared.routing import target_tag
 
 WRONG_LAST_SEQUENCE = 10071
 HEARTBEAT_EVERY = 5.0
@@ -50,18 +50,6 @@ PULL_NOW = b'{"batch":1,"no_wait":true}'
 # After a wake-up the message may not be stored yet (core delivery can beat the stream's write):
 # wait for it briefly instead of answering "no messages".
 PULL_SOON = b'{"batch":1,"expires":300000000}'
-
-
-class WorkerSettings(msgspec.Struct, kw_only=True):
-    """Parsed once from the environment (see docs/configuration.md)."""
-
-    group: str | None = "default"
-    env_tags: tuple[str, ...] | None = None
-    concurrency: int = 1
-    job_timeout: float = 300.0
-    init_timeout: float = 300.0
-    work_dir: Path = Path("/tmp/getoperate-worker")
-    env_allowlist: tuple[str, ...] = ()
 
 
 class Worker:
@@ -101,7 +89,7 @@ class Worker:
         self.jobs_done = 0
         self.state = "starting"
         self.started_at = time.time()
-        self.warm = WarmPool(settings.work_dir, {})
+        self.executor = Executor(settings, self.id, self.group, self.logger)
         self._caught_up = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._init_task: asyncio.Task[None] | None = None
@@ -168,7 +156,7 @@ class Worker:
         for task in (self._init_task, self._hb_task, self._cancel_task):
             if task:
                 task.cancel()
-        self.warm.stop_all()
+        self.executor.stop()
         if self._kv is not None:
             try:
                 await self._kv.delete(subjects.worker_key(self.id))
@@ -223,8 +211,8 @@ class Worker:
         self.applied = new
         self.config_version = self.config.seq if self.group else 0
         self.priorities = dict(new.priorities) if new else {}
-        self.dedicated_tags = {target_tag(t) for t in new.dedicated} if new else set()
-        self.warm.keep_only(self.dedicated_tags)
+        self.executor.apply(new)
+        self.dedicated_tags = set(self.executor.dedicated_tags)
         wanted = set(self.tags())
         for tag in sorted(wanted - set(self.wake_subs)):
             await self._listen(tag)
@@ -277,10 +265,7 @@ class Worker:
             self.init_status = "running"
             self._beat_now()
             started = time.monotonic()
-            ok, logs = await run_init_script(
-                script, work_dir=self.settings.work_dir, timeout=self.settings.init_timeout,
-                env={k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ},
-            )
+            ok, logs = await self.executor.run_init(script)
             if ok:
                 self.init_status, self.init_error = "ok", None
                 self.logger.info("init_script_ok",
@@ -531,18 +516,9 @@ class Worker:
             self._job_changed()
 
     async def _run(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
-        timeout = job.timeout or self.settings.job_timeout
-        static = self.applied.env if self.applied else {}
-        extra = {**static, "GO_WORKER_ID": self.id, "GO_WORKER_GROUP": self.group or ""}
         if job.kind == "flow":
             return await run_flow(self.nc, job, self.logger)
-        if tag in self.dedicated_tags and job.language == "python3":
-            per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
-            base = job_env(job, extra, self.settings.env_allowlist)
-            return await self.warm.run(tag, job.code, job.args, per_job, timeout, base), []
-        outcome = await run_job(job, work_root=self.settings.work_dir, timeout=timeout,
-                                extra_env=extra, allowlist=self.settings.env_allowlist)
-        return outcome, []
+        return await self.executor.run(tag, job), []
 
     async def _keepalive(self, msg: Msg) -> None:
         """Tell JetStream the job is still running so it is not redelivered mid-run."""
@@ -579,6 +555,7 @@ class Worker:
     # --- heartbeat ---------------------------------------------------------------------------------
 
     def status(self) -> WorkerStatus:
+        sandbox, network, note = self.executor.isolation()
         return WorkerStatus(
             id=self.id, group=self.group, tags=self.tags(), tags_source=self.tags_source(),  # type: ignore[arg-type]
             config_version=self.config_version,
@@ -588,6 +565,7 @@ class Worker:
             heartbeat_at=time.time(), jobs_done=self.jobs_done,
             priorities=self.priorities, dedicated=sorted(self.dedicated_tags),
             config_applied_at=self.config_applied_at,
+            sandbox=sandbox, network=network, sandbox_note=note,
         )
 
     def _beat_now(self) -> None:

@@ -20,6 +20,9 @@ from shared.events import (
     TokenCreated,
     TokenRevoked,
     GroupEnvSet,
+    GroupLimitsSet,
+    GroupSandboxSet,
+    JobLimits,
     AssignableTagSet,
     ConfigEvent,
     FlowDeployed,
@@ -71,6 +74,10 @@ ALL_EVENTS: list[ConfigEvent] = [
     TokenCreated(name="ops", token_hash="cd" * 32),
     TokenRevoked(name="ops"),
     GroupEnvSet(group="gpu", env={"CUDA_HOME": "/usr/local/cuda", "EMPTY": ""}),
+    GroupLimitsSet(group="gpu", limits=JobLimits(memory=2**29, processes=64, max_timeout=60.0)),
+    GroupLimitsSet(group="gpu"),
+    GroupSandboxSet(group="gpu", sandbox="none", network=False),
+    GroupSandboxSet(group="gpu"),
 ]
 
 
@@ -112,6 +119,14 @@ config_events: st.SearchStrategy[ConfigEvent] = st.one_of(
     st.builds(TokenCreated, name=short, workspace=opt_short, token_hash=short),
     st.builds(TokenRevoked, name=short),
     st.builds(GroupEnvSet, group=short, env=st.dictionaries(short, short, max_size=3)),
+    st.builds(GroupLimitsSet, group=short, limits=st.builds(
+        JobLimits, memory=st.one_of(st.none(), st.integers(1, 2**40)),
+        cpu_seconds=st.one_of(st.none(), st.integers(1, 10**6)),
+        processes=st.one_of(st.none(), st.integers(1, 10**5)),
+        file_size=st.one_of(st.none(), st.integers(1, 2**40)),
+        max_timeout=st.one_of(st.none(), st.floats(1, 10**6)))),
+    st.builds(GroupSandboxSet, group=short, sandbox=st.sampled_from([None, "bwrap", "none"]),
+              network=st.booleans()),
 )
 records: st.SearchStrategy[Recorded] = st.builds(
     Recorded,
@@ -256,12 +271,15 @@ def test_v1_fixture_decodes_and_folds() -> None:
     assert {event_type(r.event) for r in recs} == EVENT_TAGS  # one line (at least) per type
     assert recs[0].actor == "operator" and recs[0].reason == "new GPU pool"
     state = fold(recs)
-    assert state.seq == 17
+    assert state.seq == 19
     assert state.groups == {
         "gpu": GroupConfig(
             name="gpu", tags=("gpu", "cuda-12", "normal-$workspace", "é"),
             init_script="apt-get install -y jq\n", dedicated=("dev:f/hello",),
-            priorities={"cuda-12": 200, "gpu": 10}, env={"CUDA_HOME": "/usr/local/cuda"}, version=17,
+            priorities={"cuda-12": 200, "gpu": 10}, env={"CUDA_HOME": "/usr/local/cuda"},
+            limits=JobLimits(memory=536870912, cpu_seconds=600, processes=256,
+                             file_size=1073741824, max_timeout=3600.0),
+            sandbox="bwrap", network=False, version=19,
         )
     }
     assert state.scripts == {
