@@ -2,18 +2,26 @@
 
 The rest of the worker (dispatching, results, heartbeats) sees only this facade, so how code is
 isolated can change without touching the job protocol. Group config reaches it through `apply`
-(at start and on every hot reload).
+(at start and on every hot reload): the group's sandbox and network setting, its limits, its
+static variables and its dedicated scripts take effect for the next job, without a restart.
 """
 
 from __future__ import annotations
 
+import os
+
 from services.common.log import Logger
-from services.worker.runner import Outcome, job_env, run_init_script, run_job
+from services.worker import sandbox
+from services.worker.runner import InitSandbox, Outcome, Workspace, job_env, run_job
+from services.worker.sandbox import Cgroups, Policy
 from services.worker.settings import WorkerSettings
 from services.worker.warm import WarmPool
+from shared import limits as lim
 from shared.jobs import Job
 from shared.routing import target_tag
 from shared.state import GroupConfig
+
+INIT_ENV = ("PATH", "LANG")
 
 
 class Executor:
@@ -27,41 +35,98 @@ class Executor:
         self.logger = logger
         self.config: GroupConfig | None = None
         self.dedicated_tags: set[str] = set()
-        self.warm = WarmPool(settings.work_dir, {})
+        self.ws = Workspace(settings.work_dir, sandbox.default_uid())
+        self.cgroups, self.cgroup_note = Cgroups.detect(worker_id)
+        self.warm = WarmPool(self.ws, self.cgroups)
+        self.init: InitSandbox | None = None
+        self.policy = self._policy(None)
+        if self.policy.kind == "none":
+            self.logger.warning(
+                "sandbox_off", sandbox="none", warning="JOBS RUN WITHOUT A SANDBOX: every job"
+                " can read what this worker's user can read, see every process and outlive"
+                " itself (docs/security.md)", note=self.note())
+        if self.cgroups is None:
+            self.logger.warning("cgroups_unavailable", note=self.cgroup_note,
+                                effect="memory is limited per process; processes per job are"
+                                       " not limited")
+
+    def _policy(self, config: GroupConfig | None) -> Policy:
+        kind = (config.sandbox if config and config.sandbox else None) or self.settings.sandbox
+        network = config.network if config else True
+        return Policy(kind=kind, network=network, limits=lim.effective(
+            config.limits if config else None), uid=sandbox.default_uid())
 
     def apply(self, config: GroupConfig | None) -> None:
-        """Take a group's (new) config: static env, dedicated warm processes."""
+        """Take a group's (new) config: sandbox, limits, static env, dedicated warm processes."""
         self.config = config
+        self.policy = self._policy(config)
         self.dedicated_tags = {target_tag(t) for t in config.dedicated} if config else set()
         self.warm.keep_only(self.dedicated_tags)
 
+    def unavailable(self) -> str | None:
+        """Why jobs cannot run as configured here (a group asking for bwrap where it can't)."""
+        if self.policy.kind == "bwrap":
+            return sandbox.probe()
+        return None
+
+    def note(self) -> str | None:
+        """What a user should know about isolation on this worker (heartbeat, Workers page)."""
+        notes = []
+        if self.policy.kind == "none":
+            notes.append("no sandbox: " + (sandbox.probe() or "JOB_SANDBOX=none or the group's"
+                                           " sandbox setting"))
+        elif why := self.unavailable():
+            notes.append(f"the group asks for bwrap but {why}: its jobs fail")
+        if self.cgroup_note:
+            notes.append(f"no cgroups ({self.cgroup_note}): memory limited per process")
+        return "; ".join(notes) or None
+
     def isolation(self) -> tuple[str, bool, str | None]:
         """(sandbox, network, note) for heartbeats: how this worker's jobs are isolated."""
-        return "none", True, None
+        return self.policy.kind, self.policy.network, self.note()
+
+    def timeout(self, job: Job) -> float:
+        """The job's timeout, else the worker's default, never above the group's max_timeout."""
+        cap = self.policy.limits.max_timeout or lim.DEFAULTS.max_timeout or 86400.0
+        return min(job.timeout or self.settings.job_timeout, cap)
 
     async def run(self, tag: str, job: Job) -> Outcome:
         """Run one (non-flow) job to its outcome; never raises for a failing script."""
-        timeout = job.timeout or self.settings.job_timeout
+        if why := self.unavailable():
+            return Outcome(status="failure", error=f"this worker cannot sandbox jobs: {why}")
+        timeout = self.timeout(job)
+        policy = self.policy
+        boxed = policy.kind == "bwrap"
         static = self.config.env if self.config else {}
         extra = {**static, "GO_WORKER_ID": self.worker_id, "GO_WORKER_GROUP": self.group or ""}
+        init_dir = self.init.dir if self.init is not None else None
+        if init_dir is not None:
+            extra["GO_INIT_DIR"] = sandbox.INIT_POINT if boxed else str(init_dir)
+        base = job_env(job, extra, self.settings.env_allowlist, sandboxed=boxed)
         if tag in self.dedicated_tags and job.language == "python3":
             per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
-            base = job_env(job, extra, self.settings.env_allowlist)
-            return await self.warm.run(tag, job.code, job.args, per_job, timeout, base)
-        return await run_job(job, work_root=self.settings.work_dir, timeout=timeout,
-                             extra_env=extra, allowlist=self.settings.env_allowlist)
+            return await self.warm.run(tag, job.code, job.args, per_job, timeout, base, policy,
+                                       init_dir)
+        return await run_job(job, ws=self.ws, policy=policy, env=base, timeout=timeout,
+                             cgroups=self.cgroups, init_dir=init_dir)
 
     async def run_init(self, script: str) -> tuple[bool, str]:
-        """Run the group's init script; (ok, log tail)."""
-        import os
-
-        return await run_init_script(
-            script, work_dir=self.settings.work_dir, timeout=self.settings.init_timeout,
-            env={k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ},
-        )
+        """Run the group's init script in its own lasting sandbox; (ok, log tail)."""
+        if why := self.unavailable():
+            return False, f"this worker cannot sandbox its init script: {why}"
+        if self.init is not None:
+            self.init.stop()
+        self.init = InitSandbox(self.ws, self.policy, self.cgroups)
+        env = {k: os.environ[k] for k in INIT_ENV if k in os.environ}
+        if self.policy.kind == "bwrap":
+            env.update(PATH="/init/bin:/usr/local/bin:/usr/bin:/bin", HOME="/init", TMPDIR="/tmp")
+        env["GO_INIT_DIR"] = "/init" if self.policy.kind == "bwrap" else str(self.init.dir)
+        return await self.init.run(script, env, self.settings.init_timeout)
 
     def stop(self) -> None:
-        """The worker is stopping: no warm process may outlive it."""
+        """The worker is stopping: no warm process, init daemon or cgroup may outlive it."""
         self.warm.stop_all()
-
-
+        if self.init is not None:
+            self.init.stop()
+        if self.cgroups is not None:
+            self.cgroups.remove()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
-from pathlib import Path
 
 from aiohttp import web
 
@@ -13,15 +13,23 @@ from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
 from services.common.runtime import env, run, serve_http, stop_on_signals
+from services.worker import sandbox
 from services.worker.settings import settings_from_env
 from services.worker.worker import Worker
+from shared.errors import InvalidInput
 
 
 async def amain() -> None:
     settings = settings_from_env()
+    if settings.sandbox == "bwrap" and (why := sandbox.probe()):
+        raise InvalidInput(f"JOB_SANDBOX=bwrap (the default) but {why}. Install it, or set"
+                           " JOB_SANDBOX=none to run jobs without isolation (docs/security.md"
+                           " says what that gives up)", field="JOB_SANDBOX")
+    guard_secrets()
     logger = Logger("worker")
     stop = stop_on_signals()
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-worker", logger, role="worker")
+    drop_secrets()
     worker = Worker(nc, logger, settings, worker_id=os.environ.get("WORKER_ID") or None)
     runner = None
     if os.environ.get("METRICS_PORT"):  # before start(): probes answer "not ready" while joining
@@ -33,6 +41,31 @@ async def amain() -> None:
     if runner is not None:
         await runner.cleanup()
     await nc.drain()
+
+
+# Read once at start; no job may find them in the worker's environment afterwards.
+SECRET_VARS = ("NATS_PASSWORD", "NATS_TOKEN", "NATS_USER", "GETOPERATE_ADMIN_TOKEN",
+               "GETOPERATE_TOKEN")
+
+
+def guard_secrets() -> None:
+    """Make this process non-dumpable: other users' processes (every job runs as one) cannot
+    read its /proc environ, memory or file descriptors, nor attach a debugger to it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_DUMPABLE = 4
+
+
+def drop_secrets() -> None:
+    """The NATS connection holds what it needs: drop credentials from the environment, so no
+    child process inherits them by accident."""
+    for name in SECRET_VARS:
+        os.environ.pop(name, None)
 
 
 def probe_app(worker: Worker) -> web.Application:

@@ -22,6 +22,10 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     init_timeout: float = 300.0
     work_dir: Path = Path("/tmp/getoperate-worker")
     env_allowlist: tuple[str, ...] = ()
+    sandbox: str = "bwrap"  # JOB_SANDBOX: bwrap | none (a group's sandbox setting overrides)
+
+
+SANDBOXES = ("bwrap", "none")
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -47,6 +51,10 @@ def settings_from_env() -> WorkerSettings:
         init_timeout = float(env("INIT_SCRIPT_TIMEOUT", "300"))
     except ValueError as exc:
         raise InvalidInput(f"bad numeric worker setting: {exc}") from exc
+    sandbox = env("JOB_SANDBOX", "bwrap").strip().lower()
+    if sandbox not in SANDBOXES:
+        raise InvalidInput(f"JOB_SANDBOX must be one of {', '.join(SANDBOXES)}, got {sandbox!r}",
+                           field="JOB_SANDBOX")
     if concurrency < 1:
         raise InvalidInput("WORKER_CONCURRENCY must be at least 1", field="WORKER_CONCURRENCY")
     return WorkerSettings(
@@ -54,4 +62,5 @@ def settings_from_env() -> WorkerSettings:
         init_timeout=init_timeout,
         work_dir=Path(env("WORKER_DIR", f"/tmp/getoperate-worker-{os.getpid()}")),
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
+        sandbox=sandbox,
     )

@@ -13,18 +13,31 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from services.worker.runner import MAX_LOG_BYTES, Outcome
+from services.worker import sandbox
+from services.worker.runner import MAX_LOG_BYTES, Outcome, Workspace
+from services.worker.sandbox import Cgroups, Policy, RunCgroup
 
 _SERVER = r'''
-import contextlib, importlib.util, io, json, os, sys, traceback
-out = os.fdopen(int(sys.argv[2]), "w", buffering=1)
+import contextlib, importlib.util, io, json, os, signal, sys, traceback
+out = os.fdopen(int(sys.argv[3]), "w", buffering=1)
+own_namespace = sys.argv[2] == "bwrap"
+
+def kill_leftovers():
+    # In its own PID namespace every process but bwrap's init (1) and this one is something a
+    # job started: end it with the job, as a cold job's would be.
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, os.getpid()):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
 spec = importlib.util.spec_from_file_location("main_script", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
 buf = io.StringIO()
@@ -53,6 +66,8 @@ for line in sys.stdin:
     except BaseException as exc:
         text = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
                            "logs": buf.getvalue() + traceback.format_exc()})
+    if own_namespace:
+        kill_leftovers()
     out.write(text + "\n")
 '''
 
@@ -63,31 +78,45 @@ _ENCODER = msgspec.json.Encoder()  # the reply is read with json.loads: the chil
 class WarmProcess:
     """One warm Python process serving one script version, one job at a time."""
 
-    def __init__(self, code: str, work_dir: Path, env: dict[str, str]):
+    def __init__(self, code: str, ws: Workspace, env: dict[str, str], policy: Policy,
+                 cgroups: Cgroups | None, init_dir: Path | None):
         self.code = code
-        self.work_dir = work_dir
+        self.ws = ws
         self.env = env
+        self.policy = policy
+        self.cgroups = cgroups
+        self.init_dir = init_dir
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.StreamReader | None = None
         self.lock = asyncio.Lock()
-        self._read_fd: int | None = None
+        self.name = f"warm-{os.urandom(6).hex()}"
+        self.cg: RunCgroup | None = None
 
     async def start(self) -> dict[str, Any]:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        cwd = Path(tempfile.mkdtemp(prefix="warm-", dir=self.work_dir))
-        (cwd / "script.py").write_text(self.code)
+        job_dir = self.ws.job_dir(self.name)
+        self.ws.write(job_dir, "script.py", self.code.encode())
         read_fd, write_fd = os.pipe()
+        # Limits cover the runtime as a whole; CPU time is not capped per process here (it would
+        # end a long-lived runtime), each job's timeout bounds it instead.
+        self.cg = self.cgroups.create(self.name, self.policy.limits) if self.cgroups else None
+        argv = [sys.executable, "-c", _SERVER, "script.py", self.policy.kind, str(write_fd)]
+        full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False,
+                               init_dir=self.init_dir,
+                               procs_files=self.cg.procs_files if self.cg else ())
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _SERVER, str(cwd / "script.py"), str(write_fd), cwd=str(cwd),
-            env=self.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True,
+            *full, cwd=str(job_dir), env=self.env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            pass_fds=(write_fd,), start_new_session=True,
         )
         os.close(write_fd)
         self.reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.reader),
                                      os.fdopen(read_fd, "rb"))
-        hello = await self._read(timeout=60)
+        try:
+            hello = await self._read(timeout=60)
+        except (EOFError, asyncio.TimeoutError) as exc:
+            hello = {"ready": False, "error": f"the warm runtime did not start: {exc or 'exit'}"}
         if not hello.get("ready"):
             self.stop()
         return hello
@@ -129,26 +158,34 @@ class WarmProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self.cg is not None:
+            self.cg.kill_all()
+            self.cg.remove()
+            self.cg = None
+        self.ws.clean(self.name)
 
 
 class WarmPool:
     """Warm processes by dedicated tag (one tag = one script); new code replaces the process."""
 
-    def __init__(self, work_dir: Path, env: dict[str, str]):
-        self.work_dir = work_dir
-        self.env = env
+    def __init__(self, ws: Workspace, cgroups: Cgroups | None):
+        self.ws = ws
+        self.cgroups = cgroups
         self.procs: dict[str, WarmProcess] = {}
         self.starts = 0
 
     async def run(self, tag: str, code: str, args: dict[str, Any], env: dict[str, str],
-                  timeout: float, base_env: dict[str, str] | None = None) -> Outcome:
-        """Run one job; `env` is what changes per job, `base_env` the process's environment."""
+                  timeout: float, base_env: dict[str, str], policy: Policy,
+                  init_dir: Path | None = None) -> Outcome:
+        """Run one job; `env` is what changes per job, `base_env` the process's environment.
+        A runtime started under another policy (a hot-reloaded sandbox or limit) is replaced."""
         proc = self.procs.get(tag)
-        if proc is not None and (proc.code != code or not proc.alive()):
-            proc.stop()  # redeployed (or crashed): the next job gets the new version
+        if proc is not None and (proc.code != code or not proc.alive() or proc.policy != policy):
+            proc.stop()  # redeployed, crashed or reconfigured: the next job gets a fresh one
             proc = None
         if proc is None:
-            proc = WarmProcess(code, self.work_dir, {**self.env, **(base_env or {}), **env})
+            proc = WarmProcess(code, self.ws, {**base_env, **env}, policy, self.cgroups,
+                               init_dir)
             self.starts += 1
             hello = await proc.start()
             if not hello.get("ready"):

@@ -147,7 +147,8 @@ def test_dedicated_workers_keep_a_warm_runtime_per_script_and_restart_it_on_rede
     extra_workers: Suite,
 ) -> None:
     s = extra_workers
-    code = "import os\nSTARTED = os.getpid()\ndef main(x):\n    return [{v}, STARTED, x]\n"
+    # One id per runtime process (pids repeat: each sandbox has its own PID namespace).
+    code = "import os\nSTARTED = os.urandom(8).hex()\ndef main(x):\n    return [{v}, STARTED, x]\n"
     deploy(s, "ws1/f/warm-a", code.format(v=1), language="python3")
     deploy(s, "ws1/f/warm-b", code.format(v=100), language="python3")
     root = s.root

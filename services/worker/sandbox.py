@@ -1,0 +1,359 @@
+"""The boundary around user code: how a job's process is started, isolated and limited.
+
+Every job, init script and warm runtime is started by `command()`, which wraps the runtime's
+argv in a short exec chain:
+
+    sh (joins the run's cgroups) -> prlimit (per-process limits) -> bwrap (namespaces, mounts)
+       -> setpriv (drops to JOB_UID when the worker is root) -> the runtime
+
+bubblewrap gives the job its own PID, IPC and UTS namespaces (and network, with `--no-network`),
+a read-only view of the system (/usr, /etc and the interpreter's prefix), a private /tmp and
+exactly one writable folder, its own, mounted at /job. Nothing else of the host file system (the
+data directory, other jobs' folders, the worker's files, /root, /home, /run) exists in there.
+When the job's main process exits, bwrap's PID 1 exits and the kernel kills every process left in
+the namespace, setsid and double forks included; `--die-with-parent` does the same if the worker
+itself dies. With `none` none of this holds (docs/security.md lists what is given up); the run's
+cgroup still lets the worker kill what the job left behind, where cgroups are writable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from shared.events import JobLimits
+
+JOB_UID = 65534  # nobody: what jobs run as when the worker is root (JOB_UID overrides)
+MOUNT_POINT = "/job"  # where a job sees its own folder
+INIT_POINT = "/init"  # where jobs see what the init script installed (read-only)
+_LAUNCH = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# Exit statuses a shell or bwrap reports for a process killed by these signals (128 + n).
+EXIT_CPU = 128 + signal.SIGXCPU
+EXIT_FSIZE = 128 + signal.SIGXFSZ
+EXIT_KILLED = 128 + signal.SIGKILL
+
+
+class SandboxUnavailable(RuntimeError):
+    """Raised when a group asks for bwrap on a worker where it cannot run."""
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """How one run is isolated: the sandbox kind, network, and its effective limits."""
+
+    kind: str  # "bwrap" | "none"
+    network: bool = True
+    limits: JobLimits
+    uid: int | None = None  # drop to this uid inside the sandbox (None: keep the worker's)
+
+
+def probe() -> str | None:
+    """None when bwrap works here with the namespaces we use, else why not (shown to users)."""
+    global _PROBED
+    if _PROBED is not None:
+        return _PROBED or None
+    exe = shutil.which("bwrap")
+    if exe is None:
+        _PROBED = ("bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap;"
+                   " Fedora: dnf install bubblewrap)")
+        return _PROBED
+    policy = Policy(kind="bwrap", network=False, limits=JobLimits(), uid=default_uid())
+    argv = _bwrap(policy, ["true"], job_dir=None, ro=())
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _PROBED = f"bubblewrap could not start here: {exc}"
+        return _PROBED
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        _PROBED = (f"bubblewrap cannot create namespaces here ({why[-1] if why else 'exit '}"
+                   f"{'' if why else done.returncode}); a container needs CAP_SYS_ADMIN or an"
+                   " unconfined seccomp profile for it")
+        return _PROBED
+    _PROBED = ""
+    return None
+
+
+_PROBED: str | None = None
+
+
+def default_uid() -> int | None:
+    """Jobs of a root worker run as JOB_UID (default nobody); a non-root worker keeps its uid."""
+    if os.geteuid() != 0:
+        return None
+    return int(os.environ.get("JOB_UID", JOB_UID))
+
+
+def runtime_paths() -> tuple[str, ...]:
+    """Read-only paths a job needs besides /usr and /etc: the Python prefix jobs run with."""
+    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    return tuple(sorted(p for p in paths if not p.startswith("/usr/")))
+
+
+def command(policy: Policy, argv: list[str], *, job_dir: Path | None,
+            procs_files: tuple[str, ...] = (), cpu_limit: bool = True,
+            ro: tuple[str, ...] | None = None, init_dir: Path | None = None,
+            mount_at: str = MOUNT_POINT) -> list[str]:
+    """The full argv that runs `argv` under `policy`: cgroups, rlimits, then the sandbox.
+    `init_dir` (what the group's init script installed) is mounted read-only at /init."""
+    chain = ["/bin/sh", "-c", _LAUNCH, "sh", *procs_files, "--"]
+    chain += _prlimit(policy.limits, cpu_limit=cpu_limit, cgroup=bool(procs_files))
+    if policy.kind == "bwrap":
+        chain += _bwrap(policy, argv, job_dir=job_dir,
+                        ro=runtime_paths() if ro is None else ro, init_dir=init_dir,
+                        mount_at=mount_at)
+    else:
+        chain += argv
+    return chain
+
+
+def _prlimit(limits: JobLimits, *, cpu_limit: bool, cgroup: bool) -> list[str]:
+    out = ["prlimit"]
+    if cpu_limit and limits.cpu_seconds:
+        out.append(f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}")
+    if limits.file_size:
+        out.append(f"--fsize={limits.file_size}")
+    if not cgroup and limits.memory:  # no memory cgroup: the best we have is per process
+        out.append(f"--as={limits.memory}")
+    out.append("--core=0")  # a crashing job must not write memory dumps
+    return [*out, "--"]
+
+
+def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
+           ro: tuple[str, ...], init_dir: Path | None = None,
+           mount_at: str = MOUNT_POINT) -> list[str]:
+    out = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if not policy.network:
+        out.append("--unshare-net")
+    if policy.uid is not None and os.geteuid() == 0:
+        # Root bwrap keeps every capability unless told: keep only what setpriv needs to drop
+        # to the job's uid (which then clears them); NO_NEW_PRIVS stops any regaining.
+        out += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    out += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            out += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            out += ["--ro-bind", str(path), f"/{name}"]
+    made: set[str] = {"/", "/usr", "/etc", "/tmp", "/proc", "/dev", MOUNT_POINT, INIT_POINT}
+    for path in ro:
+        out += _parents(path, made)
+        out += ["--ro-bind", path, path]
+    out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    if init_dir is not None:
+        out += ["--ro-bind-try", str(init_dir), INIT_POINT]
+    if job_dir is not None:
+        out += ["--bind", str(job_dir), mount_at, "--chdir", mount_at]
+    else:
+        out += ["--chdir", "/tmp"]
+    out.append("--")
+    if policy.uid is not None and os.geteuid() == 0:
+        out += ["setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}", "--clear-groups",
+                "--inh-caps=-all", "--"]
+    return out + argv
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """bwrap makes missing parents 0700 (unreadable to the job's uid): make them 0755 first."""
+    out: list[str] = []
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        parent = str(Path(*parts[:i]))
+        if parent not in made:
+            made.add(parent)
+            out += ["--perms", "0755", "--dir", parent]
+    return out
+
+
+def limit_error(code: int | None, limits: JobLimits, hits: list[str]) -> str | None:
+    """A sentence naming the limit a run went over, from its exit status and cgroup counters."""
+    if hits:
+        return "; ".join(hits)
+    if code == EXIT_CPU:
+        return (f"the job used more than its {limits.cpu_seconds} s of CPU time"
+                f" (limits.cpu_seconds) and was stopped")
+    if code == EXIT_FSIZE:
+        return (f"the job wrote a file larger than its limit of {_size(limits.file_size)}"
+                f" (limits.file_size) and was stopped")
+    return None
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit, div in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} bytes"
+
+
+# --- cgroups: the whole job's memory and process count, and killing all of it -------------------
+
+
+class Cgroups:
+    """Where this worker may create one cgroup per run (v1 memory+pids, or v2), if anywhere."""
+
+    def __init__(self, dirs: dict[str, Path], v2: bool):
+        self.dirs = dirs  # controller -> this worker's parent directory
+        self.v2 = v2
+
+    @classmethod
+    def detect(cls, worker_id: str) -> tuple[Cgroups | None, str | None]:
+        """The worker's cgroup parents, or (None, why not): then limits are per process only."""
+        own = _own_cgroups()
+        try:
+            root = Path("/sys/fs/cgroup")
+            if (root / "cgroup.controllers").exists():  # v2, unified
+                base = root / own.get("", "/").lstrip("/") / f"getoperate-{worker_id}"
+                base.mkdir(parents=True, exist_ok=True)
+                (base / "cgroup.subtree_control").write_text("+memory +pids")
+                return cls({"": base}, True), None
+            dirs = {}
+            for ctl in ("memory", "pids"):
+                mount = root / ctl
+                if not (mount / "cgroup.procs").exists():
+                    return None, f"the {ctl} cgroup controller is not mounted"
+                d = mount / own.get(ctl, "/").lstrip("/") / f"getoperate-{worker_id}"
+                d.mkdir(parents=True, exist_ok=True)
+                dirs[ctl] = d
+            return cls(dirs, False), None
+        except OSError as exc:
+            return None, f"cgroups are not writable here ({exc.strerror or exc})"
+
+    def create(self, name: str, limits: JobLimits) -> RunCgroup:
+        """A fresh cgroup for one run, with the memory and process limits written."""
+        made: list[Path] = []
+        try:
+            for ctl, parent in self.dirs.items():
+                d = parent / name
+                d.mkdir(exist_ok=True)
+                made.append(d)
+                if self.v2:
+                    if limits.memory:
+                        (d / "memory.max").write_text(str(limits.memory))
+                        _try_write(d / "memory.swap.max", "0")
+                    if limits.processes:
+                        (d / "pids.max").write_text(str(limits.processes))
+                elif ctl == "memory" and limits.memory:
+                    (d / "memory.limit_in_bytes").write_text(str(limits.memory))
+                    _try_write(d / "memory.memsw.limit_in_bytes", str(limits.memory))
+                elif ctl == "pids" and limits.processes:
+                    (d / "pids.max").write_text(str(limits.processes))
+        except OSError:
+            for d in made:
+                _rmdir(d)
+            raise
+        return RunCgroup(made, self.v2, limits)
+
+    def remove(self) -> None:
+        for d in self.dirs.values():
+            _rmdir(d)
+
+
+class RunCgroup:
+    """One run's cgroup(s): join files for the launcher, limit counters, kill-all, removal."""
+
+    def __init__(self, dirs: list[Path], v2: bool, limits: JobLimits):
+        self.dirs, self.v2, self.limits = dirs, v2, limits
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(str(d / "cgroup.procs") for d in self.dirs)
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.dirs:
+            try:
+                out.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def hits(self) -> list[str]:
+        """Which limits the run went over, as sentences naming them."""
+        out = []
+        if self._counter("memory.events" if self.v2 else "memory.oom_control", "oom_kill"):
+            out.append(f"the job went over its memory limit of {_size(self.limits.memory)}"
+                       " (limits.memory) and was killed")
+        if self._counter("pids.events", "max"):
+            out.append(f"the job tried to run more than {self.limits.processes} processes at once"
+                       " (limits.processes); the extra ones were refused")
+        return out
+
+    def _counter(self, filename: str, key: str) -> int:
+        for d in self.dirs:
+            try:
+                for line in (d / filename).read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+            except (OSError, ValueError):
+                continue
+        return 0
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the run (what `none` jobs left behind, setsid included)."""
+        if self.v2 and self.dirs:
+            if _try_write(self.dirs[0] / "cgroup.kill", "1"):
+                self._wait_empty()
+                return
+        for _ in range(100):  # a fork bomb refills as we kill: its pids limit bounds this
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.005)
+
+    def _wait_empty(self) -> None:
+        for _ in range(200):
+            if not self.pids():
+                return
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            _rmdir(d)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> this process's cgroup path ("" for v2), from /proc/self/cgroup."""
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctls, path = line.split(":", 2)
+            for ctl in ctls.split(",") if ctls else [""]:
+                out[ctl] = path
+    except OSError:
+        pass
+    return out
+
+
+def _try_write(path: Path, value: str) -> bool:
+    try:
+        path.write_text(value)
+        return True
+    except OSError:
+        return False
+
+
+def _rmdir(d: Path) -> None:
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)  # processes still leaving
