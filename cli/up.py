@@ -20,6 +20,7 @@ from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
 from services.common import natsauth
 from services.common.natsserver import NatsServer, port_open
 from services.common.runtime import admin_token
+from services.worker import sandbox
 
 SEEDED_GROUPS = ("default", "native")
 
@@ -74,6 +75,29 @@ def _progress(step: str) -> None:
     print(f"getoperate: {step}...", file=sys.stderr, flush=True)
 
 
+def _sandbox_mode() -> str:
+    """bwrap when it works here, else none (the local default must run on a fresh machine),
+    said loudly; an explicit JOB_SANDBOX is obeyed, and bwrap asked for but missing is an error."""
+    asked = os.environ.get("JOB_SANDBOX", "").strip().lower()
+    if asked == "none":
+        print(SANDBOX_OFF.format(why="JOB_SANDBOX=none"), file=sys.stderr, flush=True)
+        return "none"
+    why = sandbox.probe()
+    if why is None:
+        return "bwrap"
+    if asked == "bwrap":
+        raise CliError(f"JOB_SANDBOX=bwrap but {why}", EXIT_USAGE)
+    print(SANDBOX_OFF.format(why=why), file=sys.stderr, flush=True)
+    return "none"
+
+
+SANDBOX_OFF = """getoperate: WARNING: JOBS RUN WITHOUT A SANDBOX ({why}).
+getoperate: WARNING: any job can read what your user can read, see and signal your processes,
+getoperate: WARNING: and leave processes behind. Fine for trying getoperate alone on your own
+getoperate: WARNING: machine; for anything else install bubblewrap (apt-get install bubblewrap)
+getoperate: WARNING: and restart: jobs are then sandboxed (docs/security.md)."""
+
+
 def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
        workers_per_group: int = 1) -> int:
     data_dir = data_dir.resolve()
@@ -92,6 +116,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    sandbox_mode = _sandbox_mode()
     creds = natsauth.load_or_create(data_dir)
     _progress(f"starting nats-server on 127.0.0.1:{nats_port} (JetStream in {data_dir / 'nats'})")
     nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(creds)).start()
@@ -99,6 +124,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
                 "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
                 "HTTP_HOST": "127.0.0.1"}
     base_env.pop("WORKER_TAGS", None)
+    base_env["JOB_SANDBOX"] = sandbox_mode
     for var in ("NATS_USER", "NATS_PASSWORD"):
         base_env.pop(var, None)  # each child connects as its own role, from the credentials file
     cmd = [sys.executable, "-m", "cli.main"]
@@ -132,6 +158,8 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
         print(f"  web     {config_url}/  (the Workers page; admin token in"
               f" {data_dir / 'admin.token'})", flush=True)
         print(f"  workers {', '.join(SEEDED_GROUPS)} (x{workers_per_group} each)", flush=True)
+        print(f"  sandbox {sandbox_mode if sandbox_mode == 'bwrap' else 'NONE (see above)'}",
+              flush=True)
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:
             time.sleep(0.2)

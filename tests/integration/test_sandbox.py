@@ -1,0 +1,221 @@
+"""The attacks of the "job code is untrusted" issue, replayed as jobs against a real suite.
+
+Each attack runs as a job on a sandboxed worker and must get nothing; where it matters the same
+attack on a `JOB_SANDBOX=none` worker is the control that shows the test can see a leak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.integration.conftest import Suite, running_suite
+from tests.integration.harness import cli
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "command -v bwrap"], capture_output=True).returncode != 0,
+    reason="bubblewrap is not installed (apt-get install bubblewrap); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    with running_suite(tmp_path_factory.mktemp("sandbox"), kill_extra=True) as suite:
+        suite.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
+                                              for w in ws))
+        yield suite
+
+
+def run(s: Suite, code: str, **body: Any) -> dict[str, Any]:
+    """Submit and wait for the job's outcome."""
+    return s.api.job(s.api.submit(code, **body)["id"])  # type: ignore[no-any-return]
+
+
+def secrets_of(s: Suite) -> dict[str, str]:
+    data = s.root / ".getoperate"
+    out = {"admin token": (data / "admin.token").read_text().strip()}
+    for role, password in json.loads((data / "nats-credentials.json").read_text()).items():
+        out[f"NATS password of {role}"] = password
+    return out
+
+
+def attack_script(data: Path) -> str:
+    """Everything a job tried in the issue: relative and absolute paths, /proc, environment."""
+    return ATTACK.replace("@DATA@", str(data))
+
+
+ATTACK = r"""
+D=@DATA@
+{ ls -la $D .. ../.. / /tmp 2>/dev/null
+for p in /proc/[0-9]*; do
+  tr '\0' '\n' < $p/environ 2>/dev/null; tr '\0' ' ' < $p/cmdline 2>/dev/null; echo
+  ls -l $p/fd 2>/dev/null
+  for f in $p/fd/*; do
+    [ -f "$f" ] && head -c 65536 "$f" 2>/dev/null | grep -a -o '[[:print:]]\{16,\}' | head -c 2000
+  done
+done
+tr '\0' '\n' < /proc/$PPID/environ 2>/dev/null
+env
+find / -xdev \( -name admin.token -o -name 'nats-credentials.json' -o -name '*.sqlite' \
+  -o -name args.json -o -name .args \) 2>/dev/null | while read -r f; do echo "$f"; cat "$f"; done
+} | tr -cd '[:print:]\n' | tail -c 60000  # what it found, readable, in a log that fits
+# last, so a log cut to its tail still shows them
+for f in ../../../admin.token ../../admin.token ../admin.token ../../../nats-credentials.json \
+         $D/admin.token $D/nats-credentials.json $D/nats/nats.conf $D/endpoints.json; do
+  cat "$f" 2>/dev/null
+done
+head -c 64 $D/config.sqlite 2>/dev/null
+echo attack-done
+"""
+
+
+def leaks(view: dict[str, Any], secrets: dict[str, str]) -> list[str]:
+    text = json.dumps(view)
+    found = [name for name, value in secrets.items() if value in text]
+    if "SQLite format 3" in text:
+        found.append("the SQLite config log")
+    return found
+
+
+def test_no_key_reaches_a_sandboxed_job_by_any_path(s: Suite) -> None:
+    view = run(s, attack_script(s.root / ".getoperate"), workspace="ws2")
+    assert view["status"] == "success" and view["result"] == "attack-done", view
+    assert leaks(view, secrets_of(s)) == []
+    assert "NATS_PASSWORD" not in view["logs"] and "GETOPERATE" not in view["logs"]
+
+
+def test_the_same_attack_without_a_sandbox_finds_the_keys(s: Suite) -> None:
+    """The control: with JOB_SANDBOX=none the job is as strong as its worker (docs/security.md)."""
+    s.api.set_group("nobox", tags=["t-nobox"])
+    s.worker("nobox", WORKER_GROUP="nobox", JOB_SANDBOX="none")
+    view = run(s, attack_script(s.root / ".getoperate"), tag="t-nobox")
+    assert view["status"] == "success"
+    assert "admin token" in leaks(view, secrets_of(s)), view["logs"][-3000:]
+    status = [w for w in s.api.workers() if w["group"] == "nobox"][0]
+    assert status["sandbox"] == "none" and status["sandbox_note"]
+    warned = [e for e in s.extra[-1].log_events("sandbox_off")]
+    assert warned and "WITHOUT A SANDBOX" in warned[0]["warning"]
+
+
+def test_a_job_sees_only_its_own_processes_and_cannot_reach_its_worker(s: Suite) -> None:
+    code = "ls /proc | grep -E '^[0-9]+$' | wc -l; kill -9 $PPID 1 2>&1; echo alive"
+    view = run(s, code)
+    assert view["status"] == "success", view
+    count = int(view["logs"].split()[0])
+    assert count <= 6, view["logs"]  # bwrap's init, bash, ls, grep, wc: never the host's
+    ready = [w for w in s.api.workers() if w["group"] == "default" and w["state"] == "ready"]
+    assert ready and run(s, "echo still-here")["result"] == "still-here"
+
+
+def _pids_of(needle: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and needle.encode() in \
+                    (d / "cmdline").read_bytes().replace(b"\0", b" ") and \
+                    (d / "stat").read_text().split()[2] != "Z":
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def _wait_gone(needle: str, timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (pids := _pids_of(needle)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def _wait_seen(needle: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _pids_of(needle):
+        assert time.monotonic() < deadline, f"{needle!r} never started"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("ending", ["success", "failure", "timeout"])
+def test_nothing_survives_its_job_setsid_and_double_fork_included(s: Suite, ending: str) -> None:
+    mark = f"{time.time_ns() % 10**9}.{len(ending)}7"
+    code = (f"nohup setsid bash -c 'sleep {mark}; true' >/dev/null 2>&1 &\n"
+            f"( ( sleep {mark}1 & ) & )\n"
+            f"sleep 1.5\n")
+    code += {"success": "echo ok", "failure": "exit 3", "timeout": "sleep 30"}[ending]
+    job = s.api.submit(code, **({"timeout": 3} if ending == "timeout" else {}))["id"]
+    _wait_seen(f"sleep {mark}1")  # both escaped processes run while the job does
+    assert _pids_of(f"sleep {mark}")
+    view = s.api.job(job)
+    assert view["status"] == ("success" if ending == "success" else "failure"), view
+    assert _wait_gone(f"sleep {mark}") == []
+
+
+def test_a_cancelled_jobs_daemons_are_gone_too(s: Suite) -> None:
+    mark = f"{time.time_ns() % 10**9}.9"
+    job = s.api.submit(f"nohup setsid sleep {mark} >/dev/null 2>&1 & sleep 60")["id"]
+    _wait_seen(f"sleep {mark}")
+    assert cli("cancel", job, cwd=s.root).returncode == 0
+    assert s.api.job(job)["status"] == "cancelled"
+    assert _wait_gone(f"sleep {mark}") == []
+
+
+def test_a_spy_left_by_one_job_never_sees_a_later_jobs_arguments(s: Suite) -> None:
+    s.api.set_group("spied", tags=["t-spied"])
+    s.worker("spied", WORKER_GROUP="spied", WORKER_CONCURRENCY="2")
+    spy = s.api.submit(
+        "nohup setsid bash -c 'for i in $(seq 60); do cat /proc/*/cmdline /job/../*/.args"
+        " /job/../*/args.json 2>/dev/null; find / -xdev -name .args 2>/dev/null; sleep 0.1;"
+        " done' > /job/seen 2>&1 &\n"
+        "for i in $(seq 40); do cat /proc/*/cmdline 2>/dev/null; ps -ef 2>/dev/null;"
+        " find / -xdev \\( -name .args -o -name args.json \\) -exec cat {} + 2>/dev/null;"
+        " sleep 0.1; done; cat /job/seen", tag="t-spied", workspace="ws2")["id"]
+    time.sleep(0.5)
+    secret = "sk_live_" + str(time.time_ns())
+    victims = [s.api.submit('sleep 2; echo "$1" | wc -c', tag="t-spied", workspace="ws1",
+                            args={"key": secret}),
+               s.api.submit("import time\ndef main(key):\n    time.sleep(2)\n    return len(key)",
+                            language="python3", tag="t-spied", workspace="ws1",
+                            args={"key": secret})]
+    for v in victims:
+        assert s.api.job(v["id"])["status"] == "success"
+    seen = s.api.job(spy)
+    assert seen["status"] == "success"
+    assert secret not in json.dumps(seen)
+
+
+def test_job_arguments_never_travel_on_a_command_line(s: Suite) -> None:
+    secret = "sk_live_argv_" + str(time.time_ns())
+    job = s.api.submit('sleep 3; echo "got $1"', args={"key": secret})["id"]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # every process of the host, while the job runs
+        assert _pids_of(secret) == []
+        time.sleep(0.05)
+    assert s.api.job(job)["result"] == f"got {secret}"
+
+
+def test_bash_stderr_never_becomes_the_result(s: Suite) -> None:
+    view = run(s, "echo 20; echo warn >&2")
+    assert view["result"] == "20" and "warn" in view["logs"]
+
+
+def test_the_worker_process_is_not_dumpable() -> None:
+    """What keeps a same-user job (a non-root worker) out of the worker's /proc files."""
+    code = ("from services.worker.main import guard_secrets; guard_secrets(); import ctypes;"
+            "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 1  # the test process itself: the default
+
+
+def test_a_standalone_worker_refuses_to_start_without_a_sandbox(s: Suite) -> None:
+    out = subprocess.run([sys.executable, "-m", "cli.main", "worker"], cwd=s.root,
+                         env={"PATH": "/nonexistent", "NATS_URL": s.plain_nats_url},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "JOB_SANDBOX" in lines[0] and "bubblewrap" in lines[0], out.stderr
