@@ -32,7 +32,8 @@ def _children(pid: int) -> dict[int, str]:
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                 if int(fields[1]) == pid:
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                    found[int(entry.name)] = cmdline.decode()
             except OSError:
                 continue
     return found
@@ -73,7 +74,8 @@ def test_up_keeps_its_data_dir_private_and_runs_jobs_outside_it(tmp_path: Path) 
         assert token not in view["logs"] and not any(pw in view["logs"] for pw in passwords)
         assert stat.S_IMODE(jobs_dir(data.resolve()).stat().st_mode) == 0o700
 
-        workers = [pid for pid, cmd in _children(up.p.pid).items() if cmd.split()[-1:] == ["worker"]]
+        workers = [pid for pid, cmd in _children(up.p.pid).items()
+                   if cmd.split()[-1:] == ["worker"]]
         assert len(workers) == 2
         for pid in workers:
             env = _environ(pid)
