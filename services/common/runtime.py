@@ -6,6 +6,8 @@ import asyncio
 import os
 import secrets
 import signal
+import stat
+import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -15,6 +17,11 @@ from services.common.log import Logger
 
 DEFAULT_DATA_DIR = ".getoperate"
 TOKEN_FILE = "admin.token"
+# Processes writing into a data dir create what they write for their own user only: the dir
+# holds the admin token, NATS passwords, the config log (group env values, init scripts) and the
+# JetStream store. SQLite's -wal/-shm and nats-server's store files inherit this.
+PRIVATE_UMASK = 0o077
+_GROUP_OTHER = stat.S_IRWXG | stat.S_IRWXO
 
 
 def env(name: str, default: str) -> str:
@@ -24,6 +31,44 @@ def env(name: str, default: str) -> str:
 
 def data_dir() -> Path:
     return Path(env("GETOPERATE_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permission bits off one file or directory (best effort: a volume
+    root owned by someone else, as Kubernetes mounts a PVC, cannot be changed and need not be)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & _GROUP_OTHER:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~_GROUP_OTHER)
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
+def private_dir(directory: Path, *, recursive: bool = True) -> Path:
+    """Create `directory` (mode 0700) or tighten an existing one, and with `recursive` everything
+    in it (a data dir made by an older version was 0755 with 0644 files). Symlinks are not
+    followed. Directories end up 0700 and files 0600 (an owner's x bit is kept)."""
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(directory)
+    if recursive:
+        for root, dirs, files in os.walk(directory):
+            for name in dirs + files:
+                make_private(Path(root) / name)
+    return directory
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only from the first byte on (a temp file
+    created 0600 in the same directory, then renamed over it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def admin_token(directory: Path, *, create: bool) -> str | None:
@@ -36,7 +81,7 @@ def admin_token(directory: Path, *, create: bool) -> str | None:
         return path.read_text().strip()
     if not create:
         return None
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory, recursive=False)
     token = "goa_" + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

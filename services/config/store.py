@@ -6,6 +6,7 @@ Each row holds the sequence, event id, time, actor, the hash chain and the encod
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from typing import Iterator
 
 import sqlite_utils
 
+from services.common.runtime import make_private, private_dir
 from shared.codec import decode, encode
 from shared.errors import GetOperateError
 from shared.events import (
@@ -32,12 +34,26 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# What SQLite keeps beside the database: its WAL, the WAL's index, a rollback journal.
+SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _private_database(path: Path) -> None:
+    """The log holds group env values and init scripts: its folder is 0700 and the database
+    0600 before SQLite opens it. SQLite creates -wal and -shm with the database's own mode, so
+    they are 0600 too; files left readable by an older version are tightened."""
+    private_dir(path.parent, recursive=False)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in ("", *SIDECARS):
+        make_private(path.with_name(path.name + name))
+
+
 class EventLog:
     """Append-only log of config events. Single writer: the config service."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_database(self.path)
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # an acknowledged config write survives power loss

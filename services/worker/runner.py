@@ -23,6 +23,7 @@ import msgspec
 
 from services.worker import sandbox
 from services.worker.sandbox import Cgroups, Policy, RunCgroup
+from shared.errors import InvalidInput
 from shared.jobs import Job
 
 MAX_LOG_BYTES = 256 * 1024
@@ -99,6 +100,12 @@ class Workspace:
     def __init__(self, root: Path, uid: int | None):
         self.root = root
         self.uid = uid
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = root.lstat()
+        if root.is_symlink() or info.st_uid != os.geteuid():
+            raise InvalidInput(f"WORKER_DIR {root} is a symlink or belongs to another user;"
+                               " the worker keeps its jobs only in a folder of its own",
+                               field="WORKER_DIR")
         for d in (root, root / "jobs", root / "out"):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)

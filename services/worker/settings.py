@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -60,7 +61,8 @@ def settings_from_env() -> WorkerSettings:
     return WorkerSettings(
         group=group, env_tags=env_tags, concurrency=concurrency, job_timeout=job_timeout,
         init_timeout=init_timeout,
-        work_dir=Path(env("WORKER_DIR", f"/tmp/getoperate-worker-{os.getpid()}")),
+        # Unset: a fresh private folder (mkdtemp: 0700, a name nobody could plant beforehand).
+        work_dir=Path(os.environ.get("WORKER_DIR") or tempfile.mkdtemp(prefix="getoperate-worker-")),
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
     )
