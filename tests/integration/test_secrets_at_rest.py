@@ -66,9 +66,9 @@ def test_up_keeps_its_data_dir_private_and_runs_jobs_outside_it(tmp_path: Path) 
                    "--wait", "--json", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         view = json.loads(done.stdout)
-        cwd = Path(view["logs"].splitlines()[0])
-        assert not cwd.is_relative_to(data.resolve()), cwd
-        assert cwd.is_relative_to(jobs_dir(data.resolve())), cwd
+        # Sandboxed, the job sees its folder as /job; where it really is, the workers' WORKER_DIR
+        # below says (outside the data dir).
+        assert view["logs"].splitlines()[0] == "/job", view["logs"]
         token = (data / "admin.token").read_text().strip()
         passwords = json.loads((data / "nats-credentials.json").read_text()).values()
         assert token not in view["logs"] and not any(pw in view["logs"] for pw in passwords)
