@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import random
 import signal
 import subprocess
@@ -29,6 +30,8 @@ def free_port_base() -> int:
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "GETOPERATE_"))}
     env["PYTHONPATH"] = str(ROOT)
+    if shutil.which("bwrap") is None:  # a fresh machine: workers run unsandboxed, as `up` would
+        env.setdefault("JOB_SANDBOX", "none")
     env.update(extra or {})
     return env
 
