@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import coldbash, dedicated, endtoend, history, idle, reload, router
+from bench import coldbash, dedicated, endtoend, history, idle, reload, router, sandbox
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -21,6 +21,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "history": history.run,
     "idle": idle.run,
     "reload": reload.run,
+    "sandbox": sandbox.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

@@ -277,12 +277,12 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
                                    result_fd=job.language == "python3",
                                    last_stdout_line=job.language == "bash",
                                    init_dir=init_dir)
-        return _outcome(job, done, timeout, (time.monotonic() - started) * 1000)
+        return _outcome(job, done, timeout, (time.monotonic() - started) * 1000, policy)
     finally:
         ws.clean(name)
 
 
-def _outcome(job: Job, done: Finished, timeout: float, elapsed: float) -> Outcome:
+def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: Policy) -> Outcome:
     def fail(error: str) -> Outcome:
         return Outcome(status="failure", error=error, logs=done.logs, duration_ms=elapsed)
 
@@ -305,7 +305,8 @@ def _outcome(job: Job, done: Finished, timeout: float, elapsed: float) -> Outcom
     if not isinstance(reply, dict):
         return fail(f"the job exited with code {done.code} before returning a result")
     if not reply.get("ok"):
-        return fail(str(reply.get("error") or f"exit code {done.code}"))
+        return fail(sandbox.explain(str(reply.get("error") or f"exit code {done.code}"),
+                                    policy.limits))
     return Outcome(status="success", result=reply.get("result"), logs=done.logs,
                    duration_ms=elapsed)
 

@@ -102,7 +102,8 @@ def command(policy: Policy, argv: list[str], *, job_dir: Path | None,
             mount_at: str = MOUNT_POINT) -> list[str]:
     """The full argv that runs `argv` under `policy`: cgroups, rlimits, then the sandbox.
     `init_dir` (what the group's init script installed) is mounted read-only at /init."""
-    chain = ["/bin/sh", "-c", _LAUNCH, "sh", *procs_files, "--"]
+    # sh only to join cgroups before anything runs (no exec param for that in Python's spawn).
+    chain = ["/bin/sh", "-c", _LAUNCH, "sh", *procs_files, "--"] if procs_files else []
     chain += _prlimit(policy.limits, cpu_limit=cpu_limit, cgroup=bool(procs_files))
     if policy.kind == "bwrap":
         chain += _bwrap(policy, argv, job_dir=job_dir,
@@ -184,6 +185,15 @@ def limit_error(code: int | None, limits: JobLimits, hits: list[str]) -> str | N
         return (f"the job wrote a file larger than its limit of {_size(limits.file_size)}"
                 f" (limits.file_size) and was stopped")
     return None
+
+
+def explain(error: str, limits: JobLimits) -> str:
+    """A runtime's own error that a limit caused, with the limit named (python's EFBIG, say)."""
+    if "File too large" in error:
+        return f"{error} (the job's file size limit is {_size(limits.file_size)}: limits.file_size)"
+    if error.startswith("MemoryError"):
+        return f"{error} (the job's memory limit is {_size(limits.memory)}: limits.memory)"
+    return error
 
 
 def _size(n: int | None) -> str:
