@@ -221,3 +221,55 @@ def test_a_standalone_worker_refuses_to_start_without_a_sandbox(s: Suite) -> Non
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "JOB_SANDBOX" in lines[0] and "bubblewrap" in lines[0], out.stderr
+
+
+def test_no_network_per_group_is_hot_reloaded(s: Suite) -> None:
+    probe = f"(exec 3<>/dev/tcp/127.0.0.1/{s.base}) 2>/dev/null && echo reached || echo blocked"
+    s.api.set_group("netg", tags=["t-net"])
+    s.worker("netg", WORKER_GROUP="netg")
+    assert run(s, probe, tag="t-net")["result"] == "reached"  # the default: network on
+    changed = s.api.set_group("netg", network=False)
+    s.api.wait_workers(lambda ws: any(w["group"] == "netg" and w["config_version"] >= changed["seq"]
+                                      and w["network"] is False for w in ws))
+    assert run(s, probe, tag="t-net")["result"] == "blocked"
+    s.api.set_group("netg", network=True)
+    deadline = time.monotonic() + 20
+    while run(s, probe, tag="t-net")["result"] != "reached":
+        assert time.monotonic() < deadline
+
+
+def test_the_sandbox_can_be_switched_per_group_without_a_restart(s: Suite) -> None:
+    count = "ls /proc | grep -cE '^[0-9]+$'"
+    s.api.set_group("boxg", tags=["t-box"])
+    proc = s.worker("boxg", WORKER_GROUP="boxg")
+    assert int(run(s, count, tag="t-box")["result"]) <= 6
+    changed = s.api.set_group("boxg", sandbox="none")
+    s.api.wait_workers(lambda ws: any(w["group"] == "boxg" and w["config_version"] >= changed["seq"]
+                                      and w["sandbox"] == "none" for w in ws))
+    assert int(run(s, count, tag="t-box")["result"]) > 6  # the host's processes: no sandbox
+    reloads = proc.log_events("hot_reload")
+    assert any("sandbox: none" in c for e in reloads for c in e["changes"]), reloads
+    s.api.set_group("boxg", sandbox=None)
+    s.api.wait_workers(lambda ws: any(w["group"] == "boxg" and w["sandbox"] == "bwrap"
+                                      for w in ws))
+    assert int(run(s, count, tag="t-box")["result"]) <= 6
+    assert proc.p.poll() is None  # the same process all along
+
+
+def test_limits_set_from_the_cli_reach_running_workers(s: Suite) -> None:
+    s.api.set_group("limg", tags=["t-lim"])
+    s.worker("limg", WORKER_GROUP="limg")
+    out = cli("group", "set", "limg", "--limits", "processes=32,max_timeout=60", "--reason",
+              "bound forks", cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    s.api.wait_workers(lambda ws: any(w["group"] == "limg" and w["state"] == "ready"
+                                      and w["config_version"] >= 1 for w in ws))
+    deadline = time.monotonic() + 20
+    while True:  # the hot reload lands within milliseconds; the first job may predate it
+        view = run(s, "b() { b | b & }; b; sleep 2", tag="t-lim", timeout=6)
+        if "limits.processes" in (view["error"] or "") or time.monotonic() > deadline:
+            break
+    assert view["status"] == "failure" and "limits.processes" in view["error"], view
+    assert run(s, "echo after", tag="t-lim")["result"] == "after"
+    events = json.loads(cli("events", "--type", "group.limits_set", "--json", cwd=s.root).stdout)
+    assert events and events[-1]["reason"] == "bound forks"
