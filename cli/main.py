@@ -155,6 +155,9 @@ def cmd_workers(ns: argparse.Namespace) -> int:
         print(json.dumps(workers))
     else:
         output.print_workers(workers)
+    warning = output.unsandboxed_warning(workers)
+    if warning:
+        print(f"getoperate: WARNING: {warning}", file=sys.stderr)
     return 0
 
 
@@ -207,6 +210,18 @@ def cmd_group(ns: argparse.Namespace) -> int:
             body["env"] = variables
         if ns.no_env:
             body["env"] = {}
+        if ns.limits is not None:
+            from shared.isolation import parse_limits
+            from shared.limits import as_dict
+
+            body["limits"] = as_dict(parse_limits(ns.limits)) or None  # None: all defaults
+        if ns.sandbox is not None:
+            from shared.isolation import validate_sandbox
+
+            validate_sandbox(ns.sandbox)  # one line on stderr and exit 2, before any request
+            body["sandbox"] = ns.sandbox
+        if ns.network is not None:
+            body["network"] = ns.network
         if ns.no_init_script:
             body["init_script"] = None
         elif ns.init_script is not None:
@@ -514,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     g = gsub.add_parser("list", parents=[common], help="all groups")
     g.add_argument("--json", action="store_true", help="print JSON instead of text")
-    g = gsub.add_parser("show", parents=[common], help="one group")
+    g = gsub.add_parser("show", parents=[common],
+                        help="one group, with its limits (set and effective), sandbox and network")
     g.add_argument("name")
     g.add_argument("--json", action="store_true", help="print JSON instead of text")
     for action, helptext in (("set", "create or change a group"), ("reset", "reset tags to a preset"),
@@ -538,6 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                            help="a static variable for the group's jobs (repeatable; replaces the set)")
             g.add_argument("--no-env", action="store_true", help="remove all static variables")
+            g.add_argument("--limits", metavar="NAME=VALUE,...",
+                           help="resource limits of the group's jobs, e.g. memory=512M,cpu_seconds=600,"
+                                "processes=256,file_size=1G,max_timeout=3600 (replaces the set; a"
+                                " limit left out is the default); `default` resets them all")
+            g.add_argument("--sandbox", metavar="bwrap|none|default",
+                           help="how the group's jobs are isolated: bwrap (bubblewrap), none, or"
+                                " default (each worker's JOB_SANDBOX)")
+            net = g.add_mutually_exclusive_group()
+            net.add_argument("--no-network", dest="network", action="store_false", default=None,
+                             help="the group's jobs get no network (in the sandbox)")
+            net.add_argument("--network", dest="network", action="store_true", default=None,
+                             help="the group's jobs may use the network (the default)")
         if action == "reset":
             g.add_argument("--preset", required=True, choices=["default", "native", "all"],
                            help="the tag preset to reset to")
@@ -632,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_jobs)
 
-    s = sub.add_parser("workers", parents=[common], help="list live workers")
+    s = sub.add_parser("workers", parents=[common],
+                       help="list live workers and how each isolates jobs (SANDBOX); warns on"
+                            " stderr about any that runs jobs without a sandbox")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_workers)
 

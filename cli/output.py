@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+from shared.isolation import describe_sandbox, format_value
+
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -41,28 +43,60 @@ def print_workers(workers: list[dict[str, Any]]) -> None:
         [
             w["id"], w.get("group") or "-", w.get("state", "?"),
             f"{','.join(w['tags']) or '-'} ({w['tags_source']})", str(w["config_version"]),
-            w.get("current_job") or "-", w.get("init_status", "none"),
+            w.get("current_job") or "-", w.get("init_status", "none"), worker_sandbox(w),
             f"{now - w['heartbeat_at']:.0f}s ago",
         ]
         for w in workers
     ]
-    _table(["WORKER", "GROUP", "STATE", "TAGS (SOURCE)", "CONFIG", "JOB", "INIT", "HEARTBEAT"], rows)
+    _table(["WORKER", "GROUP", "STATE", "TAGS (SOURCE)", "CONFIG", "JOB", "INIT", "SANDBOX",
+            "HEARTBEAT"], rows)
     if not workers:
         print("(no live workers)")
 
 
+def worker_sandbox(w: dict[str, Any]) -> str:
+    """`bwrap`, `bwrap/no-net`, or `NONE` (in capitals: its jobs are not isolated)."""
+    sandbox = w.get("sandbox", "none")
+    if sandbox == "none":
+        return "NONE"
+    return sandbox + ("" if w.get("network", True) else "/no-net")
+
+
+def unsandboxed_warning(workers: list[dict[str, Any]]) -> str | None:
+    """One line naming every live worker that runs jobs without a sandbox, and why; None if none."""
+    bare = [w for w in workers if w.get("sandbox", "none") == "none"]
+    if not bare:
+        return None
+    names = "; ".join(f"{w['id']} ({w.get('sandbox_note') or 'no reason given'})" for w in bare)
+    count = "1 live worker runs" if len(bare) == 1 else f"{len(bare)} live workers run"
+    return (f"{count} jobs WITHOUT a sandbox (job code gets the worker's full access): {names}")
+
+
 def print_groups(groups: list[dict[str, Any]]) -> None:
     rows = [
-        [g["name"], str(g["version"]), ",".join(g["tags"]) or "-", "yes" if g.get("init_script") else "-"]
+        [g["name"], str(g["version"]), ",".join(g["tags"]) or "-", "yes" if g.get("init_script") else "-",
+         describe_sandbox(g.get("sandbox"), g.get("network", True))]
         for g in groups
     ]
-    _table(["GROUP", "VERSION", "TAGS", "INIT SCRIPT"], rows)
+    _table(["GROUP", "VERSION", "TAGS", "INIT SCRIPT", "SANDBOX"], rows)
 
 
 def print_group(g: dict[str, Any]) -> None:
     print(f"group        {g['name']}")
     print(f"version      {g['version']}")
     print(f"tags         {', '.join(g['tags']) or '-'}")
+    sandbox = g.get("sandbox")
+    print(f"sandbox      {sandbox or 'default'}"
+          + ("" if sandbox else " (each worker's JOB_SANDBOX)"))
+    print(f"network      {'on' if g.get('network', True) else 'off'}")
+    own = g.get("limits") or {}
+    effective = g.get("effective_limits") or own
+    print("limits       " + ("(all default)" if not own else "(set: " + ",".join(
+        f"{k}={format_value(k, v)}" for k, v in own.items()) + ")"))
+    width = max((len(k) for k in effective), default=0)
+    for name, value in effective.items():
+        shown = format_value(name, value) + (" s" if name in ("cpu_seconds", "max_timeout") else "")
+        print(f"  {name.ljust(width)}  {shown.ljust(8)}  {'set' if name in own else 'default'}")
     if g.get("init_script"):
         print("init script:")
         print(g["init_script"].rstrip("\n"))
@@ -136,6 +170,11 @@ def print_state(state: dict[str, Any]) -> None:
             extras.append("dedicated " + ",".join(g["dedicated"]))
         if g.get("priorities"):
             extras.append("priorities " + ",".join(f"{k}={v}" for k, v in g["priorities"].items()))
+        if g.get("limits"):
+            extras.append("limits " + ",".join(f"{k}={format_value(k, v)}"
+                                               for k, v in g["limits"].items()))
+        if g.get("sandbox") or not g.get("network", True):
+            extras.append("sandbox " + describe_sandbox(g.get("sandbox"), g.get("network", True)))
         print(f"  group {g['name']} (v{g['version']}): {', '.join(g['tags']) or '-'}"
               + (f"; {'; '.join(extras)}" if extras else ""))
     for s in sorted(state["scripts"].values(), key=lambda s: (s["workspace"], s["path"])):

@@ -9,9 +9,10 @@ from typing import Any
 from shared.errors import InvalidInput
 from shared.events import (
     AssignableTagRemoved, AssignableTagSet, ConfigEvent, FlowDeployed, GroupCreated,
-    GroupDedicatedSet, GroupDeleted, GroupEnvSet, GroupInitScriptSet, GroupPrioritiesSet, GroupTagsSet,
-    ScriptDeployed, TokenCreated, TokenRevoked,
+    GroupDedicatedSet, GroupDeleted, GroupEnvSet, GroupInitScriptSet, GroupLimitsSet,
+    GroupPrioritiesSet, GroupSandboxSet, GroupTagsSet, ScriptDeployed, TokenCreated, TokenRevoked,
 )
+from shared.isolation import format_limits
 from shared.state import ConfigState
 from shared.tags import format_tag_spec
 
@@ -34,6 +35,13 @@ def summarize(event: ConfigEvent) -> str:
             return f"group {g} priorities " + (", ".join(f"{k}={v}" for k, v in p.items()) or "cleared")
         case GroupEnvSet(group=g, env=env):
             return f"group {g} env = {', '.join(sorted(env)) or '(none)'}"
+        case GroupLimitsSet(group=g, limits=limits):
+            text = format_limits(limits)
+            return (f"group {g} limits reset to the defaults" if text == "default"
+                    else f"group {g} limits = {text} (others default)")
+        case GroupSandboxSet(group=g, sandbox=sandbox, network=network):
+            return (f"group {g} sandbox = {sandbox or 'worker default'},"
+                    f" network {'on' if network else 'off'}")
         case GroupDeleted(group=g):
             return f"group {g} deleted"
         case ScriptDeployed(workspace=ws, path=p, language=lang, tag=tag):
@@ -92,7 +100,9 @@ def diff_states(a: ConfigState, b: ConfigState) -> list[str]:
     out: list[str] = []
     out += _diff_map("group", a.groups, b.groups, lambda g: {
         "tags": list(g.tags), "init_script": g.init_script, "dedicated": list(g.dedicated),
-        "priorities": g.priorities, "env": sorted(g.env)})
+        "priorities": g.priorities, "env": sorted(g.env), "limits": format_limits(g.limits),
+        "sandbox": g.sandbox or "worker default", "network": "on" if g.network else "off"},
+        quiet=_GROUP_DEFAULTS)
     out += _diff_map("script", a.scripts, b.scripts, lambda s: {
         "language": s.language, "tag": s.tag, "timeout": s.timeout, "revision": s.revision,
         "content": s.content})
@@ -105,11 +115,18 @@ def diff_states(a: ConfigState, b: ConfigState) -> list[str]:
     return out
 
 
-def _diff_map(kind: str, a: dict[str, Any], b: dict[str, Any], view: Any) -> list[str]:
+# Shown when they change, left out of a new group's line while they are at these values.
+_GROUP_DEFAULTS = {"limits": "default", "sandbox": "worker default", "network": "on"}
+
+
+def _diff_map(kind: str, a: dict[str, Any], b: dict[str, Any], view: Any,
+              quiet: dict[str, Any] | None = None) -> list[str]:
     lines: list[str] = []
+    quiet = quiet or {}
     for name in sorted(set(a) | set(b)):
         if name not in a:
-            added = {k: v for k, v in view(b[name]).items() if k != "content"}
+            added = {k: v for k, v in view(b[name]).items()
+                     if k != "content" and (k not in quiet or quiet[k] != v)}
             lines.append(f"+ {kind} {name}: {_fmt(added)}" if added else f"+ {kind} {name}")
         elif name not in b:
             lines.append(f"- {kind} {name}")

@@ -3,7 +3,8 @@
 Precedence (docs/tags.md): job override > dedicated worker > flow tag (unless the flow preserves
 step tags) > step tag > script tag > language default. Templates (`$workspace`, `$args[a.b]`) are
 filled in, then the allow-check runs on the RESOLVED tag, so `$args[t]` cannot reach a tag the
-workspace may not use.
+workspace may not use. `check_timeout` then refuses a job that asks for more time than the
+groups serving its tag allow (their `max_timeout`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from shared.errors import Forbidden, InvalidInput, NotFound
-from shared.state import AssignableTag, ConfigState, Flow, Script, key
+from shared.limits import DEFAULTS
+from shared.state import AssignableTag, ConfigState, Flow, Script, groups_by_tag, key
 from shared.tags import (
     SYSTEM_TAGS, WORKSPACE_REF, dedicated_tag, default_tag, fill_template, is_template, validate_path,
     validate_tag, validate_workspace,
@@ -183,3 +185,80 @@ def _route_flow(
         ))
     return Route(tag=tag, kind="flow", language="flow", code="", path=flow.path,
                  version=flow.version, steps=tuple(steps))
+
+
+# --- timeouts: the longest a job may ask for -----------------------------------------------------
+
+
+class TimeoutCap(msgspec.Struct, frozen=True, kw_only=True):
+    """The longest timeout a job on `tag` may have, and where that limit comes from: `group` set
+    it (`explicit`), or it is the default (`group` then names a serving group without its own
+    max_timeout, or is None when no group serves the tag)."""
+
+    tag: str
+    seconds: float
+    group: str | None = None
+    explicit: bool = False
+
+    def describe(self) -> str:
+        """`max_timeout 3600 s of group gpu (serving tag gpu)`."""
+        limit = f"max_timeout {_seconds(self.seconds)} s"
+        if self.explicit:
+            return f"{limit} of group {self.group} (serving tag {self.tag})"
+        if self.group is not None:
+            return f"the default {limit} of group {self.group} (serving tag {self.tag})"
+        return f"the default {limit} (no worker group serves tag {self.tag})"
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def max_timeout(
+    state: ConfigState, tag: str, index: Mapping[str, tuple[str, ...]] | None = None
+) -> TimeoutCap:
+    """The smallest max_timeout among the groups that serve `tag` (their own, else the default of
+    shared/limits.py), or the default when no group serves it. Any of those groups may take the
+    job, so it must fit the strictest. On a tie a group that set the limit is named (then the
+    first by name). `index` is groups_by_tag(state), for callers that keep it."""
+    default = float(DEFAULTS.max_timeout or 0.0)
+    names = (index if index is not None else groups_by_tag(state)).get(tag, ())
+    best = TimeoutCap(tag=tag, seconds=default)
+    best_key: tuple[float, bool, str] | None = None
+    for name in names:
+        group = state.groups.get(name)
+        if group is None:
+            continue
+        own = group.limits.max_timeout
+        key_ = (float(own) if own is not None else default, own is None, name)
+        if best_key is None or key_ < best_key:
+            best_key = key_
+            best = TimeoutCap(tag=tag, seconds=key_[0], group=name, explicit=own is not None)
+    return best
+
+
+def check_timeout(
+    state: ConfigState, r: Route, timeout: float | None,
+    index: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Refuse a submission that asks for more time than its tag's groups allow (docs/tags.md):
+    the job's `timeout`, else the deployed script's, against max_timeout(tag); for a flow, each
+    step's too (the script's timeout, else the flow's, as the flow runner submits it), so a flow
+    is refused at once rather than at the step. It binds every token, admins included: an admin
+    raises the group's limit instead. No timeout at all is the worker's JOB_TIMEOUT, which the
+    worker caps itself."""
+    wanted = timeout or r.timeout
+    if wanted is not None:
+        cap = max_timeout(state, r.tag, index)
+        if wanted > cap.seconds:
+            raise InvalidInput(f"timeout {_seconds(wanted)} s is above {cap.describe()}",
+                               field="timeout")
+    for step in r.steps:
+        step_wanted = step.timeout or timeout
+        if step_wanted is None:
+            continue
+        cap = max_timeout(state, step.tag, index)
+        if step_wanted > cap.seconds:
+            raise InvalidInput(
+                f"timeout {_seconds(step_wanted)} s of step {step.index} ({step.name}) is above"
+                f" {cap.describe()}", field="timeout")

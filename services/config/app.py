@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -18,13 +19,27 @@ from services.config.dashboard import Overview, add_dashboard
 from services.config.keys import SERVICE_KEY, TOKENS_KEY
 from services.config.service import ConfigService
 from services.config.verify import Report
+from shared import isolation
 from shared import state as st
 from shared.errors import InvalidInput, NotFound
 from shared.events import FlowStep, Recorded
 from shared.history import Point, diff_states, summarize
+from shared.limits import FIELDS
 from shared.subjects import group_subject
 from shared.tags import format_tag_spec
 
+
+
+class LimitsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`limits` of `PUT /groups/{name}`: the group's complete limits; a limit left out or null
+    is the default (docs/configuration.md). Sizes are bytes or a number with K, M, G or T ("512M");
+    times are seconds."""
+
+    memory: int | str | None = None
+    cpu_seconds: int | str | None = None
+    processes: int | str | None = None
+    file_size: int | str | None = None
+    max_timeout: float | str | None = None
 
 
 class GroupUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -35,6 +50,11 @@ class GroupUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dedicated: list[str] | None = None
     priorities: dict[str, int] | None = None
     env: dict[str, str] | None = None
+    # null resets every limit to its default; an object replaces the whole set
+    limits: LimitsUpdate | None | msgspec.UnsetType = msgspec.UNSET
+    # "default" or null: the worker's JOB_SANDBOX
+    sandbox: Literal["bwrap", "none", "default"] | None | msgspec.UnsetType = msgspec.UNSET
+    network: bool | msgspec.UnsetType = msgspec.UNSET
     expected_version: int | None = None
     reason: str | None = None
 
@@ -86,10 +106,11 @@ class GroupReset(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: str | None = None
 
 
-def _write_answer(records: list[Recorded], published: bool, group: Any) -> web.Response:
+def _write_answer(records: list[Recorded], published: bool,
+                  group: st.GroupConfig | None) -> web.Response:
     return json_response(
         {
-            "group": group,
+            "group": isolation.group_view(group) if group is not None else None,
             "events": [{"seq": r.seq, "id": r.id, "type": r.event.__struct_config__.tag} for r in records],
             "seq": records[-1].seq if records else None,
             "published": published,
@@ -100,7 +121,8 @@ def _write_answer(records: list[Recorded], published: bool, group: Any) -> web.R
 async def list_groups(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].actor(request)
     svc = request.app[SERVICE_KEY]
-    return json_response(sorted(svc.state.groups.values(), key=lambda g: g.name))
+    return json_response([isolation.group_view(g)
+                          for g in sorted(svc.state.groups.values(), key=lambda g: g.name)])
 
 
 async def get_group(request: web.Request) -> web.Response:
@@ -109,14 +131,14 @@ async def get_group(request: web.Request) -> web.Response:
     group = request.app[SERVICE_KEY].state.groups.get(name)
     if group is None:
         raise NotFound(f"group {name!r} does not exist", field="group")
-    return json_response(group)
+    return json_response(isolation.group_view(group))
 
 
 async def put_group(request: web.Request) -> web.Response:
     actor = request.app[TOKENS_KEY].actor(request)
     svc = request.app[SERVICE_KEY]
     name = request.match_info["name"]
-    body = await read_body(request, GroupUpdate)
+    body = await _read_group_update(request)
     kwargs: dict[str, object] = {}
     if body.tags is not None:
         kwargs["tags"] = body.tags
@@ -128,11 +150,34 @@ async def put_group(request: web.Request) -> web.Response:
         kwargs["priorities"] = body.priorities
     if body.env is not None:
         kwargs["env"] = body.env
+    if body.limits is not msgspec.UNSET:
+        kwargs["limits"] = None if body.limits is None else msgspec.structs.asdict(body.limits)
+    if body.sandbox is not msgspec.UNSET:
+        kwargs["sandbox"] = body.sandbox
+    if body.network is not msgspec.UNSET:
+        kwargs["network"] = body.network
     records, published = await svc.execute_and_publish(
-        st.set_group, name, actor=actor, reason=body.reason,
+        isolation.set_group, name, actor=actor, reason=body.reason,
         expected_version=body.expected_version, **kwargs,
     )
     return _write_answer(records, published, svc.state.groups.get(name))
+
+
+_UNKNOWN_LIMIT = re.compile(r"unknown field `([^`]*)` - at `\$\.limits`")
+
+
+async def _read_group_update(request: web.Request) -> GroupUpdate:
+    """The body; an unknown limit is named as `limits.<name>` with the known ones listed, like
+    every other bad limit (msgspec would blame the whole `limits` object)."""
+    try:
+        return await read_body(request, GroupUpdate)
+    except InvalidInput as exc:
+        unknown = _UNKNOWN_LIMIT.search(exc.message)
+        if exc.field != "limits" or unknown is None:
+            raise
+        name = unknown.group(1)
+        raise InvalidInput(f"limits.{name} is not a limit; known: {', '.join(FIELDS)}",
+                           field=f"limits.{name}") from None
 
 
 async def reset_group(request: web.Request) -> web.Response:
@@ -372,8 +417,9 @@ EVENT_QUERY = {"since": "sequence or ISO time (inclusive)", "until": "sequence o
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and log position", auth=False),
     *openapi.probe_ops("log loaded (NATS state reported)"),
-    Op(method="GET", path="/groups", summary="all worker groups", response=list[st.GroupConfig]),
-    Op(method="GET", path="/groups/{name}", summary="one group", response=st.GroupConfig),
+    Op(method="GET", path="/groups", summary="all worker groups",
+       response=list[isolation.GroupView]),
+    Op(method="GET", path="/groups/{name}", summary="one group", response=isolation.GroupView),
     Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate),
     Op(method="POST", path="/groups/{name}/reset", summary="reset tags to a preset", body=GroupReset),
     Op(method="DELETE", path="/groups/{name}", summary="delete a group",

@@ -5,7 +5,10 @@ external resource) holding no data: it asks for an admin token (kept in the tab'
 sessionStorage), then polls `GET /ui/overview` every 2 s. That endpoint needs the same token as
 `GET /groups` and answers in one call: worker groups, live workers (from the GO_WORKERS bucket,
 each marked `stale` while it has not applied its group's latest version), waiting jobs per tag,
-and the newest config events. Editing a group's tags from the page is a plain `PUT /groups/{name}`.
+and the newest config events. Groups carry their limits (set and effective), sandbox and
+network; workers their sandbox, network and `sandbox_note`, and the page warns in a banner while
+any live worker runs jobs without a sandbox. Editing a group's tags from the page is a plain
+`PUT /groups/{name}`.
 
 Every piece of data is put in the page with `textContent`/text nodes, never parsed as HTML, and the
 document is served with a Content-Security-Policy allowing only its own inline style and script
@@ -30,6 +33,7 @@ from services.config.workers_page import CSP, HTML
 from shared import state as st
 from shared.events import event_type
 from shared.history import summarize
+from shared.isolation import GroupView, group_view
 from shared.jobs import WorkerStatus
 
 RECENT_EVENTS = 20
@@ -57,6 +61,10 @@ class WorkerView(msgspec.Struct, kw_only=True):
     started_at: float
     heartbeat_at: float
     dedicated: list[str]
+    # How its jobs are isolated ("bwrap" or "none") and why not, when it says (shown as text).
+    sandbox: str
+    network: bool
+    sandbox_note: str | None
 
 
 class QueueView(msgspec.Struct, kw_only=True):
@@ -84,7 +92,7 @@ class Overview(msgspec.Struct, kw_only=True):
     now: float
     config_seq: int
     published_seq: int
-    groups: list[st.GroupConfig]
+    groups: list[GroupView]
     workers: list[WorkerView]
     queues: list[QueueView]
     events: list[EventView]
@@ -126,6 +134,7 @@ def _worker_view(w: WorkerStatus, groups: dict[str, st.GroupConfig]) -> WorkerVi
         state=w.state, init_status=w.init_status, init_error=w.init_error,
         current_job=w.current_job, jobs_done=w.jobs_done, hostname=w.hostname, pid=w.pid,
         started_at=w.started_at, heartbeat_at=w.heartbeat_at, dedicated=list(w.dedicated),
+        sandbox=w.sandbox, network=w.network, sandbox_note=w.sandbox_note,
     )
 
 
@@ -164,7 +173,8 @@ async def overview(request: web.Request) -> web.Response:
 
     return json_response(Overview(
         now=time.time(), config_seq=state.seq, published_seq=svc.outbox.published_seq,
-        groups=sorted(state.groups.values(), key=lambda g: g.name), workers=workers,
+        groups=[group_view(g) for g in sorted(state.groups.values(), key=lambda g: g.name)],
+        workers=workers,
         queues=queues, events=events, problems=problems,
     ))
 

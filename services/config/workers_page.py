@@ -39,6 +39,10 @@ button:disabled { opacity:.6; cursor:default; }
 .banner { margin:16px auto 0; max-width:1232px; padding:10px 14px; border-radius:8px;
   background:var(--badbg); color:var(--bad); border:1px solid #f5c2bd; }
 .banner.info { background:#eef2ff; color:#2f3f99; border-color:#cdd6fb; }
+.banner.sandbox { background:var(--bad); color:#fff; border-color:var(--bad); font-size:15px; }
+.banner.sandbox strong { display:block; font-size:16px; margin-bottom:4px; }
+.banner.sandbox ul { margin:4px 0; padding-left:20px; }
+.banner.sandbox code { background:rgba(255,255,255,.18); padding:0 4px; border-radius:4px; }
 .intro { max-width:640px; margin:60px auto; background:var(--card); border:1px solid var(--line);
   border-radius:10px; padding:24px 28px; }
 .intro code { background:var(--chip); padding:1px 5px; border-radius:4px; }
@@ -79,6 +83,10 @@ form.edit input { flex:1 1 22em; }
 #problems p { margin:0 0 12px; }
 .ok { color:var(--ok); }
 .stale-data main { opacity:.55; }
+.limits { display:grid; grid-template-columns:auto auto; gap:0 8px; font-size:12px; white-space:nowrap; }
+.limits .set { font-weight:650; }
+.limits .dflt { color:var(--muted); }
+.sandbox-note { max-width:260px; }
 [hidden] { display:none !important; }
 """
 
@@ -151,6 +159,54 @@ JS = r"""
     }));
   }
 
+  // Limits as the CLI writes them: sizes in the largest exact unit, times in seconds.
+  const LIMIT_UNITS = [["T", 1024 ** 4], ["G", 1024 ** 3], ["M", 1024 ** 2], ["K", 1024]];
+  function limitText(name, value) {
+    if (name === "memory" || name === "file_size") {
+      for (const [unit, size] of LIMIT_UNITS) if (value && value % size === 0) return (value / size) + unit;
+      return String(value);
+    }
+    return (name === "cpu_seconds" || name === "max_timeout") ? value + " s" : String(value);
+  }
+
+  function limitsCell(g) {
+    const set = g.limits || {};
+    const rows = Object.entries(g.effective_limits || {}).map(([name, value]) => {
+      const own = set[name] !== undefined && set[name] !== null;
+      return [h("span", { class: own ? "set" : "dflt" }, name),
+        h("span", { class: own ? "set" : "dflt", "data-limit": name,
+          title: own ? "set for this group" : "the default" },
+          limitText(name, value) + (own ? "" : " (default)"))];
+    });
+    return h("td", { class: "limits-cell" }, h("div", { class: "limits" }, rows));
+  }
+
+  function isolationCell(g) {
+    return h("td", { class: "isolation" },
+      g.sandbox === null || g.sandbox === undefined
+        ? badge("worker default", "none", "the sandbox each worker is started with (JOB_SANDBOX)")
+        : badge(g.sandbox, g.sandbox === "none" ? "bad" : "ok"),
+      " ", g.network ? badge("network", "none") : badge("no network", "ok"));
+  }
+
+  function unsandboxed() {
+    return data.workers.filter((w) => w.sandbox === "none");
+  }
+
+  function renderSandboxBanner() {
+    const bare = unsandboxed();
+    const b = $("sandbox-banner");
+    b.hidden = bare.length === 0;
+    if (!bare.length) { b.replaceChildren(); return; }
+    b.replaceChildren(
+      h("strong", {}, bare.length === 1 ? "1 live worker runs jobs WITHOUT a sandbox"
+        : bare.length + " live workers run jobs WITHOUT a sandbox"),
+      "Their jobs run with everything the worker process may do: its files, its network, its other jobs.",
+      h("ul", {}, bare.map((w) => h("li", { "data-worker": w.id },
+        h("code", {}, w.id), w.group ? " (group " + w.group + ")" : "",
+        ": " + (w.sandbox_note || "no reason given")))));
+  }
+
   function badge(text, kind, title) {
     return h("span", { class: "badge b-" + kind, title: title || null }, text);
   }
@@ -166,12 +222,14 @@ JS = r"""
     const running = data.queues.reduce((n, q) => n + q.running, 0);
     const stale = data.workers.filter((w) => w.stale).length;
     const unserved = data.queues.filter((q) => q.waiting > 0 && q.live_workers === 0).length;
+    const bare = unsandboxed().length;
     const card = (n, label, id, alert) => h("div", { class: alert ? "card alert" : "card", id },
       h("div", { class: "n" }, n), h("div", { class: "l" }, label));
     $("cards").replaceChildren(
       card(data.groups.length, "worker groups", "card-groups"),
       card(data.workers.length, "live workers", "card-workers"),
       card(stale, "stale workers", "card-stale", stale > 0),
+      card(bare, "without sandbox", "card-unsandboxed", bare > 0),
       card(waiting, "waiting jobs", "card-waiting", unserved > 0),
       card(running, "running jobs", "card-running"),
       card(data.config_seq, "config seq", "card-seq"));
@@ -205,6 +263,8 @@ JS = r"""
       h("td", {}, h("strong", {}, g.name)),
       tagsCell,
       h("td", {}, script),
+      limitsCell(g),
+      isolationCell(g),
       h("td", {}, g.dedicated.length ? h("div", { class: "chips" }, g.dedicated.map((d) => h("code", { class: "chip" }, d)))
         : h("span", { class: "muted" }, "none")),
       h("td", { class: "num" }, g.version),
@@ -219,7 +279,7 @@ JS = r"""
     const rows = data.groups.map(groupRow);
     $("groups-note").textContent = editing ? "updates paused while editing" : "";
     $("groups-body").replaceChildren(
-      table(["Group", "Tags", "Init script", "Dedicated to", "Version", "Live workers", ""], rows,
+      table(["Group", "Tags", "Init script", "Limits", "Sandbox", "Dedicated to", "Version", "Live workers", ""], rows,
         "No worker group is configured."),
       notice ? h("p", { class: "ok", role: "status", id: "edit-notice" }, notice) : "");
   }
@@ -233,11 +293,16 @@ JS = r"""
         : [h("span", { class: "mono" }, w.config_version)];
       const stateKind = w.state === "ready" ? "ok" : w.state === "starting" ? "warn" : "none";
       const initKind = { ok: "ok", running: "warn", failed: "bad" }[w.init_status] || "none";
+      const box = w.sandbox === "none"
+        ? badge("NONE", "bad", "jobs run without a sandbox")
+        : badge(w.sandbox + (w.network ? "" : " · no network"), "ok");
       return h("tr", { "data-worker": w.id, "data-group": w.group || "" },
         h("td", { class: "nowrap" }, h("div", { class: "mono" }, w.id), h("div", { class: "muted small" }, w.hostname + " · pid " + w.pid)),
         h("td", {}, w.group === null ? h("span", { class: "muted" }, "none") : w.group),
         h("td", {}, chips(w.tags), h("div", { class: "muted small" }, "from " + w.tags_source)),
         h("td", { class: "cfg" }, cfg),
+        h("td", { class: "sandbox" }, box,
+          w.sandbox_note ? h("div", { class: "muted small sandbox-note" }, w.sandbox_note) : null),
         h("td", {}, badge(w.state, stateKind)),
         h("td", {}, badge(w.init_status, initKind, w.init_error),
           w.init_error ? h("pre", { class: "script mono error" }, w.init_error) : null),
@@ -246,7 +311,7 @@ JS = r"""
         h("td", { class: "muted small" }, ago(data.now, w.heartbeat_at)));
     });
     $("workers-body").replaceChildren(table(
-      ["Worker", "Group", "Tags", "Config version", "State", "Init", "Current job", "Jobs done", "Heartbeat"],
+      ["Worker", "Group", "Tags", "Config version", "Sandbox", "State", "Init", "Current job", "Jobs done", "Heartbeat"],
       rows, "No live worker."));
   }
 
@@ -289,6 +354,7 @@ JS = r"""
   function render() {
     $("intro").hidden = true;
     $("content").hidden = false;
+    renderSandboxBanner();
     renderCards();
     if (!editing) renderGroups();
     renderWorkers();
@@ -354,6 +420,7 @@ JS = r"""
       data = null;
       editing = null;
       $("content").hidden = true;
+      $("sandbox-banner").hidden = true;
       $("intro").hidden = false;
       showBanner("");
       $("status").textContent = "";
@@ -397,6 +464,7 @@ HTML = f"""<!doctype html>
   </form>
 </header>
 <div class="banner" id="banner" role="alert" hidden></div>
+<div class="banner sandbox" id="sandbox-banner" role="alert" hidden></div>
 <div class="intro" id="intro">
   <h2>Enter an admin token to load the page</h2>
   <p>The token is kept in this browser tab only (sessionStorage). <code>getoperate up</code> writes

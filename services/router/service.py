@@ -131,7 +131,9 @@ class RouterService:
             language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=admin,
         )
         tag = route.tag
-        groups = list(self._groups_by_tag().get(tag, ()))
+        index = self._groups_by_tag()
+        routing.check_timeout(self.config, route, sub.timeout, index)
+        groups = list(index.get(tag, ()))
         live = self.workers.serving(tag)
         warning = None
         if not live:

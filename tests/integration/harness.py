@@ -137,3 +137,72 @@ class Api:
             if time.monotonic() > deadline:
                 raise AssertionError(f"workers never matched; last seen: {ws}")
             time.sleep(0.05)
+
+
+class FakeWorkers:
+    """Heartbeats of workers that do not run, written to GO_WORKERS once a second until `stop`
+    (then deleted): a page or a command can be shown a worker in any state, e.g. one without a
+    sandbox, whatever the real workers of the suite do. Use as a context manager."""
+
+    def __init__(self, nats_url: str, *statuses: Any):
+        import threading
+
+        self.nats_url = nats_url
+        self.statuses = list(statuses)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fake-workers", daemon=True)
+
+    def __enter__(self) -> "FakeWorkers":
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise AssertionError(f"fake heartbeats not written: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        import asyncio
+
+        try:
+            asyncio.run(self._beat())
+        except BaseException as exc:  # reported by __enter__ (or lost after it: then harmless)
+            self._error = exc
+            self._ready.set()
+
+    async def _beat(self) -> None:
+        import asyncio
+
+        import msgspec
+        import nats
+
+        from shared.codec import encode
+        from shared.subjects import WORKERS_BUCKET, worker_key
+
+        nc = await nats.connect(self.nats_url)
+        try:
+            kv = await nc.jetstream().key_value(WORKERS_BUCKET)
+            while not self._stop.is_set():
+                for status in self.statuses:
+                    now = time.time()
+                    await kv.put(worker_key(status.id), encode(msgspec.structs.replace(
+                        status, heartbeat_at=now)))
+                self._ready.set()
+                await asyncio.sleep(1.0)
+            for status in self.statuses:
+                await kv.delete(worker_key(status.id))
+        finally:
+            await nc.close()
+
+
+def fake_status(worker_id: str, **fields: Any) -> Any:
+    """A ready WorkerStatus of a worker that does not exist (group `fake`, tag `t-fake`)."""
+    from shared.jobs import WorkerStatus
+
+    base: dict[str, Any] = dict(id=worker_id, group="fake", tags=["t-fake"], tags_source="group",
+                                config_version=0, state="ready", hostname="nowhere", pid=1,
+                                started_at=time.time(), heartbeat_at=time.time())
+    return WorkerStatus(**{**base, **fields})

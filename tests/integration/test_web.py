@@ -1,6 +1,7 @@
 """The Workers page (`GET /` of the config service) in a real headless Chromium, against a real
-`getoperate up`: token first, then groups, live workers, queues and events; tag edits go through
-the API (and reach a worker); a wrong token shows the API's error and changes nothing.
+`getoperate up`: token first, then groups (with their limits, sandbox and network), live workers
+(and the banner naming any that runs jobs without a sandbox), queues and events; tag edits go
+through the API (and reach a worker); a wrong token shows the API's error and changes nothing.
 
 Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (the `test` extra); no
 browser is downloaded. Without chromium the browser test is skipped and says how to install it,
@@ -23,13 +24,14 @@ import pytest
 
 from cli.client import Endpoints
 from tests.integration.conftest import Suite
-from tests.integration.harness import ROOT
+from tests.integration.harness import ROOT, FakeWorkers, fake_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = ROOT / "docs" / "workers-page.png"
 INIT_SCRIPT = 'echo "<img src=x onerror=window.__xss=1>" >/tmp/motd\necho "installing CUDA drivers"\n'
+SANDBOX_NOTE = '<img src=x onerror=window.__xss=2>bwrap: setting up uid map: Permission denied'
 WAIT = 15_000  # ms, for each expectation on the page
 
 
@@ -97,6 +99,10 @@ def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
     assert {w["group"] for w in view["workers"]} >= {"default", "native"}
     for w in view["workers"]:
         assert w["stale"] == (w["config_version"] < w["group_version"])
+        assert w["sandbox"] in ("bwrap", "none") and isinstance(w["network"], bool)
+        assert "sandbox_note" in w
+    default = next(g for g in view["groups"] if g["name"] == "default")
+    assert default["limits"] == {} and default["effective_limits"]["max_timeout"] == 86400
     python3 = next(q for q in view["queues"] if q["tag"] == "python3")
     assert python3["groups"] == ["default"] and python3["live_workers"] >= 1
 
@@ -108,14 +114,19 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
     ep = Endpoints(suite.root / ".getoperate")
     token = ep.token()
     assert token
-    suite.api.set_group("gpu", tags=["gpu", "cuda"], init_script=INIT_SCRIPT)
+    suite.api.set_group("gpu", tags=["gpu", "cuda"], init_script=INIT_SCRIPT,
+                        limits={"memory": "512M", "max_timeout": 3600}, sandbox="bwrap",
+                        network=False)
     waiting = suite.api.submit('echo "trained"', tag="gpu")  # no gpu worker: it waits
     parked = suite.api.submit('echo "report done"', tag="reports")  # no group listens yet
     assert waiting["live_workers"] == 0 and parked["groups"] == []
     native_before = _group(suite, "native")
 
+    # Two workers that only heartbeat: one without a sandbox (its note holds markup), one boxed.
+    bare = fake_status("fake-bare", sandbox="none", sandbox_note=SANDBOX_NOTE)
+    boxed = fake_status("fake-boxed", sandbox="bwrap", network=False)
     problems: list[str] = []
-    with sync_playwright() as pw:
+    with FakeWorkers(suite.nats_url, bare, boxed), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
@@ -148,6 +159,32 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             expect(gpu_row).to_contain_text("cuda")
             assert gpu_row.locator("pre.script").text_content() == INIT_SCRIPT
             assert groups.locator("img").count() == 0
+            assert page.evaluate("window.__xss") is None
+
+            # ... with its limits (set ones, the rest at their defaults), sandbox and network.
+            expect(gpu_row.locator('[data-limit="memory"]')).to_have_text("512M")
+            expect(gpu_row.locator('[data-limit="max_timeout"]')).to_have_text("3600 s")
+            expect(gpu_row.locator('[data-limit="cpu_seconds"]')).to_have_text("3600 s (default)")
+            expect(gpu_row.locator('[data-limit="file_size"]')).to_have_text("1G (default)")
+            expect(gpu_row.locator("td.isolation")).to_have_text("bwrap no network")
+            default_row = groups.locator('tr[data-group="default"]')
+            expect(default_row.locator('[data-limit="memory"]')).to_have_text("2G (default)")
+            expect(default_row.locator("td.isolation")).to_have_text("worker default network")
+
+            # A live worker without a sandbox: a banner names it with its note, as text.
+            banner = page.locator("#sandbox-banner")
+            expect(banner).to_be_visible()
+            expect(banner).to_contain_text("WITHOUT a sandbox")
+            expect(banner.locator('li[data-worker="fake-bare"]')).to_have_text(
+                "fake-bare (group fake): " + SANDBOX_NOTE)
+            expect(banner.locator('li[data-worker="fake-boxed"]')).to_have_count(0)
+            expect(page.locator("#card-unsandboxed")).to_have_class("card alert")
+            bare_row = page.locator('#workers tr[data-worker="fake-bare"]')
+            expect(bare_row.locator("td.sandbox .badge")).to_have_text("NONE")
+            expect(bare_row.locator(".sandbox-note")).to_have_text(SANDBOX_NOTE)
+            expect(page.locator('#workers tr[data-worker="fake-boxed"] td.sandbox')).to_have_text(
+                "bwrap · no network")
+            assert page.locator("#sandbox-banner img, #workers img").count() == 0
             assert page.evaluate("window.__xss") is None
 
             # 2. live workers with their applied config version.

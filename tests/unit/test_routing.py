@@ -26,12 +26,16 @@ from hypothesis import strategies as st
 
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.events import GENESIS_HASH, ConfigEvent, FlowStep, Recorded, seal
-from shared.routing import PlannedStep, Route, check_tag_allowed, route, target_tag
+from shared.isolation import set_group as set_group_limits
+from shared.routing import (
+    PlannedStep, Route, TimeoutCap, check_tag_allowed, check_timeout, max_timeout, route, target_tag,
+)
 from shared.state import (
     ConfigState,
     deploy_flow,
     deploy_script,
     fold,
+    groups_by_tag,
     remove_assignable_tag,
     set_assignable_tag,
     set_group,
@@ -719,3 +723,124 @@ def test_path_lookup_errors_and_kind() -> None:
     assert info.value.field == "kind"
     assert route(log.state, workspace=WS, args={}, path="f/both", kind="script").tag == "as-script"
     assert route(log.state, workspace=WS, args={}, path="f/both", kind="flow").tag == "as-flow"
+
+
+# --- max_timeout: the longest a job may ask for -------------------------------------------------
+
+
+def _limited(*groups: tuple[str, tuple[str, ...], float | None]) -> Log:
+    """Groups (name, tags, max_timeout or None for the default)."""
+    log = Log()
+    for name, tags, limit in groups:
+        log.append(set_group_limits(log.state, name, tags=list(tags),
+                                    limits={} if limit is None else {"max_timeout": limit}))
+    return log
+
+
+def test_max_timeout_is_the_default_when_no_group_serves_the_tag() -> None:
+    cap = max_timeout(ConfigState(), "gpu")
+    assert cap == TimeoutCap(tag="gpu", seconds=86400.0)
+    assert cap.describe() == "the default max_timeout 86400 s (no worker group serves tag gpu)"
+
+
+def test_max_timeout_is_the_smallest_of_the_serving_groups() -> None:
+    log = _limited(("big", ("gpu", "cpu"), 7200), ("small", ("gpu",), 3600),
+                   ("plain", ("gpu", "io"), None), ("other", ("cpu",), 60))
+    gpu = max_timeout(log.state, "gpu")
+    assert (gpu.seconds, gpu.group, gpu.explicit) == (3600.0, "small", True)
+    assert gpu.describe() == "max_timeout 3600 s of group small (serving tag gpu)"
+    assert max_timeout(log.state, "cpu").group == "other"
+    io = max_timeout(log.state, "io")  # served by a group without its own limit
+    assert (io.seconds, io.group, io.explicit) == (86400.0, "plain", False)
+    assert io.describe() == "the default max_timeout 86400 s of group plain (serving tag io)"
+    # The index a router keeps gives the same answer.
+    assert max_timeout(log.state, "gpu", groups_by_tag(log.state)) == gpu
+
+
+def test_on_a_tie_the_group_that_set_the_limit_is_named() -> None:
+    log = _limited(("a-default", ("t",), None), ("b-set", ("t",), 86400), ("c-set", ("t",), 86400))
+    cap = max_timeout(log.state, "t")
+    assert (cap.group, cap.explicit) == ("b-set", True)
+
+
+def test_dedicated_tags_are_capped_by_their_dedicated_group() -> None:
+    log = Log().script(SCRIPT)
+    log.append(set_group_limits(log.state, "pinned", dedicated=[f"{WS}:{SCRIPT}"],
+                                limits={"max_timeout": 120}))
+    tag = route(log.state, workspace=WS, args={}, path=SCRIPT).tag
+    assert max_timeout(log.state, tag).seconds == 120.0
+
+
+@pytest.mark.parametrize("admin", [True, False])
+def test_check_timeout_refuses_above_the_cap_for_every_token(admin: bool) -> None:
+    log = _limited(("gpu", ("gpu",), 3600)).assignable("gpu")
+    r = route(log.state, workspace=WS, args={}, language="bash", code="x", override="gpu",
+              admin=admin)
+    for ok in (None, 1.0, 3600.0):
+        check_timeout(log.state, r, ok)
+    with pytest.raises(InvalidInput) as info:
+        check_timeout(log.state, r, 7200.0)
+    assert (info.value.field, info.value.message) == (
+        "timeout", "timeout 7200 s is above max_timeout 3600 s of group gpu (serving tag gpu)")
+    with pytest.raises(InvalidInput) as info:
+        check_timeout(log.state, r, 3600.25)
+    assert info.value.message.startswith("timeout 3600.25 s is above")
+
+
+def test_a_deployed_scripts_timeout_counts_unless_the_job_gives_one() -> None:
+    log = _limited(("gpu", ("t-gpu",), 600))
+    log.append(deploy_script(log.state, WS, SCRIPT, language="bash", content="x", tag="t-gpu",
+                             timeout=900))
+    r = route(log.state, workspace=WS, args={}, path=SCRIPT)
+    assert r.timeout == 900
+    with pytest.raises(InvalidInput) as info:
+        check_timeout(log.state, r, None)
+    assert info.value.message.startswith("timeout 900 s is above max_timeout 600 s of group gpu")
+    check_timeout(log.state, r, 600.0)  # the job's own timeout wins over the script's
+    with pytest.raises(InvalidInput):
+        check_timeout(log.state, r, 601.0)
+
+
+def test_a_flow_is_refused_when_a_step_would_be() -> None:
+    log = _limited(("gpu", ("t-gpu",), 600), ("flows", ("flow",), 86400))
+    log.append(deploy_script(log.state, WS, SCRIPT, language="bash", content="x", tag="t-gpu",
+                             timeout=900))
+    log.flow(FLOW, [FlowStep(name="prep", language="bash", content="x"),
+                    FlowStep(name="train", script=SCRIPT)])
+    r = route(log.state, workspace=WS, args={}, path=FLOW)
+    with pytest.raises(InvalidInput) as info:
+        check_timeout(log.state, r, None)
+    assert (info.value.field, info.value.message) == ("timeout", (
+        "timeout 900 s of step 2 (train) is above max_timeout 600 s of group gpu (serving tag"
+        " t-gpu)"))
+    # A step without its own timeout gets the flow's, as the flow runner submits it.
+    log.append(deploy_script(log.state, WS, SCRIPT, language="bash", content="x", tag="t-gpu"))
+    r = route(log.state, workspace=WS, args={}, path=FLOW)
+    check_timeout(log.state, r, None)
+    check_timeout(log.state, r, 600.0)
+    with pytest.raises(InvalidInput) as info:
+        check_timeout(log.state, r, 700.0)
+    assert "of step 2 (train)" in info.value.message
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from(["g1", "g2", "g3", "g4"]),
+                          st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True),
+                          st.none() | st.floats(1.0, 86400.0)), max_size=6),
+       st.sampled_from(["a", "b", "c", "z"]))
+def test_max_timeout_property(groups: list[tuple[str, list[str], float | None]], tag: str) -> None:
+    """The cap is exactly the smallest effective max_timeout of the groups listening to the tag
+    (the default when none does), and a timeout is accepted exactly when it is at most that."""
+    log = Log()
+    for name, tags, limit in groups:
+        log.append(set_group_limits(log.state, name, tags=tags,
+                                    limits={} if limit is None else {"max_timeout": limit}))
+    serving = [g for g in log.state.groups.values() if tag in g.tags]
+    expected = min((g.limits.max_timeout or 86400.0 for g in serving), default=86400.0)
+    cap = max_timeout(log.state, tag)
+    assert cap.seconds == expected
+    assert (cap.group is None) == (not serving)
+    r = Route(tag=tag, kind="inline", language="bash", code="x")
+    check_timeout(log.state, r, expected)
+    with pytest.raises(InvalidInput):
+        check_timeout(log.state, r, expected + 0.5)
