@@ -8,7 +8,6 @@ one state (one `expected_version` check, nothing written when any field is refus
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -41,60 +40,8 @@ def validate_network(value: object) -> bool:
     return value
 
 
-def validate_limits(value: object) -> JobLimits:
-    """Limits as HTTP gives them (an object of name -> number or "512M"; null or {} = every limit
-    at its default) or a JobLimits, checked by shared/limits.py. Two gaps of its checks are closed
-    here, so they are a 400 naming the field and never a 500 or a silent change: a number too
-    large to convert (`cpu_seconds="9...9"`, overflow) and a fraction written for a whole-number
-    limit (`processes="4.9"`, which it would cut to 4)."""
-    if isinstance(value, JobLimits):
-        value = lim.as_dict(value)  # still checked: a struct can hold anything
-    if isinstance(value, dict):
-        value = {name: _exact(name, raw) for name, raw in value.items()}
-        for name, raw in value.items():
-            field = f"limits.{name}"
-            if (name in lim.FIELDS and name != "max_timeout" and isinstance(raw, str)
-                    and _FRACTION.match(raw.strip())):
-                raise InvalidInput(f"{field} must be a whole number, got {raw!r}", field=field)
-            try:
-                lim.validate({name: raw})
-            except OverflowError:
-                raise InvalidInput(f"{field} is out of range, got {_short(raw)}",
-                                   field=field) from None
-    return lim.validate(value)
-
-
-def _exact(name: object, raw: object) -> object:
-    """`"600"` for a whole-number limit as the int 600, so it is not read through a float
-    (which would change numbers above 2^53 and overflow on very long ones)."""
-    if name in _WHOLE and isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
-        return int(raw.strip())
-    return raw
-
-
-_WHOLE = frozenset({"cpu_seconds", "processes"})
-_FRACTION = re.compile(r"^\d*\.\d*[1-9]\d*$")
-
-
-def _short(raw: object) -> str:
-    text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def parse_limits(text: str) -> JobLimits:
-    """`memory=512M,cpu_seconds=600,...` (the CLI's --limits; `default` resets every limit), with
-    the checks of validate_limits."""
-    text = text.strip()
-    if text in ("", "default"):
-        return JobLimits()
-    pairs: dict[str, str] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise InvalidInput(f"limits: {part.strip()!r} must look like name=value"
-                               " (e.g. memory=512M,processes=256), or `default`", field="limits")
-        pairs[name.strip()] = value.strip()
-    return validate_limits(pairs)
+validate_limits = lim.validate  # HTTP objects and JobLimits; the CLI's text: lim.parse
+parse_limits = lim.parse
 
 
 def set_group(

@@ -41,31 +41,50 @@ def effective(limits: JobLimits | None) -> JobLimits:
     return JobLimits(**merged)
 
 
+MAXIMUM = {"memory": 2**62, "cpu_seconds": 2**31, "processes": 2**22, "file_size": 2**62,
+           "max_timeout": 10 * 365 * 86400.0}
+
+
 def _value(name: str, raw: Any) -> int | float:
+    """One limit as a number: whole numbers exactly (never through a float), sizes with units,
+    inside [MINIMUM, MAXIMUM]; anything else is refused naming the field."""
     field = f"limits.{name}"
+    whole = name != "max_timeout"
+    text = raw.strip() if isinstance(raw, str) else None
+    value: int | float | None = None
     if isinstance(raw, bool):
-        raise InvalidInput(f"{field} must be a number, got {raw!r}", field=field)
-    if isinstance(raw, (int, float)):
-        value: int | float = raw
-    elif isinstance(raw, str) and name in _SIZE_FIELDS and (m := _SIZE.match(raw.strip())):
+        value = None
+    elif isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float):
+        value = int(raw) if whole and raw.is_integer() else (None if whole else raw)
+    elif text is not None and name in _SIZE_FIELDS and (m := _SIZE.match(text)):
         value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    elif isinstance(raw, str) and _NUMBER.match(raw.strip()):
-        value = float(raw) if name == "max_timeout" else int(float(raw))
-    else:
+    elif text is not None and text.isascii() and text.isdigit():
+        value = int(text) if whole else float(len(text) <= 20 and text or "inf")
+    elif text is not None and not whole and _NUMBER.match(text):
+        value = float(text)
+    if value is None:
+        kind = "a whole number" if whole else "a number of seconds"
         hint = " (bytes, or a number with K, M, G or T)" if name in _SIZE_FIELDS else ""
-        raise InvalidInput(f"{field} must be a positive number{hint}, got {raw!r}", field=field)
-    if value != value or value in (float("inf"),) or value < MINIMUM[name]:
-        raise InvalidInput(f"{field} must be at least {MINIMUM[name]}, got {raw!r}", field=field)
-    if name != "max_timeout" and (not float(value).is_integer() or value > 2**62):
-        raise InvalidInput(f"{field} must be a whole number below 2^62, got {raw!r}", field=field)
-    return float(value) if name == "max_timeout" else int(value)
+        shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+        raise InvalidInput(f"{field} must be {kind}{hint}, got {shown}", field=field)
+    shown = raw if len(str(raw)) <= 40 else str(raw)[:37] + "..."
+    if value != value or value < MINIMUM[name]:
+        raise InvalidInput(f"{field} must be at least {MINIMUM[name]}, got {shown}", field=field)
+    if value > MAXIMUM[name]:
+        raise InvalidInput(f"{field} must be at most {MAXIMUM[name]:.0f}, got {shown}",
+                           field=field)
+    return float(value) if not whole else int(value)
 
 
 def validate(raw: object) -> JobLimits:
-    """An HTTP/CLI limits object ({"memory": "512M", "processes": 256}) as JobLimits; null or {}
-    resets to the defaults. Unknown names are refused with the known ones listed."""
+    """An HTTP/CLI limits object ({"memory": "512M", "processes": 256}) or a JobLimits, checked;
+    null or {} resets to the defaults. Unknown names are refused with the known ones listed."""
     if raw is None:
         return JobLimits()
+    if isinstance(raw, JobLimits):
+        raw = as_dict(raw)  # still checked: a struct can hold anything
     if not isinstance(raw, dict):
         raise InvalidInput("limits must be an object like {\"memory\": \"512M\"}", field="limits")
     out: dict[str, int | float | None] = {}
@@ -86,8 +105,8 @@ def parse(text: str) -> JobLimits:
     for part in text.split(","):
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise InvalidInput(f"limits: {part.strip()!r} must look like name=value "
-                               f"(e.g. memory=512M,processes=256)", field="limits")
+            raise InvalidInput(f"limits: {part.strip()!r} must look like name=value"
+                               " (e.g. memory=512M,processes=256), or `default`", field="limits")
         pairs[name.strip()] = value.strip()
     return validate(pairs)
 

@@ -271,5 +271,6 @@ def test_limits_set_from_the_cli_reach_running_workers(s: Suite) -> None:
             break
     assert view["status"] == "failure" and "limits.processes" in view["error"], view
     assert run(s, "echo after", tag="t-lim")["result"] == "after"
-    events = json.loads(cli("events", "--type", "group.limits_set", "--json", cwd=s.root).stdout)
+    out = cli("events", "--type", "group.limits_set", "--json", cwd=s.root).stdout
+    events = [json.loads(line) for line in out.splitlines()]  # one JSON object a line
     assert events and events[-1]["reason"] == "bound forks"
