@@ -19,6 +19,7 @@ from services.worker.warm import WarmPool
 from shared import limits as lim
 from shared.jobs import Job
 from shared.routing import target_tag
+from shared.tags import dedicated_tag
 from shared.state import GroupConfig
 
 INIT_ENV = ("PATH", "LANG")
@@ -103,7 +104,10 @@ class Executor:
         if init_dir is not None:
             extra["GO_INIT_DIR"] = sandbox.INIT_POINT if boxed else str(init_dir)
         base = job_env(job, extra, self.settings.env_allowlist, sandboxed=boxed)
-        if tag in self.dedicated_tags and job.language == "python3":
+        if (tag in self.dedicated_tags and job.language == "python3" and job.kind == "script"
+                and job.path is not None and dedicated_tag(job.workspace, job.path) == tag):
+            # Only the dedicated script's own jobs share its runtime: any other job that reached
+            # this tag (an inline job an admin sent there) runs cold, never inside it.
             per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
             return await self.warm.run(tag, job.code, job.args, per_job, timeout, base, policy,
                                        init_dir)

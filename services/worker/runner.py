@@ -14,20 +14,23 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import msgspec
 
-from services.worker import sandbox
+from services.worker import sandbox, seccomp
 from services.worker.sandbox import Cgroups, Policy, RunCgroup
 from shared.errors import InvalidInput
 from shared.jobs import Job
 
 MAX_LOG_BYTES = 256 * 1024
 MAX_RESULT_BYTES = 512 * 1024
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # what a job's output may cost the worker to copy
+EXIT_KILLED = 128 + signal.SIGKILL
 # Variables a job may see from the worker's own environment; everything else (NATS credentials,
 # tokens) stays out of user code. Extend with WORKER_ENV_ALLOWLIST=A,B.
 BASE_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -110,61 +113,74 @@ class Workspace:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
 
-    def job_dir(self, name: str) -> Path:
+    def job_dir(self, name: str, files: dict[str, bytes]) -> Path:
+        """A host folder for an unsandboxed run (bwrap runs get a tmpfs instead)."""
         d = self.root / "jobs" / name
-        d.mkdir()
-        if self.uid is not None:
-            os.chown(d, self.uid, self.uid)
-        # Searchable for bwrap's own chdir (it has dropped DAC override by then); the folder is
-        # under the worker's 0700 root, so no other host user reaches it anyway.
-        os.chmod(d, 0o711)
+        d.mkdir(mode=0o700)
+        for file, data in files.items():
+            (d / file).write_bytes(data)
         return d
-
-    def write(self, job_dir: Path, name: str, data: bytes) -> None:
-        path = job_dir / name
-        path.write_bytes(data)
-        if self.uid is not None:
-            os.chown(path, self.uid, self.uid)
 
     def out(self, name: str) -> Path:
         return self.root / "out" / name
 
     def clean(self, name: str) -> None:
-        shutil.rmtree(self.root / "jobs" / name, ignore_errors=True)
+        """Remove a run's folder and files, however deep or odd what the job left there."""
         for suffix in (".log", ".result"):
             try:
                 (self.root / "out" / f"{name}{suffix}").unlink()
-            except FileNotFoundError:
+            except OSError:
                 pass
+        remove_tree(self.root / "jobs" / name)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, falling back to `rm -rf` where Python cannot (a tree deeper than its recursion
+    limit: a job can make one)."""
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path)
+    except Exception:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)],
+                       stdin=subprocess.DEVNULL, capture_output=True)
 
 
 async def run_sandboxed(
     argv: list[str], *, ws: Workspace, name: str, policy: Policy, env: dict[str, str],
-    timeout: float, cgroups: Cgroups | None, result_fd: bool = False,
-    last_stdout_line: bool = False, ro: tuple[str, ...] | None = None,
+    timeout: float, cgroups: Cgroups | None, files: dict[str, bytes],
+    result_fd: bool = False, last_stdout_line: bool = False, ro: tuple[str, ...] | None = None,
     init_dir: Path | None = None,
 ) -> Finished:
-    """Run argv in `name`'s folder under `policy` to its end; kill everything it left."""
-    job_dir = ws.root / "jobs" / name
+    """Run argv under `policy` with `files` in its folder, to its end; kill all it left."""
+    boxed = policy.kind == "bwrap"
     log_path, result_path = ws.out(f"{name}.log"), ws.out(f"{name}.result")
+    job_dir = None if boxed else ws.job_dir(name, files)
     cg = cgroups.create(name, policy.limits) if cgroups else None
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
     res_fd = os.open(result_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if result_fd else -1
+    fds = sandbox_fds(files, network=policy.network) if boxed else {}
     try:
         if res_fd >= 0:
             argv = [*argv, str(res_fd)]
+        file_fds = {f: fd for f, fd in fds.items() if f != SECCOMP}
         full = sandbox.command(policy, argv, job_dir=job_dir, init_dir=init_dir,
-                               procs_files=cg.procs_files if cg else (), ro=ro)
+                               procs_files=cg.procs_files if cg else (), ro=ro,
+                               files=file_fds, seccomp_fd=fds.get(SECCOMP))
         proc = await asyncio.create_subprocess_exec(
-            *full, cwd=str(job_dir), env=env, stdin=asyncio.subprocess.DEVNULL,
+            *full, cwd=str(job_dir or ws.root), env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if last_stdout_line else log_fd,
             stderr=asyncio.subprocess.PIPE if last_stdout_line else log_fd,
-            pass_fds=(res_fd,) if res_fd >= 0 else (), start_new_session=True,
+            pass_fds=tuple(fds.values()) + ((res_fd,) if res_fd >= 0 else ()),
+            start_new_session=True,
         )
     finally:
+        for fd in fds.values():
+            os.close(fd)
         if res_fd >= 0:
             os.close(res_fd)
-    sink = _LogSink(log_fd, policy.limits.file_size)
+    cap = min(policy.limits.file_size or MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES)
+    sink = _LogSink(log_fd, cap, lambda: _kill(proc, cg))
     reader = (asyncio.gather(sink.copy(proc.stdout, True), sink.copy(proc.stderr, False))
               if last_stdout_line and proc.stdout is not None and proc.stderr is not None
               else None)
@@ -194,6 +210,10 @@ async def run_sandboxed(
     if code is not None:
         code = code if code >= 0 else 128 - code  # killed by a signal: the shell convention
         limit = sandbox.limit_error(code, policy.limits, cg.hits() if cg else [])
+    if sink.over:
+        code, limit = code if code is not None else EXIT_KILLED, (
+            f"the job wrote more than {cap} bytes of output (stdout and stderr together) and was"
+            " stopped")
     _cleanup(cg)
     result = b""
     if result_fd:
@@ -205,18 +225,23 @@ async def run_sandboxed(
 
 class _LogSink:
     """The job's stdout and stderr, appended to its log in the order they reach the worker (both
-    are pipes, so they interleave as written), up to `cap` bytes; stdout's last line is kept."""
+    are pipes, so they interleave as written); stdout's last line is kept. Past `cap` bytes the
+    job is stopped: copying a flood of output would cost the worker, not the job."""
 
-    def __init__(self, log_fd: int, cap: int | None):
-        self.log_fd, self.cap, self.written = log_fd, cap or 1 << 62, 0
+    def __init__(self, log_fd: int, cap: int, on_over: Callable[[], None]):
+        self.log_fd, self.cap, self.written, self.on_over = log_fd, cap, 0, on_over
         self.stdout_tail = b""
+        self.over = False
 
     async def copy(self, stream: asyncio.StreamReader, is_stdout: bool) -> None:
         while chunk := await stream.read(65536):
-            if self.written < self.cap:
-                part = chunk[: self.cap - self.written]
-                os.write(self.log_fd, part)
-                self.written += len(part)
+            if self.written + len(chunk) > self.cap:
+                if not self.over:
+                    self.over = True
+                    self.on_over()
+                return
+            os.write(self.log_fd, chunk)
+            self.written += len(chunk)
             if is_stdout:
                 self.stdout_tail = (self.stdout_tail + chunk)[-65536:]
 
@@ -251,6 +276,36 @@ def _tail(path: Path, limit: int) -> str:
     return ("[... log truncated ...]\n" + text) if size > limit else text
 
 
+SECCOMP = "\0seccomp"  # the key of the seccomp program among a run's fds (never a file name)
+
+
+def sandbox_fds(files: dict[str, bytes], *, network: bool, listen: bool = False
+                ) -> dict[str, int]:
+    """In-memory files bwrap copies into the sandbox, and the seccomp program: one fd each."""
+    out: dict[str, int] = {}
+    try:
+        for name, data in files.items():
+            out[name] = _memfd(name, data)
+        try:  # a job on the host network may not listen (it could squat a service's port)
+            out[SECCOMP] = _memfd("seccomp", seccomp.program(allow_listen=listen or not network))
+        except seccomp.UnsupportedMachine:
+            pass
+    except BaseException:
+        for fd in out.values():
+            os.close(fd)
+        raise
+    return out
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(f"go-{name}")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str],
                   timeout: float, cgroups: Cgroups | None, init_dir: Path | None = None
                   ) -> Outcome:
@@ -261,19 +316,17 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
                        error=f"no executor for language {job.language!r} on this worker "
                              f"(it runs {', '.join(EXECUTORS)})")
     name = f"job-{job.id[:40]}-{os.urandom(3).hex()}"
-    job_dir = ws.job_dir(name)
     try:
         if job.language == "bash":
-            ws.write(job_dir, "script.sh", job.code.encode())
-            ws.write(job_dir, ".args", b"".join(_arg_text(v).encode().replace(b"\0", b"") + b"\0"
-                                                for v in job.args.values()))
+            files = {"script.sh": job.code.encode(),
+                     ".args": b"".join(_arg_text(v).encode().replace(b"\0", b"") + b"\0"
+                                       for v in job.args.values())}
             argv = ["bash", "-c", _BASH_WRAPPER, "script.sh"]
         else:
-            ws.write(job_dir, "script.py", job.code.encode())
-            ws.write(job_dir, "args.json", json.dumps(job.args).encode())
+            files = {"script.py": job.code.encode(), "args.json": json.dumps(job.args).encode()}
             argv = [sys.executable, "-c", _PY_WRAPPER]
         done = await run_sandboxed(argv, ws=ws, name=name, policy=policy, env=env,
-                                   timeout=timeout, cgroups=cgroups,
+                                   timeout=timeout, cgroups=cgroups, files=files,
                                    result_fd=job.language == "python3",
                                    last_stdout_line=job.language == "bash",
                                    init_dir=init_dir)
@@ -329,24 +382,34 @@ class InitSandbox:
     async def run(self, script: str, env: dict[str, str], timeout: float) -> tuple[bool, str]:
         """Run the script; (ok, log tail). Replaces an earlier init sandbox."""
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_tree(self.dir)
         self.dir.mkdir()
         if self.ws.uid is not None:
             os.chown(self.dir, self.ws.uid, self.ws.uid)
         os.chmod(self.dir, 0o755)  # jobs (another sandbox, the same uid) read what it installed
-        self.ws.write(self.dir, "init.sh", script.encode())
+        (self.dir / "init.sh").write_bytes(script.encode())
+        if self.ws.uid is not None:
+            os.chown(self.dir / "init.sh", self.ws.uid, self.ws.uid)
         log_path = self.ws.out("init.log")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         status_r, status_w = os.pipe()
         self.cg = self.cgroups.create("init", self.policy.limits) if self.cgroups else None
         try:
+            # An init script may listen (a daemon serving the group's jobs is its documented use).
+            fds = (sandbox_fds({}, network=self.policy.network, listen=True)
+                   if self.policy.kind == "bwrap" else {})
             full = sandbox.command(self.policy, ["bash", "-c", _INIT_WRAPPER, str(status_w)],
                                    job_dir=self.dir, cpu_limit=False,
-                                   mount_at=sandbox.INIT_POINT,
+                                   mount_at=sandbox.INIT_POINT, seccomp_fd=fds.get(SECCOMP),
                                    procs_files=self.cg.procs_files if self.cg else ())
-            self.proc = await asyncio.create_subprocess_exec(
-                *full, cwd=str(self.dir), env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_fd, stderr=log_fd, pass_fds=(status_w,), start_new_session=True)
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *full, cwd=str(self.dir), env=env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_fd, stderr=log_fd, pass_fds=(status_w, *fds.values()),
+                    start_new_session=True)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
         finally:
             os.close(status_w)
             os.close(log_fd)

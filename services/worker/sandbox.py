@@ -99,8 +99,13 @@ def runtime_paths() -> tuple[str, ...]:
 def command(policy: Policy, argv: list[str], *, job_dir: Path | None,
             procs_files: tuple[str, ...] = (), cpu_limit: bool = True,
             ro: tuple[str, ...] | None = None, init_dir: Path | None = None,
-            mount_at: str = MOUNT_POINT) -> list[str]:
+            mount_at: str = MOUNT_POINT, files: dict[str, int] | None = None,
+            seccomp_fd: int | None = None) -> list[str]:
     """The full argv that runs `argv` under `policy`: cgroups, rlimits, then the sandbox.
+
+    With bwrap, a job's folder is a fresh tmpfs (its pages count against the job's memory, it
+    vanishes with the job, and no host disk is used) holding `files` (name -> an fd to copy
+    from); `job_dir` instead binds a host folder there (the init script's, which must last).
     `init_dir` (what the group's init script installed) is mounted read-only at /init."""
     # sh only to join cgroups before anything runs (no exec param for that in Python's spawn).
     chain = ["/bin/sh", "-c", _LAUNCH, "sh", *procs_files, "--"] if procs_files else []
@@ -108,7 +113,7 @@ def command(policy: Policy, argv: list[str], *, job_dir: Path | None,
     if policy.kind == "bwrap":
         chain += _bwrap(policy, argv, job_dir=job_dir,
                         ro=runtime_paths() if ro is None else ro, init_dir=init_dir,
-                        mount_at=mount_at)
+                        mount_at=mount_at, files=files, seccomp_fd=seccomp_fd)
     else:
         chain += argv
     return chain
@@ -128,9 +133,12 @@ def _prlimit(limits: JobLimits, *, cpu_limit: bool, cgroup: bool) -> list[str]:
 
 def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
            ro: tuple[str, ...], init_dir: Path | None = None,
-           mount_at: str = MOUNT_POINT) -> list[str]:
+           mount_at: str = MOUNT_POINT, files: dict[str, int] | None = None,
+           seccomp_fd: int | None = None) -> list[str]:
     out = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if seccomp_fd is not None:
+        out += ["--seccomp", str(seccomp_fd)]
     if not policy.network:
         out.append("--unshare-net")
     if policy.uid is not None and os.geteuid() == 0:
@@ -148,13 +156,20 @@ def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
     for path in ro:
         out += _parents(path, made)
         out += ["--ro-bind", path, path]
-    out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # Scratch space in memory, bounded: by the memory cgroup (tmpfs pages are charged to the
+    # job), and by size where there is none.
+    size = str(policy.limits.memory or 1 << 30)
+    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size,
+            "--tmpfs", "/tmp"]
     if init_dir is not None:
         out += ["--ro-bind-try", str(init_dir), INIT_POINT]
     if job_dir is not None:
-        out += ["--bind", str(job_dir), mount_at, "--chdir", mount_at]
+        out += ["--bind", str(job_dir), mount_at]
     else:
-        out += ["--chdir", "/tmp"]
+        out += ["--perms", "0777", "--size", size, "--tmpfs", mount_at]
+        for name, fd in (files or {}).items():
+            out += ["--perms", "0644", "--file", str(fd), f"{mount_at}/{name}"]
+    out += ["--chdir", mount_at]
     out.append("--")
     if policy.uid is not None and os.geteuid() == 0:
         out += ["setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}", "--clear-groups",

@@ -20,13 +20,14 @@ from typing import Any
 import msgspec
 
 from services.worker import sandbox
-from services.worker.runner import MAX_LOG_BYTES, Outcome, Workspace
+from services.worker.runner import MAX_LOG_BYTES, SECCOMP, Outcome, Workspace, sandbox_fds
 from services.worker.sandbox import Cgroups, Policy, RunCgroup
 
 _SERVER = r'''
-import contextlib, importlib.util, io, json, os, signal, sys, traceback
+import contextlib, importlib.util, io, json, os, signal, sys, threading, traceback
 out = os.fdopen(int(sys.argv[3]), "w", buffering=1)
 own_namespace = sys.argv[2] == "bwrap"
+MAX_LOGS, MAX_REPLY = 256 * 1024, 8 * 1024 * 1024
 
 def kill_leftovers():
     # In its own PID namespace every process but bwrap's init (1) and this one is something a
@@ -46,10 +47,11 @@ try:
         spec.loader.exec_module(mod)
     if not hasattr(mod, "main"):
         raise RuntimeError("the script defines no main() function")
-    out.write(json.dumps({"ready": True, "logs": buf.getvalue()}) + "\n")
+    out.write(json.dumps({"ready": True, "logs": buf.getvalue()[-MAX_LOGS:]}) + "\n")
+    base_threads = threading.active_count()
 except BaseException as exc:
     out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
-                          "logs": buf.getvalue() + traceback.format_exc()}) + "\n")
+                          "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]}) + "\n")
     sys.exit(1)
 for line in sys.stdin:
     req = json.loads(line)
@@ -58,17 +60,27 @@ for line in sys.stdin:
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             result = mod.main(**req["args"])
-        reply = {"ok": True, "result": result, "logs": buf.getvalue()}
+        logs = buf.getvalue()[-MAX_LOGS:]
         try:
-            text = json.dumps(reply, default=str)
+            text = json.dumps({"ok": True, "result": result, "logs": logs}, default=str)
         except ValueError as exc:
-            text = json.dumps({"ok": False, "error": f"result is not JSON: {exc}", "logs": buf.getvalue()})
+            text = json.dumps({"ok": False, "error": f"result is not JSON: {exc}", "logs": logs})
     except BaseException as exc:
         text = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                           "logs": buf.getvalue() + traceback.format_exc()})
+                           "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]})
+    if len(text) > MAX_REPLY:
+        text = json.dumps({"ok": False, "error": f"the result is {len(text)} bytes of JSON;"
+                           f" the limit is {MAX_REPLY}", "logs": buf.getvalue()[-65536:]})
     if own_namespace:
         kill_leftovers()
+    # A thread the job left would run on after it (and see later jobs): end this runtime instead.
+    ending = threading.active_count() > base_threads
+    if ending:
+        text = text[:-1] + ', "ending": true}'
     out.write(text + "\n")
+    if ending:
+        out.flush()
+        os._exit(0)
 '''
 
 
@@ -91,23 +103,33 @@ class WarmProcess:
         self.lock = asyncio.Lock()
         self.name = f"warm-{os.urandom(6).hex()}"
         self.cg: RunCgroup | None = None
+        self.retired = False  # it said it ends after this job (a job left a thread running)
 
     async def start(self) -> dict[str, Any]:
-        job_dir = self.ws.job_dir(self.name)
-        self.ws.write(job_dir, "script.py", self.code.encode())
+        files = {"script.py": self.code.encode()}
+        boxed = self.policy.kind == "bwrap"
+        job_dir = None if boxed else self.ws.job_dir(self.name, files)
         read_fd, write_fd = os.pipe()
         # Limits cover the runtime as a whole; CPU time is not capped per process here (it would
         # end a long-lived runtime), each job's timeout bounds it instead.
         self.cg = self.cgroups.create(self.name, self.policy.limits) if self.cgroups else None
+        fds = sandbox_fds(files, network=self.policy.network) if boxed else {}
         argv = [sys.executable, "-c", _SERVER, "script.py", self.policy.kind, str(write_fd)]
         full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False,
                                init_dir=self.init_dir,
-                               procs_files=self.cg.procs_files if self.cg else ())
-        self.proc = await asyncio.create_subprocess_exec(
-            *full, cwd=str(job_dir), env=self.env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            pass_fds=(write_fd,), start_new_session=True,
-        )
+                               procs_files=self.cg.procs_files if self.cg else (),
+                               files={f: fd for f, fd in fds.items() if f != SECCOMP},
+                               seccomp_fd=fds.get(SECCOMP))
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *full, cwd=str(job_dir or self.ws.root), env=self.env,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd, *fds.values()),
+                start_new_session=True,
+            )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         os.close(write_fd)
         self.reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
         loop = asyncio.get_running_loop()
@@ -129,7 +151,7 @@ class WarmProcess:
         return json.loads(line)  # type: ignore[no-any-return]
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return self.proc is not None and self.proc.returncode is None and not self.retired
 
     async def call(self, args: dict[str, Any], env: dict[str, str], timeout: float) -> Outcome:
         assert self.proc is not None and self.proc.stdin is not None
@@ -142,10 +164,16 @@ class WarmProcess:
             self.stop()
             return Outcome(status="failure", error=f"timed out after {timeout:g}s",
                            duration_ms=(time.monotonic() - started) * 1000)
-        except EOFError:
+        except (EOFError, ValueError, asyncio.LimitOverrunError) as exc:
+            # Gone, or an answer we cannot read: the pipe can no longer be trusted to line up
+            # with the next job, so this runtime ends here.
             self.stop()
-            return Outcome(status="failure", error="the warm process exited during the job",
+            why = ("the warm process exited during the job" if isinstance(exc, EOFError)
+                   else f"the warm process answered something unreadable ({type(exc).__name__})")
+            return Outcome(status="failure", error=why,
                            duration_ms=(time.monotonic() - started) * 1000)
+        if reply.get("ending"):
+            self.retired = True
         elapsed = (time.monotonic() - started) * 1000
         logs = str(reply.get("logs", ""))[-MAX_LOG_BYTES:]
         if reply.get("ok"):
@@ -153,6 +181,8 @@ class WarmProcess:
         return Outcome(status="failure", error=reply.get("error"), logs=logs, duration_ms=elapsed)
 
     def stop(self) -> None:
+        """End the runtime and everything it started; never raises (it runs on every path)."""
+        self.retired = True
         if self.proc is not None and self.proc.returncode is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -274,3 +274,87 @@ def test_limits_set_from_the_cli_reach_running_workers(s: Suite) -> None:
     out = cli("events", "--type", "group.limits_set", "--json", cwd=s.root).stdout
     events = [json.loads(line) for line in out.splitlines()]  # one JSON object a line
     assert events and events[-1]["reason"] == "bound forks"
+
+
+# --- what a red-team pass found, each now a test -------------------------------------------------
+
+
+def test_a_job_cannot_listen_on_the_host_network_to_squat_a_service_port(s: Suite) -> None:
+    """With a service down for a moment, a listening job would get its port and every token
+    its clients send. On the host network a job may connect, never listen."""
+    code = ("import socket\ndef main():\n    s = socket.socket()\n    s.bind(('127.0.0.1', 0))\n"
+            "    try:\n        s.listen()\n    except PermissionError as exc:\n"
+            "        return f'refused: {exc}'\n    return 'listening'\n")
+    assert run(s, code, language="python3")["result"].startswith("refused")
+    s.api.set_group("nonet", tags=["t-nonet"], network=False)
+    s.worker("nonet", WORKER_GROUP="nonet")
+    assert run(s, code, language="python3", tag="t-nonet")["result"] == "listening"  # own loopback
+
+
+def test_no_kernel_keyring_and_no_new_namespaces_inside(s: Suite) -> None:
+    code = ("import ctypes, os\ndef main():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    key = libc.syscall(248 if os.uname().machine == 'x86_64' else 217, b'user',"
+            " b'left-behind', b'x', 1, -4)\n    err = ctypes.get_errno()\n"
+            "    return [key, err, os.system('unshare -Ur true 2>/dev/null')]\n")
+    key, err, unshare = run(s, code, language="python3")["result"]
+    assert key == -1 and err in (1, 38) and unshare != 0  # EPERM/ENOSYS; unshare refused
+
+
+def test_tmp_is_writable_and_the_job_folder_is_memory_bounded(s: Suite) -> None:
+    view = run(s, "echo x > /tmp/a && echo ok-tmp; echo y > /job/b && echo ok-job;"
+                  " df -k /job | tail -1 | awk '{print $2}'")
+    assert view["logs"].split()[:2] == ["ok-tmp", "ok-job"], view
+    assert int(view["result"]) * 1024 <= 2 * 1024**3  # a tmpfs sized by the memory limit
+
+
+def test_a_job_that_leaves_a_tree_deeper_than_python_can_walk_is_still_cleaned(
+    s: Suite, tmp_path: Path,
+) -> None:
+    deep = ("import os\ndef main():\n    os.mkdir('keep'); os.chdir('keep')\n"
+            "    for i in range(1200):\n        os.mkdir('a'); os.chdir('a')\n"
+            "    open('payload', 'wb').write(b'x' * 1000)\n    return 'deep'\n")
+    for mode in ("bwrap", "none"):  # a tmpfs that vanishes; a host folder that must be removed
+        work = tmp_path / mode
+        s.api.set_group(f"deep-{mode}", tags=[f"t-deep-{mode}"])
+        s.worker(f"deep-{mode}", WORKER_GROUP=f"deep-{mode}", JOB_SANDBOX=mode,
+                 WORKER_DIR=str(work))
+        assert run(s, deep, language="python3", tag=f"t-deep-{mode}")["result"] == "deep"
+        assert run(s, "echo fine", tag=f"t-deep-{mode}")["result"] == "fine"
+        assert list((work / "jobs").iterdir()) == [] and list((work / "out").iterdir()) == []
+
+
+def test_a_flood_of_output_stops_the_job_not_the_worker(s: Suite) -> None:
+    view = run(s, "yes flood")
+    assert view["status"] == "failure" and "bytes of output" in view["error"], view["error"]
+    assert run(s, "echo after-flood")["result"] == "after-flood"
+
+
+def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_thread(
+    s: Suite,
+) -> None:
+    code = ("import os, threading, time\nID = os.urandom(8).hex()\nSEEN = []\n"
+            "def main(mode, key=''):\n    SEEN.append(key)\n"
+            "    if mode == 'plant':\n        threading.Thread(target=time.sleep, args=(30,),"
+            " daemon=True).start()\n    return [ID, SEEN]\n")
+    (s.root / "warm.py").write_text(code)
+    assert cli("script", "deploy", "ws2/f/warm", "warm.py", "--language", "python3",
+               cwd=s.root).returncode == 0
+    assert cli("group", "set", "wded", "--dedicated", "ws2:f/warm", cwd=s.root).returncode == 0
+    s.worker("wded", WORKER_GROUP="wded")
+
+    def call(**args: str) -> list:  # type: ignore[type-arg]
+        view = s.api.job(s.api.call("POST", "router", "/jobs",
+                                    {"workspace": "ws2", "path": "f/warm", "args": args})["id"])
+        assert view["status"] == "success", view
+        return view["result"]  # type: ignore[no-any-return]
+
+    first, second = call(mode="x"), call(mode="x")
+    assert first[0] == second[0]  # one runtime
+    # An admin's inline job of another workspace sent to the dedicated tag runs cold.
+    inline = run(s, code, language="python3", tag="ws2:f/warm", workspace="ws1",
+                 args={"mode": "x", "key": "ws1-secret"})
+    assert inline["status"] == "success" and inline["result"][0] != first[0], inline
+    planted = call(mode="plant")
+    assert planted[0] == first[0]
+    after = call(mode="x")
+    assert after[0] != first[0] and "ws1-secret" not in json.dumps(after)  # a fresh runtime

@@ -1,0 +1,94 @@
+"""The system calls a sandboxed job may not make, as a classic BPF program for `bwrap --seccomp`.
+
+Namespaces and mounts already wall a job in; this closes what they leave shared with the host:
+- `listen` on the host's network (a job could take over a service's port while it restarts and
+  read the tokens and passwords its clients send; jobs with `--no-network` have a loopback of
+  their own and may listen there);
+- the kernel keyrings (per uid, so shared by every job of every workspace, and outliving them);
+- new user namespaces, mounts, `setns`, `bpf`, `perf_event_open`, `userfaultfd`, module and
+  kexec calls: kernel attack surface a job has no use for (Docker's default profile denies the
+  same). `clone3` answers ENOSYS, so C libraries fall back to `clone`, whose flags we can check.
+Written by hand (a dozen instructions) rather than with libseccomp: no native dependency.
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import struct
+
+# seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
+_NR, _ARCH, _ARG0_LOW = 0, 4, 16
+_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW = 0x7FFF0000
+_KILL = 0x80000000  # SECCOMP_RET_KILL_PROCESS: a foreign ABI (x32, i386) is never expected
+CLONE_NEWUSER = 0x10000000
+
+# (audit arch, syscall numbers by name) for the machines we run on.
+_ABIS: dict[str, tuple[int, dict[str, int]]] = {
+    "x86_64": (0xC000003E, {
+        "listen": 50, "clone": 56, "clone3": 435, "unshare": 272, "setns": 308,
+        "mount": 165, "umount2": 166, "pivot_root": 155, "move_mount": 429, "open_tree": 428,
+        "fsopen": 430, "fsmount": 432, "keyctl": 250, "add_key": 248, "request_key": 249,
+        "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "init_module": 175,
+        "finit_module": 313, "delete_module": 176, "kexec_load": 246, "kexec_file_load": 320,
+    }),
+    "aarch64": (0xC00000B7, {
+        "listen": 201, "clone": 220, "clone3": 435, "unshare": 97, "setns": 268,
+        "mount": 40, "umount2": 39, "pivot_root": 41, "move_mount": 429, "open_tree": 428,
+        "fsopen": 430, "fsmount": 432, "keyctl": 219, "add_key": 217, "request_key": 218,
+        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "init_module": 105,
+        "finit_module": 273, "delete_module": 106, "kexec_load": 104, "kexec_file_load": 294,
+    }),
+}
+DENIED = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_mount", "open_tree",
+          "fsopen", "fsmount", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+          "userfaultfd", "init_module", "finit_module", "delete_module", "kexec_load",
+          "kexec_file_load")
+
+
+class UnsupportedMachine(RuntimeError):
+    """Raised when no syscall table is known for this CPU (the sandbox then runs without it)."""
+
+
+def _ins(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def program(*, allow_listen: bool, machine: str | None = None) -> bytes:
+    """The filter as bytes (struct sock_filter[]), what bwrap reads from its --seccomp fd."""
+    machine = machine or platform.machine()
+    if machine not in _ABIS:
+        raise UnsupportedMachine(f"no seccomp syscall table for {machine}")
+    arch, nr = _ABIS[machine]
+    eperm, enosys = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    denied = [nr[name] for name in DENIED] + ([] if allow_listen else [nr["listen"]])
+    # Layout: arch check, load nr, x32 check, one JEQ per denied call (jump to EPERM),
+    # clone3 -> ENOSYS, clone -> check CLONE_NEWUSER, allow; then the shared return blocks.
+    body: list[tuple[int, int, int, int]] = []
+    n_denied = len(denied)
+    # indexes (relative) are resolved below; build with symbolic targets
+    prog: list[tuple[str, int, object, object, int]] = []
+    prog.append(("ld", _LD_W_ABS, None, None, _ARCH))
+    prog.append(("jeq", _JEQ, "next", "kill", arch))
+    prog.append(("ld", _LD_W_ABS, None, None, _NR))
+    prog.append(("jge", _JGE, "kill", "next", 0x40000000))  # x32 ABI numbers
+    for number in denied:
+        prog.append(("jeq", _JEQ, "eperm", "next", number))
+    prog.append(("jeq", _JEQ, "enosys", "next", nr["clone3"]))
+    prog.append(("jeq", _JEQ, "next", "allow", nr["clone"]))
+    prog.append(("ld", _LD_W_ABS, None, None, _ARG0_LOW))
+    prog.append(("jset", _JSET, "eperm", "allow", CLONE_NEWUSER))
+    labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2,
+              "kill": len(prog) + 3}
+    for i, (_, code, jt, jf, k) in enumerate(prog):
+        def rel(target: object) -> int:
+            if target is None:
+                return 0
+            if target == "next":
+                return 0
+            return labels[str(target)] - i - 1
+        body.append((code, rel(jt), rel(jf), k))
+    body += [(_RET, 0, 0, _ALLOW), (_RET, 0, 0, eperm), (_RET, 0, 0, enosys), (_RET, 0, 0, _KILL)]
+    assert n_denied + 12 == len(body)
+    return b"".join(_ins(*i) for i in body)
