@@ -38,13 +38,15 @@ def _dockerfile_runs() -> list[str]:
 
 
 def _chain_programs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The programs of the full exec chain (that of a root worker: setpriv included)."""
+    """The programs of the full exec chain: that of a root worker (setpriv included) whose runs
+    join cgroups (the shell stage)."""
     from services.worker import sandbox
     from shared.events import JobLimits
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     policy = sandbox.Policy(kind="bwrap", network=False, limits=JobLimits(), uid=sandbox.JOB_UID)
-    argv = sandbox.command(policy, ["the-runtime"], job_dir=None, ro=())
+    argv = sandbox.command(policy, ["the-runtime"], job_dir=None, ro=(),
+                           procs_files=("/sys/fs/cgroup/run/cgroup.procs",))
     # Each stage ends its options with `--`; the next word is the next program.
     programs = [argv[0]] + [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--"]
     assert programs[-1] == "the-runtime"
