@@ -1,6 +1,18 @@
 # One image for every getOperate service; compose.yaml picks the command (config, router, worker).
-FROM python:3.11-slim
+# Pinned to Debian 12 (bookworm): the plain python:3.11-slim tag moves to each new Debian release,
+# and with it the bubblewrap version that the worker's sandbox runs on.
+FROM python:3.11-slim-bookworm
 WORKDIR /app
+# The worker runs every job as sh -> prlimit -> bwrap -> (setpriv) -> runtime
+# (services/worker/sandbox.py). bubblewrap 0.8.0 in bookworm, installed without the setuid bit:
+# bwrap makes an unprivileged user namespace. prlimit and setpriv come from util-linux, which
+# is Essential in Debian (in every image, slim included; bookworm's util-linux 2.38.1 ships both,
+# /usr/bin/prlimit and /usr/bin/setpriv), so only bubblewrap is added. Without a container that
+# lets bwrap run (compose.yaml, deploy/kubernetes), the worker refuses to start: see
+# docs/production.md, "Sandboxed workers in containers".
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
