@@ -55,7 +55,8 @@ class Executor:
         kind = (config.sandbox if config and config.sandbox else None) or self.settings.sandbox
         network = config.network if config else True
         return Policy(kind=kind, network=network, limits=lim.effective(
-            config.limits if config else None), uid=sandbox.default_uid())
+            config.limits if config else None), uid=sandbox.default_uid(),
+            devices=self.settings.devices)
 
     def apply(self, config: GroupConfig | None) -> None:
         """Take a group's (new) config: sandbox, limits, static env, dedicated warm processes."""

@@ -22,8 +22,11 @@ from shared.errors import InvalidInput
 async def amain() -> None:
     settings = settings_from_env()
     if settings.sandbox == "bwrap" and (why := sandbox.probe()):
-        raise InvalidInput(f"JOB_SANDBOX=bwrap (the default) but {why}. Install it, or set"
-                           " JOB_SANDBOX=none to run jobs without isolation (docs/security.md"
+        said = "JOB_SANDBOX=bwrap" if os.environ.get("JOB_SANDBOX") else \
+            "JOB_SANDBOX=bwrap (the default)"
+        raise InvalidInput(f"{said} but {why}. Install bubblewrap, or give the container what"
+                           " it needs (docs/production.md, Sandboxed workers in containers), or"
+                           " set JOB_SANDBOX=none to run jobs without isolation (docs/security.md"
                            " says what that gives up)", field="JOB_SANDBOX")
     guard_secrets()
     logger = Logger("worker")

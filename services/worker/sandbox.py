@@ -18,6 +18,7 @@ cgroup still lets the worker kill what the job left behind, where cgroups are wr
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -51,6 +52,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     network: bool = True
     limits: JobLimits
     uid: int | None = None  # drop to this uid inside the sandbox (None: keep the worker's)
+    devices: tuple[str, ...] = ()  # device paths or globs passed through (JOB_DEVICES: GPUs)
 
 
 def probe() -> str | None:
@@ -161,6 +163,9 @@ def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
     size = str(policy.limits.memory or 1 << 30)
     out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size,
             "--tmpfs", "/tmp"]
+    for pattern in policy.devices:  # an operator's choice (JOB_DEVICES): GPUs, say
+        for device in sorted(glob.glob(pattern)):
+            out += ["--dev-bind-try", device, device]
     if init_dir is not None:
         out += ["--ro-bind-try", str(init_dir), INIT_POINT]
     if job_dir is not None:

@@ -24,6 +24,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     work_dir: Path = Path("/tmp/getoperate-worker")
     env_allowlist: tuple[str, ...] = ()
     sandbox: str = "bwrap"  # JOB_SANDBOX: bwrap | none (a group's sandbox setting overrides)
+    devices: tuple[str, ...] = ()  # JOB_DEVICES: device paths or globs jobs may use (GPUs)
 
 
 SANDBOXES = ("bwrap", "none")
@@ -56,6 +57,10 @@ def settings_from_env() -> WorkerSettings:
     if sandbox not in SANDBOXES:
         raise InvalidInput(f"JOB_SANDBOX must be one of {', '.join(SANDBOXES)}, got {sandbox!r}",
                            field="JOB_SANDBOX")
+    for pattern in _csv(os.environ.get("JOB_DEVICES", "")):
+        if not pattern.startswith("/dev/"):
+            raise InvalidInput(f"JOB_DEVICES entries must be paths under /dev/, got {pattern!r}",
+                               field="JOB_DEVICES")
     if concurrency < 1:
         raise InvalidInput("WORKER_CONCURRENCY must be at least 1", field="WORKER_CONCURRENCY")
     return WorkerSettings(
@@ -65,4 +70,5 @@ def settings_from_env() -> WorkerSettings:
         work_dir=Path(os.environ.get("WORKER_DIR") or tempfile.mkdtemp(prefix="getoperate-worker-")),
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
+        devices=_csv(os.environ.get("JOB_DEVICES", "")),
     )
