@@ -63,32 +63,24 @@ def program(*, allow_listen: bool, machine: str | None = None) -> bytes:
     arch, nr = _ABIS[machine]
     eperm, enosys = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
     denied = [nr[name] for name in DENIED] + ([] if allow_listen else [nr["listen"]])
-    # Layout: arch check, load nr, x32 check, one JEQ per denied call (jump to EPERM),
-    # clone3 -> ENOSYS, clone -> check CLONE_NEWUSER, allow; then the shared return blocks.
-    body: list[tuple[int, int, int, int]] = []
-    n_denied = len(denied)
-    # indexes (relative) are resolved below; build with symbolic targets
-    prog: list[tuple[str, int, object, object, int]] = []
-    prog.append(("ld", _LD_W_ABS, None, None, _ARCH))
-    prog.append(("jeq", _JEQ, "next", "kill", arch))
-    prog.append(("ld", _LD_W_ABS, None, None, _NR))
-    prog.append(("jge", _JGE, "kill", "next", 0x40000000))  # x32 ABI numbers
-    for number in denied:
-        prog.append(("jeq", _JEQ, "eperm", "next", number))
-    prog.append(("jeq", _JEQ, "enosys", "next", nr["clone3"]))
-    prog.append(("jeq", _JEQ, "next", "allow", nr["clone"]))
-    prog.append(("ld", _LD_W_ABS, None, None, _ARG0_LOW))
-    prog.append(("jset", _JSET, "eperm", "allow", CLONE_NEWUSER))
+    # Instructions with symbolic jump targets ("next" = fall through), resolved to offsets below.
+    prog: list[tuple[int, str, str, int]] = [
+        (_LD_W_ABS, "", "", _ARCH),
+        (_JEQ, "next", "kill", arch),  # a foreign ABI (i386 numbers differ) never gets through
+        (_LD_W_ABS, "", "", _NR),
+        (_JGE, "kill", "next", 0x40000000),  # x32 ABI numbers
+        *[(_JEQ, "eperm", "next", number) for number in denied],
+        (_JEQ, "enosys", "next", nr["clone3"]),
+        (_JEQ, "next", "allow", nr["clone"]),
+        (_LD_W_ABS, "", "", _ARG0_LOW),
+        (_JSET, "eperm", "allow", CLONE_NEWUSER),
+    ]
     labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2,
               "kill": len(prog) + 3}
-    for i, (_, code, jt, jf, k) in enumerate(prog):
-        def rel(target: object) -> int:
-            if target is None:
-                return 0
-            if target == "next":
-                return 0
-            return labels[str(target)] - i - 1
-        body.append((code, rel(jt), rel(jf), k))
+
+    def offset(i: int, target: str) -> int:
+        return 0 if target in ("", "next") else labels[target] - i - 1
+
+    body = [(code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(prog)]
     body += [(_RET, 0, 0, _ALLOW), (_RET, 0, 0, eperm), (_RET, 0, 0, enosys), (_RET, 0, 0, _KILL)]
-    assert n_denied + 12 == len(body)
     return b"".join(_ins(*i) for i in body)
