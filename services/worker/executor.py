@@ -37,7 +37,7 @@ class Executor:
         self.config: GroupConfig | None = None
         self.dedicated_tags: set[str] = set()
         self.ws = Workspace(settings.work_dir, sandbox.default_uid())
-        self.cgroups, self.cgroup_note = Cgroups.detect(worker_id)
+        self.cgroups, self.cgroup_note = Cgroups.detect()
         self.warm = WarmPool(self.ws, self.cgroups)
         self.init: InitSandbox | None = None
         self.policy = self._policy(None)

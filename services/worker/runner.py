@@ -195,7 +195,7 @@ async def run_sandboxed(
         if reader:
             reader.cancel()
         os.close(log_fd)
-        _cleanup(cg)
+        close_later(cg)
         raise
     _kill(proc, cg)  # whatever the job left running (bwrap's namespace is already gone)
     await proc.wait()
@@ -214,7 +214,7 @@ async def run_sandboxed(
         code, limit = code if code is not None else EXIT_KILLED, (
             f"the job wrote more than {cap} bytes of output (stdout and stderr together) and was"
             " stopped")
-    _cleanup(cg)
+    await _cleanup(cg)
     result = b""
     if result_fd:
         with open(result_path, "rb") as fh:
@@ -260,10 +260,22 @@ def _kill(proc: asyncio.subprocess.Process, cg: RunCgroup | None) -> None:
         cg.kill_all()
 
 
-def _cleanup(cg: RunCgroup | None) -> None:
+async def _cleanup(cg: RunCgroup | None) -> None:
     if cg is not None:
-        cg.kill_all()
-        cg.remove()
+        await cg.close()
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def close_later(cg: RunCgroup | None) -> None:
+    """`_cleanup` from code that cannot wait (a stop, a cancellation): a task, kept referenced."""
+    if cg is None:
+        return
+    cg.kill_all()
+    task = asyncio.get_running_loop().create_task(cg.close())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
 
 
 def _tail(path: Path, limit: int) -> str:
@@ -445,5 +457,5 @@ class InitSandbox:
             except (ProcessLookupError, PermissionError):
                 pass
         self.proc = None
-        _cleanup(self.cg)
+        close_later(self.cg)
         self.cg = None

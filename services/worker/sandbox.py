@@ -18,6 +18,7 @@ cgroup still lets the worker kill what the job left behind, where cgroups are wr
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
@@ -236,13 +237,17 @@ class Cgroups:
         self.v2 = v2
 
     @classmethod
-    def detect(cls, worker_id: str) -> tuple[Cgroups | None, str | None]:
-        """The worker's cgroup parents, or (None, why not): then limits are per process only."""
+    def detect(cls) -> tuple[Cgroups | None, str | None]:
+        """The worker's cgroup parents, or (None, why not): then limits are per process only.
+        Named for this process (pid and start time), so what a SIGKILLed worker left is found
+        and removed by the next worker to start there."""
         own = _own_cgroups()
+        name = f"getoperate-{_process_key(os.getpid())}"
         try:
             root = Path("/sys/fs/cgroup")
             if (root / "cgroup.controllers").exists():  # v2, unified
-                base = root / own.get("", "/").lstrip("/") / f"getoperate-{worker_id}"
+                base = root / own.get("", "/").lstrip("/") / name
+                _remove_stale(base.parent)
                 base.mkdir(parents=True, exist_ok=True)
                 (base / "cgroup.subtree_control").write_text("+memory +pids")
                 return cls({"": base}, True), None
@@ -251,7 +256,8 @@ class Cgroups:
                 mount = root / ctl
                 if not (mount / "cgroup.procs").exists():
                     return None, f"the {ctl} cgroup controller is not mounted"
-                d = mount / own.get(ctl, "/").lstrip("/") / f"getoperate-{worker_id}"
+                d = mount / own.get(ctl, "/").lstrip("/") / name
+                _remove_stale(d.parent)
                 d.mkdir(parents=True, exist_ok=True)
                 dirs[ctl] = d
             return cls(dirs, False), None
@@ -284,7 +290,11 @@ class Cgroups:
         return RunCgroup(made, self.v2, limits)
 
     def remove(self) -> None:
+        """The worker is stopping: end whatever is left in its runs' cgroups, remove them all."""
         for d in self.dirs.values():
+            for child in (c for c in d.iterdir() if c.is_dir()) if d.is_dir() else ():
+                RunCgroup([child], self.v2, JobLimits()).remove()
+                _rmdir(child)
             _rmdir(d)
 
 
@@ -330,31 +340,69 @@ class RunCgroup:
         return 0
 
     def kill_all(self) -> None:
-        """SIGKILL every process of the run (what `none` jobs left behind, setsid included)."""
-        if self.v2 and self.dirs:
-            if _try_write(self.dirs[0] / "cgroup.kill", "1"):
-                self._wait_empty()
-                return
-        for _ in range(100):  # a fork bomb refills as we kill: its pids limit bounds this
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(0.005)
+        """SIGKILL every process of the run now (what `none` jobs left behind, setsid
+        included); `close` then waits for them to be gone and removes the cgroup."""
+        if self.v2 and self.dirs and _try_write(self.dirs[0] / "cgroup.kill", "1"):
+            return
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
-    def _wait_empty(self) -> None:
-        for _ in range(200):
+    async def close(self) -> None:
+        """Kill until empty (a fork bomb refills as we kill: its pids limit bounds this), then
+        remove the cgroup. Waits without blocking the worker's event loop."""
+        for _ in range(400):
+            self.kill_all()
             if not self.pids():
-                return
-            time.sleep(0.005)
+                break
+            await asyncio.sleep(0.005)
+        for d in self.dirs:
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    await asyncio.sleep(0.01)  # processes still leaving
 
     def remove(self) -> None:
+        """Best effort, at once (the worker is stopping)."""
+        self.kill_all()
         for d in self.dirs:
-            _rmdir(d)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _process_key(pid: int) -> str:
+    """`<pid>-<start time>`: names a process uniquely, even after its pid is reused."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return f"{pid}-0"
+    return f"{pid}-{start}"
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove `getoperate-<pid>-<start>` cgroups of workers that no longer run."""
+    try:
+        entries = [d for d in parent.iterdir() if d.is_dir() and d.name.startswith("getoperate-")]
+    except OSError:
+        return
+    for d in entries:
+        parts = d.name.split("-")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if _process_key(int(parts[1])) == f"{parts[1]}-{parts[2]}":
+            continue  # its worker is alive
+        try:
+            Cgroups({"": d}, False).remove()
+        except OSError:
+            pass
 
 
 def _own_cgroups() -> dict[str, str]:

@@ -20,7 +20,9 @@ from typing import Any
 import msgspec
 
 from services.worker import sandbox
-from services.worker.runner import MAX_LOG_BYTES, SECCOMP, Outcome, Workspace, sandbox_fds
+from services.worker.runner import (
+    MAX_LOG_BYTES, SECCOMP, Outcome, Workspace, close_later, sandbox_fds,
+)
 from services.worker.sandbox import Cgroups, Policy, RunCgroup
 
 _SERVER = r'''
@@ -188,10 +190,8 @@ class WarmProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.cg is not None:
-            self.cg.kill_all()
-            self.cg.remove()
-            self.cg = None
+        close_later(self.cg)
+        self.cg = None
         self.ws.clean(self.name)
 
 
