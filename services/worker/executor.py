@@ -12,7 +12,9 @@ import os
 
 from services.common.log import Logger
 from services.worker import sandbox
-from services.worker.runner import InitSandbox, Outcome, Workspace, job_env, run_job
+from services.worker.runner import (
+    InitSandbox, Outcome, Workspace, job_env, remove_tree, run_job,
+)
 from services.worker.sandbox import Cgroups, Policy
 from services.worker.settings import WorkerSettings
 from services.worker.warm import WarmPool
@@ -135,3 +137,5 @@ class Executor:
             self.init.stop()
         if self.cgroups is not None:
             self.cgroups.remove()
+        if self.settings.work_dir_owned:
+            remove_tree(self.settings.work_dir)

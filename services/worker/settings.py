@@ -25,6 +25,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     env_allowlist: tuple[str, ...] = ()
     sandbox: str = "bwrap"  # JOB_SANDBOX: bwrap | none (a group's sandbox setting overrides)
     devices: tuple[str, ...] = ()  # JOB_DEVICES: device paths or globs jobs may use (GPUs)
+    work_dir_owned: bool = False  # made for this worker (no WORKER_DIR): removed when it stops
 
 
 SANDBOXES = ("bwrap", "none")
@@ -68,6 +69,7 @@ def settings_from_env() -> WorkerSettings:
         init_timeout=init_timeout,
         # Unset: a fresh private folder (mkdtemp: 0700, a name nobody could plant beforehand).
         work_dir=Path(os.environ.get("WORKER_DIR") or tempfile.mkdtemp(prefix="getoperate-worker-")),
+        work_dir_owned=not os.environ.get("WORKER_DIR"),
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
         devices=_csv(os.environ.get("JOB_DEVICES", "")),
