@@ -60,12 +60,15 @@ class Executor:
             config.limits if config else None), uid=sandbox.default_uid(),
             devices=self.settings.devices)
 
-    def apply(self, config: GroupConfig | None) -> None:
-        """Take a group's (new) config: sandbox, limits, static env, dedicated warm processes."""
+    def apply(self, config: GroupConfig | None) -> bool:
+        """Take a group's (new) config: sandbox, limits, static env, dedicated warm processes.
+        True when how code is isolated changed (an init script then runs again, in the new
+        sandbox: its daemons must not stay in the old one)."""
         self.config = config
-        self.policy = self._policy(config)
+        old, self.policy = self.policy, self._policy(config)
         self.dedicated_tags = {target_tag(t) for t in config.dedicated} if config else set()
         self.warm.keep_only(self.dedicated_tags)
+        return old != self.policy
 
     def unavailable(self) -> str | None:
         """Why jobs cannot run as configured here (a group asking for bwrap where it can't)."""
