@@ -189,39 +189,32 @@ def test_limits_sandbox_and_network_through_http(suite: Suite) -> None:
                     "~ group lim-http: sandbox bwrap -> worker default"]
 
 
-def raw_put(suite: Suite, group: str, body: dict[str, Any],
+def http_as(suite: Suite, method: str, service: str, path: str, body: dict[str, Any],
             token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of a request with `token` (default: the admin token), 4xx included."""
     import urllib.error
     import urllib.request
 
     from cli.client import Endpoints
 
     ep = Endpoints(suite.root / ".getoperate")
-    req = urllib.request.Request(f"{ep.config_url}/groups/{group}", method="PUT",
-                                 data=json.dumps(body).encode())
+    base = ep.config_url if service == "config" else ep.router_url
+    req = urllib.request.Request(f"{base}{path}", method=method, data=json.dumps(body).encode())
     req.add_header("Authorization", f"Bearer {token or ep.token()}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def raw_put(suite: Suite, group: str, body: dict[str, Any],
+            token: str | None = None) -> tuple[int, dict[str, Any]]:
+    return http_as(suite, "PUT", "config", f"/groups/{group}", body, token)
 
 
 def submit_as(suite: Suite, token: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
-
-    from cli.client import Endpoints
-
-    ep = Endpoints(suite.root / ".getoperate")
-    req = urllib.request.Request(f"{ep.router_url}/jobs", method="POST",
-                                 data=json.dumps(body).encode())
-    req.add_header("Authorization", f"Bearer {token or ep.token()}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_as(suite, "POST", "router", "/jobs", body, token)
 
 
 async def nats_submit(url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,15 +13,9 @@ from pathlib import Path
 
 from cli.up import jobs_dir
 from tests.integration.harness import Proc, cli, free_port_base
+from tests.fsmodes import loose
 
 
-def _loose(root: Path) -> list[str]:
-    found = []
-    for path in [root, *root.rglob("*")]:
-        st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
-            found.append(f"{path.relative_to(root.parent)} {stat.filemode(st.st_mode)}")
-    return found
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -87,9 +81,9 @@ def test_up_keeps_its_data_dir_private_and_runs_jobs_outside_it(tmp_path: Path) 
         assert conf.count('password: "$2a$') == 4
         assert (data / "config.sqlite-wal").exists()
         assert list((data / "nats" / "jetstream").rglob("*.blk"))
-        assert _loose(data) == []
+        assert loose(data) == []
     finally:
         rc = up.stop(signal.SIGINT, timeout=60)
     assert rc == 0
-    assert _loose(data) == []  # what was written while stopping too
+    assert loose(data) == []  # what was written while stopping too
     assert not jobs_dir(data.resolve()).exists()  # scratch space, removed on a clean stop

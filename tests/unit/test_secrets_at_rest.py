@@ -29,6 +29,7 @@ from services.common.natsserver import (
 )
 from services.common.runtime import private_dir, write_private
 from tests.unit.test_compose import ROOT, _compose, _runs
+from tests.fsmodes import loose
 
 K8S = ROOT / "deploy" / "kubernetes" / "manifests"
 CREDS = {role: f"pw-{role}-0123456789abcdef" for role in natsauth.ROLES}
@@ -36,14 +37,6 @@ CREDS = {role: f"pw-{role}-0123456789abcdef" for role in natsauth.ROLES}
 FORBIDDEN_FOR_WORKERS = re.compile(r"TOKEN|NATS_(ADMIN|CONFIG|ROUTER)_PASSWORD", re.I)
 
 
-def _loose(root: Path) -> list[str]:
-    """Everything under `root` (itself included) that group or others may read, write or enter."""
-    found = []
-    for path in [root, *root.rglob("*")]:
-        st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
-            found.append(f"{path.relative_to(root.parent)} {stat.filemode(st.st_mode)}")
-    return found
 
 
 @contextlib.contextmanager
@@ -216,7 +209,7 @@ def test_private_dir_tightens_a_data_dir_of_an_older_version(tmp_path: Path) -> 
     (data / "run.sh").chmod(0o775)
     os.symlink("/etc/hostname", data / "link")
     private_dir(data)
-    assert _loose(data) == []
+    assert loose(data) == []
     assert stat.S_IMODE((data / "run.sh").stat().st_mode) == 0o700  # the owner's x bit is kept
     assert stat.S_IMODE(Path("/etc/hostname").stat().st_mode) & 0o044  # the link's target untouched
     fresh = private_dir(tmp_path / "new" / "dir", recursive=False)
@@ -246,7 +239,7 @@ def test_the_config_log_and_its_wal_and_shm_are_private_whatever_the_umask(tmp_p
             log.append([GroupCreated(group="g")], actor="test")
             names = {p.name for p in data.iterdir()}
             assert {"config.sqlite", "config.sqlite-wal", "config.sqlite-shm"} <= names
-            assert _loose(data) == []
+            assert loose(data) == []
         finally:
             log.close()
     # An older version's files, readable by all, are tightened when the log is opened again.
@@ -254,7 +247,7 @@ def test_the_config_log_and_its_wal_and_shm_are_private_whatever_the_umask(tmp_p
         path.chmod(0o644)
     data.chmod(0o755)
     EventLog(data / "config.sqlite").close()
-    assert _loose(data) == []
+    assert loose(data) == []
 
 
 def test_nats_servers_jetstream_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -275,7 +268,7 @@ def test_nats_servers_jetstream_store_is_private_whatever_the_umask(tmp_path: Pa
         with NatsServer(tmp_path / "nats") as server:
             asyncio.run(write_a_stream(server.url))
     assert list((tmp_path / "nats" / "jetstream").rglob("*.blk"))
-    assert _loose(tmp_path / "nats") == []
+    assert loose(tmp_path / "nats") == []
 
 
 def test_up_runs_jobs_outside_its_data_dir_in_a_folder_of_its_own(tmp_path: Path) -> None:
@@ -381,5 +374,5 @@ def test_credentials_and_token_files_are_created_private(tmp_path: Path) -> None
     with _umask(0o022):
         natsauth.load_or_create(data)
         admin_token(data, create=True)
-    assert _loose(data) == []
+    assert loose(data) == []
     assert json.loads((data / natsauth.CREDENTIALS_FILE).read_text()).keys() == set(natsauth.ROLES)
