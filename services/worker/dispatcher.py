@@ -54,6 +54,7 @@ class Dispatcher:
         self.wake_subs: dict[str, object] = {}
         self.hinted: set[str] = set()  # tags whose subject signalled a new job
         self.recent: set[str] = set()  # tags that delivered a job on their last pull
+        self.backlog: set[str] = set()  # tags whose last job said more were waiting
         self.wake = asyncio.Event()
         self.pulls: dict[str, TagPull] = {}
         self.retired: dict[str, TagPull] = {}  # tags let go whose last answer may still come
@@ -74,6 +75,7 @@ class Dispatcher:
             await _unsubscribe(self.wake_subs.pop(tag))
             self.hinted.discard(tag)
             self.recent.discard(tag)
+            self.backlog.discard(tag)
             if tag in self.pulls:
                 self.retired[tag] = self.pulls.pop(tag)
         self.wake.set()
@@ -103,6 +105,8 @@ class Dispatcher:
         for sub in list(self.wake_subs.values()):
             await _unsubscribe(sub)
         self.wake_subs.clear()
+        for pull in [*self.pulls.values(), *self.retired.values()]:
+            await pull.settle(SOON + 0.5)  # a pull cut short by the stop: its answer comes soon
         await self._return_late()
         for pull in [*self.pulls.values(), *self.retired.values()]:
             await pull.close()
@@ -115,7 +119,10 @@ class Dispatcher:
             try:
                 await self.ready.wait()
                 while not self.slots.free:
-                    try:
+                    if not self._watching():
+                        await self.slots.wait_free()
+                        continue
+                    try:  # an answer is still due: return it if it comes while no slot is free
                         await asyncio.wait_for(self.slots.wait_free(), STRAY_CHECK)
                     except TimeoutError:
                         await self._return_late()
@@ -134,12 +141,16 @@ class Dispatcher:
                 self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
 
+    def _watching(self) -> bool:
+        """Is an answer to a pull still due (or waiting in an inbox)?"""
+        pulls = (*self.pulls.values(), *self.retired.values())
+        return any(p.unsettled or p.pending for p in pulls)
+
     async def _sleep(self) -> None:
         """No tag had work: until a wake-up, the next sweep, or (an answer still due) a check."""
-        pulls = [*self.pulls.values(), *self.retired.values()]
-        watch = any(p.unsettled or p.pending for p in pulls)
         try:
-            await asyncio.wait_for(self.wake.wait(), STRAY_CHECK if watch else SWEEP_EVERY)
+            await asyncio.wait_for(self.wake.wait(),
+                                   STRAY_CHECK if self._watching() else SWEEP_EVERY)
         except TimeoutError:
             pass
 
@@ -156,16 +167,20 @@ class Dispatcher:
                           self._rotation, sweep)
 
     async def _take_next(self) -> tuple[str, Msg] | None:
-        await self._return_late(retired_only=True)
+        if self.retired:
+            await self._return_late(retired_only=True)
         for tag in self.candidates():
-            # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
-            wait = SOON if tag in self.hinted else NOW
+            # A signalled job may not be stored yet, and a server busy storing may answer a
+            # short pull with "expired" although jobs wait: where jobs are known to wait (a
+            # wake-up, or the last job's count of those behind it), wait briefly for one.
+            # Otherwise, ask once.
+            wait = SOON if tag in self.hinted or tag in self.backlog else NOW
             self.hinted.discard(tag)
             self.recent.discard(tag)
+            self.backlog.discard(tag)
             msg = await self._pull(tag, wait)
             if msg is None:
                 continue
-            self.recent.add(tag)  # it may hold more: try it again first next time
             try:
                 tag = subjects.tag_of_subject(msg.subject)
             except InvalidInput:
@@ -173,6 +188,9 @@ class Dispatcher:
             if not self.listening(tag):  # let go by a hot reload during the pull
                 await _quietly(msg.nak())
                 continue
+            self.recent.add(tag)  # it may hold more: try it again first next time
+            if _pending_after(msg):
+                self.backlog.add(tag)
             return tag, msg
         return None
 
@@ -197,6 +215,14 @@ class Dispatcher:
             if tag in self.retired and not pull.unsettled:
                 del self.retired[tag]
                 await pull.close()
+
+
+def _pending_after(msg: Msg) -> int:
+    """How many jobs the consumer still had for others when it delivered this one."""
+    try:
+        return int(msg.metadata.num_pending or 0)
+    except Exception:
+        return 0
 
 
 async def _quietly(coro: object) -> None:

@@ -1,5 +1,6 @@
-"""One tag's job pulls through nats-py's PullSubscription: one request open at a time, each answered
-(settled) before the next, so a job delivered after the client stopped waiting is never lost.
+"""One tag's job pulls through nats-py's PullSubscription: one request open at a time, each
+answered (settled) before the next, so a job delivered after the client stopped waiting is never
+lost.
 
 `PullSubscription.fetch(1, timeout=t)` sends one request, `{"batch":1,"expires":t-0.1ms}` in
 nanoseconds, and gives up client-side at `t`: the server's answer (the job, or a 408 once the
@@ -11,6 +12,7 @@ next request, and the dispatcher returns it (nak) if no slot is free by then.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import nats.errors
@@ -23,7 +25,7 @@ from services.common import bus
 from shared import subjects
 
 NOW = 0.001  # "a job now?": the server answers 408 after 0.9 ms when the tag has none
-SOON = 0.3  # after a wake-up: the job may not be stored yet, wait for it a little
+SOON = 0.3  # where a job is known to wait (a wake-up; not stored yet?): wait for it a little
 SETTLE = 2.0  # how long the answer to a request the client stopped waiting for may take
 UNSETTLED_FOR = 30.0  # after that, an answer still missing is taken as lost (NATS restarted)
 
@@ -40,7 +42,7 @@ class TagPull:
         self.js = js
         self.tag = tag
         self.consumer = subjects.tag_consumer(tag)
-        self._unsettled_until = 0.0  # a request's answer did not come within SETTLE
+        self._due_until = 0.0  # until then an answer to a request may still come
         self._ensured = False
         self._sub: Subscription | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
@@ -58,8 +60,8 @@ class TagPull:
 
     @property
     def unsettled(self) -> bool:
-        """An answer may still come for a request given up on: watch the inbox."""
-        return self._unsettled_until > time.monotonic()
+        """An answer is still due for a request (its pull gave up on it, or was cancelled)."""
+        return self._due_until > time.monotonic()
 
     @property
     def pending(self) -> int:
@@ -78,20 +80,27 @@ class TagPull:
                 await bus.ensure_tag_consumer(self.js, self.tag)
                 self._ensured = True
             before = sub.delivered
+            self._due_until = time.monotonic() + wait + UNSETTLED_FOR
             try:
-                return (await psub.fetch(1, timeout=wait))[0]
+                msg = (await psub.fetch(1, timeout=wait))[0]
+                self._due_until = 0.0
+                return msg
             except TimeoutError:  # a 404/408/409 status, or no answer yet
                 pass
-        except Exception:
+        except asyncio.CancelledError:
+            raise  # the answer may still come: see `settle`
+        except Exception:  # an error status answered the request, or none was sent
             self._ensured = False
+            self._due_until = 0.0
             raise
         if sub.pending_msgs == 0 and sub.delivered != before:
+            self._due_until = 0.0
             return None  # the fetch consumed the answer: a status
         try:
             msg = await sub.next_msg(timeout=SETTLE)
         except nats.errors.TimeoutError:
-            self._unsettled_until = time.monotonic() + UNSETTLED_FOR
-            return None
+            return None  # still due (NATS away?): `late` takes it if it comes
+        self._due_until = 0.0
         return None if _is_status(msg) else msg
 
     async def late(self) -> Msg | None:
@@ -99,10 +108,16 @@ class TagPull:
         dropped). Never sends a request."""
         while self._sub is not None and self._sub.pending_msgs:
             msg = await self._sub.next_msg(timeout=1.0)
-            self._unsettled_until = 0.0
+            self._due_until = 0.0
             if not _is_status(msg):
                 return msg
         return None
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for an answer still due to reach the inbox (then `late`)."""
+        deadline = time.monotonic() + timeout
+        while self.unsettled and not self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -162,7 +162,8 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
     d.start()
     await eventually(lambda: TAG in d.pulls and d.pulls[TAG]._sub is not None)
     async with slots.hold():  # a job runs: no slot is free
-        # A request whose answer comes after its pull gave up, as after a NATS hiccup.
+        # A request whose answer did not come within SETTLE (a NATS hiccup), and comes now.
+        d.pulls[TAG]._due_until = time.monotonic() + 30
         inbox = d.pulls[TAG]._sub.subject  # type: ignore[union-attr]
         await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}."
                          f"{subjects.tag_consumer(TAG)}", b'{"batch":1}', reply=inbox)
