@@ -106,6 +106,7 @@ def test_ids_a_job_can_run_with(job_id: str) -> None:
 @pytest.mark.parametrize(("job_id", "why"), [("", "empty"), ("a b", "not a job id"),
                                              ("a\r\nNats-Msg-Id: x", "not a job id"),
                                              ("\x00", "not a job id"),
+                                             ("a\u00a0b", "not a job id"),
                                              ("x" * 257, "not a job id")])
 def test_ids_that_can_never_run(job_id: str, why: str) -> None:
     problem = job_problem(job(id=job_id))
