@@ -241,6 +241,48 @@ def test_a_nats_restart_loses_no_queued_job_and_services_reconnect(tmp_path: Pat
             up.stop(signal.SIGKILL)
 
 
+def test_jobs_that_cannot_start_never_jam_the_worker(fast: Suite) -> None:
+    """A job with an empty id (it cannot name its events) and a body that is no job, on the tag
+    of a one-slot worker: both are ended at once, never retried, and valid jobs still run."""
+    s = fast
+    s.api.set_group("jam", tags=["t-jam"])
+    proc = worker(s, "jam")
+    s.api.wait_workers(ready("jam", tags={"t-jam"}))
+    bad = {"id": "", "workspace": "main", "language": "bash", "code": "echo never", "tag": "t-jam",
+           "submitted_at": time.time()}
+
+    async def inject() -> None:
+        nc = await nats.connect(s.nats_url)  # admin: a worker may not put jobs on a queue
+        try:
+            js = nc.jetstream()
+            await js.publish(subjects.job_subject("t-jam"), json.dumps(bad).encode())
+            await js.publish(subjects.job_subject("t-jam"), b'{"id": "x", "code": ')
+        finally:
+            await nc.close()
+
+    asyncio.run(inject())
+    time.sleep(float(FAST["GETOPERATE_ACK_WAIT"]) + 1.5)  # past a redelivery, had there been one
+    views = [s.api.job(s.api.submit(f"echo ok{i}", tag="t-jam")["id"]) for i in range(3)]
+    assert [v["result"] for v in views] == ["ok0", "ok1", "ok2"]
+    dead = proc.log_events("job_dead_lettered")
+    assert [d["reason"] for d in dead] == ["its id is empty"]
+    assert len(proc.log_events("job_malformed_dropped")) == 1
+    assert not proc.log_events("job_not_started") and not proc.log_events("job_result_not_recorded")
+    assert "permissions violation" not in proc.output().lower()
+
+    async def parked() -> dict:  # type: ignore[type-arg]
+        nc = await nats.connect(s.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(subjects.DEAD_STREAM,
+                                                    subjects.dead_subject("t-jam"))
+            return json.loads(msg.data)  # type: ignore[no-any-return]
+        finally:
+            await nc.close()
+
+    letter = asyncio.run(parked())
+    assert letter["job"]["id"] == "" and letter["job"]["code"] == "echo never"
+
+
 def test_malformed_and_unknown_messages_are_skipped_not_fatal(fast: Suite) -> None:
     """Runs last in this module: the stray config messages it publishes on purpose leave the
     config stream ahead of the log (in production NATS permissions stop such publishers)."""

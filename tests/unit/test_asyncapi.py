@@ -244,9 +244,12 @@ def test_real_messages_validate_against_their_schema(doc: dict[str, Any], messag
 
 
 def test_the_workers_pull_requests_validate(doc: dict[str, Any]) -> None:
-    from services.worker import worker
+    """nats-py's `fetch(1, timeout=w)` asks for one message that may wait `w` less 0.1 ms
+    (tests/integration/test_worker_parts.py checks these bytes on the wire)."""
+    from services.worker import pulls
 
-    for body in (worker.PULL_NOW, worker.PULL_SOON):
+    for wait in (pulls.NOW, pulls.SOON):
+        body = json.dumps({"batch": 1, "expires": int(wait * 1e9) - 100_000}).encode()
         _validator(doc, "PullRequest").validate(json.loads(body))
         msgspec.json.decode(body, type=asyncapi.PullRequest)
 

@@ -1,0 +1,203 @@
+"""One delivery of a job: the checks between the pull and the run, the run, its events, the ack.
+
+Before the run: a message that is not a Job is terminated; a Job that can never run (its id
+cannot name its events) is dead-lettered at once; a redelivery whose result is already stored
+is acked; one delivered more than MAX_DELIVER times is dead-lettered. Anything else that fails
+there returns the message (nak) to be tried again, so a delivery never hangs and, with naks
+counting as deliveries, never comes back forever. The run: job.started, the job (or its flow)
+with in-progress acks and cancellation, job.finished, and the ack only once that is durable.
+The task this runs in owns the job's slot (services/worker/slots.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import APIError
+
+from services.common import bus
+from services.common.log import Logger
+from services.common.metrics import WorkerMetrics
+from services.worker.cancels import CancelWatch
+from services.worker.executor import Executor
+from services.worker.flows import run_flow
+from services.worker.results import WRONG_LAST_SEQUENCE, Results
+from services.worker.runner import Outcome
+from services.worker.slots import Slot
+from shared.codec import decode
+from shared.errors import InvalidInput
+from shared.jobs import Job, JobFinished, StepSummary
+
+RETRY_DELAY = 2.0  # seconds before a delivery that could not start is offered again
+MAX_ID_CHARS = 256
+
+
+def job_problem(job: Job) -> str | None:
+    """Why a decoded job can never run: its id names its event subject, its events' message ids
+    (a NATS header) and its cancel key. None when it can run."""
+    if not job.id:
+        return "its id is empty"
+    if len(job.id) > MAX_ID_CHARS or not job.id.isprintable() or " " in job.id:  # any space
+        return (f"its id {job.id[:64]!r} is not a job id (at most {MAX_ID_CHARS} printable"
+                " characters, no spaces)")
+    return None
+
+
+class Attempts:
+    """Runs the deliveries the dispatcher hands over; counts what it finished."""
+
+    def __init__(self, nc: NATS, executor: Executor, results: Results, cancels: CancelWatch,
+                 metrics: WorkerMetrics, logger: Logger, on_current: Callable[[], None],
+                 stopping: Callable[[], bool]) -> None:
+        self.nc = nc
+        self.executor = executor
+        self.results = results
+        self.cancels = cancels
+        self.metrics = metrics
+        self.logger = logger
+        self.on_current = on_current  # the set of current jobs changed (heartbeat)
+        self.stopping = stopping  # the worker is stopping: a cancelled run is not a job cancel
+        self.current: set[str] = set()
+        self.jobs_done = 0
+
+    async def run(self, tag: str, msg: Msg, slot: Slot) -> None:
+        """One delivery, from the pulled message to its ack (or nak, or term)."""
+        try:
+            admitted = await self._admit(tag, msg, slot)
+        except Exception as exc:
+            self.logger.error("job_not_started", tag=tag, error=repr(exc))
+            await _quietly(msg.nak(delay=RETRY_DELAY))
+            return
+        if admitted is not None:
+            await self._attempt(tag, *admitted, msg, slot)
+
+    async def _admit(self, tag: str, msg: Msg, slot: Slot) -> tuple[Job, int, int] | None:
+        """(job, attempt, last event sequence) to run, or None when the delivery ends here."""
+        try:
+            job = decode(msg.data, Job)
+        except InvalidInput as exc:
+            self.logger.error("job_malformed_dropped", tag=tag, error=str(exc))
+            await msg.term()
+            return None
+        attempt = msg.metadata.num_delivered or 1
+        problem = job_problem(job)
+        if problem is not None:
+            await self.results.dead_letter(tag, job, msg, attempt, reason=problem)
+            return None
+        if job.kind == "flow":  # orchestration waits on other jobs: it must not hold a slot
+            slot.release()
+        last_seq = 0
+        if attempt > 1:
+            self.metrics.redeliveries.labels(tag).inc()
+            # A redelivery: its earlier worker died, or NATS restarted under a running job. If a
+            # result is already stored, don't run it again (effectively once).
+            try:
+                last_seq, last = await self.results.last_event(job.id)
+            except Exception:
+                if attempt <= bus.MAX_DELIVER:
+                    raise
+                last_seq, last = 0, None  # out of deliveries: it is parked below regardless
+            if isinstance(last, JobFinished):
+                self.logger.info("job_result_already_stored", job_id=job.id, attempt=attempt)
+                await msg.ack()
+                return None
+        if attempt > bus.MAX_DELIVER:
+            await self.results.dead_letter(tag, job, msg, attempt)
+            return None
+        return job, attempt, last_seq
+
+    async def _attempt(self, tag: str, job: Job, attempt: int, last_seq: int, msg: Msg,
+                       slot: Slot) -> None:
+        self.current.add(job.id)
+        self.on_current()
+        keepalive = asyncio.create_task(self._keepalive(msg))
+        # On a first attempt the started event is stored while the job runs (awaited before the
+        # result, so the history stays in order) to keep it off the critical path. A redelivered
+        # job already lost a worker once: its start is recorded before it runs.
+        started = asyncio.ensure_future(self.results.started(job, attempt, last_seq or None))
+        started.add_done_callback(_retrieve)
+        try:
+            if attempt > 1:
+                try:
+                    await started
+                except APIError as exc:
+                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                    # Someone wrote to this job since we looked (its old worker's result): let
+                    # JetStream hand it to us again later, when we will see that result.
+                    self.logger.info("job_changed_while_starting", job_id=job.id)
+                    await msg.nak(delay=1)
+                    return
+            self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
+            outcome, steps = await self._execute(tag, job)
+            slot.release()  # execution is over: the next job may start while this result is stored
+            started_ack = await started
+            await self.results.finished(job, JobFinished(
+                job_id=job.id, time=time.time(), status=outcome.status, result=outcome.result,
+                error=outcome.error, logs=outcome.logs, worker=self.results.worker_id,
+                group=self.results.group, attempt=attempt,
+                duration_ms=round(outcome.duration_ms, 3), steps=steps), started_ack.seq)
+            await msg.ack()  # only once the result is durable
+            self.jobs_done += 1
+            self.metrics.finished.labels(tag, outcome.status).inc()
+            self.metrics.duration.labels(tag).observe(outcome.duration_ms / 1000)
+            self.logger.info("job_finished", job_id=job.id, tag=tag, status=outcome.status,
+                             duration_ms=round(outcome.duration_ms, 1))
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
+            else:  # another attempt (or a cancel) wrote after our start: its outcome stands
+                self.logger.warning("job_result_superseded", job_id=job.id, attempt=attempt)
+        except Exception as exc:
+            self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
+        finally:
+            keepalive.cancel()
+            self.current.discard(job.id)
+            self.on_current()
+
+    async def _execute(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
+        """The job's outcome; a cancel request kills it; a worker bug still ends it visibly."""
+        if self.cancels.asked(job.id):
+            return Outcome(status="cancelled", error="cancelled before it started"), []
+        run = asyncio.ensure_future(self._call(tag, job))
+        with self.cancels.running_as(job.id, run):
+            try:
+                return await asyncio.shield(run)
+            except asyncio.CancelledError:
+                if not run.cancelled() or self.stopping():
+                    raise  # the worker itself is stopping
+                return Outcome(status="cancelled", error="cancelled by request; its processes"
+                               " were killed"), []
+            except Exception as exc:  # a bug or NATS trouble must still end the job visibly
+                return Outcome(status="failure", error=f"worker error: {exc!r}"), []
+
+    async def _call(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
+        if job.kind == "flow":
+            return await run_flow(self.nc, job, self.logger)
+        return await self.executor.run(tag, job), []
+
+    async def _keepalive(self, msg: Msg) -> None:
+        """Tell JetStream the job is still running so it is not redelivered mid-run."""
+        while True:
+            await asyncio.sleep(bus.JOB_ACK_WAIT / 3)
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                self.logger.warning("in_progress_failed", error=str(exc))
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    """A started event nobody awaited (the worker stopped mid-run) must not log its error."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        pass

@@ -1,0 +1,63 @@
+"""Cancellation requests (GO_CANCELS): kill a job that runs here, skip one that comes later.
+
+The whole bucket is watched from the start (existing keys included) and every id seen is kept,
+so a job taken after its cancel is never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Iterator
+
+from nats.js import JetStreamContext
+
+from services.common import bus
+from services.common.log import Logger
+
+
+class CancelWatch:
+    """The job ids asked to cancel, and the running jobs to kill when theirs comes."""
+
+    def __init__(self, js: JetStreamContext, logger: Logger) -> None:
+        self.js = js
+        self.logger = logger
+        self.requested: set[str] = set()
+        self.running: dict[str, asyncio.Future[Any]] = {}
+        self._watch: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cancels = await bus.cancels_bucket(self.js)
+        self._watch = await cancels.watchall()
+        self._task = asyncio.create_task(self._follow(), name="cancels")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def asked(self, job_id: str) -> bool:
+        """Was this job asked to cancel (before it starts here)?"""
+        return job_id in self.requested
+
+    @contextlib.contextmanager
+    def running_as(self, job_id: str, run: asyncio.Future[Any]) -> Iterator[None]:
+        """While the block runs, a cancel request for `job_id` cancels `run`."""
+        self.running[job_id] = run
+        try:
+            yield
+        finally:
+            self.running.pop(job_id, None)
+
+    def on_request(self, job_id: str) -> None:
+        self.requested.add(job_id)
+        run = self.running.get(job_id)
+        if run is not None and not run.done():
+            self.logger.info("job_cancel_requested", job_id=job_id)
+            run.cancel()
+
+    async def _follow(self) -> None:
+        async for entry in self._watch:
+            if entry is None or entry.operation in ("DEL", "PURGE"):
+                continue
+            self.on_request(entry.key)

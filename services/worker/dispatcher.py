@@ -1,0 +1,242 @@
+"""Which job to take next: wake-ups per tag, the order tags are tried in, one pull per free slot.
+
+Jobs of a tag sit on one durable pull consumer shared by every worker listening to that tag
+(competing consumers on a WorkQueue stream), so several groups may serve one tag and each job
+runs once. The dispatcher pulls only while it holds a free slot, one job per pull, so the worker
+never holds a job it cannot run. It learns that a tag has work without polling: it subscribes
+(plain NATS) to the tags' subjects, and each published job wakes it. A slow sweep of every tag
+catches what no wake-up announced (redeliveries, a missed signal). Tags are tried by priority
+(group config), then those known to have work, then round-robin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.common.log import Logger
+from services.worker.pulls import NOW, SOON, TagPull
+from services.worker.slots import Slot, Slots
+from shared import subjects
+from shared.errors import InvalidInput
+
+SWEEP_EVERY = 5.0
+STRAY_CHECK = 1.0  # while no slot is free: return (nak) a job that arrived late, this often
+
+
+def order_tags(tags: list[str], priorities: dict[str, int], hot: set[str], rotation: int,
+               sweep: bool) -> list[str]:
+    """Tags to try, best first: by priority (higher first, unlisted 0), then those known to have
+    work (`hot`), then round-robin from `rotation`. Outside a sweep only hot tags are tried."""
+    n = max(len(tags), 1)
+    order = {t: (i - rotation) % n for i, t in enumerate(tags)}
+    pool = [t for t in tags if sweep or t in hot]
+    return sorted(pool, key=lambda t: (-priorities.get(t, 0), t not in hot, order[t]))
+
+
+class Dispatcher:
+    """Pulls jobs of the tags it listens to, one per free slot, and hands them to `on_job`."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, slots: Slots, ready: asyncio.Event,
+                 on_job: Callable[[str, Msg, Slot], None], logger: Logger) -> None:
+        self.nc = nc
+        self.js = js
+        self.slots = slots
+        self.ready = ready  # the init script is done: jobs may run
+        self.on_job = on_job
+        self.logger = logger
+        self.priorities: dict[str, int] = {}
+        self.wake_subs: dict[str, object] = {}
+        self.hinted: set[str] = set()  # tags whose subject signalled a new job
+        self.recent: set[str] = set()  # tags that delivered a job on their last pull
+        self.backlog: set[str] = set()  # tags whose last job said more were waiting
+        self.wake = asyncio.Event()
+        self.pulls: dict[str, TagPull] = {}
+        self.retired: dict[str, TagPull] = {}  # tags let go whose last answer may still come
+        self._rotation = 0
+        self._next_sweep = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def listening(self, tag: str) -> bool:
+        return tag in self.wake_subs
+
+    async def set_tags(self, wanted: list[str], priorities: dict[str, int]) -> None:
+        """Listen to exactly these tags from now on."""
+        self.priorities = dict(priorities)
+        for tag in sorted(set(wanted) - set(self.wake_subs)):
+            await self._listen(tag)
+        for tag in sorted(set(self.wake_subs) - set(wanted)):
+            await _unsubscribe(self.wake_subs.pop(tag))
+            self.hinted.discard(tag)
+            self.recent.discard(tag)
+            self.backlog.discard(tag)
+            if tag in self.pulls:
+                self.retired[tag] = self.pulls.pop(tag)
+        self.wake.set()
+
+    async def _listen(self, tag: str) -> None:
+        """Wake-ups for a tag: a plain subscription to its job subject (no queue group)."""
+
+        async def on_job_published(msg: Msg) -> None:
+            self.hinted.add(tag)
+            self.wake.set()
+
+        self.wake_subs[tag] = await self.nc.subscribe(subjects.job_subject(tag),
+                                                      cb=on_job_published)
+        if tag in self.retired:
+            self.pulls[tag] = self.retired.pop(tag)
+        self._next_sweep = 0.0  # it may already hold a backlog: sweep every tag next
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dispatch")
+
+    async def stop(self) -> None:
+        """Stop pulling; return any job that arrived late; forget the tags."""
+        self._stopping = True  # Python 3.11's wait_for can swallow a cancel: the loop checks too
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for sub in list(self.wake_subs.values()):
+            await _unsubscribe(sub)
+        self.wake_subs.clear()
+        for pull in [*self.pulls.values(), *self.retired.values()]:
+            await pull.settle(SOON + 0.5)  # a pull cut short by the stop: its answer comes soon
+        await self._return_late()
+        for pull in [*self.pulls.values(), *self.retired.values()]:
+            await pull.close()
+        self.pulls.clear()
+        self.retired.clear()
+
+    async def _run(self) -> None:
+        """Take one job whenever a slot is free; sleep on wake-ups when no tag has work."""
+        while not self._stopping:
+            try:
+                await self.ready.wait()
+                while not self.slots.free:
+                    if not self._watching():
+                        await self.slots.wait_free()
+                        continue
+                    try:  # an answer is still due: return it if it comes while no slot is free
+                        await asyncio.wait_for(self.slots.wait_free(), STRAY_CHECK)
+                    except TimeoutError:
+                        await self._return_late()
+                async with self.slots.hold() as slot:  # given back unless a job takes it on
+                    if not self.ready.is_set() or self._stopping:
+                        continue  # an init script is due: it runs first
+                    self.wake.clear()
+                    got = await self._take_next()
+                    if got is not None:
+                        self.on_job(got[0], got[1], slot)
+                        continue
+                await self._sleep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    def _watching(self) -> bool:
+        """Is an answer to a pull still due (or waiting in an inbox)?"""
+        pulls = (*self.pulls.values(), *self.retired.values())
+        return any(p.unsettled or p.pending for p in pulls)
+
+    async def _sleep(self) -> None:
+        """No tag had work: until a wake-up, the next sweep, or (an answer still due) a check."""
+        try:
+            await asyncio.wait_for(self.wake.wait(),
+                                   STRAY_CHECK if self._watching() else SWEEP_EVERY)
+        except TimeoutError:
+            pass
+
+    def candidates(self) -> list[str]:
+        """Between sweeps only tags that signalled a job, just delivered one, or hold a late
+        answer are tried."""
+        now = time.monotonic()
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY
+        self._rotation += 1
+        late = {t for t, p in self.pulls.items() if p.pending}
+        return order_tags(list(self.wake_subs), self.priorities, self.hinted | self.recent | late,
+                          self._rotation, sweep)
+
+    async def _take_next(self) -> tuple[str, Msg] | None:
+        if self.retired:
+            await self._return_late(retired_only=True)
+        for tag in self.candidates():
+            # A signalled job may not be stored yet, and a server busy storing may answer a
+            # short pull with "expired" although jobs wait: where jobs are known to wait (a
+            # wake-up, or the last job's count of those behind it), wait briefly for one.
+            # Otherwise, ask once.
+            wait = SOON if tag in self.hinted or tag in self.backlog else NOW
+            self.hinted.discard(tag)
+            self.recent.discard(tag)
+            self.backlog.discard(tag)
+            msg = await self._pull(tag, wait)
+            if msg is None:
+                continue
+            try:
+                tag = subjects.tag_of_subject(msg.subject)
+            except InvalidInput:
+                pass
+            if not self.listening(tag):  # let go by a hot reload during the pull
+                await _quietly(msg.nak())
+                continue
+            self.recent.add(tag)  # it may hold more: try it again first next time
+            if _pending_after(msg):
+                self.backlog.add(tag)
+            return tag, msg
+        return None
+
+    async def _pull(self, tag: str, wait: float) -> Msg | None:
+        pull = self.pulls.get(tag)
+        if pull is None:
+            pull = self.pulls[tag] = TagPull(self.nc, self.js, tag)
+        try:
+            return await pull.pull(wait)
+        except Exception as exc:  # consumer gone or NATS away: ensured again next time
+            self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
+            return None
+
+    async def _return_late(self, retired_only: bool = False) -> None:
+        """Jobs that arrived after their pull was given up on, while no slot is free (or for a
+        tag let go): nak them so another worker (or this one, later) takes them at once."""
+        pulls = list(self.retired.items()) + ([] if retired_only else list(self.pulls.items()))
+        for tag, pull in pulls:
+            while (msg := await pull.late()) is not None:
+                self.logger.info("late_job_returned", tag=tag)
+                await _quietly(msg.nak())
+            if tag in self.retired and not pull.unsettled:
+                del self.retired[tag]
+                await pull.close()
+
+
+def _pending_after(msg: Msg) -> int:
+    """How many jobs the consumer still had for others when it delivered this one."""
+    try:
+        return int(msg.metadata.num_pending or 0)
+    except Exception:
+        return 0
+
+
+async def _quietly(coro: object) -> None:
+    """An ack-protocol reply (nak, term) whose failure only delays the job: JetStream redelivers."""
+    try:
+        await coro  # type: ignore[misc]
+    except Exception:
+        pass
+
+
+async def _unsubscribe(sub: object) -> None:
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()  # type: ignore[attr-defined]
+    except Exception:
+        pass

@@ -1,0 +1,160 @@
+"""What a worker writes about a job: lifecycle events on GO_JOB_EVENTS, dead letters on GO_DEAD.
+
+Events are stored conditionally on the job's subject (`Nats-Expected-Last-Subject-Sequence`), so
+two attempts can never both record a result, and made to fit one NATS message (`fit`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from services.common import bus
+from services.common.jobwatch import job_history
+from services.common.log import Logger
+from services.common.metrics import WorkerMetrics
+from shared import subjects
+from shared.codec import decode, encode
+from shared.errors import InvalidInput
+from shared.jobs import DeadLetter, Job, JobEvent, JobFinished, JobQueued, JobStarted
+
+WRONG_LAST_SEQUENCE = 10071
+MAX_EVENT_BYTES = 900 * 1024  # under the 1 MB max_payload, with room for headers
+MAX_ERROR_CHARS = 16 * 1024
+TRUNCATED = "[... log truncated ...]\n"
+
+
+def fit(event: JobStarted | JobFinished) -> JobStarted | JobFinished:
+    """Make a result event fit one NATS message: keep as much of the end of the logs as fits,
+    and if even no logs do not make it fit, refuse the (oversized) result."""
+    if not isinstance(event, JobFinished):
+        return event
+    replace = msgspec.structs.replace
+    if event.error and len(event.error) > MAX_ERROR_CHARS:
+        event = replace(event, error=event.error[:MAX_ERROR_CHARS] + " [...]")
+    size = len(encode(event))
+    if size <= MAX_EVENT_BYTES:
+        return event
+    room = MAX_EVENT_BYTES - len(encode(replace(event, logs=TRUNCATED)))
+    if room >= 0:  # JSON escapes character by character: the kept tail adds its own size
+        return replace(event, logs=TRUNCATED + tail_within(event.logs, room))
+    return replace(event, status="failure", result=None, logs=event.logs[-64 * 1024:],
+                   error=f"the result is too large to record ({size} bytes of JSON)")
+
+
+def tail_within(text: str, room: int) -> str:
+    """The longest end of `text` whose JSON string encoding (quotes excluded) is at most `room`
+    bytes. JSON escapes character by character, so sizes add up: whole blocks are taken from
+    the end while they fit, then the cut inside the next block is found by bisection."""
+    start = max(0, len(text) - room)  # every character takes at least one byte
+    used, end = 0, len(text)
+    while end > start:
+        lo = max(start, end - _BLOCK)
+        cost = len(encode(text[lo:end])) - 2
+        if used + cost > room:
+            break
+        used, end = used + cost, lo
+    else:
+        return text[end:]
+    a, b = lo, end  # the cut is in (lo, end]: the smallest index whose tail still fits
+    while a < b:
+        mid = (a + b) // 2
+        if used + len(encode(text[mid:end])) - 2 <= room:
+            b = mid
+        else:
+            a = mid + 1
+    return text[a:]
+
+
+_BLOCK = 4096
+
+
+class Results:
+    """Job events and dead letters, written as one worker of one group."""
+
+    def __init__(self, js: JetStreamContext, worker_id: str, group: str | None,
+                 metrics: WorkerMetrics, logger: Logger) -> None:
+        self.js = js
+        self.worker_id = worker_id
+        self.group = group
+        self.metrics = metrics
+        self.logger = logger
+
+    async def publish(self, event: JobStarted | JobFinished, msg_id: str,
+                      expect_last: int | None = None) -> Any:
+        """Store a lifecycle event. `expect_last` makes it conditional on the job's subject not
+        having changed since that sequence, so two attempts can never both record a result."""
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id),
+                                 encode(fit(event)), msg_id, within=60.0, expect_last=expect_last)
+
+    async def started(self, job: Job, attempt: int, expect_last: int | None) -> Any:
+        return await self.publish(
+            JobStarted(job_id=job.id, time=time.time(), worker=self.worker_id, group=self.group,
+                       attempt=attempt), f"{job.id}:{attempt}:started", expect_last=expect_last)
+
+    async def finished(self, job: Job, event: JobFinished, after: int) -> None:
+        """Store the result only if nothing but a (late) job.queued was written to the job since
+        our job.started: another attempt's start or result, or a cancel, supersedes ours."""
+        msg_id = f"{job.id}:{event.attempt}:finished"
+        while True:
+            try:
+                await self.publish(event, msg_id, expect_last=after)
+                return
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                seq, last = await self.last_event(job.id)
+                if not isinstance(last, JobQueued) or seq <= after:
+                    raise
+                after = seq
+
+    async def last_event(self, job_id: str) -> tuple[int, object]:
+        """(stream sequence, event) of the newest lifecycle event of a job; (0, None) if none."""
+        try:
+            raw = await self.js.get_last_msg(subjects.JOB_EVENTS_STREAM,
+                                             subjects.job_events_subject(job_id))
+        except NotFoundError:
+            return 0, None
+        try:
+            return int(raw.seq or 0), decode(raw.data or b"", JobEvent)
+        except InvalidInput:
+            return int(raw.seq or 0), None
+
+    async def dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int,
+                          reason: str | None = None) -> None:
+        """Park the job on GO_DEAD with its history, record its end, terminate its message. If
+        reading the history or recording the end fails, the message is not terminated: it comes
+        back and this is tried again. A job refused for its own fields (`reason`: its id cannot
+        name a subject or a message id) is parked as it came and terminated at once."""
+        if reason is None:  # keep the dead letter one message: no logs or results in history
+            history = [msgspec.structs.replace(e, logs="", result=None)
+                       if isinstance(e, JobFinished) else e
+                       for e in await job_history(self.js, job.id)]
+            msg_id = job.id
+        else:
+            history, msg_id = [], f"{tag}:{msg.metadata.sequence.stream}"
+        dead = DeadLetter(job=job, deliveries=deliveries, time=time.time(), history=history)
+        try:
+            await self.js.publish(subjects.dead_subject(tag), encode(dead),
+                                  headers={"Nats-Msg-Id": msg_id})
+        except Exception as exc:  # still end the job below: never retry it forever
+            self.logger.error("dead_letter_not_parked", job_id=job.id, error=repr(exc))
+        if reason is None:
+            await self.publish(JobFinished(
+                job_id=job.id, time=time.time(), status="failure", worker=self.worker_id,
+                group=self.group, attempt=deliveries, dead_letter=True,
+                error=f"dead-lettered after {deliveries - 1} deliveries that never finished"
+                      f" (the job kept losing its worker); parked on {subjects.DEAD_STREAM}"),
+                f"{job.id}:{deliveries}:finished")
+        await msg.term()
+        self.metrics.dead_letters.labels(tag).inc()
+        if reason is None:
+            self.logger.error("job_dead_lettered", job_id=job.id, tag=tag,
+                              deliveries=deliveries - 1)
+        else:
+            self.logger.error("job_dead_lettered", job_id=job.id, tag=tag, reason=reason)

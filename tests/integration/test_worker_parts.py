@@ -1,0 +1,214 @@
+"""The worker's parts against a real nats-server: pulls (what goes on the wire, nothing left
+behind or lost), the dispatcher (no spinning, late jobs returned), an attempt that cannot start."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services.common import bus
+from services.common.log import Logger
+from services.common.metrics import WorkerMetrics
+from services.worker import dispatcher as dispatcher_module
+from services.worker.attempt import Attempts
+from services.worker.dispatcher import Dispatcher
+from services.worker.pulls import NOW, SOON, TagPull
+from services.worker.slots import Slot, Slots
+from shared import subjects
+from shared.codec import encode
+from shared.jobs import Job
+from tests.conftest import eventually
+
+TAG = "t-parts"
+
+
+def job(job_id: str = "01a22593f8861a6aa49c992a90db7daf") -> bytes:
+    return encode(Job(id=job_id, workspace="main", language="bash", code="true", tag=TAG,
+                      submitted_at=time.time()))
+
+
+async def consumer_info(nc: NATS) -> Any:
+    return await nc.jetstream().consumer_info(subjects.JOBS_STREAM, subjects.tag_consumer(TAG))
+
+
+@pytest.fixture
+async def js_ready(nc: NATS) -> NATS:
+    await bus.ensure_streams(nc.jetstream())
+    return nc
+
+
+async def test_a_pull_sends_one_request_for_one_job_and_leaves_none_waiting(
+        js_ready: NATS) -> None:
+    nc = js_ready
+    doc = json.loads((Path(__file__).parents[2] / "docs" / "asyncapi.json").read_text())
+    from tests.unit.test_asyncapi import _validator
+
+    requests: list[bytes] = []
+
+    async def on_request(msg: Msg) -> None:
+        requests.append(msg.data)
+
+    await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.>", cb=on_request)
+    pull = TagPull(nc, nc.jetstream(), TAG)
+    for wait in (NOW, SOON, NOW):
+        assert await pull.pull(wait) is None
+        assert (await consumer_info(nc)).num_waiting == 0  # answered: no request left open
+    await nc.jetstream().publish(subjects.job_subject(TAG), job())
+    msg = await pull.pull(NOW)
+    assert msg is not None and msg.metadata.num_delivered == 1
+    await msg.ack()
+    await nc.flush()
+    assert len(requests) == 4
+    for body in requests:
+        request = json.loads(body)
+        assert request["batch"] == 1 and request["expires"] in (
+            int(NOW * 1e9) - 100_000, int(SOON * 1e9) - 100_000)
+        _validator(doc, "PullRequest").validate(request)
+    await pull.close()
+
+
+async def test_jobs_published_while_pulls_come_and_go_are_each_taken_once(js_ready: NATS) -> None:
+    """A job the server sends just after the client stopped waiting is still taken."""
+    nc = js_ready
+    js = nc.jetstream()
+    pull = TagPull(nc, js, TAG)
+    assert await pull.pull(NOW) is None  # the consumer exists from here on
+    rng = random.Random(5)
+    published = 0
+    done = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal published
+        while not done.is_set():
+            await asyncio.sleep(rng.uniform(0, 0.004))
+            await js.publish(subjects.job_subject(TAG), job(f"{published:032x}"))
+            published += 1
+
+    task = asyncio.create_task(publisher())
+    seen: list[str] = []
+    for _ in range(600):
+        msg = await pull.pull(NOW)
+        if msg is None:
+            assert pull.pending == 0  # nothing stranded in the inbox
+            continue
+        seen.append(json.loads(msg.data)["id"])
+        await msg.ack()
+    done.set()
+    await task
+    while (msg := await pull.pull(SOON)) is not None:
+        seen.append(json.loads(msg.data)["id"])
+        await msg.ack()
+    assert sorted(seen) == [f"{i:032x}" for i in range(published)]
+    assert (await consumer_info(nc)).num_ack_pending == 0
+    await pull.close()
+
+
+def quiet() -> Logger:
+    return Logger("test", stream=io.StringIO(), json_lines=True)
+
+
+def events(logger: Logger) -> list[dict[str, Any]]:
+    lines = logger.stream.getvalue().splitlines()  # type: ignore[attr-defined]
+    return [json.loads(line) for line in lines]
+
+
+async def test_an_idle_dispatcher_sweeps_once_and_sleeps(js_ready: NATS,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    nc = js_ready
+    pulls: list[str] = []
+    real_pull = TagPull.pull
+
+    async def counting(self: TagPull, wait: float) -> Msg | None:
+        pulls.append(self.tag)
+        return await real_pull(self, wait)
+
+    monkeypatch.setattr(TagPull, "pull", counting)
+    ready = asyncio.Event()
+    ready.set()
+    d = Dispatcher(nc, nc.jetstream(), Slots(1), ready, lambda *a: None, quiet())
+    await d.set_tags(["x1", "x2", "x3"], {})
+    d.start()
+    await asyncio.sleep(1.5)
+    assert sorted(pulls) == ["x1", "x2", "x3"]  # one sweep, then asleep until a wake-up
+    await d.stop()
+
+
+async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
+        js_ready: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    nc = js_ready
+    js = nc.jetstream()
+    monkeypatch.setattr(dispatcher_module, "STRAY_CHECK", 0.2)
+    taken: list[Msg] = []
+
+    def on_job(tag: str, msg: Msg, slot: Slot) -> None:
+        taken.append(msg)
+        slot.hand_to(asyncio.ensure_future(msg.ack()))
+
+    ready = asyncio.Event()
+    ready.set()
+    slots = Slots(1)
+    logger = quiet()
+    d = Dispatcher(nc, js, slots, ready, on_job, logger)
+    await d.set_tags([TAG], {})
+    d.start()
+    await eventually(lambda: TAG in d.pulls and d.pulls[TAG]._sub is not None)
+    async with slots.hold():  # a job runs: no slot is free
+        # A request whose answer did not come within SETTLE (a NATS hiccup), and comes now.
+        d.pulls[TAG]._due_until = time.monotonic() + 30
+        inbox = d.pulls[TAG]._sub.subject  # type: ignore[union-attr]
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}."
+                         f"{subjects.tag_consumer(TAG)}", b'{"batch":1}', reply=inbox)
+        await js.publish(subjects.job_subject(TAG), job())
+        await eventually(lambda: any(e["event"] == "late_job_returned" for e in events(logger)))
+        assert taken == []
+    msg = await eventually(lambda: taken[0] if taken else None)
+    assert msg.metadata.num_delivered == 2  # returned (nak), then taken with a free slot
+    await d.stop()
+
+
+class BrokenResults:
+    """Reading a job's last event fails (not a "not found")."""
+
+    worker_id, group = "w", None
+
+    async def last_event(self, job_id: str) -> tuple[int, object]:
+        raise RuntimeError("stream unavailable")
+
+
+async def test_an_error_before_the_run_frees_the_slot_and_returns_the_job(
+        js_ready: NATS) -> None:
+    nc = js_ready
+    js = nc.jetstream()
+    pull = TagPull(nc, js, TAG)
+    await pull.pull(NOW)
+    await js.publish(subjects.job_subject(TAG), job())
+    first = await pull.pull(SOON)
+    assert first is not None
+    await first.nak()
+    again = await pull.pull(SOON)
+    assert again is not None and again.metadata.num_delivered == 2  # a redelivery: checked
+    logger = quiet()
+    attempts = Attempts(nc, None, BrokenResults(), None,  # type: ignore[arg-type]
+                        WorkerMetrics(), logger, on_current=lambda: None, stopping=lambda: False)
+    slots = Slots(1)
+    async with slots.hold() as slot:
+        task = asyncio.ensure_future(attempts.run(TAG, again, slot))
+        slot.hand_to(task)
+    await asyncio.wait_for(task, 5)
+    await asyncio.sleep(0)
+    assert slots.taken == 0
+    assert [e["error"] for e in events(logger) if e["event"] == "job_not_started"] == [
+        "RuntimeError('stream unavailable')"]
+    back = await pull.pull(4.0)  # returned (nak with a delay), not lost
+    assert back is not None and back.metadata.num_delivered == 3
+    await back.ack()
+    await pull.close()
