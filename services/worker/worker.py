@@ -160,12 +160,13 @@ class Worker:
         self.applied = new
         self.config_version = self.follower.version
         self.priorities = dict(new.priorities) if new else {}
-        self.executor.apply(new)
+        isolation_changed = self.executor.apply(new)
         self.dedicated_tags = set(self.executor.dedicated_tags)
         await self.dispatcher.set_tags(self.tags(), self.priorities)
         old_script = old.init_script if old else None
         new_script = new.init_script if new else None
-        if first or old_script != new_script:
+        # A new sandbox, network or limits: the script's daemons must not stay in the old one.
+        if first or old_script != new_script or (isolation_changed and new_script):
             self.init.schedule(new_script)
         self.config_applied_at = time.time()  # listening to the new tags from here on
         if not first:
