@@ -170,15 +170,17 @@ class Dispatcher:
         if self.retired:
             await self._return_late(retired_only=True)
         for tag in self.candidates():
-            # A signalled job may not be stored yet, and a server busy storing may answer a
-            # short pull with "expired" although jobs wait: where jobs are known to wait (a
-            # wake-up, or the last job's count of those behind it), wait briefly for one.
-            # Otherwise, ask once.
-            wait = SOON if tag in self.hinted or tag in self.backlog else NOW
+            # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
+            wait = SOON if tag in self.hinted else NOW
+            behind = tag in self.backlog
             self.hinted.discard(tag)
             self.recent.discard(tag)
             self.backlog.discard(tag)
             msg = await self._pull(tag, wait)
+            if msg is None and behind and wait == NOW:
+                # Jobs were waiting behind the last one, but a server busy storing may let so
+                # short a request expire: wait briefly (unless another worker took them all).
+                msg = await self._pull(tag, SOON)
             if msg is None:
                 continue
             try:
