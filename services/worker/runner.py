@@ -126,7 +126,7 @@ class Workspace:
 
     def clean(self, name: str) -> None:
         """Remove a run's folder and files, however deep or odd what the job left there."""
-        for suffix in (".log", ".result"):
+        for suffix in (".log",):
             try:
                 (self.root / "out" / f"{name}{suffix}").unlink()
             except OSError:
@@ -149,41 +149,49 @@ def remove_tree(path: Path) -> None:
 async def run_sandboxed(
     argv: list[str], *, ws: Workspace, name: str, policy: Policy, env: dict[str, str],
     timeout: float, cgroups: Cgroups | None, files: dict[str, bytes],
-    result_fd: bool = False, last_stdout_line: bool = False, ro: tuple[str, ...] | None = None,
-    init_dir: Path | None = None,
+    result_fd: bool = False, ro: tuple[str, ...] | None = None, init_dir: Path | None = None,
 ) -> Finished:
-    """Run argv under `policy` with `files` in its folder, to its end; kill all it left."""
+    """Run argv under `policy` with `files` in its folder, to its end; kill all it left.
+
+    Everything the job writes back (stdout, stderr, its result) comes through pipes the worker
+    reads with a cap, so no job can make the worker store more than the cap on the host."""
     boxed = policy.kind == "bwrap"
-    log_path, result_path = ws.out(f"{name}.log"), ws.out(f"{name}.result")
+    log_path = ws.out(f"{name}.log")
     job_dir = None if boxed else ws.job_dir(name, files)
     cg = cgroups.create(name, policy.limits) if cgroups else None
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-    res_fd = os.open(result_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if result_fd else -1
+    res_r, res_w = os.pipe() if result_fd else (-1, -1)
     fds = sandbox_fds(files, network=policy.network) if boxed else {}
     try:
-        if res_fd >= 0:
-            argv = [*argv, str(res_fd)]
+        if res_w >= 0:
+            argv = [*argv, str(res_w)]
         file_fds = {f: fd for f, fd in fds.items() if f != SECCOMP}
         full = sandbox.command(policy, argv, job_dir=job_dir, init_dir=init_dir,
                                procs_files=cg.procs_files if cg else (), ro=ro,
                                files=file_fds, seccomp_fd=fds.get(SECCOMP))
         proc = await asyncio.create_subprocess_exec(
             *full, cwd=str(job_dir or ws.root), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if last_stdout_line else log_fd,
-            stderr=asyncio.subprocess.PIPE if last_stdout_line else log_fd,
-            pass_fds=tuple(fds.values()) + ((res_fd,) if res_fd >= 0 else ()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            pass_fds=tuple(fds.values()) + ((res_w,) if res_w >= 0 else ()),
             start_new_session=True,
         )
+    except BaseException:
+        if res_r >= 0:
+            os.close(res_r)
+        raise
     finally:
         for fd in fds.values():
             os.close(fd)
-        if res_fd >= 0:
-            os.close(res_fd)
+        if res_w >= 0:
+            os.close(res_w)
     cap = min(policy.limits.file_size or MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES)
     sink = _LogSink(log_fd, cap, lambda: _kill(proc, cg))
-    reader = (asyncio.gather(sink.copy(proc.stdout, True), sink.copy(proc.stderr, False))
-              if last_stdout_line and proc.stdout is not None and proc.stderr is not None
-              else None)
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [sink.copy(proc.stdout, True), sink.copy(proc.stderr, False)]
+    result_box: list[bytes] = []
+    if res_r >= 0:
+        readers.append(_read_capped(res_r, MAX_RESULT_BYTES + 1, result_box))
+    reader = asyncio.gather(*readers)
     code: int | None
     try:
         code = await asyncio.wait_for(proc.wait(), timeout)
@@ -192,18 +200,16 @@ async def run_sandboxed(
     except asyncio.CancelledError:
         _kill(proc, cg)
         await proc.wait()
-        if reader:
-            reader.cancel()
+        reader.cancel()
         os.close(log_fd)
         close_later(cg)
         raise
     _kill(proc, cg)  # whatever the job left running (bwrap's namespace is already gone)
     await proc.wait()
-    if reader is not None:
-        try:
-            await asyncio.wait_for(reader, 5.0)
-        except asyncio.TimeoutError:
-            pass
+    try:
+        await asyncio.wait_for(reader, 5.0)
+    except asyncio.TimeoutError:
+        reader.cancel()
     last = sink.last_line()
     os.close(log_fd)
     limit = None
@@ -215,12 +221,24 @@ async def run_sandboxed(
             f"the job wrote more than {cap} bytes of output (stdout and stderr together) and was"
             " stopped")
     await _cleanup(cg)
-    result = b""
-    if result_fd:
-        with open(result_path, "rb") as fh:
-            result = fh.read(MAX_RESULT_BYTES + 1)
-    return Finished(code=code, logs=_tail(log_path, MAX_LOG_BYTES), result=result,
-                    stdout_last=last, limit=limit)
+    return Finished(code=code, logs=_tail(log_path, MAX_LOG_BYTES),
+                    result=result_box[0] if result_box else b"", stdout_last=last, limit=limit)
+
+
+async def _read_capped(fd: int, cap: int, into: list[bytes]) -> None:
+    """Read a pipe to its end or `cap` bytes, whichever first (then close it: the writer gets
+    EPIPE instead of the worker buffering whatever it sends)."""
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(fd, "rb"))
+    data = b""
+    try:
+        while len(data) < cap and (chunk := await stream.read(cap - len(data))):
+            data += chunk
+    finally:
+        transport.close()
+        into.append(data)
 
 
 class _LogSink:
@@ -339,9 +357,7 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
             argv = [sys.executable, "-c", _PY_WRAPPER]
         done = await run_sandboxed(argv, ws=ws, name=name, policy=policy, env=env,
                                    timeout=timeout, cgroups=cgroups, files=files,
-                                   result_fd=job.language == "python3",
-                                   last_stdout_line=job.language == "bash",
-                                   init_dir=init_dir)
+                                   result_fd=job.language == "python3", init_dir=init_dir)
         return _outcome(job, done, timeout, (time.monotonic() - started) * 1000, policy)
     finally:
         ws.clean(name)

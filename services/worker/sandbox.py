@@ -317,6 +317,16 @@ class RunCgroup:
                 pass
         return out
 
+    def task_count(self) -> int:
+        """Threads of every process of the run: what a warm runtime must not grow across jobs."""
+        name = "cgroup.threads" if self.v2 else "tasks"
+        for d in self.dirs:
+            try:
+                return len((d / name).read_text().split())
+            except OSError:
+                continue
+        return 0
+
     def hits(self) -> list[str]:
         """Which limits the run went over, as sentences naming them."""
         out = []

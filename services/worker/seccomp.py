@@ -5,6 +5,10 @@ Namespaces and mounts already wall a job in; this closes what they leave shared 
   read the tokens and passwords its clients send; jobs with `--no-network` have a loopback of
   their own and may listen there);
 - the kernel keyrings (per uid, so shared by every job of every workspace, and outliving them);
+- io_uring (its IORING_OP_LISTEN would listen without `listen`, and it is a large attack
+  surface of its own);
+- `ptrace` and `process_vm_readv/writev`: a process a job left in a warm runtime must not read
+  the runtime's memory (later jobs' arguments);
 - new user namespaces, mounts, `setns`, `bpf`, `perf_event_open`, `userfaultfd`, module and
   kexec calls: kernel attack surface a job has no use for (Docker's default profile denies the
   same). `clone3` answers ENOSYS, so C libraries fall back to `clone`, whose flags we can check.
@@ -32,6 +36,8 @@ _ABIS: dict[str, tuple[int, dict[str, int]]] = {
         "fsopen": 430, "fsmount": 432, "keyctl": 250, "add_key": 248, "request_key": 249,
         "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "kexec_load": 246, "kexec_file_load": 320,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101,
+        "process_vm_readv": 310, "process_vm_writev": 311,
     }),
     "aarch64": (0xC00000B7, {
         "listen": 201, "clone": 220, "clone3": 435, "unshare": 97, "setns": 268,
@@ -39,12 +45,15 @@ _ABIS: dict[str, tuple[int, dict[str, int]]] = {
         "fsopen": 430, "fsmount": 432, "keyctl": 219, "add_key": 217, "request_key": 218,
         "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "init_module": 105,
         "finit_module": 273, "delete_module": 106, "kexec_load": 104, "kexec_file_load": 294,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 117,
+        "process_vm_readv": 270, "process_vm_writev": 271,
     }),
 }
 DENIED = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_mount", "open_tree",
           "fsopen", "fsmount", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
           "userfaultfd", "init_module", "finit_module", "delete_module", "kexec_load",
-          "kexec_file_load")
+          "kexec_file_load", "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace",
+          "process_vm_readv", "process_vm_writev")
 
 
 class UnsupportedMachine(RuntimeError):

@@ -33,13 +33,21 @@ MAX_LOGS, MAX_REPLY = 256 * 1024, 8 * 1024 * 1024
 
 def kill_leftovers():
     # In its own PID namespace every process but bwrap's init (1) and this one is something a
-    # job started: end it with the job, as a cold job's would be.
+    # job started: end it with the job, as a cold job's would be (and reap our own children).
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in (1, os.getpid()):
             try:
                 os.kill(int(name), signal.SIGKILL)
             except OSError:
                 pass
+    reap()
+
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
 
 spec = importlib.util.spec_from_file_location("main_script", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
@@ -55,8 +63,11 @@ except BaseException as exc:
     out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
                           "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]}) + "\n")
     sys.exit(1)
+base_env = dict(os.environ)
 for line in sys.stdin:
     req = json.loads(line)
+    os.environ.clear()  # what one job set in its environment is not the next job's
+    os.environ.update(base_env)
     os.environ.update(req.get("env", {}))
     buf = io.StringIO()
     try:
@@ -64,15 +75,18 @@ for line in sys.stdin:
             result = mod.main(**req["args"])
         logs = buf.getvalue()[-MAX_LOGS:]
         try:
-            text = json.dumps({"ok": True, "result": result, "logs": logs}, default=str)
+            text = json.dumps({"id": req["id"], "ok": True, "result": result, "logs": logs},
+                              default=str)
         except ValueError as exc:
-            text = json.dumps({"ok": False, "error": f"result is not JSON: {exc}", "logs": logs})
+            text = json.dumps({"id": req["id"], "ok": False,
+                               "error": f"result is not JSON: {exc}", "logs": logs})
     except BaseException as exc:
-        text = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+        text = json.dumps({"id": req["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}",
                            "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]})
     if len(text) > MAX_REPLY:
-        text = json.dumps({"ok": False, "error": f"the result is {len(text)} bytes of JSON;"
-                           f" the limit is {MAX_REPLY}", "logs": buf.getvalue()[-65536:]})
+        text = json.dumps({"id": req["id"], "ok": False, "error": f"the result is {len(text)}"
+                           f" bytes of JSON; the limit is {MAX_REPLY}",
+                           "logs": buf.getvalue()[-65536:]})
     if own_namespace:
         kill_leftovers()
     # A thread the job left would run on after it (and see later jobs): end this runtime instead.
@@ -106,6 +120,7 @@ class WarmProcess:
         self.name = f"warm-{os.urandom(6).hex()}"
         self.cg: RunCgroup | None = None
         self.retired = False  # it said it ends after this job (a job left a thread running)
+        self.tasks = 0
 
     async def start(self) -> dict[str, Any]:
         files = {"script.py": self.code.encode()}
@@ -143,6 +158,8 @@ class WarmProcess:
             hello = {"ready": False, "error": f"the warm runtime did not start: {exc or 'exit'}"}
         if not hello.get("ready"):
             self.stop()
+        elif self.cg is not None:
+            self.tasks = self.cg.task_count()  # the runtime at rest: bwrap, its init, the server
         return hello
 
     async def _read(self, timeout: float) -> dict[str, Any]:
@@ -158,7 +175,10 @@ class WarmProcess:
     async def call(self, args: dict[str, Any], env: dict[str, str], timeout: float) -> Outcome:
         assert self.proc is not None and self.proc.stdin is not None
         started = time.monotonic()
-        self.proc.stdin.write(_ENCODER.encode({"args": args, "env": env}) + b"\n")
+        # A fresh id a job cannot guess: an answer that does not carry it (one a job wrote
+        # itself into the pipe, or one left over) is never taken for this job's.
+        nonce = os.urandom(12).hex()
+        self.proc.stdin.write(_ENCODER.encode({"id": nonce, "args": args, "env": env}) + b"\n")
         await self.proc.stdin.drain()
         try:
             reply = await self._read(timeout)
@@ -174,7 +194,14 @@ class WarmProcess:
                    else f"the warm process answered something unreadable ({type(exc).__name__})")
             return Outcome(status="failure", error=why,
                            duration_ms=(time.monotonic() - started) * 1000)
-        if reply.get("ending"):
+        if reply.get("id") != nonce:
+            self.stop()
+            return Outcome(status="failure", error="the warm runtime answered out of turn (the job"
+                           " wrote into its answer pipe); the runtime was stopped",
+                           duration_ms=(time.monotonic() - started) * 1000)
+        # Counted from outside, where a job cannot patch the count: anything it left running
+        # (a thread, a process) ends the runtime, so it cannot see the next job.
+        if reply.get("ending") or (self.cg is not None and self.cg.task_count() > self.tasks):
             self.retired = True
         elapsed = (time.monotonic() - started) * 1000
         logs = str(reply.get("logs", ""))[-MAX_LOG_BYTES:]

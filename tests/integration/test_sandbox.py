@@ -300,6 +300,14 @@ def test_no_kernel_keyring_and_no_new_namespaces_inside(s: Suite) -> None:
     assert key == -1 and err in (1, 38) and unshare != 0  # EPERM/ENOSYS; unshare refused
 
 
+def test_no_io_uring_inside(s: Suite) -> None:
+    """io_uring's own LISTEN operation would listen on the host network without `listen`."""
+    code = ("import ctypes\ndef main():\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    params = ctypes.create_string_buffer(120)\n"
+            "    fd = libc.syscall(425, 8, params)\n    return [fd, ctypes.get_errno()]\n")
+    assert run(s, code, language="python3")["result"] == [-1, 1]  # EPERM
+
+
 def test_tmp_is_writable_and_the_job_folder_is_memory_bounded(s: Suite) -> None:
     view = run(s, "echo x > /tmp/a && echo ok-tmp; echo y > /job/b && echo ok-job;"
                   " df -k /job | tail -1 | awk '{print $2}'")
@@ -323,8 +331,11 @@ def test_a_job_that_leaves_a_tree_deeper_than_python_can_walk_is_still_cleaned(
         assert list((work / "jobs").iterdir()) == [] and list((work / "out").iterdir()) == []
 
 
-def test_a_flood_of_output_stops_the_job_not_the_worker(s: Suite) -> None:
-    view = run(s, "yes flood")
+@pytest.mark.parametrize("language", ["bash", "python3"])
+def test_a_flood_of_output_stops_the_job_not_the_worker(s: Suite, language: str) -> None:
+    code = ("yes flood" if language == "bash" else
+            "import os\ndef main():\n    while True:\n        os.write(2, b'x' * 65536)\n")
+    view = run(s, code, language=language)
     assert view["status"] == "failure" and "bytes of output" in view["error"], view["error"]
     assert run(s, "echo after-flood")["result"] == "after-flood"
 
@@ -332,10 +343,15 @@ def test_a_flood_of_output_stops_the_job_not_the_worker(s: Suite) -> None:
 def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_thread(
     s: Suite,
 ) -> None:
-    code = ("import os, threading, time\nID = os.urandom(8).hex()\nSEEN = []\n"
-            "def main(mode, key=''):\n    SEEN.append(key)\n"
-            "    if mode == 'plant':\n        threading.Thread(target=time.sleep, args=(30,),"
-            " daemon=True).start()\n    return [ID, SEEN]\n")
+    code = ("import os, sys, threading, time\nID = os.urandom(8).hex()\nSEEN = []\n"
+            "def main(mode, key=''):\n    SEEN.append(key)\n    env = os.environ.get('LEFT')\n"
+            "    os.environ['LEFT'] = 'by a job'\n"
+            "    if mode == 'plant':\n        threading.active_count = lambda: 1\n"
+            "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "    if mode == 'forge':\n        out = sys.modules['__main__'].out\n"
+            "        out.write('{\"id\": \"x\", \"ok\": true, \"result\": \"forged\"}\\n')\n"
+            "        out.flush()\n"
+            "    return [ID, SEEN, env]\n")
     (s.root / "warm.py").write_text(code)
     assert cli("script", "deploy", "ws2/f/warm", "warm.py", "--language", "python3",
                cwd=s.root).returncode == 0
@@ -350,11 +366,18 @@ def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_
 
     first, second = call(mode="x"), call(mode="x")
     assert first[0] == second[0]  # one runtime
+    assert second[2] is None  # what the first job put in its environment is gone
     # An admin's inline job of another workspace sent to the dedicated tag runs cold.
     inline = run(s, code, language="python3", tag="ws2:f/warm", workspace="ws1",
                  args={"mode": "x", "key": "ws1-secret"})
     assert inline["status"] == "success" and inline["result"][0] != first[0], inline
-    planted = call(mode="plant")
+    planted = call(mode="plant")  # a thread, hidden from the runtime's own count
     assert planted[0] == first[0]
     after = call(mode="x")
     assert after[0] != first[0] and "ws1-secret" not in json.dumps(after)  # a fresh runtime
+    # A job that writes a forged answer into the pipe: never taken for the next job's answer.
+    forged = s.api.job(s.api.call("POST", "router", "/jobs", {
+        "workspace": "ws2", "path": "f/warm", "args": {"mode": "forge"}})["id"])
+    assert forged["status"] == "failure" and "out of turn" in forged["error"], forged
+    clean = call(mode="x", key="victim")
+    assert clean[0] != after[0] and clean[1] == ["victim"]
