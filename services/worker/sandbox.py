@@ -155,15 +155,16 @@ def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
             out += ["--symlink", os.readlink(path), f"/{name}"]
         elif path.is_dir():
             out += ["--ro-bind", str(path), f"/{name}"]
+    # Scratch space in memory, bounded: by the memory cgroup (tmpfs pages are charged to the
+    # job), and by size where there is none. Mounted before the runtime's paths, which may lie
+    # under /tmp (a virtualenv there) and must not be hidden by it.
+    size = str(policy.limits.memory or 1 << 30)
+    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size,
+            "--tmpfs", "/tmp"]
     made: set[str] = {"/", "/usr", "/etc", "/tmp", "/proc", "/dev", MOUNT_POINT, INIT_POINT}
     for path in ro:
         out += _parents(path, made)
         out += ["--ro-bind", path, path]
-    # Scratch space in memory, bounded: by the memory cgroup (tmpfs pages are charged to the
-    # job), and by size where there is none.
-    size = str(policy.limits.memory or 1 << 30)
-    out += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size,
-            "--tmpfs", "/tmp"]
     for pattern in policy.devices:  # an operator's choice (JOB_DEVICES): GPUs, say
         for device in sorted(glob.glob(pattern)):
             out += ["--dev-bind-try", device, device]
