@@ -155,6 +155,8 @@ class Dispatcher:
         if self.pulls.retired:
             await self.pulls.return_late(retired_only=True)
         for tag in self.candidates():
+            if not self.listening(tag):  # let go by a hot reload during an earlier pull
+                continue
             # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
             wait = SOON if tag in self.hinted else NOW
             behind = tag in self.backlog
@@ -187,6 +189,7 @@ class Dispatcher:
         except Exception as exc:  # consumer gone or NATS away: ensured again next time
             self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
             return None
+
 
 def _pending_after(msg: Msg) -> int:
     """How many jobs the consumer still had for others when it delivered this one."""

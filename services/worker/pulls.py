@@ -1,6 +1,7 @@
-"""One tag's job pulls through nats-py's PullSubscription: one request open at a time, each
-answered (settled) before the next, so a job delivered after the client stopped waiting is never
-lost.
+"""Job pulls per tag through nats-py's fetch, each answered before the next: no job lost or held.
+
+One request is open at a time per tag, and its answer is awaited (settled) before the next one,
+so a job delivered after the client stopped waiting is never lost.
 
 `PullSubscription.fetch(1, timeout=t)` sends one request, `{"batch":1,"expires":t-0.1ms}` in
 nanoseconds, and gives up client-side at `t`: the server's answer (the job, or a 408 once the
