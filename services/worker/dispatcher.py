@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common.log import Logger
-from services.worker.pulls import NOW, SOON, TagPull
+from services.worker.pulls import NOW, SOON, TagPulls
 from services.worker.slots import Slot, Slots
 from shared import subjects
 from shared.errors import InvalidInput
@@ -56,8 +56,7 @@ class Dispatcher:
         self.recent: set[str] = set()  # tags that delivered a job on their last pull
         self.backlog: set[str] = set()  # tags whose last job said more were waiting
         self.wake = asyncio.Event()
-        self.pulls: dict[str, TagPull] = {}
-        self.retired: dict[str, TagPull] = {}  # tags let go whose last answer may still come
+        self.pulls = TagPulls(nc, js, logger)
         self._rotation = 0
         self._next_sweep = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -76,8 +75,7 @@ class Dispatcher:
             self.hinted.discard(tag)
             self.recent.discard(tag)
             self.backlog.discard(tag)
-            if tag in self.pulls:
-                self.retired[tag] = self.pulls.pop(tag)
+            self.pulls.retire(tag)
         self.wake.set()
 
     async def _listen(self, tag: str) -> None:
@@ -89,8 +87,7 @@ class Dispatcher:
 
         self.wake_subs[tag] = await self.nc.subscribe(subjects.job_subject(tag),
                                                       cb=on_job_published)
-        if tag in self.retired:
-            self.pulls[tag] = self.retired.pop(tag)
+        self.pulls.revive(tag)
         self._next_sweep = 0.0  # it may already hold a backlog: sweep every tag next
 
     def start(self) -> None:
@@ -105,13 +102,7 @@ class Dispatcher:
         for sub in list(self.wake_subs.values()):
             await _unsubscribe(sub)
         self.wake_subs.clear()
-        for pull in [*self.pulls.values(), *self.retired.values()]:
-            await pull.settle(SOON + 0.5)  # a pull cut short by the stop: its answer comes soon
-        await self._return_late()
-        for pull in [*self.pulls.values(), *self.retired.values()]:
-            await pull.close()
-        self.pulls.clear()
-        self.retired.clear()
+        await self.pulls.close(settle=SOON + 0.5)  # a pull cut short: its answer comes soon
 
     async def _run(self) -> None:
         """Take one job whenever a slot is free; sleep on wake-ups when no tag has work."""
@@ -119,13 +110,13 @@ class Dispatcher:
             try:
                 await self.ready.wait()
                 while not self.slots.free:
-                    if not self._watching():
+                    if not self.pulls.watching():
                         await self.slots.wait_free()
                         continue
                     try:  # an answer is still due: return it if it comes while no slot is free
                         await asyncio.wait_for(self.slots.wait_free(), STRAY_CHECK)
                     except TimeoutError:
-                        await self._return_late()
+                        await self.pulls.return_late()
                 async with self.slots.hold() as slot:  # given back unless a job takes it on
                     if not self.ready.is_set() or self._stopping:
                         continue  # an init script is due: it runs first
@@ -141,16 +132,11 @@ class Dispatcher:
                 self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
 
-    def _watching(self) -> bool:
-        """Is an answer to a pull still due (or waiting in an inbox)?"""
-        pulls = (*self.pulls.values(), *self.retired.values())
-        return any(p.unsettled or p.pending for p in pulls)
-
     async def _sleep(self) -> None:
         """No tag had work: until a wake-up, the next sweep, or (an answer still due) a check."""
         try:
             await asyncio.wait_for(self.wake.wait(),
-                                   STRAY_CHECK if self._watching() else SWEEP_EVERY)
+                                   STRAY_CHECK if self.pulls.watching() else SWEEP_EVERY)
         except TimeoutError:
             pass
 
@@ -162,14 +148,15 @@ class Dispatcher:
         if sweep:
             self._next_sweep = now + SWEEP_EVERY
         self._rotation += 1
-        late = {t for t, p in self.pulls.items() if p.pending}
-        return order_tags(list(self.wake_subs), self.priorities, self.hinted | self.recent | late,
-                          self._rotation, sweep)
+        hot = self.hinted | self.recent | self.pulls.with_late()
+        return order_tags(list(self.wake_subs), self.priorities, hot, self._rotation, sweep)
 
     async def _take_next(self) -> tuple[str, Msg] | None:
-        if self.retired:
-            await self._return_late(retired_only=True)
+        if self.pulls.retired:
+            await self.pulls.return_late(retired_only=True)
         for tag in self.candidates():
+            if not self.listening(tag):  # let go by a hot reload during an earlier pull
+                continue
             # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
             wait = SOON if tag in self.hinted else NOW
             behind = tag in self.backlog
@@ -197,26 +184,11 @@ class Dispatcher:
         return None
 
     async def _pull(self, tag: str, wait: float) -> Msg | None:
-        pull = self.pulls.get(tag)
-        if pull is None:
-            pull = self.pulls[tag] = TagPull(self.nc, self.js, tag)
         try:
-            return await pull.pull(wait)
+            return await self.pulls.get(tag).pull(wait)
         except Exception as exc:  # consumer gone or NATS away: ensured again next time
             self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
             return None
-
-    async def _return_late(self, retired_only: bool = False) -> None:
-        """Jobs that arrived after their pull was given up on, while no slot is free (or for a
-        tag let go): nak them so another worker (or this one, later) takes them at once."""
-        pulls = list(self.retired.items()) + ([] if retired_only else list(self.pulls.items()))
-        for tag, pull in pulls:
-            while (msg := await pull.late()) is not None:
-                self.logger.info("late_job_returned", tag=tag)
-                await _quietly(msg.nak())
-            if tag in self.retired and not pull.unsettled:
-                del self.retired[tag]
-                await pull.close()
 
 
 def _pending_after(msg: Msg) -> int:

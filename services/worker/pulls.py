@@ -1,6 +1,7 @@
-"""One tag's job pulls through nats-py's PullSubscription: one request open at a time, each
-answered (settled) before the next, so a job delivered after the client stopped waiting is never
-lost.
+"""Job pulls per tag through nats-py's fetch, each answered before the next: no job lost or held.
+
+One request is open at a time per tag, and its answer is awaited (settled) before the next one,
+so a job delivered after the client stopped waiting is never lost.
 
 `PullSubscription.fetch(1, timeout=t)` sends one request, `{"batch":1,"expires":t-0.1ms}` in
 nanoseconds, and gives up client-side at `t`: the server's answer (the job, or a 408 once the
@@ -22,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from services.common import bus
+from services.common.log import Logger
 from shared import subjects
 
 NOW = 0.001  # "a job now?": the server answers 408 after 0.9 ms when the tag has none
@@ -126,3 +128,63 @@ class TagPull:
             except Exception:
                 pass
             self._sub = self._psub = None
+
+
+class TagPulls:
+    """The pulls of the tags listened to, and of tags let go whose last answer may still come."""
+
+    def __init__(self, nc: NATS, js: JetStreamContext, logger: Logger) -> None:
+        self.nc = nc
+        self.js = js
+        self.logger = logger
+        self.active: dict[str, TagPull] = {}
+        self.retired: dict[str, TagPull] = {}
+
+    def get(self, tag: str) -> TagPull:
+        pull = self.active.get(tag) or self.retired.pop(tag, None) or TagPull(self.nc, self.js, tag)
+        self.active[tag] = pull
+        return pull
+
+    def revive(self, tag: str) -> None:
+        """The tag is listened to again: its pull (and any answer still due) is back."""
+        if tag in self.retired:
+            self.active[tag] = self.retired.pop(tag)
+
+    def retire(self, tag: str) -> None:
+        """The tag is let go (hot reload): a job still coming for it will be returned."""
+        if tag in self.active:
+            self.retired[tag] = self.active.pop(tag)
+
+    def with_late(self) -> set[str]:
+        """Tags listened to with an answer waiting in their inbox."""
+        return {tag for tag, pull in self.active.items() if pull.pending}
+
+    def watching(self) -> bool:
+        """Is an answer to a pull still due (or waiting in an inbox)?"""
+        pulls = (*self.active.values(), *self.retired.values())
+        return any(p.unsettled or p.pending for p in pulls)
+
+    async def return_late(self, retired_only: bool = False) -> None:
+        """Jobs that arrived after their pull was given up on, while no slot is free (or for a
+        tag let go): nak them so another worker (or this one, later) takes them at once."""
+        pulls = list(self.retired.items()) + ([] if retired_only else list(self.active.items()))
+        for tag, pull in pulls:
+            while (msg := await pull.late()) is not None:
+                self.logger.info("late_job_returned", tag=tag)
+                try:
+                    await msg.nak()
+                except Exception:  # JetStream redelivers it after ack_wait
+                    pass
+            if self.retired.get(tag) is pull and not pull.unsettled:
+                del self.retired[tag]
+                await pull.close()
+
+    async def close(self, settle: float) -> None:
+        """Stopping: wait (up to `settle`) for answers still due, return their jobs, unsubscribe."""
+        for pull in [*self.active.values(), *self.retired.values()]:
+            await pull.settle(settle)
+        await self.return_late()
+        for pull in [*self.active.values(), *self.retired.values()]:
+            await pull.close()
+        self.active.clear()
+        self.retired.clear()

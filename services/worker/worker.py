@@ -150,7 +150,8 @@ class Worker:
 
     async def _on_config(self) -> None:
         async with self._apply_lock:
-            await self._apply()
+            if self.state != "stopping":
+                await self._apply()
 
     async def _apply(self, first: bool = False) -> None:
         """Make the running worker match the folded config; log what changed."""

@@ -160,11 +160,11 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
     d = Dispatcher(nc, js, slots, ready, on_job, logger)
     await d.set_tags([TAG], {})
     d.start()
-    await eventually(lambda: TAG in d.pulls and d.pulls[TAG]._sub is not None)
+    await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
     async with slots.hold():  # a job runs: no slot is free
         # A request whose answer did not come within SETTLE (a NATS hiccup), and comes now.
-        d.pulls[TAG]._due_until = time.monotonic() + 30
-        inbox = d.pulls[TAG]._sub.subject  # type: ignore[union-attr]
+        d.pulls.active[TAG]._due_until = time.monotonic() + 30
+        inbox = d.pulls.active[TAG]._sub.subject  # type: ignore[union-attr]
         await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}."
                          f"{subjects.tag_consumer(TAG)}", b'{"batch":1}', reply=inbox)
         await js.publish(subjects.job_subject(TAG), job())
@@ -172,6 +172,36 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
         assert taken == []
     msg = await eventually(lambda: taken[0] if taken else None)
     assert msg.metadata.num_delivered == 2  # returned (nak), then taken with a free slot
+    await d.stop()
+
+
+async def test_a_job_arriving_late_for_a_tag_let_go_is_returned(
+        js_ready: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    nc = js_ready
+    js = nc.jetstream()
+    monkeypatch.setattr(dispatcher_module, "STRAY_CHECK", 0.2)
+    ready = asyncio.Event()
+    ready.set()
+    logger = quiet()
+    d = Dispatcher(nc, js, Slots(1), ready, lambda *a: None, logger)
+    await d.set_tags([TAG], {})
+    d.start()
+    await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
+    pull = d.pulls.active[TAG]
+    pull._due_until = time.monotonic() + 30  # its last answer has not come yet...
+    await d.set_tags([], {})  # ...when a hot reload lets the tag go
+    assert d.pulls.retired == {TAG: pull}
+    inbox = pull._sub.subject  # type: ignore[union-attr]
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}."
+                     f"{subjects.tag_consumer(TAG)}", b'{"batch":1}', reply=inbox)
+    await js.publish(subjects.job_subject(TAG), job())
+    await eventually(lambda: any(e["event"] == "late_job_returned" for e in events(logger)))
+    await eventually(lambda: not d.pulls.retired)  # answered: the inbox is closed
+    other = TagPull(nc, js, TAG)
+    msg = await other.pull(SOON)
+    assert msg is not None and msg.metadata.num_delivered == 2
+    await msg.ack()
+    await other.close()
     await d.stop()
 
 
