@@ -58,7 +58,7 @@ class SubmitError(msgspec.Struct, kw_only=True, omit_defaults=True):
 class PullRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The body of a JetStream pull request, as the bundled worker sends it (one job at a time).
 
-    Only documented here (the worker sends fixed bytes); the server accepts more fields.
+    Only documented here (nats-py's `fetch(1)` writes it); the server accepts more fields.
     """
 
     batch: Annotated[int, msgspec.Meta(ge=1, description="messages wanted; the worker asks 1")]
@@ -133,7 +133,7 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
         "ConfigSnapshot": [_example("seeded state (shown as JSON)", ConfigState(
             seq=2, groups={"default": GroupConfig(name="default", tags=("bash", "python3"),
                                                   version=2)}))],
-        "PullRequest": [_example("no wait", PullRequest(batch=1, no_wait=True)),
+        "PullRequest": [_example("is there a job now?", PullRequest(batch=1, expires=900_000)),
                         _example("after a wake-up", PullRequest(batch=1, expires=300_000_000))],
         "PullNoJob": [{"name": "no message", "headers": {"Status": "404",
                                                          "Description": "No Messages"}}],
