@@ -12,10 +12,11 @@ import os
 
 from services.common.log import Logger
 from services.worker import sandbox
-from services.worker.runner import (
-    InitSandbox, Outcome, Workspace, job_env, remove_tree, run_job,
-)
-from services.worker.sandbox import Cgroups, Policy
+from services.worker.initsandbox import InitSandbox
+from services.worker.runner import Outcome, job_env, run_job
+from services.worker.workspace import Workspace, remove_tree
+from services.worker.cgroups import Cgroups
+from services.worker.sandbox import Policy
 from services.worker.settings import WorkerSettings
 from services.worker.warm import WarmPool
 from shared import limits as lim

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,14 +21,14 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from services.worker import sandbox, seccomp
-from services.worker.sandbox import Cgroups, Policy, RunCgroup
-from shared.errors import InvalidInput
+from services.worker.cgroups import Cgroups, RunCgroup
+from services.worker.sandbox import Policy
+from services.worker.workspace import Workspace
 from shared.jobs import Job
 
 MAX_LOG_BYTES = 256 * 1024
 MAX_RESULT_BYTES = 512 * 1024
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # what a job's output may cost the worker to copy
-EXIT_KILLED = 128 + signal.SIGKILL
 # Variables a job may see from the worker's own environment; everything else (NATS credentials,
 # tokens) stays out of user code. Extend with WORKER_ENV_ALLOWLIST=A,B.
 BASE_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -60,9 +58,6 @@ sys.exit(0 if text.startswith('{"ok": true') else 1)
 '''
 # bash gets its positional arguments from a NUL-separated file in its folder, not from argv.
 _BASH_WRAPPER = 'mapfile -d "" -t __go_args < .args; set -- "${__go_args[@]}"; unset __go_args; . ./script.sh'
-# An init script's sandbox outlives the script (daemons it started stay), until the worker stops
-# or the script changes: report the script's status on fd $1, then keep the namespace alive.
-_INIT_WRAPPER = 'bash ./init.sh; echo $? >&"$0"; exec sleep infinity'
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -94,56 +89,6 @@ def job_env(job: Job, extra: dict[str, str], allowlist: tuple[str, ...],
     env.update(extra)
     env.update({"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag})
     return env
-
-
-class Workspace:
-    """A worker's folders: `jobs/<run>` (a job's own, the only thing it sees) and `out/<run>`
-    (the worker's log and result files of that run, never visible to it)."""
-
-    def __init__(self, root: Path, uid: int | None):
-        self.root = root
-        self.uid = uid
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = root.lstat()
-        if root.is_symlink() or info.st_uid != os.geteuid():
-            raise InvalidInput(f"WORKER_DIR {root} is a symlink or belongs to another user;"
-                               " the worker keeps its jobs only in a folder of its own",
-                               field="WORKER_DIR")
-        for d in (root, root / "jobs", root / "out"):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
-
-    def job_dir(self, name: str, files: dict[str, bytes]) -> Path:
-        """A host folder for an unsandboxed run (bwrap runs get a tmpfs instead)."""
-        d = self.root / "jobs" / name
-        d.mkdir(mode=0o700)
-        for file, data in files.items():
-            (d / file).write_bytes(data)
-        return d
-
-    def out(self, name: str) -> Path:
-        return self.root / "out" / name
-
-    def clean(self, name: str) -> None:
-        """Remove a run's folder and files, however deep or odd what the job left there."""
-        for suffix in (".log",):
-            try:
-                (self.root / "out" / f"{name}{suffix}").unlink()
-            except OSError:
-                pass
-        remove_tree(self.root / "jobs" / name)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree, falling back to `rm -rf` where Python cannot (a tree deeper than its recursion
-    limit: a job can make one)."""
-    if not path.exists():
-        return
-    try:
-        shutil.rmtree(path)
-    except Exception:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)],
-                       stdin=subprocess.DEVNULL, capture_output=True)
 
 
 async def run_sandboxed(
@@ -217,11 +162,11 @@ async def run_sandboxed(
         code = code if code >= 0 else 128 - code  # killed by a signal: the shell convention
         limit = sandbox.limit_error(code, policy.limits, cg.hits() if cg else [])
     if sink.over:
-        code, limit = code if code is not None else EXIT_KILLED, (
+        code, limit = code if code is not None else sandbox.EXIT_KILLED, (
             f"the job wrote more than {cap} bytes of output (stdout and stderr together) and was"
             " stopped")
     await _cleanup(cg)
-    return Finished(code=code, logs=_tail(log_path, MAX_LOG_BYTES),
+    return Finished(code=code, logs=log_tail(log_path, MAX_LOG_BYTES),
                     result=result_box[0] if result_box else b"", stdout_last=last, limit=limit)
 
 
@@ -296,7 +241,7 @@ def close_later(cg: RunCgroup | None) -> None:
     task.add_done_callback(_CLOSING.discard)
 
 
-def _tail(path: Path, limit: int) -> str:
+def log_tail(path: Path, limit: int) -> str:
     size = path.stat().st_size if path.exists() else 0
     with open(path, "rb") as fh:
         if size > limit:
@@ -394,84 +339,3 @@ def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: P
 
 def _arg_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-class InitSandbox:
-    """A group's init script, run in a sandbox that stays up (with any daemon the script
-    started) until the worker stops or the script changes. Its folder, `/init` inside, is the
-    one place it can install things: every job sees it read-only, with /init/bin on PATH."""
-
-    def __init__(self, ws: Workspace, policy: Policy, cgroups: Cgroups | None):
-        self.ws, self.policy, self.cgroups = ws, policy, cgroups
-        self.proc: asyncio.subprocess.Process | None = None
-        self.cg: RunCgroup | None = None
-        self.dir = ws.root / "init"
-
-    async def run(self, script: str, env: dict[str, str], timeout: float) -> tuple[bool, str]:
-        """Run the script; (ok, log tail). Replaces an earlier init sandbox."""
-        self.stop()
-        remove_tree(self.dir)
-        self.dir.mkdir()
-        if self.ws.uid is not None:
-            os.chown(self.dir, self.ws.uid, self.ws.uid)
-        os.chmod(self.dir, 0o755)  # jobs (another sandbox, the same uid) read what it installed
-        (self.dir / "init.sh").write_bytes(script.encode())
-        if self.ws.uid is not None:
-            os.chown(self.dir / "init.sh", self.ws.uid, self.ws.uid)
-        log_path = self.ws.out("init.log")
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        status_r, status_w = os.pipe()
-        self.cg = self.cgroups.create("init", self.policy.limits) if self.cgroups else None
-        try:
-            # An init script may listen (a daemon serving the group's jobs is its documented use).
-            fds = (sandbox_fds({}, network=self.policy.network, listen=True)
-                   if self.policy.kind == "bwrap" else {})
-            full = sandbox.command(self.policy, ["bash", "-c", _INIT_WRAPPER, str(status_w)],
-                                   job_dir=self.dir, cpu_limit=False,
-                                   mount_at=sandbox.INIT_POINT, seccomp_fd=fds.get(SECCOMP),
-                                   procs_files=self.cg.procs_files if self.cg else ())
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *full, cwd=str(self.dir), env=env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_fd, stderr=log_fd, pass_fds=(status_w, *fds.values()),
-                    start_new_session=True)
-            finally:
-                for fd in fds.values():
-                    os.close(fd)
-        finally:
-            os.close(status_w)
-            os.close(log_fd)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(status_r, "rb"))
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout)
-        except asyncio.TimeoutError:
-            self.stop()
-            return False, f"init script timed out after {timeout:g}s\n{_tail(log_path, 16384)}"
-        except asyncio.CancelledError:
-            self.stop()
-            raise
-        finally:
-            transport.close()
-        logs = _tail(log_path, 16 * 1024)
-        if not line.strip():  # the sandbox died before the script could report
-            self.stop()
-            return False, f"init script could not run (sandbox exited)\n{logs}"
-        code = int(line)
-        if code != 0:
-            self.stop()
-            limit = sandbox.limit_error(code, self.policy.limits, [])
-            return False, f"init script exited with {code}{f' ({limit})' if limit else ''}\n{logs}"
-        return True, logs
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc = None
-        close_later(self.cg)
-        self.cg = None

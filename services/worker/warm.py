@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 
 from services.worker import sandbox
-from services.worker.runner import (
-    MAX_LOG_BYTES, SECCOMP, Outcome, Workspace, close_later, sandbox_fds,
-)
-from services.worker.sandbox import Cgroups, Policy, RunCgroup
+from services.worker.runner import MAX_LOG_BYTES, SECCOMP, Outcome, close_later, sandbox_fds
+from services.worker.cgroups import Cgroups, RunCgroup
+from services.worker.sandbox import Policy
+from services.worker.workspace import Workspace
 
 _SERVER = r'''
 import contextlib, importlib.util, io, json, os, signal, sys, threading, traceback

@@ -12,8 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.worker.runner import Outcome, Workspace, run_job
-from services.worker.sandbox import Cgroups, Policy, default_uid
+from services.worker.runner import Outcome, run_job
+from services.worker.workspace import Workspace
+from services.worker.cgroups import Cgroups
+from services.worker.sandbox import Policy, default_uid
 from shared import limits as lim
 from shared.jobs import Job
 

@@ -6,7 +6,6 @@ for `../../../admin.token` finds nothing; workers get no token in their environm
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 from pathlib import Path
