@@ -211,7 +211,7 @@ def cmd_group(ns: argparse.Namespace) -> int:
         if ns.no_env:
             body["env"] = {}
         if ns.limits is not None:
-            from shared.isolation import parse_limits
+            from shared.limits import parse as parse_limits
             from shared.limits import as_dict
 
             body["limits"] = as_dict(parse_limits(ns.limits)) or None  # None: all defaults

@@ -40,10 +40,6 @@ def validate_network(value: object) -> bool:
     return value
 
 
-validate_limits = lim.validate  # HTTP objects and JobLimits; the CLI's text: lim.parse
-parse_limits = lim.parse
-
-
 def set_group(
     state: st.ConfigState, name: str, *, limits: object = _UNSET, sandbox: object = _UNSET,
     network: object = _UNSET, expected_version: int | None = None, **fields: object,
@@ -54,7 +50,7 @@ def set_group(
     events = st.set_group(state, name, expected_version=expected_version, **fields)
     group = state.groups.get(name) or st.GroupConfig(name=name)
     if limits is not _UNSET:
-        new_limits = validate_limits(limits)
+        new_limits = lim.validate(limits)
         if new_limits != group.limits:
             events.append(GroupLimitsSet(group=name, limits=new_limits))
     if sandbox is not _UNSET or network is not _UNSET:

@@ -13,7 +13,7 @@ import os
 from services.common.log import Logger
 from services.worker import sandbox
 from services.worker.initsandbox import InitSandbox
-from services.worker.runner import Outcome, job_env, run_job
+from services.worker.runner import SANDBOX_PATH, Outcome, job_env, run_job
 from services.worker.workspace import Workspace, remove_tree
 from services.worker.cgroups import Cgroups
 from services.worker.sandbox import Policy
@@ -130,8 +130,9 @@ class Executor:
         self.init = InitSandbox(self.ws, self.policy, self.cgroups)
         env = {k: os.environ[k] for k in INIT_ENV if k in os.environ}
         if self.policy.kind == "bwrap":
-            env.update(PATH="/init/bin:/usr/local/bin:/usr/bin:/bin", HOME="/init", TMPDIR="/tmp")
-        env["GO_INIT_DIR"] = "/init" if self.policy.kind == "bwrap" else str(self.init.dir)
+            env.update(PATH=SANDBOX_PATH, HOME=sandbox.INIT_POINT, TMPDIR="/tmp")
+        env["GO_INIT_DIR"] = (sandbox.INIT_POINT if self.policy.kind == "bwrap"
+                              else str(self.init.dir))
         return await self.init.run(script, env, self.settings.init_timeout)
 
     def stop(self) -> None:

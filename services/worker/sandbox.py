@@ -18,6 +18,7 @@ cgroup still lets the worker kill what the job left behind, where cgroups are wr
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -91,6 +92,7 @@ def default_uid() -> int | None:
     return int(os.environ.get("JOB_UID", JOB_UID))
 
 
+@functools.cache
 def runtime_paths() -> tuple[str, ...]:
     """Read-only paths a job needs besides /usr and /etc: the Python prefix jobs run with."""
     paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
@@ -146,13 +148,7 @@ def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
         # Root bwrap keeps every capability unless told: keep only what setpriv needs to drop
         # to the job's uid (which then clears them); NO_NEW_PRIVS stops any regaining.
         out += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    out += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / name
-        if path.is_symlink():
-            out += ["--symlink", os.readlink(path), f"/{name}"]
-        elif path.is_dir():
-            out += ["--ro-bind", str(path), f"/{name}"]
+    out += _system_mounts()
     # Scratch space in memory, bounded: by the memory cgroup (tmpfs pages are charged to the
     # job), and by size where there is none. Mounted before the runtime's paths, which may lie
     # under /tmp (a virtualenv there) and must not be hidden by it.
@@ -180,6 +176,20 @@ def _bwrap(policy: Policy, argv: list[str], *, job_dir: Path | None,
         out += ["setpriv", f"--reuid={policy.uid}", f"--regid={policy.uid}", "--clear-groups",
                 "--inh-caps=-all", "--"]
     return out + argv
+
+
+@functools.cache
+def _system_mounts() -> tuple[str, ...]:
+    """/usr and /etc read-only, and /bin, /lib... as the host has them (links or folders): read
+    once per worker, not per job."""
+    out = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            out += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            out += ["--ro-bind", str(path), f"/{name}"]
+    return tuple(out)
 
 
 def _parents(path: str, made: set[str]) -> list[str]:

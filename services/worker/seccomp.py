@@ -18,6 +18,7 @@ Written by hand (a dozen instructions) rather than with libseccomp: no native de
 from __future__ import annotations
 
 import errno
+import functools
 import platform
 import struct
 
@@ -64,6 +65,7 @@ def _ins(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
+@functools.cache
 def program(*, allow_listen: bool, machine: str | None = None) -> bytes:
     """The filter as bytes (struct sock_filter[]), what bwrap reads from its --seccomp fd."""
     machine = machine or platform.machine()

@@ -10,6 +10,7 @@ import msgspec
 
 from services.common.runtime import env
 from shared.errors import InvalidInput
+from shared.isolation import SANDBOXES
 from shared.tags import validate_group_name, validate_tags
 
 
@@ -27,8 +28,6 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     devices: tuple[str, ...] = ()  # JOB_DEVICES: device paths or globs jobs may use (GPUs)
     work_dir_owned: bool = False  # made for this worker (no WORKER_DIR): removed when it stops
 
-
-SANDBOXES = ("bwrap", "none")
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -58,7 +57,8 @@ def settings_from_env() -> WorkerSettings:
     if sandbox not in SANDBOXES:
         raise InvalidInput(f"JOB_SANDBOX must be one of {', '.join(SANDBOXES)}, got {sandbox!r}",
                            field="JOB_SANDBOX")
-    for pattern in _csv(os.environ.get("JOB_DEVICES", "")):
+    devices = _csv(os.environ.get("JOB_DEVICES", ""))
+    for pattern in devices:
         if not pattern.startswith("/dev/"):
             raise InvalidInput(f"JOB_DEVICES entries must be paths under /dev/, got {pattern!r}",
                                field="JOB_DEVICES")
@@ -72,5 +72,5 @@ def settings_from_env() -> WorkerSettings:
         work_dir_owned=not os.environ.get("WORKER_DIR"),
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
-        devices=_csv(os.environ.get("JOB_DEVICES", "")),
+        devices=devices,
     )

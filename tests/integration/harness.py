@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from services.common.natsserver import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +29,32 @@ def free_port_base() -> int:
     raise RuntimeError("no three consecutive free ports found")
 
 
+HAS_SANDBOX = shutil.which("bwrap") is not None
+# .ci/run installs bubblewrap and sets GETOPERATE_REQUIRE_SANDBOX: there these never skip.
+needs_sandbox = pytest.mark.skipif(
+    not HAS_SANDBOX and not os.environ.get("GETOPERATE_REQUIRE_SANDBOX"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap); .ci/run installs it")
+
+
+def live_pids(needle: str) -> list[int]:
+    """Live (not zombie) processes of this machine whose command line contains `needle`
+    (arguments joined by spaces): how a test sees what a job left behind, from the host."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and needle.encode() in \
+                    (d / "cmdline").read_bytes().replace(b"\0", b" ") and \
+                    (d / "stat").read_text().split()[2] != "Z":
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "GETOPERATE_"))}
     env["PYTHONPATH"] = str(ROOT)
-    if shutil.which("bwrap") is None:  # a fresh machine: workers run unsandboxed, as `up` would
+    if not HAS_SANDBOX:  # a fresh machine: workers run unsandboxed, as `up` would
         env.setdefault("JOB_SANDBOX", "none")
     env.update(extra or {})
     return env

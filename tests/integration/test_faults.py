@@ -18,7 +18,7 @@ import pytest
 from services.common.natsserver import NatsServer
 from shared import subjects
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.harness import Proc, cli, free_port_base
+from tests.integration.harness import Proc, cli, free_port_base, live_pids
 from tests.integration.test_config_service import ConfigProc
 from tests.integration.test_routing_e2e import finished_events, ready
 
@@ -34,19 +34,6 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
 
 def worker(s: Suite, group: str, **env: str) -> Proc:
     return s.worker(group, WORKER_GROUP=group, **FAST, **env)
-
-
-def _pids_of(cmdline: str) -> list[int]:
-    """Live (not zombie) processes whose command line is exactly `cmdline`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and (d / "cmdline").read_bytes().replace(b"\0", b" ").strip() \
-                    == cmdline.encode() and (d / "stat").read_text().split()[2] != "Z":
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
 
 
 def wait_status(s: Suite, job_id: str, status: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
@@ -122,7 +109,7 @@ def test_cancel_kills_a_running_job_and_the_worker_goes_on(fast: Suite) -> None:
     job = s.api.submit(f"sleep {mark} & wait", tag="t-cancel")["id"]
     wait_status(s, job, "running")
     deadline = time.monotonic() + 10
-    while not _pids_of(f"sleep {mark}"):
+    while not live_pids(f"sleep {mark}"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     out = cli("cancel", job, cwd=s.root)
@@ -130,7 +117,7 @@ def test_cancel_kills_a_running_job_and_the_worker_goes_on(fast: Suite) -> None:
     view = wait_status(s, job, "cancelled", timeout=15)
     assert "cancelled" in view["error"]
     deadline = time.monotonic() + 5
-    while _pids_of(f"sleep {mark}"):
+    while live_pids(f"sleep {mark}"):
         assert time.monotonic() < deadline, "the job's process survived cancellation"
         time.sleep(0.05)
     after = s.api.job(s.api.submit("echo next", tag="t-cancel")["id"])

@@ -4,8 +4,6 @@ with an error naming the limit, and the machine (and the next job) is unharmed."
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -18,10 +16,9 @@ from services.worker.cgroups import Cgroups
 from services.worker.sandbox import Policy, default_uid
 from shared import limits as lim
 from shared.jobs import Job
+from tests.integration.harness import needs_sandbox
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None and not os.environ.get("GETOPERATE_REQUIRE_SANDBOX"),
-    reason="bubblewrap is not installed (apt-get install bubblewrap)")
+needs_bwrap = needs_sandbox
 
 
 def job(code: str, language: str = "bash", **args: object) -> Job:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,11 +17,9 @@ from typing import Any, Iterator
 import pytest
 
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.harness import cli
+from tests.integration.harness import cli, live_pids, needs_sandbox
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("bwrap") is None and not os.environ.get("GETOPERATE_REQUIRE_SANDBOX"),
-    reason="bubblewrap is not installed (apt-get install bubblewrap); .ci/run installs it")
+pytestmark = needs_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -115,29 +111,16 @@ def test_a_job_sees_only_its_own_processes_and_cannot_reach_its_worker(s: Suite)
     assert ready and run(s, "echo still-here")["result"] == "still-here"
 
 
-def _pids_of(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and needle.encode() in \
-                    (d / "cmdline").read_bytes().replace(b"\0", b" ") and \
-                    (d / "stat").read_text().split()[2] != "Z":
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
-
-
 def _wait_gone(needle: str, timeout: float = 5.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    while (pids := _pids_of(needle)) and time.monotonic() < deadline:
+    while (pids := live_pids(needle)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return pids
 
 
 def _wait_seen(needle: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not _pids_of(needle):
+    while not live_pids(needle):
         assert time.monotonic() < deadline, f"{needle!r} never started"
         time.sleep(0.02)
 
@@ -151,7 +134,7 @@ def test_nothing_survives_its_job_setsid_and_double_fork_included(s: Suite, endi
     code += {"success": "echo ok", "failure": "exit 3", "timeout": "sleep 30"}[ending]
     job = s.api.submit(code, **({"timeout": 3} if ending == "timeout" else {}))["id"]
     _wait_seen(f"sleep {mark}1")  # both escaped processes run while the job does
-    assert _pids_of(f"sleep {mark}")
+    assert live_pids(f"sleep {mark}")
     view = s.api.job(job)
     assert view["status"] == ("success" if ending == "success" else "failure"), view
     assert _wait_gone(f"sleep {mark}") == []
@@ -195,7 +178,7 @@ def test_job_arguments_never_travel_on_a_command_line(s: Suite) -> None:
     job = s.api.submit('sleep 3; echo "got $1"', args={"key": secret})["id"]
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # every process of the host, while the job runs
-        assert _pids_of(secret) == []
+        assert live_pids(secret) == []
         time.sleep(0.05)
     assert s.api.job(job)["result"] == f"got {secret}"
 
@@ -381,3 +364,4 @@ def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_
     assert forged["status"] == "failure" and "out of turn" in forged["error"], forged
     clean = call(mode="x", key="victim")
     assert clean[0] != after[0] and clean[1] == ["victim"]
+

@@ -1,5 +1,5 @@
 """Job limits and sandbox settings on the config side: the `memory=512M,...` syntax and the HTTP
-object (shared/limits.py, with the guards of shared/isolation.py), how limits read back, and the
+object (shared/limits.py), how limits read back, and the
 command that decides `group.limits_set` / `group.sandbox_set` (only changed parts, nothing on a
 refusal)."""
 
@@ -34,7 +34,7 @@ def refused(fn: Any, *args: Any) -> InvalidInput:
 
 
 def test_the_documented_example_parses_to_bytes_and_seconds() -> None:
-    parsed = isolation.parse_limits(
+    parsed = limits.parse(
         "memory=512M,cpu_seconds=600,processes=256,file_size=1G,max_timeout=3600")
     assert parsed == JobLimits(memory=512 * MiB, cpu_seconds=600, processes=256, file_size=GiB,
                                max_timeout=3600.0)
@@ -48,13 +48,13 @@ def test_the_documented_example_parses_to_bytes_and_seconds() -> None:
     ("64 M", 64 * MiB),
 ])
 def test_sizes_take_units(text: str, memory: int) -> None:
-    assert isolation.parse_limits(f"memory={text}") == JobLimits(memory=memory)
+    assert limits.parse(f"memory={text}") == JobLimits(memory=memory)
     assert limits.validate({"memory": text}) == JobLimits(memory=memory)
 
 
 @pytest.mark.parametrize("text", ["", "default", "  default  "])
 def test_default_resets_every_limit(text: str) -> None:
-    assert isolation.parse_limits(text) == JobLimits() == limits.parse(text)
+    assert limits.parse(text) == JobLimits()
 
 
 @pytest.mark.parametrize(("text", "field", "needle"), [
@@ -80,7 +80,7 @@ def test_default_resets_every_limit(text: str) -> None:
     ("memory=1G,,processes=8", "limits", "must look like name=value"),
 ], ids=lambda v: v[:40] if isinstance(v, str) else None)
 def test_bad_limits_are_refused_naming_the_limit(text: str, field: str, needle: str) -> None:
-    err = refused(isolation.parse_limits, text)
+    err = refused(limits.parse, text)
     assert err.field == field and needle in err.message, err.message
 
 
@@ -92,16 +92,16 @@ def test_bad_limits_are_refused_naming_the_limit(text: str, field: str, needle: 
     ({"cpu_seconds": [1]}, "limits.cpu_seconds"), ("memory=1G", "limits"), ([1], "limits"),
 ])
 def test_http_objects_are_checked_too(raw: Any, field: str) -> None:
-    assert refused(isolation.validate_limits, raw).field == field
+    assert refused(limits.validate, raw).field == field
 
 
 def test_http_objects_take_numbers_strings_and_nulls() -> None:
-    assert isolation.validate_limits({"memory": 512 * MiB, "processes": "64", "max_timeout": 90,
+    assert limits.validate({"memory": 512 * MiB, "processes": "64", "max_timeout": 90,
                                       "file_size": None}) == JobLimits(
         memory=512 * MiB, processes=64, max_timeout=90.0)
-    assert isolation.validate_limits(None) == isolation.validate_limits({}) == JobLimits()
-    assert isolation.validate_limits(JobLimits(cpu_seconds=60)) == JobLimits(cpu_seconds=60)
-    assert refused(isolation.validate_limits, JobLimits(cpu_seconds=0)).field == "limits.cpu_seconds"
+    assert limits.validate(None) == limits.validate({}) == JobLimits()
+    assert limits.validate(JobLimits(cpu_seconds=60)) == JobLimits(cpu_seconds=60)
+    assert refused(limits.validate, JobLimits(cpu_seconds=0)).field == "limits.cpu_seconds"
 
 
 def test_effective_limits_fill_in_the_defaults() -> None:
@@ -145,15 +145,15 @@ valid_limits = st.builds(
 @SETTINGS
 @given(valid_limits)
 def test_format_then_parse_gives_the_same_limits(value: JobLimits) -> None:
-    assert isolation.parse_limits(isolation.format_limits(value)) == value
-    assert isolation.validate_limits(limits.as_dict(value)) == value
+    assert limits.parse(isolation.format_limits(value)) == value
+    assert limits.validate(limits.as_dict(value)) == value
 
 
 @SETTINGS
 @given(st.text(max_size=60))
 def test_any_text_is_limits_or_invalid_input(text: str) -> None:
     try:
-        isolation.parse_limits(text)
+        limits.parse(text)
     except InvalidInput as exc:
         assert exc.field is not None and exc.field.startswith("limits")
 
@@ -164,7 +164,7 @@ def test_any_text_is_limits_or_invalid_input(text: str) -> None:
                        max_size=5))
 def test_any_http_object_is_limits_or_invalid_input(raw: dict[str, Any]) -> None:
     try:
-        isolation.validate_limits(raw)
+        limits.validate(raw)
     except InvalidInput as exc:
         assert exc.field is not None and exc.field.startswith("limits.")
 
