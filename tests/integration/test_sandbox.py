@@ -365,3 +365,48 @@ def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_
     clean = call(mode="x", key="victim")
     assert clean[0] != after[0] and clean[1] == ["victim"]
 
+
+def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(s: Suite) -> None:
+    """With the `worker` NATS credentials (a job can no longer read them, but a worker host may
+    be taken over): a forged `group.sandbox_set` never reaches the group, and a submission asking
+    for more than max_timeout is refused by the router like any other."""
+    import asyncio
+
+    import nats
+
+    from shared import subjects
+    from shared.codec import encode
+    from shared.events import GroupSandboxSet, seal
+
+    s.api.set_group("stolen", tags=["t-stolen"], limits={"max_timeout": 60})
+    s.worker("stolen", WORKER_GROUP="stolen")
+    password = json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())["worker"]
+    forged = seal(prev_hash="0" * 64, seq=10**6, id="forged", time="now", actor="admin",
+                  reason=None, event=GroupSandboxSet(group="stolen", sandbox="none"))
+
+    async def attack() -> dict[str, Any]:
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+
+        nc = await nats.connect(f"nats://worker:{password}@127.0.0.1:{s.base}",
+                                error_cb=on_error)
+        try:
+            await nc.publish(subjects.group_subject("stolen"), encode(forged))
+            await nc.flush()
+            reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(
+                {"language": "bash", "code": "sleep 1", "tag": "t-stolen", "workspace": "ws1",
+                 "timeout": 3600}).encode(), timeout=10)
+            await asyncio.sleep(0.5)
+            return {"errors": [str(e) for e in errors], "submit": json.loads(reply.data)}
+        finally:
+            await nc.close()
+
+    out = asyncio.run(attack())
+    assert any("ermission" in e for e in out["errors"]), out  # the publish was refused
+    assert out["submit"].get("field") == "timeout", out
+    group = s.api.call("GET", "config", "/groups/stolen")
+    assert group.get("sandbox") in (None, "default"), group
+    ws = s.api.wait_workers(lambda ws: any(w["group"] == "stolen" for w in ws))
+    assert [w["sandbox"] for w in ws if w["group"] == "stolen"] == ["bwrap"]
