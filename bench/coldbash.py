@@ -46,10 +46,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         suite.wait_workers(lambda ws: any("bash" in w["tags"] and w["state"] == "ready"
                                           for w in ws))
         job = {"workspace": "bench", "language": "bash", "code": "true\n"}
-        asyncio.run(run_jobs(suite.nats_url, [job] * 10, in_flight=1))  # warm up
+        asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * 10, in_flight=1))  # warm-up
         progress(f"coldbash: {n} floor samples, then {n} bash jobs one at a time")
         floor = asyncio.run(_floor(suite.nats_url, n))
-        jobs = asyncio.run(run_jobs(suite.nats_url, [job] * n, in_flight=1))
+        jobs = asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * n, in_flight=1))
     f50, j50, j99 = (percentile(floor, 50) * 1000, percentile(jobs, 50) * 1000,
                      percentile(jobs, 99) * 1000)
     overhead = j50 - f50

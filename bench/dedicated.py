@@ -25,7 +25,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         suite.http("PUT", f"{cfg}/groups/bench-cold", {"tags": ["bench-cold"]})
 
         async def measure(path: str, n: int, group: str) -> float:
-            async with Backlog(suite.nats_url) as backlog:
+            async with Backlog(suite.nats_url, suite.token) as backlog:
                 ids = await backlog.submit([{"workspace": "bench", "path": path, "args": {"x": i}}
                                             for i in range(n)])
                 progress(f"dedicated: {n} jobs of {path} queued; starting a {group} worker")

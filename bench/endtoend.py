@@ -36,13 +36,14 @@ def _ours(n: int, trips: int) -> tuple[float, list[float]]:
         suite.wait_workers(lambda ws: sum(w["group"] == "bench-e2e" and w["state"] == "ready"
                                           for w in ws) >= 2)
         job = {"workspace": "bench", "path": "f/noop", "args": {"x": 1}}
-        asyncio.run(run_jobs(suite.nats_url, [job] * 200))  # warm: runtimes, connections
+        asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * 200))  # warm: runtimes, conns
         progress(f"endtoend: ours: {n} jobs on 2 dedicated workers")
         started = time.perf_counter()
-        asyncio.run(run_jobs(suite.nats_url, [job] * n, in_flight=500))
+        asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * n, in_flight=500))
         rate = n / (time.perf_counter() - started)
         progress(f"endtoend: ours: {trips} round trips one at a time")
-        latencies = asyncio.run(run_jobs(suite.nats_url, [job] * trips, in_flight=1))
+        latencies = asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * trips,
+                                         in_flight=1))
     return rate, latencies
 
 

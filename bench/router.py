@@ -32,17 +32,18 @@ WINDOW = 64  # requests in flight per client connection
 CODE = "def main(x):\n    return x\n"
 
 
-async def _routed(nats_url: str, n: int) -> float:
+async def _routed(nats_url: str, token: str, n: int) -> float:
     conns = [await nats.connect(nats_url) for _ in range(CLIENTS)]
     payload = json.dumps({"workspace": "bench", "language": "python3", "code": CODE,
                           "args": {"x": 1}, "tag": TAG}).encode()
+    auth = {"Authorization": f"Bearer {token}"}  # checked per request: part of what is measured
 
     async def client(nc: Any, count: int) -> None:
         sem = asyncio.Semaphore(WINDOW)
 
         async def one() -> None:
             async with sem:
-                reply = await nc.request("go.router.submit", payload, timeout=60)
+                reply = await nc.request("go.router.submit", payload, timeout=60, headers=auth)
                 if b'"error"' in reply.data:
                     raise RuntimeError(reply.data.decode())
 
@@ -91,7 +92,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             progress(f"router ({sync} fsync): raw JetStream publish of {n} messages (baseline)")
             raw = asyncio.run(_raw(suite.nats_url, n))
             progress(f"router ({sync} fsync): {n} submissions from {CLIENTS} clients")
-            routed = asyncio.run(_routed(suite.nats_url, n))
+            routed = asyncio.run(_routed(suite.nats_url, suite.token, n))
         ratio = routed / raw
         rows.append({
             "name": f"router: jobs routed per second ({CLIENTS} clients, {CLIENTS * WINDOW} in "

@@ -26,8 +26,8 @@ def _cold(suite: LocalSuite, language: str, code: str, n: int) -> tuple[float, f
         for mode in ("on", "off"):
             job = {"workspace": "bench", "language": language, "code": code,
                    "tag": f"bench-sbx-{mode}"}
-            samples[mode] += asyncio.run(run_jobs(suite.nats_url, [job] * (n // rounds),
-                                                  in_flight=1))
+            samples[mode] += asyncio.run(run_jobs(suite.nats_url, suite.token,
+                                                  [job] * (n // rounds), in_flight=1))
     return percentile(samples["on"], 50) * 1000, percentile(samples["off"], 50) * 1000
 
 
@@ -46,15 +46,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         suite.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"}
                            >= {"bench-sbx-on", "bench-sbx-off"})
         for mode in ("on", "off"):  # warm up each worker's path
-            asyncio.run(run_jobs(suite.nats_url, [{"workspace": "bench", "language": "bash",
-                                                   "code": "true", "tag": f"bench-sbx-{mode}"}]
-                                 * 5, in_flight=1))
+            asyncio.run(run_jobs(suite.nats_url, suite.token,
+                                 [{"workspace": "bench", "language": "bash", "code": "true",
+                                   "tag": f"bench-sbx-{mode}"}] * 5, in_flight=1))
         progress(f"sandbox: {n} cold bash and {n} cold python3 jobs on each worker")
         bash_on, bash_off = _cold(suite, "bash", "true\n", n)
         py_on, py_off = _cold(suite, "python3", SCRIPT.replace("x * 2", "1").replace("x", ""), n)
 
         async def drain(mode: str) -> float:
-            async with Backlog(suite.nats_url) as backlog:
+            async with Backlog(suite.nats_url, suite.token) as backlog:
                 ids = await backlog.submit([{"workspace": "bench", "path": f"f/warm-{mode}",
                                              "args": {"x": i}} for i in range(n_warm)])
                 suite.worker(WORKER_GROUP=f"bench-ded-{mode}",

@@ -106,7 +106,8 @@ class LocalSuite:
             time.sleep(0.05)
 
 
-async def run_jobs(nats_url: str, payloads: list[dict[str, Any]], in_flight: int = 200) -> list[float]:
+async def run_jobs(nats_url: str, token: str, payloads: list[dict[str, Any]],
+                   in_flight: int = 200) -> list[float]:
     """Submit jobs over NATS (up to `in_flight` at once) and wait until every one has finished.
 
     Returns the per-job submit->finished latencies in seconds; raises if any job failed.
@@ -129,11 +130,13 @@ async def run_jobs(nats_url: str, payloads: list[dict[str, Any]], in_flight: int
     sub = await nc.subscribe(f"{subjects.JOB_EVENTS_PREFIX}.>", cb=on_event)
     sem = asyncio.Semaphore(in_flight)
     latencies: list[float] = []
+    auth = {"Authorization": f"Bearer {token}"}  # every submission carries a token
 
     async def one(payload: dict[str, Any]) -> None:
         async with sem:
             started = time.perf_counter()
-            reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(), timeout=30)
+            reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(),
+                                     timeout=30, headers=auth)
             answer = json.loads(reply.data)
             if "error" in answer:
                 raise RuntimeError(answer)
@@ -160,8 +163,9 @@ class Backlog:
     timestamps: it measures the workers, not the submitting client or the router.
     """
 
-    def __init__(self, nats_url: str):
+    def __init__(self, nats_url: str, token: str):
         self.nats_url = nats_url
+        self.auth = {"Authorization": f"Bearer {token}"}
         self.started: dict[str, float] = {}
         self.finished: dict[str, dict[str, Any]] = {}
 
@@ -185,7 +189,7 @@ class Backlog:
     async def submit(self, payloads: list[dict[str, Any]]) -> list[str]:
         async def one(payload: dict[str, Any]) -> str:
             reply = await self.nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(),
-                                          timeout=30)
+                                          timeout=30, headers=self.auth)
             answer = json.loads(reply.data)
             if "error" in answer:
                 raise RuntimeError(answer)

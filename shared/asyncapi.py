@@ -113,7 +113,8 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
         ],
         "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id})],
         "JobSubmit": [_example("inline bash job", JobSubmit(
-            language="bash", code='echo "hello $1"', args={"name": "world"}))],
+            language="bash", code='echo "hello $1"', args={"name": "world"}),
+            {subjects.AUTHORIZATION_HEADER: "Bearer gow_..."})],
         "SubmitAnswer": [_example("queued", SubmitAnswer(
             id=job_id, tag="bash", groups=["default"], live_workers=1))],
         "SubmitError": [_example("tag not available", SubmitError(
@@ -158,7 +159,17 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "headers": _headers(Nats_Msg_Id=f"the job id. {msg_id}.")},
         "JobSubmit": {"title": "Job submission",
                       "summary": "A request to run code; unknown fields are refused.",
-                      "payload": schema["JobSubmit"]},
+                      "payload": schema["JobSubmit"],
+                      "headers": _headers(**{
+                          subjects.AUTHORIZATION_HEADER.replace("-", "_"):
+                          "`Bearer <token>`: an admin token or a workspace token (`gow_...`),"
+                          " with the same rights as on HTTP `POST /jobs`. Required, except on"
+                          " a flow's step.",
+                          subjects.FLOW_GRANT_HEADER.replace("-", "_"):
+                          "a flow's step only, sent by the worker running the flow: the"
+                          " `grant` of the flow's `Job`, signed by a router. The step runs with"
+                          " the rights of the flow's submitter; it must be a step the grant"
+                          " planned (its `parent`, `step`, `workspace`, `tag` and code)."})},
         "SubmitAnswer": {"title": "Submit answer",
                          "summary": "The job is durably queued (the reply has `id`).",
                          "payload": schema["SubmitAnswer"]},
@@ -315,8 +326,12 @@ def _channels() -> dict[str, dict[str, Any]]:
             subjects.SUBMIT_SUBJECT, "Submit a job",
             "Core NATS request/reply (not JetStream). Every router subscribes in queue group"
             f" `{subjects.ROUTER_QUEUE_GROUP}`, so one answers, and only after it replayed the"
-            " config stream (before that: no responders). No token: who may publish here is a"
-            " NATS permission. Use a timeout of a few seconds.",
+            " config stream (before that: no responders). Every request carries an identity in"
+            f" a header: `{subjects.AUTHORIZATION_HEADER}: Bearer <token>` (the HTTP rules: a"
+            " workspace token submits only in its workspace, with the tags open to it), or, for"
+            f" a flow's step, `{subjects.FLOW_GRANT_HEADER}`; with neither, or a bad one, the"
+            " reply is an `unauthorized` error and no job is queued. Use a timeout of a few"
+            " seconds.",
             ["JobSubmit"], None),
         "routerSubmitReply": channel(
             None, "Answer to a submission",

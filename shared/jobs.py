@@ -56,6 +56,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     steps: tuple[PlannedStep, ...] = ()
     parent: str | None = None
     step: int | None = None
+    # A flow job's grant (shared/grants.py): signed by the router, presented by the worker with
+    # each step it submits. None for every other job.
+    grant: str | None = None
 
 
 class SubmitAnswer(msgspec.Struct, kw_only=True):

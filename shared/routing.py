@@ -15,11 +15,14 @@ import msgspec
 
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.limits import DEFAULTS
-from shared.state import AssignableTag, ConfigState, Flow, Script, groups_by_tag, key
+from shared import tagaccess
+from shared.state import ConfigState, Flow, Script, groups_by_tag, key
 from shared.tags import (
-    SYSTEM_TAGS, WORKSPACE_REF, dedicated_tag, default_tag, fill_template, is_template, validate_path,
-    validate_tag, validate_workspace,
+    SYSTEM_TAGS, default_tag, fill_template, is_template, target_tag, validate_path, validate_tag,
+    validate_workspace,
 )
+
+__all__ = ["target_tag"]  # re-exported: callers used to find it here
 
 
 class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,14 +51,6 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
 
 
-def target_tag(target: str) -> str:
-    """Tag of a dedicated target `ws:path` / `ws:flow/path`."""
-    ws, path = target.split(":", 1)
-    if path.startswith("flow/"):
-        return dedicated_tag(ws, path[5:], flow=True)
-    return dedicated_tag(ws, path)
-
-
 def dedicated_targets(state: ConfigState) -> set[str]:
     return {t for g in state.groups.values() for t in g.dedicated}
 
@@ -65,13 +60,13 @@ def check_tag_allowed(
 ) -> None:
     """May `workspace` (as admin or a workspace token) use the resolved `tag`?
 
-    Restrictions bind everyone, admins included. `trusted` marks a template that came from
-    deployed config (checked when deployed) and holds no `$args`, which the runner controls.
+    A tag closed to the workspace (shared/tagaccess.py: a restriction, another workspace's
+    dedicated tag) is refused to everyone, admins included; workers apply the same rule when a
+    job reaches them. `trusted` marks a template that came from deployed config (checked when
+    deployed) and holds no `$args`, which the runner controls.
     """
-    rule = state.assignable.get(tag) or _template_rule(state, tag, workspace)
-    if rule is not None and not rule.allows(workspace):
-        raise Forbidden(f"tag {tag!r} is not available to workspace {workspace!r}", field="tag")
-    if admin or tag in SYSTEM_TAGS or rule is not None:
+    tagaccess.check_open(state, tag, workspace)
+    if admin or tag in SYSTEM_TAGS or tagaccess.rule_for(state, tag, workspace) is not None:
         return
     if trusted and "$args[" not in template:
         return
@@ -79,15 +74,6 @@ def check_tag_allowed(
         f"tag {tag!r} is not assignable in workspace {workspace!r}: an admin can add it with"
         " `getoperate tags add`", field="tag",
     )
-
-
-def _template_rule(state: ConfigState, tag: str, workspace: str) -> AssignableTag | None:
-    """An assignable `normal-$workspace` covers `normal-dev` for workspace dev, however the job
-    spelled it (literally, or through `$args`), so its restriction cannot be sidestepped."""
-    for rule in state.assignable.values():
-        if WORKSPACE_REF in rule.tag and rule.tag.replace(WORKSPACE_REF, workspace) == tag:
-            return rule
-    return None
 
 
 def _resolve(
@@ -120,9 +106,13 @@ def find_deployed(state: ConfigState, workspace: str, path: str, kind: str | Non
 def route(
     state: ConfigState, *, workspace: str, args: Mapping[str, Any], override: str | None = None,
     language: str | None = None, code: str | None = None, path: str | None = None,
-    kind: str | None = None, admin: bool = True,
+    kind: str | None = None, admin: bool = True, planned: bool = False,
 ) -> Route:
-    """Resolve a submission: inline code, a deployed script, or a deployed flow (with its steps)."""
+    """Resolve a submission: inline code, a deployed script, or a deployed flow (with its steps).
+
+    `planned` marks a flow's step whose code and tag its flow's grant vouches for: the tag was
+    resolved from deployed config when the flow was routed, so it is trusted like one (a closed
+    tag is still refused: restrictions are checked again now)."""
     validate_workspace(workspace)
     dedicated = dedicated_targets(state)
     if path is None:
@@ -130,7 +120,7 @@ def route(
             raise InvalidInput("give language and code, or the path of a deployed script or flow",
                                field="language" if not language else "code")
         template = override or default_tag(language)
-        tag = _resolve(state, template, workspace, args, admin=admin, trusted=False)
+        tag = _resolve(state, template, workspace, args, admin=admin, trusted=planned)
         return Route(tag=tag, kind="inline", language=language, code=code)
     found = find_deployed(state, workspace, path, kind)
     if isinstance(found, Script):

@@ -35,8 +35,8 @@ from shared.events import (
     TokenRevoked,
 )
 from shared.tags import (
-    PRESETS, parse_tag_spec, validate_group_name, validate_path, validate_tag, validate_tags,
-    validate_workspace,
+    PRESETS, parse_tag_spec, target_tag, validate_group_name, validate_path, validate_tag,
+    validate_tags, validate_workspace,
 )
 
 MAX_INIT_SCRIPT_BYTES = 64 * 1024
@@ -207,8 +207,6 @@ def groups_by_tag(state: ConfigState) -> dict[str, tuple[str, ...]]:
 
 def group_tags(state: ConfigState, group: GroupConfig) -> tuple[str, ...]:
     """The tags a group's workers listen to: its tags plus the tags of its dedicated targets."""
-    from shared.routing import target_tag
-
     extra = tuple(target_tag(t) for t in group.dedicated)
     return group.tags + tuple(t for t in extra if t not in group.tags)
 

@@ -44,6 +44,9 @@ WORKERS_BUCKET = "GO_WORKERS"
 # Request/reply: submit a job to any router (queue group).
 SUBMIT_SUBJECT = f"{PREFIX}.router.submit"
 ROUTER_QUEUE_GROUP = "routers"
+# Headers of a submission: a token, as on HTTP; or, for a flow's step, the flow's grant.
+AUTHORIZATION_HEADER = "Authorization"
+FLOW_GRANT_HEADER = "Go-Flow-Grant"
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")

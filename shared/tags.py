@@ -205,3 +205,11 @@ def dedicated_tag(workspace: str, path: str, *, flow: bool = False) -> str:
 
     digest = hashlib.sha256(tag.encode()).hexdigest()[:16]
     return f"{tag[: MAX_TAG_LENGTH - 17]}-{digest}"
+
+
+def target_tag(target: str) -> str:
+    """Tag of a dedicated target `ws:path` / `ws:flow/path`."""
+    ws, path = target.split(":", 1)
+    if path.startswith("flow/"):
+        return dedicated_tag(ws, path[5:], flow=True)
+    return dedicated_tag(ws, path)

@@ -8,14 +8,16 @@ import math
 import hmac
 from typing import Any, Awaitable, Callable, TypeVar
 
-import msgspec
 from aiohttp import web
 from nats import errors as nats_errors
 
 from services.common.log import Logger
 from shared.codec import decode, encode
 from shared.errors import Forbidden, GetOperateError, InvalidInput, Unauthorized
+from shared.identity import Identity, bearer_token
 from shared.state import ApiToken, ConfigState
+
+__all__ = ["Identity", "TokenCheck"]  # Identity lives in shared/identity.py
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
@@ -68,17 +70,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Identity(msgspec.Struct, frozen=True):
-    """Who a request comes from: the token's name, its workspace (None for admins)."""
-
-    name: str
-    workspace: str | None = None
-
-    @property
-    def admin(self) -> bool:
-        return self.workspace is None
-
-
 class TokenCheck:
     """Bearer tokens: the bootstrap admin token, and tokens issued as config events (by hash).
 
@@ -104,17 +95,25 @@ class TokenCheck:
 
     def identity(self, request: web.Request) -> Identity:
         """The identity behind the request's token, or Unauthorized."""
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.startswith("Bearer ") else ""
-        if not token:
-            raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
-        digest = hash_token(token)
+        return self.identify(request.headers.get("Authorization"))
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The identity behind an `Authorization: Bearer <token>` header value (HTTP or NATS)."""
+        digest = hash_token(bearer_token(authorization))
         if hmac.compare_digest(digest, self._admin_hash):
             return Identity("admin")
         issued = self._lookup(digest)
         if issued is None:
             raise Unauthorized("invalid or revoked token")
-        return Identity(issued.name, issued.workspace)
+        return Identity(issued.name, issued.workspace, issued.created_seq)
+
+    def token_live(self, who: Identity) -> bool:
+        """Is the token behind `who` still valid (not revoked, not replaced under its name)?"""
+        if who.token_seq == 0 and who.admin and who.name == "admin":
+            return True  # the bootstrap token: it lives as long as the process holds it
+        issued = self._state().tokens.get(who.name) if self._state is not None else None
+        return (issued is not None and issued.created_seq == who.token_seq
+                and issued.workspace == who.workspace)
 
     def admin(self, request: web.Request) -> Identity:
         """The identity, which must be an admin (configuration changes, init scripts, tokens)."""

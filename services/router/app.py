@@ -11,7 +11,8 @@ from services.common.jobwatch import recent_jobs
 from services.common.metrics import metrics_handler, readiness
 from services.router.service import RouterService
 from shared.codec import decode
-from shared.errors import Forbidden, NotFound
+from shared.errors import NotFound
+from shared.identity import authorize_submit
 from services.common import openapi
 from services.common.openapi import Op
 from shared.jobs import JobSubmit, JobView, SubmitAnswer, WorkerStatus
@@ -24,20 +25,10 @@ MAX_WAIT = 300.0
 async def submit_job(request: web.Request) -> web.Response:
     who = request.app[TOKENS_KEY].identity(request)
     sub = await read_body(request, JobSubmit)
-    if not who.admin:
-        if "workspace" not in _body_keys(await request.read()):
-            sub.workspace = who.workspace  # type: ignore[assignment]
-        if sub.workspace != who.workspace:
-            raise Forbidden(f"token {who.name!r} may only submit jobs in workspace"
-                            f" {who.workspace!r}, not {sub.workspace!r}", field="workspace")
-        if sub.parent is not None:
-            raise Forbidden("only workers submit flow steps", field="parent")
-    answer = await request.app[SERVICE_KEY].submit(sub, admin=who.admin)
+    given = who.admin or "workspace" in decode(await request.read(), dict)
+    sub = authorize_submit(who, sub, workspace_given=given)
+    answer = await request.app[SERVICE_KEY].submit(sub, who)
     return json_response(answer, status=201)
-
-
-def _body_keys(raw: bytes) -> set[str]:
-    return set(decode(raw, dict))
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -12,15 +12,17 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus
+from services.common.http import TokenCheck
 from services.common.jobwatch import read_job
 from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
+from shared import grants
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, decode_compact, encode
-from shared.errors import Conflict, GetOperateError, InvalidInput
+from shared.errors import Conflict, Forbidden, GetOperateError, InvalidInput, Unauthorized
 from shared.events import decode_known
 from shared.jobs import (
     TERMINAL,
@@ -28,6 +30,7 @@ from shared.jobs import (
     Job, JobQueued, JobSubmit, JobView, SubmitAnswer, validate_submit,
 )
 from shared import routing
+from shared.identity import Identity, authorize_submit
 
 
 MAX_INFLIGHT_SUBMITS = 1000
@@ -54,8 +57,11 @@ def new_job_id() -> str:
 class RouterService:
     """Turns submissions into durable queue messages on their tag's subject."""
 
-    def __init__(self, nc: NATS, logger: Logger, *, require_worker: bool = False):
+    def __init__(self, nc: NATS, logger: Logger, *, admin_token: str, grant_key: bytes,
+                 require_worker: bool = False):
         self.require_worker = require_worker
+        self.tokens = TokenCheck(admin_token, lambda: self.config)  # HTTP and NATS alike
+        self.grant_key = grant_key
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.logger = logger
@@ -117,18 +123,22 @@ class RouterService:
             return
         self.config = st.evolve(self.config, rec)
 
-    async def submit(self, sub: JobSubmit, *, admin: bool = True) -> SubmitAnswer:
+    async def submit(self, sub: JobSubmit, who: Identity, *, planned: bool = False
+                     ) -> SubmitAnswer:
+        """Route and enqueue a submission with the rights of `who` (already authorized for its
+        workspace: shared/identity.py). `planned`: a flow step its flow's grant vouches for."""
         try:
-            return await self._submit(sub, admin=admin)
+            return await self._submit(sub, who, planned)
         except GetOperateError as exc:
             self.metrics.refused.labels(exc.code).inc()
             raise
 
-    async def _submit(self, sub: JobSubmit, *, admin: bool) -> SubmitAnswer:
+    async def _submit(self, sub: JobSubmit, who: Identity, planned: bool) -> SubmitAnswer:
         validate_submit(sub)
         route = routing.route(
             self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
-            language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=admin,
+            language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=who.admin,
+            planned=planned,
         )
         tag = route.tag
         index = self._groups_by_tag()
@@ -143,10 +153,12 @@ class RouterService:
             if sub.require_worker or self.require_worker:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
             warning += "; the job waits in the queue until one does"
-        job = Job(id=new_job_id(), workspace=sub.workspace, language=route.language,
+        job_id = new_job_id()
+        job = Job(id=job_id, workspace=sub.workspace, language=route.language,
                   code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
                   submitted_at=time.time(), kind=route.kind, path=route.path,
-                  version=route.version, steps=route.steps, parent=sub.parent, step=sub.step)
+                  version=route.version, steps=route.steps, parent=sub.parent, step=sub.step,
+                  grant=self._grant(job_id, sub.workspace, who, route) if route.kind == "flow" else None)
         body = encode(job)
         if len(body) > MAX_JOB_BYTES:
             raise InvalidInput(
@@ -178,6 +190,14 @@ class RouterService:
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
                             warning=warning, steps=[s.tag for s in route.steps])
 
+    def _grant(self, job_id: str, workspace: str, who: Identity, route: routing.Route) -> str:
+        """The flow's grant: its steps may be submitted with `who`'s rights, and nothing else."""
+        return grants.sign(self.grant_key, grants.FlowGrant(
+            flow=job_id, workspace=workspace, admin=who.admin, by=who.name,
+            token_seq=who.token_seq,
+            steps=tuple(grants.StepGrant(s.tag, grants.step_digest(s.language, s.code))
+                        for s in route.steps)))
+
     async def refresh_metrics(self) -> None:
         """Before a scrape: waiting jobs per tag from JetStream, live workers from heartbeats."""
         self.metrics.observe_workers(self.workers.all())
@@ -196,15 +216,52 @@ class RouterService:
         self._inflight.release()
 
     async def _answer_submit(self, msg: Msg) -> None:
+        answer: object
         try:
-            answer: object = await self.submit(decode(msg.data, JobSubmit))
+            sub, who, planned = self._authorize(msg)
         except GetOperateError as exc:
+            self.metrics.refused.labels(exc.code).inc()
+            if isinstance(exc, (Unauthorized, Forbidden)):
+                self.logger.warning("submit_refused", error=exc.code, reason=exc.message)
             answer = exc.to_dict()
-        except Exception as exc:
-            self.logger.error("submit_failed", error=repr(exc))
-            answer = {"error": "internal", "message": str(exc)}
+        else:
+            answer = await self._submit_answer(sub, who, planned)
         if msg.reply:
             await msg.respond(encode(answer))
+
+    async def _submit_answer(self, sub: JobSubmit, who: Identity, planned: bool) -> object:
+        try:
+            return await self.submit(sub, who, planned=planned)
+        except GetOperateError as exc:
+            return exc.to_dict()
+        except Exception as exc:
+            self.logger.error("submit_failed", error=repr(exc))
+            return {"error": "internal", "message": str(exc)}
+
+    def _authorize(self, msg: Msg) -> tuple[JobSubmit, Identity, bool]:
+        """Who a `go.router.submit` request comes from, by the same rules as HTTP `POST /jobs`:
+        a bearer token in `Authorization`; or, for a flow's step, the flow's grant in
+        `Go-Flow-Grant` (the submitter's identity, for exactly the steps it planned)."""
+        authorization = _header(msg, subjects.AUTHORIZATION_HEADER)
+        grant_text = _header(msg, subjects.FLOW_GRANT_HEADER)
+        if grant_text is not None:
+            if authorization is not None:
+                raise InvalidInput("send either a token or a flow grant, not both",
+                                   field=subjects.FLOW_GRANT_HEADER)
+            grant = grants.verify(self.grant_key, grant_text)  # before reading the body
+            sub = decode(msg.data, JobSubmit)
+            grants.check_step(grant, sub)
+            who = Identity(grant.by, None if grant.admin else grant.workspace, grant.token_seq)
+            if not self.tokens.token_live(who):
+                raise grants.GrantRefused(f"the token {grant.by!r} that submitted flow"
+                                          f" {grant.flow!r} was revoked", field="parent")
+            return sub, who, True
+        if authorization is None and _is_step(msg.data):
+            grants.verify(self.grant_key, None)  # a step without its flow's grant: say so
+        who = self.tokens.identify(authorization)
+        sub = decode(msg.data, JobSubmit)
+        given = who.admin or "workspace" in decode(msg.data, dict)
+        return authorize_submit(who, sub, workspace_given=given), who, False
 
     async def cancel(self, job_id: str, *, by: str) -> JobView:
         """Ask for a job to be cancelled: a queued job ends now; a running one is killed by its
@@ -226,3 +283,22 @@ class RouterService:
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""
         return await read_job(self.js, job_id, wait=wait, timeout=timeout, logger=self.logger)
+
+
+def _header(msg: Msg, name: str) -> str | None:
+    """A NATS header by name; clients differ in case (`authorization`), so any case matches."""
+    headers = msg.headers
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def _is_step(data: bytes) -> bool:
+    try:
+        return decode(data, JobSubmit).parent is not None
+    except InvalidInput:
+        return False

@@ -1,7 +1,8 @@
 """Run a flow job: submit each planned step through a router, wait for it, pass its result on.
 
 Each step is a job of its own, routed by its own (already resolved) tag, so step 2 may run on
-`gpu` while step 1 ran on `default`. The orchestrating worker holds no execution slot meanwhile,
+`gpu` while step 1 ran on `default`, and submitted with the flow's grant, so it runs with the
+rights of the flow's submitter. The orchestrating worker holds no execution slot meanwhile,
 so a one-slot worker can orchestrate a flow and run its steps.
 """
 
@@ -32,6 +33,9 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
     previous: Any = None
     summaries: list[StepSummary] = []
     lines: list[str] = []
+    # The router signed this grant into the job: it lets these steps, and nothing else, run with
+    # the rights of whoever submitted the flow (shared/grants.py). Workers hold no token.
+    grant = {subjects.FLOW_GRANT_HEADER: job.grant} if job.grant else None
     for step in job.steps:
         args = dict(job.args)
         if step.index > 1:
@@ -40,7 +44,7 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
                            workspace=job.workspace, args=args, timeout=step.timeout or job.timeout,
                            parent=job.id, step=step.index)
         reply = await nc.request(subjects.SUBMIT_SUBJECT, encode(submit),
-                                 timeout=STEP_SUBMIT_TIMEOUT)
+                                 timeout=STEP_SUBMIT_TIMEOUT, headers=grant)
         raw = decode(reply.data, dict)
         if "error" in raw:
             error = f"step {step.index} ({step.name}) was refused: {raw.get('message')}"

@@ -31,6 +31,14 @@ class Suite:
         password = json.loads(creds.read_text())["admin"]
         return f"nats://admin:{password}@127.0.0.1:{self.base}"
 
+    @property
+    def admin_token(self) -> str:
+        return (self.root / ".getoperate" / "admin.token").read_text().strip()
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        """NATS headers of a `go.router.submit` request with `token` (default: the admin's)."""
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
+
     def worker(self, name: str, **env: str) -> Proc:
         """Start one more `getoperate worker` against this suite's NATS."""
         # No credentials in the URL: the worker finds its own in ./.getoperate, as a user's would.

@@ -14,13 +14,16 @@ async def test_submit_over_nats_request_reply(suite: Suite) -> None:
     nc = await nats.connect(suite.nats_url)
     try:
         payload = {"language": "bash", "code": "echo via nats", "workspace": "ws1"}
-        reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(), timeout=10)
+        auth = suite.auth()
+        reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(payload).encode(), timeout=10,
+                                 headers=auth)
         answer = json.loads(reply.data)
         assert answer["tag"] == "bash" and answer["live_workers"] >= 1
-        bad = await nc.request(subjects.SUBMIT_SUBJECT, b'{"language": "bash"}', timeout=10)
+        bad = await nc.request(subjects.SUBMIT_SUBJECT, b'{"language": "bash"}', timeout=10,
+                               headers=auth)
         error = json.loads(bad.data)
         assert error["error"] == "invalid" and "code" in error["message"]
-        garbage = await nc.request(subjects.SUBMIT_SUBJECT, b"\xff\x00", timeout=10)
+        garbage = await nc.request(subjects.SUBMIT_SUBJECT, b"\xff\x00", timeout=10, headers=auth)
         assert json.loads(garbage.data)["error"] == "invalid"
     finally:
         await nc.close()

@@ -217,11 +217,14 @@ def submit_as(suite: Suite, token: str | None, body: dict[str, Any]) -> tuple[in
     return http_as(suite, "POST", "router", "/jobs", body, token)
 
 
-async def nats_submit(url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def nats_submit(url: str, bodies: list[dict[str, Any]], token: str
+                      ) -> list[dict[str, Any]]:
     nc = await nats.connect(url)
     try:
         return [json.loads((await nc.request("go.router.submit", json.dumps(b).encode(),
-                                             timeout=10)).data) for b in bodies]
+                                             timeout=10,
+                                             headers={"Authorization": f"Bearer {token}"})).data)
+                for b in bodies]
     finally:
         await nc.close()
 
@@ -272,12 +275,14 @@ def test_max_timeout_refuses_longer_jobs_for_every_token(suite: Suite) -> None:
                              "--job-timeout", "7200", cwd=s.root))
     assert "timeout 7200 s is above max_timeout 1800 s of group lim-gpu2" in err
 
-    # The NATS path answers the same error.
+    # The NATS path answers the same error, to an admin token as to a workspace token.
     answers = asyncio.run(nats_submit(s.nats_url, [{**job, "timeout": 7200},
-                                                   {**job, "timeout": 1800}]))
+                                                   {**job, "timeout": 1800}], s.admin_token))
     assert answers[0] == {"error": "invalid", "field": "timeout", "message": (
         "timeout 7200 s is above max_timeout 1800 s of group lim-gpu2 (serving tag t-lim-gpu)")}
     assert answers[1]["tag"] == "t-lim-gpu" and len(answers[1]["id"]) == 32
+    answers = asyncio.run(nats_submit(s.nats_url, [{**job, "timeout": 7200}], ws_token))
+    assert answers[0]["field"] == "timeout" and "7200 s" in answers[0]["message"]
 
     # Tags no group serves, and groups without their own limit, have the default (86400 s).
     s.api.set_group("lim-gpu2", limits=None)

@@ -73,7 +73,8 @@ def test_worker_credentials_may_store_job_events_and_ask_a_router(suite: Suite) 
             ack = await nc.jetstream().publish(subjects.job_events_subject("probe-job"),
                                                b'{"probe": true}', timeout=10)
             reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(
-                {"language": "bash", "code": "echo step"}).encode(), timeout=10)
+                {"language": "bash", "code": "echo step"}).encode(), timeout=10,
+                headers=suite.auth())  # a submission carries a token (tests/integration/test_identity.py)
             return ack.seq, json.loads(reply.data)
         finally:
             await nc.close()

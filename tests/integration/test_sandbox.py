@@ -395,16 +395,22 @@ def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(
         try:
             await nc.publish(subjects.group_subject("stolen"), encode(forged))
             await nc.flush()
-            reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(
-                {"language": "bash", "code": "sleep 1", "tag": "t-stolen", "workspace": "ws1",
-                 "timeout": 3600}).encode(), timeout=10)
+            body = json.dumps({"language": "bash", "code": "sleep 1", "tag": "t-stolen",
+                               "workspace": "ws1", "timeout": 3600}).encode()
+            # The stolen credential alone carries no identity: no job at all. Even with the
+            # admin token, the limit holds.
+            anonymous = await nc.request(subjects.SUBMIT_SUBJECT, body, timeout=10)
+            reply = await nc.request(subjects.SUBMIT_SUBJECT, body, timeout=10,
+                                     headers=s.auth())
             await asyncio.sleep(0.5)
-            return {"errors": [str(e) for e in errors], "submit": json.loads(reply.data)}
+            return {"errors": [str(e) for e in errors], "submit": json.loads(reply.data),
+                    "anonymous": json.loads(anonymous.data)}
         finally:
             await nc.close()
 
     out = asyncio.run(attack())
     assert any("ermission" in e for e in out["errors"]), out  # the publish was refused
+    assert out["anonymous"].get("error") == "unauthorized", out
     assert out["submit"].get("field") == "timeout", out
     group = s.api.call("GET", "config", "/groups/stolen")
     assert group.get("sandbox") in (None, "default"), group

@@ -100,6 +100,8 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
     streams = {c.get("x-stream") for c in doc["channels"].values()}
     queues = {op.get("bindings", {}).get("nats", {}).get("queue")
               for op in doc["operations"].values()}
+    headers = {h for m in doc["components"]["messages"].values()
+               for h in (m.get("headers") or {}).get("properties", {})}
     constants = {name: value for name, value in vars(subjects).items()
                  if name.isupper() and not name.startswith("_") and isinstance(value, str)}
     for name, value in constants.items():
@@ -113,6 +115,8 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
             assert any(a.startswith(f"$KV.{value}.") for a in addresses), where
         elif name.endswith("_QUEUE_GROUP"):
             assert value in queues, where
+        elif name.endswith("_HEADER"):
+            assert value in headers, where
         else:
             assert name == "PREFIX", (f"subjects.{name} is new: document it in shared/asyncapi.py"
                                       " and tell this test which kind of name it is")
