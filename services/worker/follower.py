@@ -1,8 +1,10 @@
 """The group's config: replay its events from GO_CONFIG, then follow live ones, folded in order.
 
-A worker replays only its group's subject. Records that do not decode, or whose event type this
-version does not know, are logged and skipped. Once the replay has caught up, every live change
-is reported to `on_change` (the worker applies it in place: hot reload).
+A worker replays only its group's subject, and the assignable tags' (`go.config.tags`, folded
+apart: it checks every job's workspace against their restrictions on receipt, services/worker/
+attempt.py). Records that do not decode, or whose event type this version does not know, are
+logged and skipped. Once the replay has caught up, every live change of the group is reported to
+`on_change` (the worker applies it in place: hot reload); tag rules need no reload.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -18,7 +21,7 @@ from services.common.log import Logger
 from shared import state as st
 from shared import subjects
 from shared.errors import InvalidInput
-from shared.events import decode_known
+from shared.events import Recorded, decode_known
 
 
 class ConfigFollower:
@@ -31,8 +34,13 @@ class ConfigFollower:
         self.logger = logger
         self.on_change = on_change
         self.state = st.ConfigState()
+        # The assignable tags, from their own subject: folded apart so that `state.seq` stays
+        # the group's version (two subscriptions deliver in no common order).
+        self.tags = st.ConfigState()
         self.live = False  # past the replay: report changes
         self._sub: Any = None
+        self._tags_sub: Any = None
+        self._access: tuple[int, int, st.ConfigState] = (-1, -1, st.ConfigState())
 
     @property
     def group_config(self) -> st.GroupConfig | None:
@@ -43,32 +51,60 @@ class ConfigFollower:
         """Sequence of the last record of the group folded; 0 without a group."""
         return self.state.seq if self.group else 0
 
+    @property
+    def access(self) -> st.ConfigState:
+        """What jobs are checked against: the group (its dedicated tags) and the assignable
+        tags, as one state for the pure rule (shared/tagaccess.py); rebuilt only on a change."""
+        seqs = (self.state.seq, self.tags.seq)
+        if self._access[:2] != seqs:
+            merged = msgspec.structs.replace(self.state, assignable=self.tags.assignable)
+            self._access = (*seqs, merged)
+        return self._access[2]
+
     async def start(self, timeout: float = 60.0) -> None:
-        """Replay the group's events; return once every event stored before the call is folded."""
-        if self.group is None:
-            return
-        caught_up = asyncio.Event()
-        self._sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
-                                     subjects.group_subject(self.group), self._on_msg, caught_up)
-        await asyncio.wait_for(caught_up.wait(), timeout)
+        """Replay the group's events and the tag rules; return once every event stored before
+        the call is folded (a worker without a group follows the tag rules only)."""
+        tags_caught_up = asyncio.Event()
+        self._tags_sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
+                                          subjects.CONFIG_TAGS_SUBJECT, self._on_tags_msg,
+                                          tags_caught_up)
+        if self.group is not None:
+            caught_up = asyncio.Event()
+            self._sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
+                                         subjects.group_subject(self.group), self._on_msg,
+                                         caught_up)
+            await asyncio.wait_for(caught_up.wait(), timeout)
+        await asyncio.wait_for(tags_caught_up.wait(), timeout)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
+        for sub in (self._sub, self._tags_sub):
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
+
+    async def _on_tags_msg(self, msg: Msg) -> None:
+        rec = self._decode(msg)
+        if rec is not None:
+            self.tags = st.evolve(self.tags, rec)
 
     async def _on_msg(self, msg: Msg) -> None:
-        try:
-            rec = decode_known(msg.data)
-        except InvalidInput as exc:
-            self.logger.warning("config_event_skipped", error=str(exc))
-            return
+        rec = self._decode(msg)
         if rec is None:
-            self.logger.warning("config_event_unknown_type_skipped",
-                                seq=msg.metadata.sequence.stream)
             return
         self.state = st.evolve(self.state, rec)
         if self.live:
             await self.on_change()
+
+    def _decode(self, msg: Msg) -> Recorded | None:
+        """The record, or None (logged) when it does not decode or its type is unknown here."""
+        try:
+            rec = decode_known(msg.data)
+        except InvalidInput as exc:
+            self.logger.warning("config_event_skipped", error=str(exc))
+            return None
+        if rec is None:
+            self.logger.warning("config_event_unknown_type_skipped",
+                                seq=msg.metadata.sequence.stream)
+        return rec
