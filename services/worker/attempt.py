@@ -1,7 +1,8 @@
 """One delivery of a job: the checks between the pull and the run, the run, its events, the ack.
 
 Before the run: a message that is not a Job is terminated; a Job that can never run (its id
-cannot name its events) is dead-lettered at once; a redelivery whose result is already stored
+cannot name its events) or must not run here (another tag's, or its tag closed to its workspace:
+`admission_problem`) is dead-lettered at once; a redelivery whose result is already stored
 is acked; one delivered more than MAX_DELIVER times is dead-lettered. Anything else that fails
 there returns the message (nak) to be tried again, so a delivery never hangs and, with naks
 counting as deliveries, never comes back forever. The run: job.started, the job (or its flow)
@@ -28,9 +29,12 @@ from services.worker.flows import run_flow
 from services.worker.results import WRONG_LAST_SEQUENCE, Results
 from services.worker.runner import Outcome
 from services.worker.slots import Slot
+from shared import tagaccess
 from shared.codec import decode
 from shared.errors import InvalidInput
 from shared.jobs import Job, JobFinished, StepSummary
+from shared.state import ConfigState
+from shared.tags import validate_workspace
 
 RETRY_DELAY = 2.0  # seconds before a delivery that could not start is offered again
 MAX_ID_CHARS = 256
@@ -47,12 +51,30 @@ def job_problem(job: Job) -> str | None:
     return None
 
 
+def admission_problem(tag: str, job: Job, config: ConfigState) -> str | None:
+    """Why a worker that took `job` from the queue of `tag` must not run it, or None.
+
+    The router checked the same before queueing; this is the defence in depth for a job that
+    reached the queue another way (router credentials publishing on `go.jobs.q.<tag>`), or that
+    a restriction closed since it was queued. It is the router's rule (shared/tagaccess.py), on
+    the worker's view of the config: its group (dedicated tags) and the assignable tags.
+    """
+    if job.tag != tag:
+        return f"it names tag {job.tag!r} but was taken from the queue of tag {tag!r}"
+    try:
+        validate_workspace(job.workspace)
+    except InvalidInput as exc:
+        return f"its workspace is not valid: {exc.message}"
+    reason = tagaccess.closed_reason(config, tag, job.workspace)
+    return None if reason is None else f"{reason} (checked by the worker on receipt)"
+
+
 class Attempts:
     """Runs the deliveries the dispatcher hands over; counts what it finished."""
 
     def __init__(self, nc: NATS, executor: Executor, results: Results, cancels: CancelWatch,
                  metrics: WorkerMetrics, logger: Logger, on_current: Callable[[], None],
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], config: Callable[[], ConfigState]) -> None:
         self.nc = nc
         self.executor = executor
         self.results = results
@@ -61,6 +83,7 @@ class Attempts:
         self.logger = logger
         self.on_current = on_current  # the set of current jobs changed (heartbeat)
         self.stopping = stopping  # the worker is stopping: a cancelled run is not a job cancel
+        self.config = config  # the folded config the worker checks each job against
         self.current: set[str] = set()
         self.jobs_done = 0
 
@@ -87,6 +110,10 @@ class Attempts:
         problem = job_problem(job)
         if problem is not None:
             await self.results.dead_letter(tag, job, msg, attempt, reason=problem)
+            return None
+        refused = admission_problem(tag, job, self.config())
+        if refused is not None:
+            await self.results.refuse(tag, job, msg, attempt, reason=refused)
             return None
         if job.kind == "flow":  # orchestration waits on other jobs: it must not hold a slot
             slot.release()

@@ -125,6 +125,23 @@ class Results:
         except InvalidInput:
             return int(raw.seq or 0), None
 
+    async def refuse(self, tag: str, job: Job, msg: Msg, deliveries: int, *, reason: str) -> None:
+        """Dead-letter a job this worker must not run, as it came, with `reason`. Its end is
+        recorded only when the router queued it as it is (its history is just that job.queued,
+        same workspace and tag: a restriction closed since): a forged job may carry another
+        job's id, whose history must not change."""
+        await self.dead_letter(tag, job, msg, deliveries, reason=reason)
+        try:
+            seq, last = await self.last_event(job.id)
+            if isinstance(last, JobQueued) and (last.workspace, last.tag) == (job.workspace, job.tag):
+                await self.publish(JobFinished(
+                    job_id=job.id, time=time.time(), status="failure", worker=self.worker_id,
+                    group=self.group, attempt=deliveries, dead_letter=True,
+                    error=f"refused: {reason}; parked on {subjects.DEAD_STREAM}"),
+                    f"{job.id}:refused:finished", expect_last=seq)
+        except Exception as exc:  # parked already; only its history stays "queued"
+            self.logger.warning("job_refusal_not_recorded", job_id=job.id, error=repr(exc))
+
     async def dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int,
                           reason: str | None = None) -> None:
         """Park the job on GO_DEAD with its history, record its end, terminate its message. If

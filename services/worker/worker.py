@@ -63,7 +63,8 @@ class Worker:
         self.results = Results(self.js, self.id, self.group, self.metrics, self.logger)
         self.attempts = Attempts(nc, self.executor, self.results, self.cancels, self.metrics,
                                  self.logger, on_current=self.heartbeat.soon,
-                                 stopping=lambda: self.state == "stopping")
+                                 stopping=lambda: self.state == "stopping",
+                                 config=lambda: self.follower.access)
         self.dispatcher = Dispatcher(nc, self.js, self.slots, self.init.ok, self._on_job,
                                      self.logger)
         self.metrics.config_version.set_function(lambda: self.config_version)

@@ -26,6 +26,7 @@ from services.worker.slots import Slot, Slots
 from shared import subjects
 from shared.codec import encode
 from shared.jobs import Job
+from shared.state import ConfigState
 from tests.conftest import eventually
 
 TAG = "t-parts"
@@ -228,7 +229,8 @@ async def test_an_error_before_the_run_frees_the_slot_and_returns_the_job(
     assert again is not None and again.metadata.num_delivered == 2  # a redelivery: checked
     logger = quiet()
     attempts = Attempts(nc, None, BrokenResults(), None,  # type: ignore[arg-type]
-                        WorkerMetrics(), logger, on_current=lambda: None, stopping=lambda: False)
+                        WorkerMetrics(), logger, on_current=lambda: None, stopping=lambda: False,
+                        config=ConfigState)
     slots = Slots(1)
     async with slots.hold() as slot:
         task = asyncio.ensure_future(attempts.run(TAG, again, slot))
