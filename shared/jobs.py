@@ -242,10 +242,13 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
-    """A job parked on GO_DEAD after too many deliveries, with the history that led there."""
+    """A job parked on GO_DEAD: after too many deliveries, with the history that led there; or
+    refused by the worker that took it, with the `reason` (it can never run, or must not run
+    there: another tag's job, a tag closed to its workspace)."""
 
     v: int = 1
     job: Job
     deliveries: int
     time: float
     history: list[JobEvent] = msgspec.field(default_factory=list)
+    reason: str | None = None

@@ -8,12 +8,13 @@ services in one process and a scrape shows only that service. Gauges that descri
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 from shared.jobs import WorkerStatus
 
@@ -102,18 +103,39 @@ class WorkerMetrics:
         self.busy = Gauge("getoperate_worker_busy_slots", "Job slots in use", registry=r)
 
 
+SeriesFilter = Callable[[dict[str, str]], bool]
+
+
+class _Filtered:
+    """A registry's metrics with only the series `keep` accepts (a family left empty is still
+    listed, so a dashboard sees the metric exists)."""
+
+    def __init__(self, registry: CollectorRegistry, keep: SeriesFilter) -> None:
+        self.registry = registry
+        self.keep = keep
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s for s in family.samples if self.keep(s.labels)]
+            yield out
+
+
 def metrics_handler(registry: CollectorRegistry,
-                    refresh: Callable[[], Awaitable[None]] | None = None) -> Callable[
-                        [web.Request], Awaitable[web.Response]]:
-    """GET /metrics: refresh the NATS-derived gauges (bounded), then the text exposition."""
+                    refresh: Callable[[], Awaitable[None]] | None = None,
+                    series: Callable[[web.Request], SeriesFilter | None] | None = None,
+                    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /metrics: refresh the NATS-derived gauges (bounded), then the text exposition.
+    `series` picks what the request may read (None: everything); it may refuse the request."""
 
     async def handler(request: web.Request) -> web.Response:
+        keep = series(request) if series is not None else None  # before any work: it may refuse
         if refresh is not None:
             try:
                 await asyncio.wait_for(refresh(), 5.0)
             except Exception:  # NATS away: serve what we have, a scrape must not fail
                 pass
-        body = generate_latest(registry)
+        body = generate_latest(registry if keep is None else _Filtered(registry, keep))  # type: ignore[arg-type]
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handler

@@ -272,13 +272,23 @@ async def put_flow(request: web.Request) -> web.Response:
 
 def _tag_view(t: Any) -> dict[str, Any]:
     return {"tag": t.tag, "only": list(t.only), "exclude": list(t.exclude),
-            "spec": format_tag_spec(t.tag, t.only, t.exclude)}
+            "spec": format_tag_spec(t.tag, t.only, t.exclude),
+            "restricted": bool(t.only or t.exclude)}
 
 
 async def list_tags(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].identity(request)
+    """The assignable tags; a workspace token sees only those open to it, without the lists of
+    workspaces (they name other workspaces): `restricted` says there is one."""
+    who = request.app[TOKENS_KEY].identity(request)
     state = request.app[SERVICE_KEY].state
-    return json_response([_tag_view(t) for _, t in sorted(state.assignable.items())])
+    tags = [t for _, t in sorted(state.assignable.items())]
+    if who.admin:
+        return json_response([_tag_view(t) for t in tags])
+    assert who.workspace is not None
+    return json_response([
+        {"tag": t.tag, "only": [], "exclude": [], "spec": t.tag,
+         "restricted": bool(t.only or t.exclude)}
+        for t in tags if t.allows(who.workspace)])
 
 
 async def add_tag(request: web.Request) -> web.Response:

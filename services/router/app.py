@@ -8,7 +8,8 @@ from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
 )
 from services.common.jobwatch import recent_jobs
-from services.common.metrics import metrics_handler, readiness
+from services.common.metrics import SeriesFilter, metrics_handler, readiness
+from services.router import views
 from services.router.service import RouterService
 from shared.codec import decode
 from shared.errors import NotFound
@@ -19,6 +20,7 @@ from shared.jobs import JobSubmit, JobView, SubmitAnswer, WorkerStatus
 
 SERVICE_KEY = web.AppKey("service", RouterService)
 TOKENS_KEY = web.AppKey("tokens", TokenCheck)
+JOBS_KEY = web.AppKey("job_workspaces", views.JobWorkspaces)
 MAX_WAIT = 300.0
 
 
@@ -68,8 +70,20 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].identity(request)
-    return json_response(request.app[SERVICE_KEY].workers.all())
+    """Live workers; a workspace token sees those serving its tags, as services/router/views.py
+    says."""
+    who = request.app[TOKENS_KEY].identity(request)
+    svc = request.app[SERVICE_KEY]
+    return json_response(await views.workers_for(who, svc.workers.all(), svc.config,
+                                                 request.app[JOBS_KEY]))
+
+
+def _series(request: web.Request) -> SeriesFilter | None:
+    """/metrics: a scrape with no token reads everything (the operator's, docs/security.md); a
+    token must be valid, and a workspace token reads only its tags' series."""
+    header = request.headers.get("Authorization")
+    who = request.app[TOKENS_KEY].identify(header) if header is not None else None
+    return views.series_filter(who, request.app[SERVICE_KEY].config)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -107,8 +121,9 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app[TOKENS_KEY] = tokens
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
+    app[JOBS_KEY] = views.JobWorkspaces(service.js)
     app.router.add_get("/metrics", metrics_handler(service.metrics.registry,
-                                                   service.refresh_metrics))
+                                                   service.refresh_metrics, _series))
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)

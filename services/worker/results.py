@@ -155,7 +155,8 @@ class Results:
             msg_id = job.id
         else:
             history, msg_id = [], f"{tag}:{msg.metadata.sequence.stream}"
-        dead = DeadLetter(job=job, deliveries=deliveries, time=time.time(), history=history)
+        dead = DeadLetter(job=job, deliveries=deliveries, time=time.time(), history=history,
+                          reason=reason)
         try:
             await self.js.publish(subjects.dead_subject(tag), encode(dead),
                                   headers={"Nats-Msg-Id": msg_id})
