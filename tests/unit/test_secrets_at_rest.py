@@ -33,8 +33,9 @@ from tests.fsmodes import loose
 
 K8S = ROOT / "deploy" / "kubernetes" / "manifests"
 CREDS = {role: f"pw-{role}-0123456789abcdef" for role in natsauth.ROLES}
-# What a worker must never be given: a bearer token, or a NATS password of a more trusted role.
-FORBIDDEN_FOR_WORKERS = re.compile(r"TOKEN|NATS_(ADMIN|CONFIG|ROUTER)_PASSWORD", re.I)
+# What a worker must never be given: a bearer token, the routers' key that signs flow grants, or
+# a NATS password of a more trusted role.
+FORBIDDEN_FOR_WORKERS = re.compile(r"TOKEN|ROUTER_KEY|NATS_(ADMIN|CONFIG|ROUTER)_PASSWORD", re.I)
 
 
 
@@ -319,9 +320,11 @@ def test_compose_workers_get_no_token_and_no_other_roles_nats_password() -> None
             assert not FORBIDDEN_FOR_WORKERS.search(str(value)), (name, var, value)
         assert env["NATS_USER"] == "worker" and "NATS_WORKER_PASSWORD" in env["NATS_PASSWORD"]
         assert not service.get("env_file") and not service.get("secrets"), name
-    # The services that need the admin token still get it.
+    # The services that need the admin token still get it; the routers their key.
     for name in ("config", "router"):
         assert "GETOPERATE_ADMIN_TOKEN" in services[name]["environment"], name
+    assert [n for n, svc in services.items()
+            if "GETOPERATE_ROUTER_KEY" in (svc.get("environment") or {})] == ["router"]
 
 
 def test_kubernetes_workers_get_no_token_and_no_other_roles_nats_password() -> None:
@@ -343,6 +346,11 @@ def test_kubernetes_workers_get_no_token_and_no_other_roles_nats_password() -> N
         for mount in container.get("volumeMounts", []):
             assert "secret" not in mount["name"].lower(), (name, mount)
     assert seen >= 3
+    keyed = {o["metadata"]["name"] for o in _k8s_objects()
+             if o["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet")
+             for c in o["spec"]["template"]["spec"]["containers"]
+             for v in c.get("env", []) if v["name"] == "GETOPERATE_ROUTER_KEY"}
+    assert keyed == {"router"}  # the routers' key reaches the routers only
 
 
 def test_nats_pods_and_compose_nats_get_password_hashes_not_passwords() -> None:
