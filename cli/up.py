@@ -32,7 +32,7 @@ from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, wri
 from services.worker import sandbox
 
 SEEDED_GROUPS = ("default", "native")
-WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN")
+WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN", "GETOPERATE_ROUTER_KEY")
 
 
 def _die_with_parent() -> None:
@@ -170,7 +170,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     cmd = [sys.executable, "-m", "cli.main"]
     config = Child("config", cmd + ["config"], base_env)
     router = Child("router", cmd + ["router"], base_env)
-    # Workers run user code: no bearer token in their environment (they need none).
+    # Workers run user code: no bearer token nor the routers' key in their environment.
     worker_env = {k: v for k, v in base_env.items() if k not in WORKER_UNNEEDED}
     workers = [
         Child(f"worker:{group}#{i}", cmd + ["worker"],
