@@ -39,15 +39,17 @@ class JobWorkspaces:
     def __init__(self, js: JetStreamContext, size: int = 4096) -> None:
         self.js = js
         self.size = size
-        self._known: OrderedDict[str, str | None] = OrderedDict()
+        self._known: OrderedDict[str, str] = OrderedDict()
 
     async def of(self, job_id: str) -> str | None:
+        """The job's workspace; None (not kept: it may be written a moment later) when unknown."""
         if job_id in self._known:
             return self._known[job_id]
         workspace = await self._read(job_id)
-        self._known[job_id] = workspace
-        while len(self._known) > self.size:
-            self._known.popitem(last=False)
+        if workspace is not None:
+            self._known[job_id] = workspace
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
         return workspace
 
     async def _read(self, job_id: str) -> str | None:
