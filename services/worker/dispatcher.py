@@ -52,10 +52,13 @@ class Dispatcher:
 
     def __init__(self, nc: NATS, slots: Slots, ready: asyncio.Event,
                  on_job: Callable[[str, Msg, Slot], None], logger: Logger,
-                 connect_jobs: JobsConnector | None = None) -> None:
+                 connect_jobs: JobsConnector | None = None, ensure_consumers: bool = True) -> None:
         self.nc = nc  # the jobs connection (the worker's own one when connect_jobs is None)
         self.js: JetStreamContext = nc.jetstream()
         self.connect_jobs = connect_jobs
+        # Under the authority a worker may not create consumers (it made them before it let the
+        # worker connect); on a NATS without auth the worker ensures its tags' own.
+        self.ensure_consumers = ensure_consumers
         self._granted: frozenset[str] | None = None  # the tags the jobs connection was opened for
         self.old_links: list[tuple[NATS, TagPulls]] = []  # let go, closed once settled and idle
         self._held: dict[int, int] = {}  # id(connection) -> jobs delivered by it, not yet done
@@ -69,7 +72,7 @@ class Dispatcher:
         self.recent: set[str] = set()  # tags that delivered a job on their last pull
         self.backlog: set[str] = set()  # tags whose last job said more were waiting
         self.wake = asyncio.Event()
-        self.pulls = TagPulls(nc, self.js, logger, ensure=connect_jobs is None)
+        self.pulls = TagPulls(nc, self.js, logger, ensure=ensure_consumers)
         self._rotation = 0
         self._next_sweep = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +112,7 @@ class Dispatcher:
                 await _unsubscribe(sub)
             self.wake_subs.clear()
         self.nc, self.js = new, new.jetstream()
-        self.pulls = TagPulls(new, self.js, self.logger, ensure=False)
+        self.pulls = TagPulls(new, self.js, self.logger, ensure=self.ensure_consumers)
         self._granted = tags
         self.logger.info("jobs_connection_opened", tags=len(tags), config_version=seq)
 

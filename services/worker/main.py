@@ -48,7 +48,9 @@ async def amain() -> None:
                                  credentials=credentials, attempts=20,
                                  declare={"worker": worker_id, "part": "jobs", "seq": str(seq)})
 
-    worker = Worker(nc, logger, settings, worker_id=worker_id, connect_jobs=connect_jobs)
+    # Without credentials NATS has no auth (and no authority to create the tag consumers).
+    worker = Worker(nc, logger, settings, worker_id=worker_id, connect_jobs=connect_jobs,
+                    ensure_consumers=credentials[0] is None)
     runner = None
     if os.environ.get("METRICS_PORT"):  # before start(): probes answer "not ready" while joining
         runner = await serve_http(probe_app(worker), env("HTTP_HOST", "127.0.0.1"),

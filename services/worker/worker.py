@@ -38,7 +38,8 @@ class Worker:
     """One worker process: the parts below, started and stopped together."""
 
     def __init__(self, nc: NATS, logger: Logger, settings: WorkerSettings,
-                 worker_id: str | None = None, connect_jobs: JobsConnector | None = None):
+                 worker_id: str | None = None, connect_jobs: JobsConnector | None = None,
+                 ensure_consumers: bool = True):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.settings = settings
@@ -65,7 +66,7 @@ class Worker:
                                  self.logger, on_current=self.heartbeat.soon,
                                  stopping=lambda: self.state == "stopping")
         self.dispatcher = Dispatcher(nc, self.slots, self.init.ok, self._on_job, self.logger,
-                                     connect_jobs)
+                                     connect_jobs, ensure_consumers)
         self.metrics.config_version.set_function(lambda: self.config_version)
         self.metrics.busy.set_function(lambda: self.slots.running)
         self._apply_lock = asyncio.Lock()
