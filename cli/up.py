@@ -32,7 +32,8 @@ from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, wri
 from services.worker import sandbox
 
 SEEDED_GROUPS = ("default", "native")
-WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN", "GETOPERATE_ROUTER_KEY")
+WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN", "GETOPERATE_NATS_SECRET",
+                   "GETOPERATE_ROUTER_KEY")
 
 
 def _die_with_parent() -> None:
@@ -156,10 +157,12 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     signal.signal(signal.SIGTERM, on_signal)
 
     sandbox_mode = _sandbox_mode()
-    creds = natsauth.load_or_create(data_dir)
+    creds = natsauth.load_or_create(data_dir, SEEDED_GROUPS)
     hashes = natsauth.password_hashes(data_dir, creds)  # nats.conf gets these, not passwords
+    issuer = natsauth.issuer(natsauth.load_secret(data_dir) or b"").public
     _progress(f"starting nats-server on 127.0.0.1:{nats_port} (JetStream in {data_dir / 'nats'})")
-    nats = NatsServer(data_dir / "nats", port=nats_port, auth=natsauth.config_block(hashes)).start()
+    nats = NatsServer(data_dir / "nats", port=nats_port,
+                      auth=natsauth.config_block(hashes, issuer)).start()
     base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),
                 "CONFIG_PORT": str(config_port), "ROUTER_PORT": str(router_port),
                 "HTTP_HOST": "127.0.0.1"}

@@ -41,6 +41,10 @@ DEAD_SUBJECTS = f"{DEAD_PREFIX}.>"
 # Live workers: a KV bucket whose entries expire when heartbeats stop.
 WORKERS_BUCKET = "GO_WORKERS"
 
+# Wake-ups: an empty core-NATS message per enqueued job, so a worker pulls at once without
+# polling; it carries no job (a worker may be woken only for its own tags).
+WAKE_PREFIX = f"{PREFIX}.wake"
+
 # Request/reply: submit a job to any router (queue group).
 SUBMIT_SUBJECT = f"{PREFIX}.router.submit"
 ROUTER_QUEUE_GROUP = "routers"
@@ -107,6 +111,11 @@ def tag_consumer(tag: str) -> str:
     return "tagh_" + hashlib.sha256(tag.encode("utf-8")).hexdigest()
 
 
+def wake_subject(tag: str) -> str:
+    """Where the routers announce that a job of `tag` was enqueued (no body)."""
+    return f"{WAKE_PREFIX}.{encode_token(tag)}"
+
+
 def tag_of_subject(subject: str) -> str:
     """Recover the tag from a job subject."""
     prefix = JOBS_PREFIX + "."
@@ -131,8 +140,26 @@ def dead_subject(tag: str) -> str:
 
 
 def worker_key(worker_id: str) -> str:
-    """KV key of a worker's heartbeat entry (KV keys allow [-/_=.A-Za-z0-9])."""
+    """The id part of a worker's KV key (KV keys allow [-/_=.A-Za-z0-9])."""
     return encode_token(worker_id)
+
+
+def heartbeat_key(nats_user: str, worker_id: str) -> str:
+    """A worker's key in GO_WORKERS: the NATS user its credentials name (`worker:<group>`, its
+    scope), a dot, its id. The authority lets a worker write this one key only, so a worker of
+    one group can neither overwrite nor delete the heartbeat of another group's worker."""
+    return f"{encode_token(nats_user)}.{worker_key(worker_id)}"
+
+
+def heartbeat_scope(key: str) -> str | None:
+    """The NATS user a heartbeat key was written under (None: not a heartbeat key)."""
+    scope, dot, rest = key.partition(".")
+    if not dot or not rest:
+        return None
+    try:
+        return decode_token(scope)
+    except InvalidInput:
+        return None
 
 
 def script_subject(workspace: str, path: str) -> str:

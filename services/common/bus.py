@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from typing import Any, Awaitable, Callable
 
@@ -16,7 +17,8 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from services.common.log import Logger
-from services.common.natsauth import credentials_for
+from services.common.natsauth import AUTH_USER, credentials_for
+from services.common.permissions import CONFIG_INBOX
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # Seconds without an in-progress ack before JetStream redelivers a job (a worker died).
@@ -28,8 +30,12 @@ CANCELS_BUCKET = "GO_CANCELS"
 
 
 async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
-                  role: str = "admin") -> NATS:
-    """Connect, retrying while NATS starts (compose starts services in any order); reconnect forever."""
+                  role: str = "admin", declare: dict[str, str] | None = None,
+                  credentials: tuple[str | None, str | None] | None = None) -> NATS:
+    """Connect as NATS user `role`, retrying while NATS starts (compose starts services in any
+    order); reconnect forever. The connection declares a random inbox prefix of its own (and
+    `declare`, as `key=value` words of its name) for the authority (services/config/authority.py),
+    which lets it read replies under that prefix only."""
 
     async def disconnected() -> None:
         log.warning("nats_disconnected")
@@ -40,13 +46,16 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
     async def error_cb(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc) or type(exc).__name__)
 
-    user, password = credentials_for(role)
+    user, password = credentials if credentials is not None else credentials_for(role)
     auth = {"user": user, "password": password} if user else {}
+    token = secrets.token_hex(12)
+    inbox = f"{CONFIG_INBOX}.{token}" if user == AUTH_USER else f"_INBOX.{token}"
+    words = [f"inbox={token}", *(f"{k}={v}" for k, v in (declare or {}).items())]
     last: Exception | None = None
     for attempt in range(attempts):
         try:
             return await nats.connect(
-                servers(url), name=name, **auth, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                servers(url), name=" ".join([name, *words]), inbox_prefix=inbox, **auth, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
                 error_cb=error_cb, allow_reconnect=True,
             )

@@ -1,4 +1,11 @@
-"""A live view of worker heartbeats (the GO_WORKERS bucket), kept current by a KV watch."""
+"""A live view of worker heartbeats (the GO_WORKERS bucket), kept current by a KV watch.
+
+A heartbeat is believed only as far as its key allows: the authority lets a worker write one
+key, `<its NATS user>.<its id>` (subjects.heartbeat_key), so an entry whose status claims another
+group (or tags its credentials do not cover), or another id, is ignored. A worker is live while
+its last beat, as received here, is younger than the bucket's TTL: a `heartbeat_at` in the
+future counts as now, so no entry can stay alive without beating.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,11 @@ import time
 
 from nats.js import JetStreamContext
 
-from services.common import bus
+from services.common import bus, natsauth
 from services.common.log import Logger
 from shared.codec import decode
 from shared.errors import InvalidInput
+from shared import subjects
 from shared.jobs import WorkerStatus
 
 
@@ -21,6 +29,7 @@ class LiveWorkers:
         self.js = js
         self.logger = logger
         self._workers: dict[str, WorkerStatus] = {}
+        self._seen: dict[str, float] = {}  # key -> when its last beat was taken (wall clock)
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -40,16 +49,24 @@ class LiveWorkers:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self._workers.pop(entry.key, None)
+                self._seen.pop(entry.key, None)
                 continue
             try:
-                self._workers[entry.key] = decode(entry.value, WorkerStatus)
+                status = decode(entry.value, WorkerStatus)
             except InvalidInput as exc:
                 self.logger.warning("bad_heartbeat_skipped", key=entry.key, error=str(exc))
+                continue
+            problem = key_problem(entry.key, status)
+            if problem is not None:
+                self.logger.warning("forged_heartbeat_skipped", key=entry.key, problem=problem)
+                continue
+            self._workers[entry.key] = status
+            self._seen[entry.key] = min(time.time(), status.heartbeat_at)
             self.ready.set()
 
     def _live(self) -> list[WorkerStatus]:
         cutoff = time.time() - bus.WORKER_TTL
-        return [w for w in self._workers.values() if w.heartbeat_at >= cutoff]
+        return [w for k, w in self._workers.items() if self._seen.get(k, 0.0) >= cutoff]
 
     def all(self) -> list[WorkerStatus]:
         """Live workers, sorted for display."""
@@ -58,3 +75,20 @@ class LiveWorkers:
     def serving(self, tag: str) -> list[WorkerStatus]:
         """Ready workers whose current tag list includes `tag` (per submission: no sorting)."""
         return [w for w in self._live() if tag in w.tags and w.state == "ready"]
+
+
+def key_problem(key: str, status: WorkerStatus) -> str | None:
+    """Why a heartbeat's key does not vouch for its status (None: it does)."""
+    user = subjects.heartbeat_scope(key)
+    if user is None or key != subjects.heartbeat_key(user, status.id):
+        return "its key is not <NATS user>.<its id>"
+    if user.startswith(natsauth.WORKER_USER_PREFIX):
+        if status.group != user[len(natsauth.WORKER_USER_PREFIX):] or status.tags_source == "env":
+            return f"written with the credentials of {user!r}, it claims group {status.group!r}"
+        return None
+    if user.startswith(natsauth.WORKER_TAGS_USER_PREFIX):
+        allowed = set(user[len(natsauth.WORKER_TAGS_USER_PREFIX):].split(","))
+        if not set(status.tags) - set(status.dedicated) <= allowed:
+            return f"written with the credentials of {user!r}, it claims other tags"
+        return None
+    return f"{user!r} is not a worker's NATS user"

@@ -1,23 +1,25 @@
-"""NATS users, one per service role, and what each may publish.
+"""NATS credentials: one secret, a password per user derived from it, the authority's key.
 
-`getoperate up` generates a password per role into `<data dir>/nats-credentials.json` (mode
-0600) and writes the matching `authorization` block into nats-server's config with bcrypt hashes
-of them, never the passwords (hashed once, cached in `nats-password-hashes.json`, mode 0600).
-Services take NATS_USER / NATS_PASSWORD from the environment, else their role's entry in the
-credentials file. Deployments give nats-server $NATS_<ROLE>_PASSWORD_HASH; make one with
-`python -m services.common.natsauth hash` (a password on stdin) or `... env`.
+Every NATS password of a deployment is derived from one secret (`nats-secret` in the data dir,
+mode 0600, or GETOPERATE_NATS_SECRET): HMAC-SHA256(secret, "nats-user:" + user). So the
+authority (the auth callout in the config service, services/common/authority.py) checks any
+password with one HMAC, without a table of them, and can hand out per-group worker credentials
+(`worker:<group>`) for groups created later. nats-server's config names only the `config` user
+(it hosts the authority, so it cannot go through it), with a bcrypt hash of its password, and
+the authority's public key (`auth_callout.issuer`, also derived from the secret). Every other
+connection is authorized by the authority, with the permissions of services/common/permissions.py.
 
-The services' lists deny what a role must never do. A worker, the least trusted (it runs user
-code on arbitrary machines), gets an allow list instead: exactly the subjects its work needs
-(its JetStream reads, consumers and pulls, acks, heartbeats, job events, dead letters, and
-submitting flow steps through a router), with the deny list on top. So it can neither publish
-config events nor put jobs on a queue directly, nor create, change, purge or delete streams or
-their messages, nor publish anywhere it was not meant to (another service's subjects, `$SYS`).
+`getoperate up` writes every static role's password and those of its groups' workers to
+`<data dir>/nats-credentials.json` (mode 0600), keyed by NATS user name, so operators and tests
+can act as any role. Services take NATS_USER / NATS_PASSWORD from the environment, else their
+user's entry in that file (else derive it, where the data dir's secret is readable). Deployments
+get the lines to set from `python -m services.common.natsauth env` (with GETOPERATE_NATS_SECRET).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import hashlib
 import hmac
@@ -28,63 +30,89 @@ import secrets
 import sys
 from pathlib import Path
 
+from services.common import permissions
+from services.common.natsjwt import AccountKey
 from services.common.runtime import private_dir, write_private
-from shared import subjects
 
 CREDENTIALS_FILE = "nats-credentials.json"
 HASHES_FILE = "nats-password-hashes.json"
-ROLES = ("config", "router", "worker", "admin")
+SECRET_FILE = "nats-secret"
+SECRET_ENV = "GETOPERATE_NATS_SECRET"
+ROLES = permissions.STATIC_ROLES  # users with fixed rights; workers are `worker:<group>`
+AUTH_USER = "config"  # hosts the authority: the only user nats-server's config names
+HASHED_ROLES = (AUTH_USER,)
+WORKER_USER_PREFIX = "worker:"
+WORKER_TAGS_USER_PREFIX = "worker-tags:"
 # bcrypt cost: 11 is what `nats server passwd` uses, for passwords people choose. nats-server
-# pays the cost on every connection, so `up` hashes its own passwords (192 random bits, which no
-# cost makes any stronger) at the minimum the NATS docs use, 10.
+# pays the cost on every connection of the config user, so `up` hashes its own passwords (192
+# random bits, which no cost makes any stronger) at the minimum the NATS docs use, 10.
 BCRYPT_COST = 11
 MIN_BCRYPT_COST = 10
 GENERATED_BCRYPT_COST = MIN_BCRYPT_COST
 # `$2a$` is the prefix nats-server's config parser takes as a hash even unquoted, as it arrives
-# from an environment variable (`password: $NATS_WORKER_PASSWORD_HASH`); `$2b$` is not.
+# from an environment variable (`password: $NATS_CONFIG_PASSWORD_HASH`); `$2b$` is not.
 _BCRYPT = re.compile(r"^\$2a\$(\d\d)\$[./A-Za-z0-9]{53}$")
-
-_STREAM_ADMIN = [
-    "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>",
-    "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>",
-]
-DENY_PUBLISH: dict[str, list[str]] = {
-    "config": [subjects.JOBS_SUBJECTS, subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS],
-    "router": [subjects.CONFIG_SUBJECTS, subjects.DEAD_SUBJECTS],
-    "worker": [subjects.CONFIG_SUBJECTS, subjects.JOBS_SUBJECTS, *_STREAM_ADMIN,
-               "$KV.GO_CANCELS.>", "$O.>"],
-    "admin": [],
-}
-# The worker's whole publish surface; anything else is a permissions violation.
-ALLOW_PUBLISH: dict[str, list[str]] = {
-    "worker": [
-        "$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.STREAM.MSG.GET.>",
-        "$JS.API.DIRECT.GET.>",  # waiting for streams, bucket lookups, a job's last event
-        "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>",
-        "$JS.API.CONSUMER.INFO.>",  # tag consumers, config follow, bucket watches
-        f"$JS.API.CONSUMER.DELETE.{subjects.CONFIG_STREAM}.>",
-        f"$JS.API.CONSUMER.DELETE.{subjects.JOB_EVENTS_STREAM}.>",
-        f"$JS.API.CONSUMER.DELETE.KV_{subjects.WORKERS_BUCKET}.>",
-        "$JS.API.CONSUMER.DELETE.KV_GO_CANCELS.>",  # its own ephemeral consumers, on unsubscribe
-        f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.>",  # pulls of jobs,
-        f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOB_EVENTS_STREAM}.>",  # of a job's history
-        "$JS.ACK.>", "$JS.FC.>",  # acks, in-progress, naks; flow control of push consumers
-        f"$KV.{subjects.WORKERS_BUCKET}.>",  # heartbeats
-        subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,
-    ],
-}
+ISSUER_ENV = "NATS_AUTH_ISSUER"
 
 
-def load_or_create(directory: Path) -> dict[str, str]:
-    """The role -> password map of a data dir (created once, mode 0600)."""
-    path = directory / CREDENTIALS_FILE
-    if path.exists():
-        return dict(json.loads(path.read_text()))
+def worker_user(group: str | None = None, tags: list[str] | tuple[str, ...] | None = None) -> str:
+    """The NATS user of a worker: `worker:<group>`, or `worker-tags:<t1,t2>` for WORKER_TAGS."""
+    if group is not None:
+        return WORKER_USER_PREFIX + group
+    return WORKER_TAGS_USER_PREFIX + ",".join(sorted(set(tags or ())))
+
+
+def load_secret(directory: Path, create: bool = False) -> bytes | None:
+    """The deployment's NATS secret: GETOPERATE_NATS_SECRET, else `<directory>/nats-secret`
+    (created once, mode 0600, when `create`)."""
+    value = os.environ.get(SECRET_ENV)
+    if value:
+        return value.strip().encode()
+    path = directory / SECRET_FILE
+    try:
+        return path.read_text().strip().encode()
+    except FileNotFoundError:
+        if not create:
+            return None
+    except OSError:
+        return None
     private_dir(directory, recursive=False)
-    creds = {role: secrets.token_urlsafe(24) for role in ROLES}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(creds, fh)
+    write_private(path, secrets.token_hex(32) + "\n")
+    return path.read_text().strip().encode()
+
+
+def password(secret: bytes, user: str) -> str:
+    """The password of NATS user `user` under `secret` (32 URL-safe characters, 192 bits)."""
+    digest = hmac.new(secret, b"nats-user:" + user.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode()
+
+
+def issuer(secret: bytes) -> AccountKey:
+    """The key the authority signs connections' permissions with."""
+    return AccountKey(hmac.new(secret, b"nats-issuer", hashlib.sha256).digest())
+
+
+def credentials(secret: bytes, groups: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """user -> password for the static roles and the workers of `groups`."""
+    users = [*ROLES, *(worker_user(g) for g in groups)]
+    return {user: password(secret, user) for user in users}
+
+
+def load_or_create(directory: Path, groups: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """Write `<directory>/nats-credentials.json` (mode 0600) from the data dir's secret (made
+    once): the static roles and the workers of `groups`. Returns user -> password."""
+    secret = load_secret(directory, create=True)
+    assert secret is not None
+    creds = credentials(secret, groups)
+    path = directory / CREDENTIALS_FILE
+    text = json.dumps(creds, indent=2) + "\n"
+    try:
+        unchanged = path.read_text() == text
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        private_dir(directory, recursive=False)
+        write_private(path, text)
     return creds
 
 
@@ -126,7 +154,7 @@ def password_hashes(directory: Path, creds: dict[str, str]) -> dict[str, str]:
         cached = {}
     hashes: dict[str, str] = {}
     fresh: dict[str, dict[str, str]] = {}
-    for role in ROLES:
+    for role in HASHED_ROLES:
         entry = cached.get(role)
         if (isinstance(entry, dict) and is_bcrypt_hash(entry.get("hash"))
                 and hmac.compare_digest(str(entry.get("check", "")),
@@ -147,39 +175,40 @@ def hash_env_var(role: str) -> str:
     return f"NATS_{role.upper()}_PASSWORD_HASH"
 
 
-def config_block(hashes: dict[str, str] | None = None) -> str:
-    """nats-server `authorization` block with these bcrypt password hashes (role -> hash, see
-    password_hashes); without any, nats-server reads each from $NATS_<ROLE>_PASSWORD_HASH (how
-    compose.yaml and the Kubernetes example pass them). Plain passwords are refused: they would
-    end up in a config file."""
-    if hashes is not None:
-        for role in ROLES:
-            if not is_bcrypt_hash(hashes.get(role)):
-                raise ValueError(f"config_block needs bcrypt hashes: {role}'s is not one")
-    users = []
-    for role in ROLES:
-        rules = [f"{kind}: [{', '.join(json.dumps(s) for s in subjects_)}]"
-                 for kind, subjects_ in (("allow", ALLOW_PUBLISH.get(role, [])),
-                                         ("deny", DENY_PUBLISH[role])) if subjects_]
-        perms = f"permissions: {{publish: {{{', '.join(rules)}}}}}" if rules else ""
-        sep = ", " if perms else ""
-        password = json.dumps(hashes[role]) if hashes else f"${hash_env_var(role)}"
-        users.append(f"    {{user: {role}, password: {password}{sep}{perms}}}")
-    return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}"
+def config_block(hashes: dict[str, str] | None = None, issuer_public: str | None = None) -> str:
+    """nats-server's `authorization` block: the `config` user (bcrypt hash of its password, see
+    password_hashes) with its static permissions, and the auth callout that authorizes every
+    other connection, issued by `issuer_public`. Without arguments, nats-server reads both from
+    $NATS_CONFIG_PASSWORD_HASH and $NATS_AUTH_ISSUER (compose.yaml, the Kubernetes example).
+    A plain password is refused: it would end up in a config file."""
+    if hashes is not None and not is_bcrypt_hash(hashes.get(AUTH_USER)):
+        raise ValueError(f"config_block needs a bcrypt hash: {AUTH_USER}'s is not one")
+    pw = json.dumps(hashes[AUTH_USER]) if hashes else f"${hash_env_var(AUTH_USER)}"
+    key = issuer_public or f"${ISSUER_ENV}"
+    return ("authorization {\n"
+            f"  users: [\n    {{user: {AUTH_USER}, password: {pw},"
+            f" permissions: {permissions.static(AUTH_USER).conf()}}}\n  ]\n"
+            f"  auth_callout {{\n    issuer: {key}\n    auth_users: [{AUTH_USER}]\n  }}\n"
+            "}")
 
 
-def credentials_for(role: str) -> tuple[str | None, str | None]:
-    """NATS_USER/NATS_PASSWORD, else the role's entry in the data dir's credentials file."""
-    user, password = os.environ.get("NATS_USER"), os.environ.get("NATS_PASSWORD")
-    if user:
-        return user, password
+def credentials_for(user: str) -> tuple[str | None, str | None]:
+    """NATS_USER/NATS_PASSWORD, else `user`'s entry in the data dir's credentials file, else
+    its password derived from the data dir's secret (readable by the deployment's owner only:
+    a worker started in the folder of `getoperate up` for a group created since)."""
+    env_user, env_password = os.environ.get("NATS_USER"), os.environ.get("NATS_PASSWORD")
+    if env_user:
+        return env_user, env_password
     directory = Path(os.environ.get("GETOPERATE_DATA_DIR") or ".getoperate")
-    path = directory / CREDENTIALS_FILE
-    if path.exists():
-        try:
-            return role, json.loads(path.read_text())[role]
-        except (OSError, ValueError, KeyError):
-            return None, None
+    try:
+        known = json.loads((directory / CREDENTIALS_FILE).read_text())
+        if isinstance(known, dict) and isinstance(known.get(user), str):
+            return user, known[user]
+    except (OSError, ValueError):
+        pass
+    secret = load_secret(directory) if os.environ.get(SECRET_ENV) is None else None
+    if secret is not None:
+        return user, password(secret, user)
     return None, None
 
 
@@ -190,43 +219,49 @@ def _read_password(prompt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m services.common.natsauth hash|env`: bcrypt hashes for nats-server's config."""
+    """`python -m services.common.natsauth env|worker|hash`: what a deployment configures."""
     parser = argparse.ArgumentParser(
         prog="python -m services.common.natsauth",
-        description="bcrypt hashes of NATS passwords, for nats-server's config"
-                    " (NATS_<ROLE>_PASSWORD_HASH in compose.yaml and the Kubernetes Secret).")
+        description="NATS credentials of a deployment, derived from its secret"
+                    " (GETOPERATE_NATS_SECRET, else ./.getoperate/nats-secret).")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("hash", help="print the hash of one password read from stdin (a line)")
-    sub.add_parser("env", help="print NATS_<ROLE>_PASSWORD_HASH='...' lines (an .env file's"
-                               " syntax) for the NATS_<ROLE>_PASSWORD variables set in the"
-                               " environment")
+    sub.add_parser("env", help="print the variables of a deployment, an .env file's syntax:"
+                               " NATS_AUTH_ISSUER and NATS_CONFIG_PASSWORD_HASH for nats-server,"
+                               " NATS_<ROLE>_PASSWORD for each service")
+    w = sub.add_parser("worker", help="print the NATS user and password of a group's workers")
+    w.add_argument("group")
+    sub.add_parser("hash", help="print the bcrypt hash of one password read from stdin (a line)")
     ns = parser.parse_args(argv)
     try:
-        return _hash_command(ns.command)
+        return _command(ns)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
 
 
-def _hash_command(command: str) -> int:
-    if command == "hash":
-        password = _read_password("NATS password: ")
-        if not password:
+def _command(ns: argparse.Namespace) -> int:
+    if ns.command == "hash":
+        password_ = _read_password("NATS password: ")
+        if not password_:
             print("no password given on stdin", file=sys.stderr)
             return 2
-        print(hash_password(password))
+        print(hash_password(password_))
         return 0
-    found = 0
-    for role in ROLES:
-        password = os.environ.get(f"NATS_{role.upper()}_PASSWORD")
-        if password:
-            found += 1
-            # Single quotes: compose reads them literally (a hash is full of `$`).
-            print(f"{hash_env_var(role)}='{hash_password(password)}'")
-    if not found:
-        print("none of NATS_CONFIG_PASSWORD, NATS_ROUTER_PASSWORD, NATS_WORKER_PASSWORD,"
-              " NATS_ADMIN_PASSWORD is set", file=sys.stderr)
+    secret = load_secret(Path(os.environ.get("GETOPERATE_DATA_DIR") or ".getoperate"))
+    if secret is None:
+        print(f"no secret: set {SECRET_ENV} (e.g. to the output of `openssl rand -hex 32`)",
+              file=sys.stderr)
         return 2
+    if ns.command == "worker":
+        user = worker_user(ns.group)
+        print(f"NATS_USER='{user}'\nNATS_PASSWORD='{password(secret, user)}'")
+        return 0
+    creds = credentials(secret)
+    # Single quotes: compose reads them literally (a hash is full of `$`).
+    print(f"{ISSUER_ENV}='{issuer(secret).public}'")
+    print(f"{hash_env_var(AUTH_USER)}='{hash_password(creds[AUTH_USER])}'")
+    for role in ROLES:
+        print(f"NATS_{role.upper()}_PASSWORD='{creds[role]}'")
     return 0
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from services.common import bus
+from services.common import bus, natsauth
 from services.common.http import TokenCheck
 from services.common.log import Logger
 from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
 from services.config.app import create_app
+from services.config.authority import Authority
 from services.config.service import ConfigService
 
 
@@ -19,6 +20,14 @@ async def amain() -> None:
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-config", logger, role="config")
     service = ConfigService(directory, nc, logger)
     await service.start()
+    secret = natsauth.load_secret(directory)
+    authority = Authority(nc, secret, lambda: service.state, logger) if secret else None
+    if authority is not None:
+        await authority.start()  # from here on, the other services can connect
+    else:
+        logger.warning("nats_authority_off", reason=f"no {natsauth.SECRET_ENV} and no"
+                       f" {natsauth.SECRET_FILE} in the data dir: only a nats-server without"
+                       " auth_callout will take the other services' connections")
     runner = await serve_http(
         create_app(service, TokenCheck(token, lambda: service.state)), env("HTTP_HOST", "127.0.0.1"),
         int(env("CONFIG_PORT", "8001")), logger,
@@ -26,6 +35,8 @@ async def amain() -> None:
     await stop.wait()
     logger.info("stopping")
     await runner.cleanup()
+    if authority is not None:
+        await authority.stop()
     await service.stop()
     await nc.drain()
 

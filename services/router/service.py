@@ -183,6 +183,7 @@ class RouterService:
             raise exc
         if isinstance(results[0], BaseException):  # queued and will run; only its history failed
             self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))
+        await self.nc.publish(subjects.wake_subject(tag), b"")  # no body: see subjects.py
         self.metrics.routed.labels(tag).inc()
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
                          kind=job.kind, path=job.path, language=job.language,

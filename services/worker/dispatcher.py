@@ -3,17 +3,22 @@
 Jobs of a tag sit on one durable pull consumer shared by every worker listening to that tag
 (competing consumers on a WorkQueue stream), so several groups may serve one tag and each job
 runs once. The dispatcher pulls only while it holds a free slot, one job per pull, so the worker
-never holds a job it cannot run. It learns that a tag has work without polling: it subscribes
-(plain NATS) to the tags' subjects, and each published job wakes it. A slow sweep of every tag
-catches what no wake-up announced (redeliveries, a missed signal). Tags are tried by priority
-(group config), then those known to have work, then round-robin.
+never holds a job it cannot run. It learns that a tag has work without polling: routers publish
+an empty wake-up on `go.wake.<tag>` for each job they enqueue. A slow sweep of every tag catches
+what no wake-up announced (redeliveries, a missed signal). Tags are tried by priority (group
+config), then those known to have work, then round-robin.
+
+Pulls, acks and wake-ups go over the worker's jobs connection, whose NATS permissions name its
+tags' consumers and nothing else (services/config/authority.py). When the tags change (a hot
+reload), a new jobs connection is opened with the new rights; the old one takes no new job and
+is closed once the answers still due to it are settled and the jobs it delivered are acked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,6 +32,9 @@ from shared.errors import InvalidInput
 
 SWEEP_EVERY = 5.0
 STRAY_CHECK = 1.0  # while no slot is free: return (nak) a job that arrived late, this often
+# Opens a jobs connection for the config sequence the worker has folded (the authority waits
+# until it has folded as much, so the new rights include the new tags).
+JobsConnector = Callable[[int], Awaitable[NATS]]
 
 
 def order_tags(tags: list[str], priorities: dict[str, int], hot: set[str], rotation: int,
@@ -42,10 +50,18 @@ def order_tags(tags: list[str], priorities: dict[str, int], hot: set[str], rotat
 class Dispatcher:
     """Pulls jobs of the tags it listens to, one per free slot, and hands them to `on_job`."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, slots: Slots, ready: asyncio.Event,
-                 on_job: Callable[[str, Msg, Slot], None], logger: Logger) -> None:
-        self.nc = nc
-        self.js = js
+    def __init__(self, nc: NATS, slots: Slots, ready: asyncio.Event,
+                 on_job: Callable[[str, Msg, Slot], None], logger: Logger,
+                 connect_jobs: JobsConnector | None = None, ensure_consumers: bool = True) -> None:
+        self.nc = nc  # the jobs connection (the worker's own one when connect_jobs is None)
+        self.js: JetStreamContext = nc.jetstream()
+        self.connect_jobs = connect_jobs
+        # Under the authority a worker may not create consumers (it made them before it let the
+        # worker connect); on a NATS without auth the worker ensures its tags' own.
+        self.ensure_consumers = ensure_consumers
+        self._granted: frozenset[str] | None = None  # the tags the jobs connection was opened for
+        self.old_links: list[tuple[NATS, TagPulls]] = []  # let go, closed once settled and idle
+        self._held: dict[int, int] = {}  # id(connection) -> jobs delivered by it, not yet done
         self.slots = slots
         self.ready = ready  # the init script is done: jobs may run
         self.on_job = on_job
@@ -56,7 +72,7 @@ class Dispatcher:
         self.recent: set[str] = set()  # tags that delivered a job on their last pull
         self.backlog: set[str] = set()  # tags whose last job said more were waiting
         self.wake = asyncio.Event()
-        self.pulls = TagPulls(nc, js, logger)
+        self.pulls = TagPulls(nc, self.js, logger, ensure=ensure_consumers)
         self._rotation = 0
         self._next_sweep = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -65,9 +81,11 @@ class Dispatcher:
     def listening(self, tag: str) -> bool:
         return tag in self.wake_subs
 
-    async def set_tags(self, wanted: list[str], priorities: dict[str, int]) -> None:
-        """Listen to exactly these tags from now on."""
+    async def set_tags(self, wanted: list[str], priorities: dict[str, int], seq: int = 0) -> None:
+        """Listen to exactly these tags from now on (`seq`: the config sequence they come from)."""
         self.priorities = dict(priorities)
+        if self.connect_jobs is not None and frozenset(wanted) != self._granted:
+            await self._relink(frozenset(wanted), seq)
         for tag in sorted(set(wanted) - set(self.wake_subs)):
             await self._listen(tag)
         for tag in sorted(set(self.wake_subs) - set(wanted)):
@@ -78,14 +96,69 @@ class Dispatcher:
             self.pulls.retire(tag)
         self.wake.set()
 
+    async def _relink(self, tags: frozenset[str], seq: int) -> None:
+        """A jobs connection with the rights of `tags`; the current one is let go."""
+        assert self.connect_jobs is not None
+        new = await self.connect_jobs(seq)
+        if self._granted is not None:
+            for sub in self.wake_subs.values():
+                await _unsubscribe(sub)
+            self.wake_subs.clear()
+            for tag in list(self.pulls.active):
+                self.pulls.retire(tag)
+            self.old_links.append((self.nc, self.pulls))
+        else:  # the worker's own connection served until now: it stays the worker's
+            for sub in self.wake_subs.values():
+                await _unsubscribe(sub)
+            self.wake_subs.clear()
+        self.nc, self.js = new, new.jetstream()
+        self.pulls = TagPulls(new, self.js, self.logger, ensure=self.ensure_consumers)
+        self._granted = tags
+        self.logger.info("jobs_connection_opened", tags=len(tags), config_version=seq)
+
+    def holding(self, msg: Msg) -> Callable[[object], None]:
+        """Count a delivered job against its connection until the returned callback is called
+        (its acks go over that connection, so it is not closed before)."""
+        key = id(msg._client)
+        self._held[key] = self._held.get(key, 0) + 1
+
+        def done(_: object) -> None:
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
+                self.wake.set()  # an old connection may be closable now
+
+        return done
+
+    async def _close_idle_links(self) -> None:
+        """Old jobs connections: return jobs that reached them late; close them once no answer
+        is due and no job they delivered is still running."""
+        for link in list(self.old_links):
+            nc, pulls = link
+            await pulls.return_late(retired_only=True)
+            if pulls.watching() or self._held.get(id(nc)):
+                continue
+            self.old_links.remove(link)
+            await pulls.close(settle=0)
+            await _close(nc)
+
+    async def close_links(self) -> None:
+        """The worker stops, its jobs are done: close every jobs connection it opened."""
+        if self.connect_jobs is None or self._granted is None:
+            return
+        for nc, _ in self.old_links:
+            await _close(nc)
+        self.old_links.clear()
+        await _close(self.nc)
+
     async def _listen(self, tag: str) -> None:
-        """Wake-ups for a tag: a plain subscription to its job subject (no queue group)."""
+        """Wake-ups for a tag: a plain subscription to its wake-up subject (no queue group)."""
 
         async def on_job_published(msg: Msg) -> None:
             self.hinted.add(tag)
             self.wake.set()
 
-        self.wake_subs[tag] = await self.nc.subscribe(subjects.job_subject(tag),
+        self.wake_subs[tag] = await self.nc.subscribe(subjects.wake_subject(tag),
                                                       cb=on_job_published)
         self.pulls.revive(tag)
         self._next_sweep = 0.0  # it may already hold a backlog: sweep every tag next
@@ -110,13 +183,14 @@ class Dispatcher:
             try:
                 await self.ready.wait()
                 while not self.slots.free:
-                    if not self.pulls.watching():
+                    if not self.pulls.watching() and not self.old_links:
                         await self.slots.wait_free()
                         continue
                     try:  # an answer is still due: return it if it comes while no slot is free
                         await asyncio.wait_for(self.slots.wait_free(), STRAY_CHECK)
                     except TimeoutError:
                         await self.pulls.return_late()
+                        await self._close_idle_links()
                 async with self.slots.hold() as slot:  # given back unless a job takes it on
                     if not self.ready.is_set() or self._stopping:
                         continue  # an init script is due: it runs first
@@ -135,8 +209,8 @@ class Dispatcher:
     async def _sleep(self) -> None:
         """No tag had work: until a wake-up, the next sweep, or (an answer still due) a check."""
         try:
-            await asyncio.wait_for(self.wake.wait(),
-                                   STRAY_CHECK if self.pulls.watching() else SWEEP_EVERY)
+            watching = self.pulls.watching() or bool(self.old_links)
+            await asyncio.wait_for(self.wake.wait(), STRAY_CHECK if watching else SWEEP_EVERY)
         except TimeoutError:
             pass
 
@@ -154,6 +228,8 @@ class Dispatcher:
     async def _take_next(self) -> tuple[str, Msg] | None:
         if self.pulls.retired:
             await self.pulls.return_late(retired_only=True)
+        if self.old_links:
+            await self._close_idle_links()
         for tag in self.candidates():
             if not self.listening(tag):  # let go by a hot reload during an earlier pull
                 continue
@@ -203,6 +279,13 @@ async def _quietly(coro: object) -> None:
     """An ack-protocol reply (nak, term) whose failure only delays the job: JetStream redelivers."""
     try:
         await coro  # type: ignore[misc]
+    except Exception:
+        pass
+
+
+async def _close(nc: NATS) -> None:
+    try:
+        await nc.close()
     except Exception:
         pass
 

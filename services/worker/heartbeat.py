@@ -44,8 +44,9 @@ def build_status(*, worker_id: str, group: str | None, tags: list[str], tags_sou
 class Heartbeat:
     """Writes `status()` under the worker's key, rate-limited as the module says."""
 
-    def __init__(self, worker_id: str, status: Callable[[], WorkerStatus], logger: Logger) -> None:
-        self.key = subjects.worker_key(worker_id)
+    def __init__(self, worker_id: str, nats_user: str, status: Callable[[], WorkerStatus],
+                 logger: Logger) -> None:
+        self.key = subjects.heartbeat_key(nats_user, worker_id)
         self.status = status
         self.logger = logger
         self._kv: Any = None

@@ -7,7 +7,9 @@ import os
 
 from aiohttp import web
 
-from services.common import bus
+from nats.aio.client import Client as NATS
+
+from services.common import bus, natsauth
 from services.common.log import Logger
 from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
@@ -15,7 +17,7 @@ from services.common.openapi import Op
 from services.common.runtime import env, run, serve_http, stop_on_signals
 from services.worker import sandbox
 from services.worker.settings import settings_from_env
-from services.worker.worker import Worker
+from services.worker.worker import Worker, default_id
 from shared.errors import InvalidInput
 
 
@@ -31,9 +33,24 @@ async def amain() -> None:
     guard_secrets()
     logger = Logger("worker")
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-worker", logger, role="worker")
+    url = env("NATS_URL", bus.DEFAULT_NATS_URL)
+    worker_id = os.environ.get("WORKER_ID") or default_id(settings.group)
+    credentials = natsauth.credentials_for(settings.nats_user)  # read once: dropped below
+    nc = await bus.connect(url, "getoperate-worker", logger, role=settings.nats_user,
+                           credentials=credentials,
+                           declare={"worker": worker_id, "part": "control"})
     drop_secrets()
-    worker = Worker(nc, logger, settings, worker_id=os.environ.get("WORKER_ID") or None)
+
+    async def connect_jobs(seq: int) -> NATS:
+        """The connection that pulls and acks jobs, with the rights of the tags of config
+        sequence `seq` (services/worker/dispatcher.py opens one per change of tags)."""
+        return await bus.connect(url, "getoperate-worker-jobs", logger, role=settings.nats_user,
+                                 credentials=credentials, attempts=20,
+                                 declare={"worker": worker_id, "part": "jobs", "seq": str(seq)})
+
+    # Without credentials NATS has no auth (and no authority to create the tag consumers).
+    worker = Worker(nc, logger, settings, worker_id=worker_id, connect_jobs=connect_jobs,
+                    ensure_consumers=credentials[0] is None)
     runner = None
     if os.environ.get("METRICS_PORT"):  # before start(): probes answer "not ready" while joining
         runner = await serve_http(probe_app(worker), env("HTTP_HOST", "127.0.0.1"),

@@ -39,13 +39,16 @@ def _is_status(msg: Msg) -> bool:
 class TagPull:
     """Pulls of one tag's durable consumer into one private inbox."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, tag: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, tag: str, ensure: bool = True) -> None:
         self.nc = nc
         self.js = js
         self.tag = tag
         self.consumer = subjects.tag_consumer(tag)
         self._due_until = 0.0  # until then an answer to a request may still come
-        self._ensured = False
+        # Under the authority a worker may not create consumers: it made them before it let
+        # the worker connect. Without one (a bare nats-server), the worker ensures its own.
+        self.ensure = ensure
+        self._ensured = not ensure
         self._sub: Subscription | None = None
         self._psub: JetStreamContext.PullSubscription | None = None
 
@@ -92,7 +95,7 @@ class TagPull:
         except asyncio.CancelledError:
             raise  # the answer may still come: see `settle`
         except Exception:  # an error status answered the request, or none was sent
-            self._ensured = False
+            self._ensured = not self.ensure  # ensured again next time, where it may
             self._due_until = 0.0
             raise
         if sub.pending_msgs == 0 and sub.delivered != before:
@@ -133,15 +136,17 @@ class TagPull:
 class TagPulls:
     """The pulls of the tags listened to, and of tags let go whose last answer may still come."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, logger: Logger) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, logger: Logger, ensure: bool = True) -> None:
         self.nc = nc
         self.js = js
         self.logger = logger
+        self.ensure = ensure
         self.active: dict[str, TagPull] = {}
         self.retired: dict[str, TagPull] = {}
 
     def get(self, tag: str) -> TagPull:
-        pull = self.active.get(tag) or self.retired.pop(tag, None) or TagPull(self.nc, self.js, tag)
+        pull = (self.active.get(tag) or self.retired.pop(tag, None)
+                or TagPull(self.nc, self.js, tag, self.ensure))
         self.active[tag] = pull
         return pull
 

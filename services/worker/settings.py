@@ -28,6 +28,15 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     devices: tuple[str, ...] = ()  # JOB_DEVICES: device paths or globs jobs may use (GPUs)
     work_dir_owned: bool = False  # made for this worker (no WORKER_DIR): removed when it stops
 
+    @property
+    def nats_user(self) -> str:
+        """The NATS user this worker connects as: `worker:<group>`, whose rights follow the
+        group's tags, or with WORKER_TAGS `worker-tags:<tags>`, whose rights are those tags."""
+        from services.common.natsauth import worker_user
+
+        if self.env_tags is not None:
+            return worker_user(tags=self.env_tags)
+        return worker_user(self.group)
 
 
 def _csv(value: str) -> tuple[str, ...]:

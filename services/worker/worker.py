@@ -22,7 +22,7 @@ from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
 from services.worker.attempt import Attempts
 from services.worker.cancels import CancelWatch
-from services.worker.dispatcher import Dispatcher
+from services.worker.dispatcher import Dispatcher, JobsConnector
 from services.worker.executor import Executor
 from services.worker.follower import ConfigFollower
 from services.worker.heartbeat import Heartbeat, build_status
@@ -38,12 +38,13 @@ class Worker:
     """One worker process: the parts below, started and stopped together."""
 
     def __init__(self, nc: NATS, logger: Logger, settings: WorkerSettings,
-                 worker_id: str | None = None):
+                 worker_id: str | None = None, connect_jobs: JobsConnector | None = None,
+                 ensure_consumers: bool = True):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.settings = settings
         self.group = settings.group
-        self.id = worker_id or _default_id(settings.group)
+        self.id = worker_id or default_id(settings.group)
         self.logger = logger.bind(worker=self.id, group=self.group)
         self.metrics = WorkerMetrics()
         self.state = "starting"
@@ -54,7 +55,7 @@ class Worker:
         self.priorities: dict[str, int] = {}
         self.dedicated_tags: set[str] = set()
         self.executor = Executor(settings, self.id, self.group, self.logger)
-        self.heartbeat = Heartbeat(self.id, self.status, self.logger)
+        self.heartbeat = Heartbeat(self.id, settings.nats_user, self.status, self.logger)
         self.slots = Slots(settings.concurrency)
         self.init = InitScript(self.executor, self.slots, self.metrics, self.logger,
                                on_change=self._init_changed)
@@ -65,8 +66,8 @@ class Worker:
                                  self.logger, on_current=self.heartbeat.soon,
                                  stopping=lambda: self.state == "stopping",
                                  config=lambda: self.follower.access)
-        self.dispatcher = Dispatcher(nc, self.js, self.slots, self.init.ok, self._on_job,
-                                     self.logger)
+        self.dispatcher = Dispatcher(nc, self.slots, self.init.ok, self._on_job, self.logger,
+                                     connect_jobs, ensure_consumers)
         self.metrics.config_version.set_function(lambda: self.config_version)
         self.metrics.busy.set_function(lambda: self.slots.running)
         self._apply_lock = asyncio.Lock()
@@ -133,6 +134,7 @@ class Worker:
         self.init.stop()
         self.cancels.stop()
         self.executor.stop()
+        await self.dispatcher.close_links()
         await self.heartbeat.stop()
         self.logger.info("worker_stopped", jobs_done=self.jobs_done)
 
@@ -142,6 +144,7 @@ class Worker:
         slot.hand_to(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self.dispatcher.holding(msg))  # its connection stays till then
 
     def _init_changed(self) -> None:
         self.dispatcher.wake.set()
@@ -164,7 +167,7 @@ class Worker:
         self.priorities = dict(new.priorities) if new else {}
         isolation_changed = self.executor.apply(new)
         self.dedicated_tags = set(self.executor.dedicated_tags)
-        await self.dispatcher.set_tags(self.tags(), self.priorities)
+        await self.dispatcher.set_tags(self.tags(), self.priorities, self.config_version)
         old_script = old.init_script if old else None
         new_script = new.init_script if new else None
         # A new sandbox, network or limits: the script's daemons must not stay in the old one.
@@ -181,6 +184,6 @@ class Worker:
         self.heartbeat.now()
 
 
-def _default_id(group: str | None) -> str:
+def default_id(group: str | None) -> str:
     host = socket.gethostname().split(".")[0][:32]
     return f"{group or 'tags'}-{host}-{os.getpid()}-{os.urandom(2).hex()}"

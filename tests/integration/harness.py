@@ -204,7 +204,13 @@ class FakeWorkers:
         import nats
 
         from shared.codec import encode
-        from shared.subjects import WORKERS_BUCKET, worker_key
+        from services.common.natsauth import worker_user
+        from shared.subjects import WORKERS_BUCKET, heartbeat_key
+
+        def worker_key(worker_id: str) -> str:
+            status = next(s for s in self.statuses if s.id == worker_id)
+            return heartbeat_key(worker_user(status.group) if status.tags_source != "env"
+                                 else worker_user(tags=status.tags), worker_id)
 
         nc = await nats.connect(self.nats_url)
         try:

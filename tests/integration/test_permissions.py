@@ -1,16 +1,23 @@
-"""NATS permissions of `getoperate up`: with a worker's credentials one cannot forge a config event,
-inject a job or touch streams; the services work under their own roles (the rest of the suite)."""
+"""Least privilege on NATS, against a real `getoperate up`: every attack of issue 13 that a
+stolen credential could make, replayed with nats-py, now refused by nats-server (the authority's
+permissions) or ignored by the services. The rest of the suite runs under these same users."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
+import time
+from typing import Any
 
 import nats
 import pytest
 
+from services.common import natsauth
 from shared import subjects
+from shared.codec import encode
+from shared.jobs import Job, WorkerStatus
 from tests.integration.conftest import Suite
 
 
@@ -18,16 +25,42 @@ def _creds(s: Suite) -> dict[str, str]:
     return json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())  # type: ignore[no-any-return]
 
 
-async def _probe(s: Suite, role: str, subject: str, wait: float = 1.0) -> tuple[bool, list[str]]:
-    """Publish as `role`; report whether an admin subscriber saw it, and the server's errors."""
-    errors: list[str] = []
+class Conn:
+    """A connection as `user`, declaring what the authority asks for, collecting its errors."""
 
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
+    def __init__(self, s: Suite, user: str, password: str | None = None, **declare: str) -> None:
+        self.s, self.user, self.declare = s, user, declare
+        self.password = password if password is not None else _creds(s)[user]
+        self.errors: list[str] = []
+        self.nc: Any = None
 
+    async def __aenter__(self) -> Any:
+        token = secrets.token_hex(10)
+
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        words = [f"inbox={token}", *(f"{k}={v}" for k, v in self.declare.items())]
+        self.nc = await nats.connect(self.s.plain_nats_url, user=self.user,
+                                     password=self.password, name=" ".join(["probe", *words]),
+                                     inbox_prefix=f"_INBOX.{token}", error_cb=on_error,
+                                     allow_reconnect=False, max_reconnect_attempts=0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    def violated(self) -> bool:
+        return any("permissions violation" in e.lower() for e in self.errors)
+
+
+def worker_conn(s: Suite, group: str = "default", part: str = "jobs") -> Conn:
+    return Conn(s, natsauth.worker_user(group), worker=f"probe-{group}", part=part)
+
+
+async def _published_seen(s: Suite, conn: Conn, subject: str, wait: float = 1.0) -> bool:
+    """Publish as `conn`; did an admin subscriber see it?"""
     admin = await nats.connect(s.nats_url)
-    probe = await nats.connect(s.plain_nats_url, user=role, password=_creds(s)[role],
-                               error_cb=on_error)
     seen = asyncio.Event()
 
     async def on_msg(msg: object) -> None:
@@ -36,58 +69,230 @@ async def _probe(s: Suite, role: str, subject: str, wait: float = 1.0) -> tuple[
     try:
         await admin.subscribe(subject, cb=on_msg)
         await admin.flush()
-        await probe.publish(subject, b'{"forged": true}')
-        await probe.flush()
+        await conn.nc.publish(subject, b'{"forged": true}')
+        await conn.nc.flush()
         try:
             await asyncio.wait_for(seen.wait(), wait)
         except asyncio.TimeoutError:
             pass
-        return seen.is_set(), errors
+        return seen.is_set()
     finally:
-        await probe.close()
         await admin.close()
 
 
 @pytest.mark.parametrize("subject", [subjects.group_subject("default"),
                                      subjects.job_subject("bash"),
+                                     subjects.wake_subject("gpu"),
                                      "$JS.API.STREAM.DELETE.GO_CONFIG",
                                      "$JS.API.STREAM.PURGE.GO_JOBS",
-                                     # beyond its allow list: the shared tag consumers, the
-                                     # snapshots, the system account, any other subject
                                      f"$JS.API.CONSUMER.DELETE.GO_JOBS.{subjects.tag_consumer('bash')}",
+                                     f"$JS.API.CONSUMER.CREATE.GO_JOBS.{subjects.tag_consumer('gpu')}",
+                                     f"$JS.API.CONSUMER.DURABLE.CREATE.GO_JOBS.{subjects.tag_consumer('gpu')}",
+                                     f"$JS.API.CONSUMER.MSG.NEXT.GO_JOBS.{subjects.tag_consumer('gpu')}",
+                                     f"$JS.ACK.GO_JOBS.{subjects.tag_consumer('gpu')}.1.1.1.1.0",
                                      "$O.GO_SNAPSHOTS.C.forged",
                                      "$SYS.REQ.SERVER.PING",
+                                     "$SYS.REQ.USER.AUTH",
                                      "anything.else"])
-def test_worker_credentials_cannot_forge_config_inject_jobs_or_touch_streams(
-    suite: Suite, subject: str
-) -> None:
-    delivered, errors = asyncio.run(_probe(suite, "worker", subject))
-    assert not delivered
-    assert any("permissions violation" in e.lower() for e in errors), errors
+def test_a_worker_cannot_publish_outside_its_work(suite: Suite, subject: str) -> None:
+    async def attempt() -> tuple[bool, Conn]:
+        async with worker_conn(suite) as conn:
+            seen = await _published_seen(suite, conn, subject)
+            await asyncio.sleep(0.2)
+            return seen, conn
+
+    seen, conn = asyncio.run(attempt())
+    assert not seen
+    assert conn.violated(), conn.errors
+
+
+@pytest.mark.parametrize("subject", [">", "go.jobs.q.>", subjects.job_subject("bash"), "_INBOX.>",
+                                     "$JS.API.>", "go.jobev.>", subjects.SUBMIT_SUBJECT,
+                                     subjects.wake_subject("gpu"), "$KV.GO_WORKERS.>"])
+def test_a_worker_cannot_listen_to_jobs_inboxes_or_the_api(suite: Suite, subject: str) -> None:
+    """The attack: subscribe to `>` (or the job subjects, every inbox, the JetStream API) and
+    collect every workspace's code and arguments while jobs are submitted."""
+
+    async def attempt() -> tuple[list[bytes], Conn]:
+        async with worker_conn(suite) as conn:
+            got: list[bytes] = []
+
+            async def on_msg(msg: Any) -> None:
+                got.append(msg.data)
+
+            queue = {"queue": subjects.ROUTER_QUEUE_GROUP} if subject == subjects.SUBMIT_SUBJECT else {}
+            await conn.nc.subscribe(subject, cb=on_msg, **queue)
+            await conn.nc.flush()
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(suite.api.submit, "echo secret-code-$RANDOM")
+            await asyncio.sleep(0.5)
+            return got, conn
+
+    got, conn = asyncio.run(attempt())
+    assert conn.violated(), conn.errors
+    assert not any(b"secret-code" in body for body in got)
+
+
+def test_a_default_worker_cannot_take_a_gpu_job(extra_workers: Suite) -> None:
+    """The attack: `$JS.API.CONSUMER.MSG.NEXT.GO_JOBS.tag_gpu` with a `default` worker's
+    credentials stole a gpu job. Now refused; the job stays for a gpu worker."""
+    s = extra_workers
+    s.api.set_group("gpu", tags=["gpu"])
+    answer = s.api.submit("echo on-gpu", tag="gpu")
+
+    async def steal() -> tuple[Any, Conn]:
+        async with worker_conn(s) as conn:
+            psub = await conn.nc.jetstream().pull_subscribe_bind(
+                durable=subjects.tag_consumer("gpu"), stream=subjects.JOBS_STREAM)
+            try:
+                got = await psub.fetch(1, timeout=1.0)
+            except Exception as exc:  # refused: nothing comes
+                got = exc
+            await asyncio.sleep(0.2)
+            return got, conn
+
+    got, conn = asyncio.run(steal())
+    assert conn.violated() and not isinstance(got, list), (got, conn.errors)
+    s.worker("gpu", WORKER_GROUP="gpu")
+    assert s.api.job(answer["id"])["status"] == "success"
+
+
+def _raw_connect(s: Suite, user: str, password: str, name: str) -> str:
+    """CONNECT by hand (a refused nats-py client leaves a transport to the garbage collector)."""
+    with socket.create_connection(("127.0.0.1", s.base), timeout=5) as sock:
+        sock.recv(4096)
+        connect = {"verbose": False, "user": user, "pass": password, "name": name}
+        sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        return sock.recv(4096).decode()
+
+
+def test_a_worker_with_another_groups_password_is_refused(suite: Suite) -> None:
+    creds = _creds(suite)
+    answer = _raw_connect(suite, natsauth.worker_user("gpu"), creds[natsauth.worker_user("default")],
+                          "x inbox=0123456789abcdef worker=x part=jobs")
+    assert "Authorization Violation" in answer
+    ok = _raw_connect(suite, natsauth.worker_user("default"), creds[natsauth.worker_user("default")],
+                      "x inbox=0123456789abcdef worker=x part=jobs")
+    assert "PONG" in ok  # the control: its own password is taken
+
+
+def test_a_connection_must_declare_its_inbox(suite: Suite) -> None:
+    creds = _creds(suite)
+    assert "Authorization Violation" in _raw_connect(suite, "client", creds["client"], "x")
+    assert "PONG" in _raw_connect(suite, "client", creds["client"], "x inbox=0123456789abcdef")
+
+
+def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
+    """The attack: overwrite or delete another worker's heartbeat, or plant a fake worker
+    claiming a group it does not belong to, alive for ten years."""
+    native = next(w for w in suite.api.workers() if w["group"] == "native")
+    victim_key = subjects.heartbeat_key(natsauth.worker_user("native"), native["id"])
+
+    async def attack() -> Conn:
+        async with worker_conn(suite) as conn:
+            kv = await conn.nc.jetstream().key_value(subjects.WORKERS_BUCKET)
+            for action in (kv.put(victim_key, b"{}"), kv.delete(victim_key)):
+                try:
+                    await action
+                except Exception:
+                    pass
+            # its own key, claiming group gpu and a heartbeat ten years ahead
+            fake = WorkerStatus(id="probe-default", group="gpu", tags=["gpu"], tags_source="group",
+                                config_version=1, state="ready", hostname="h", pid=1,
+                                started_at=time.time(), heartbeat_at=time.time() + 10 * 365 * 86400)
+            await kv.put(subjects.heartbeat_key(natsauth.worker_user("default"), "probe-default"),
+                         encode(fake))
+            await asyncio.sleep(0.3)
+            return conn
+
+    conn = asyncio.run(attack())
+    assert conn.violated(), conn.errors
+    time.sleep(1.0)
+    workers = suite.api.workers()
+    assert any(w["id"] == native["id"] and w["group"] == "native" for w in workers)
+    assert not any(w["id"] == "probe-default" for w in workers)
+
+
+def test_wake_ups_carry_no_job(suite: Suite) -> None:
+    async def listen() -> list[bytes]:
+        async with worker_conn(suite) as conn:
+            got: list[bytes] = []
+
+            async def on_msg(msg: Any) -> None:
+                got.append(msg.data)
+
+            await conn.nc.subscribe(subjects.wake_subject("bash"), cb=on_msg)
+            await conn.nc.flush()
+            await asyncio.to_thread(suite.api.submit, "echo wake-secret")
+            for _ in range(50):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert not conn.violated(), conn.errors
+            return got
+
+    got = asyncio.run(listen())
+    assert got and all(body == b"" for body in got)
+
+
+def test_a_router_cannot_write_config_or_snapshots_and_config_cannot_enqueue(suite: Suite) -> None:
+    async def probe(user: str, subject: str) -> bool:
+        if user == "config":  # the static user: nats-server's config, not the authority
+            nc = await nats.connect(suite.plain_nats_url, user="config",
+                                    password=_creds(suite)["config"],
+                                    inbox_prefix=f"_INBOX.config.{secrets.token_hex(6)}")
+            conn = Conn(suite, "config")
+            conn.nc = nc
+            try:
+                return await _published_seen(suite, conn, subject)
+            finally:
+                await nc.close()
+        async with Conn(suite, user) as conn:
+            return await _published_seen(suite, conn, subject)
+
+    assert asyncio.run(probe("router", subjects.group_subject("x"))) is False
+    assert asyncio.run(probe("router", "$O.GO_SNAPSHOTS.C.forged")) is False
+    assert asyncio.run(probe("config", subjects.job_subject("bash"))) is False
+    assert asyncio.run(probe("client", subjects.job_subject("bash"))) is False
+
+
+def test_a_forged_job_on_a_queue_cannot_come_from_a_worker(suite: Suite) -> None:
+    """Only routers (and the operator) put jobs on queues: a worker's publish is refused."""
+    job = Job(id="forged-1", workspace="ws2", language="bash", code="echo forged", tag="bash",
+              submitted_at=time.time())
+
+    async def forge() -> tuple[bool, Conn]:
+        async with worker_conn(suite) as conn:
+            try:
+                await conn.nc.jetstream().publish(subjects.job_subject("bash"), encode(job),
+                                                  timeout=1.0)
+            except Exception:
+                pass
+            await asyncio.sleep(0.2)
+            return await _published_seen(suite, conn, subjects.job_subject("bash")), conn
+
+    seen, conn = asyncio.run(forge())
+    assert not seen and conn.violated()
+    from cli.client import CliError
+
+    with pytest.raises(CliError):
+        suite.api.job("forged-1", wait=False)  # never queued: 404
 
 
 def test_worker_credentials_may_store_job_events_and_ask_a_router(suite: Suite) -> None:
     async def as_worker() -> tuple[int, dict[str, object]]:
-        nc = await nats.connect(suite.plain_nats_url, user="worker", password=_creds(suite)["worker"])
-        try:
-            ack = await nc.jetstream().publish(subjects.job_events_subject("probe-job"),
-                                               b'{"probe": true}', timeout=10)
-            reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(
+        async with worker_conn(suite, part="control") as conn:
+            ack = await conn.nc.jetstream().publish(subjects.job_events_subject("probe-job"),
+                                                    b'{"probe": true}', timeout=10)
+            reply = await conn.nc.request(subjects.SUBMIT_SUBJECT, json.dumps(
                 {"language": "bash", "code": "echo step"}).encode(), timeout=10,
-                headers=suite.auth())  # a submission carries a token (tests/integration/test_identity.py)
+                headers=suite.auth())  # a submission carries a token (test_identity.py)
+            assert not conn.violated(), conn.errors
             return ack.seq, json.loads(reply.data)
-        finally:
-            await nc.close()
 
     seq, answer = asyncio.run(as_worker())
     assert seq > 0  # stored on GO_JOB_EVENTS
-    assert answer["tag"] == "bash" and answer["id"]
-    assert suite.api.job(str(answer["id"]))["result"] == "step"
-
-
-def test_a_router_cannot_write_config_and_config_cannot_enqueue(suite: Suite) -> None:
-    assert asyncio.run(_probe(suite, "router", subjects.group_subject("x")))[0] is False
-    assert asyncio.run(_probe(suite, "config", subjects.job_subject("bash")))[0] is False
+    assert "tag" in answer or "error" in answer  # answered (the router decides who may submit)
 
 
 def test_no_credentials_no_connection(suite: Suite) -> None:
@@ -124,3 +329,19 @@ def test_group_static_env_reaches_jobs_but_worker_secrets_do_not(extra_workers: 
     assert any("env: REGION" in c for r in proc.log_events("hot_reload") for c in r["changes"])
     bad = cli("group", "set", "envstatic", "--env", "GO_JOB_ID=x", cwd=s.root)
     assert bad.returncode == 2 and "not allowed" in bad.stderr
+
+
+def test_a_tag_added_by_hot_reload_is_pulled_without_a_restart(extra_workers: Suite) -> None:
+    """The jobs connection is reopened with the new tag's rights; no permission violation."""
+    from tests.integration.test_routing_e2e import ready
+
+    s = extra_workers
+    s.api.set_group("hotperm", tags=["t-hotperm-a"])
+    proc = s.worker("hotperm", WORKER_GROUP="hotperm")
+    s.api.wait_workers(ready("hotperm"))
+    changed = s.api.set_group("hotperm", tags=["t-hotperm-a", "t-hotperm-b"])
+    s.api.wait_workers(ready("hotperm", version=changed["seq"]))
+    assert s.api.job(s.api.submit("echo b", tag="t-hotperm-b")["id"])["result"] == "b"
+    s.api.set_group("hotperm", tags=["t-hotperm-b"])  # a removed tag's rights go too
+    assert s.api.job(s.api.submit("echo b2", tag="t-hotperm-b")["id"])["result"] == "b2"
+    assert not [e for e in proc.log_events("nats_error") if "violation" in str(e)]

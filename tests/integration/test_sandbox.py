@@ -380,7 +380,8 @@ def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(
 
     s.api.set_group("stolen", tags=["t-stolen"], limits={"max_timeout": 60})
     s.worker("stolen", WORKER_GROUP="stolen")
-    password = json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())["worker"]
+    user = "worker:default"  # a stolen worker credential (of another group, as it happens)
+    password = json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())[user]
     forged = seal(prev_hash="0" * 64, seq=10**6, id="forged", time="now", actor="admin",
                   reason=None, event=GroupSandboxSet(group="stolen", sandbox="none"))
 
@@ -390,8 +391,9 @@ def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(
         async def on_error(exc: Exception) -> None:
             errors.append(exc)
 
-        nc = await nats.connect(f"nats://worker:{password}@127.0.0.1:{s.base}",
-                                error_cb=on_error)
+        nc = await nats.connect(f"nats://127.0.0.1:{s.base}", user=user, password=password,
+                                name="stolen inbox=0123456789abcdef worker=w part=control",
+                                inbox_prefix="_INBOX.0123456789abcdef", error_cb=on_error)
         try:
             await nc.publish(subjects.group_subject("stolen"), encode(forged))
             await nc.flush()

@@ -77,7 +77,9 @@ def test_up_keeps_its_data_dir_private_and_runs_jobs_outside_it(tmp_path: Path) 
 
         conf = (data / "nats" / "nats.conf").read_text()
         assert not any(pw in conf for pw in passwords)
-        assert conf.count('password: "$2a$') == 4
+        assert conf.count('password: "$2a$') == 1  # the config user; the authority checks the rest
+        assert "auth_callout" in conf
+        assert not [var for pid in workers for var in _environ(pid) if "NATS_SECRET" in var]
         assert (data / "config.sqlite-wal").exists()
         assert list((data / "nats" / "jetstream").rglob("*.blk"))
         assert loose(data) == []

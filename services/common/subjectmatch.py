@@ -1,0 +1,32 @@
+"""NATS subject matching as nats-server applies permissions: does a pattern cover a subject?
+
+Used to render and test the permission table (services/common/permissions.py) without a server;
+the integration tests check the same rows against a real one.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """True when every subject `subject` can stand for (it may hold wildcards, as a
+    subscription does) is matched by `pattern`."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if s[i] == ">":
+            return False
+        if token != "*" and token != s[i]:
+            return False
+    return len(s) == len(p)
+
+
+def allowed(subject: str, allow: Iterable[str], deny: Iterable[str] = (),
+            subscribe: bool = False) -> bool:
+    """Allowed by one allow pattern and not matched by a deny pattern."""
+    del subscribe  # the same rule both ways for the subjects the table shows
+    return any(covers(p, subject) for p in allow) and not any(covers(p, subject) for p in deny)
