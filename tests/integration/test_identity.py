@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from cli.client import Endpoints
+from services.common import natsauth
 from shared import grants, subjects
 from shared.codec import decode, encode
 from shared.jobs import DeadLetter, Job
@@ -44,20 +46,21 @@ class Tokens:
     ws2: str
 
 
-def creds(s: Suite, role: str) -> str:
-    """The password of `role` in `up`'s credentials file (a worker's may be per group)."""
-    table = json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())
-    key = role if role in table else next(k for k in table if k.startswith(f"{role}:"))
-    return str(table[key])
-
-
-def user(s: Suite, role: str) -> str:
-    table = json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())
-    return role if role in table else next(k for k in table if k.startswith(f"{role}:"))
+def creds(s: Suite) -> dict[str, str]:
+    return json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())  # type: ignore[no-any-return]
 
 
 async def connect_as(s: Suite, role: str) -> Any:
-    return await nats.connect(s.plain_nats_url, user=user(s, role), password=creds(s, role))
+    """A connection with the credentials `up` wrote for `role` (`worker`: a `default` group
+    worker's control connection), declaring its inbox as the authority asks."""
+    token = secrets.token_hex(10)
+    user, declare = role, [f"inbox={token}"]
+    if role == "worker":
+        user = natsauth.worker_user("default")
+        declare += ["worker=probe-identity", "part=control"]
+    return await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
+                              name=" ".join(["probe", *declare]), inbox_prefix=f"_INBOX.{token}",
+                              allow_reconnect=False, max_reconnect_attempts=0)
 
 
 async def submit_as(s: Suite, role: str, body: dict[str, Any],
