@@ -62,6 +62,22 @@ def running_suite(root: Path, env: dict[str, str] | None = None,
         for proc in s.extra:
             proc.stop(signal.SIGKILL if kill_extra else signal.SIGTERM)
         up.stop(signal.SIGINT, timeout=60)
+    assert not permission_violations(root / ".getoperate"), permission_violations(root / ".getoperate")
+
+
+# Connections that break the rules on purpose (tests/integration/test_permissions.py, the stolen
+# credentials of test_sandbox.py) name themselves so; any other violation is a missing permission.
+ATTACKERS = ("probe", "stolen")
+
+
+def permission_violations(data_dir: Path) -> list[str]:
+    """nats-server's log lines of publish or subscribe violations by the suite's own clients."""
+    log = data_dir / "nats" / "nats-server.log"
+    if not log.exists():
+        return []
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if "Violation - Subject" in line
+            and not any(f":{name} inbox=" in line for name in ATTACKERS)]
 
 
 @pytest.fixture(scope="module")
