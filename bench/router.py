@@ -63,14 +63,15 @@ async def _raw(nats_url: str, n: int) -> float:
     nc = await nats.connect(nats_url)
     js = nc.jetstream(publish_async_max_pending=4000)
     await js.add_stream(api.StreamConfig(
-        name="BENCH_RAW", subjects=["bench.raw.>"], retention=api.RetentionPolicy.WORK_QUEUE,
+        name="BENCH_RAW", subjects=["go.bench.raw.>"], retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE, duplicate_window=120.0))
     body = encode(Job(id="0" * 32, workspace="bench", language="python3", code=CODE,
                       args={"x": 1}, tag=TAG, submitted_at=time.time()))
 
     async def batch(count: int, offset: int) -> None:
         for i in range(count):
-            await js.publish_async("bench.raw.q", body, headers={"Nats-Msg-Id": f"r{offset + i}"})
+            await js.publish_async("go.bench.raw.q", body,  # the admin user publishes under go.>
+                                   headers={"Nats-Msg-Id": f"r{offset + i}"})
         await js.publish_async_completed()
 
     await batch(200, 0)
