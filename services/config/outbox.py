@@ -7,7 +7,7 @@ sequences (that invariant, which one junk message broke forever, is gone). The l
 in the event's bytes and in its signature.
 
 Each publish carries `Nats-Expected-Last-Sequence: <position>`, the stream sequence of the last
-message the outbox has accounted for, and `Nats-Msg-Id: <event id>`. A retry after a lost ack is
+message the outbox has accounted for, and `Nats-Msg-Id: <event id>:<key id>`. A retry after a lost ack is
 dropped as a duplicate within the dedup window, or found on the stream by the catch-up after it,
 so an event is never appended twice however long NATS was away. "Wrong last sequence" means
 something landed after the position: the outbox reads it. Its own next event (an ack lost)
@@ -141,7 +141,10 @@ class Outbox:
     def headers(self, rec: RawRecorded, body: bytes, subject: str) -> dict[str, str]:
         """Id, position and the signature (over seq, subject, previous seq on the subject, bytes)."""
         prev = self.log.subject_prev(rec.seq, subject)
-        return {"Nats-Msg-Id": rec.id, "Nats-Expected-Last-Sequence": str(self.position),
+        # The id names this key's copy: re-signing republishes an event under the same event id
+        # within the dedup window, and must not be taken for a repeat of the old copy.
+        return {"Nats-Msg-Id": f"{rec.id}:{self.signer.key_id}",
+                "Nats-Expected-Last-Sequence": str(self.position),
                 SIGNATURE_HEADER: self.signer.sign_event(rec.seq, subject, prev, body),
                 SUBJECT_PREV_HEADER: str(prev)}
 
