@@ -655,8 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("verify", parents=[common],
-                       help="check the log's hash chain and columns, that the stream holds the"
-                            " same events, signed, and that every snapshot equals the log")
+                       help="check the log's chain and columns, the signed stream and every"
+                            " snapshot against the log")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_verify)
 

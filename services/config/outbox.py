@@ -162,21 +162,38 @@ class Outbox:
         return True
 
     async def catch_up(self) -> None:
-        """Account for every message after the position: the next event of the log (its ack was
-        lost) counts as published, anything else is foreign and removed."""
+        """Account for every message after the position (see `account`)."""
         info = await self.js.stream_info(subjects.CONFIG_STREAM)
         last, first = int(info.state.last_seq), int(info.state.first_seq)
         for stream_seq in range(max(self.position + 1, first), last + 1):
             msg = await read_at(self.js, stream_seq)
             if msg is not None:
-                raw = log_event_of(msg, self.log)
-                if (raw is not None and raw.seq == self.published_seq + 1
-                        and signer_of(msg, raw, self.verifier) == self.signer.key_id):
-                    await self._published(raw.seq)
-                else:
-                    await self.remove_foreign(msg)
+                await self.account(msg)
             self.position = stream_seq
         self.position = max(self.position, last)
+
+    async def account(self, msg: api.RawStreamMsg) -> None:
+        """One message after the position: the log's next event signed with this key (its ack
+        was lost) counts as published; junk, forgeries and replayed copies of the log's events
+        are foreign and removed. A validly signed event the log does not hold means another
+        config service with this key is writing: that stops publishing (never run two), and
+        nothing is deleted."""
+        data = msg.data or b""
+        try:
+            raw = decode_raw(data)
+        except Rejected:
+            return await self.remove_foreign(msg)
+        kid = signer_of(msg, raw, self.verifier)
+        if kid is None:
+            return await self.remove_foreign(msg)
+        if self.log.body_at(raw.seq) != data:
+            raise StreamDiverged(
+                f"stream seq {msg.seq} holds an event signed by key {kid} as log seq {raw.seq},"
+                " which this log does not hold: another config service with this key is writing"
+                " to the stream (never run two); publishing stops until that is resolved")
+        if raw.seq == self.published_seq + 1 and kid == self.signer.key_id:
+            return await self._published(raw.seq)
+        await self.remove_foreign(msg)  # a replayed copy of an event already on the stream
 
     async def remove_foreign(self, msg: api.RawStreamMsg) -> None:
         """Log a message that is not the log's next signed event, then delete it (best effort:

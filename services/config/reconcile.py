@@ -7,6 +7,7 @@
 | lacks the log's newest events (a crash, an empty NATS) | the outbox publishes them |
 | holds the log's events signed by another key, or unsigned (a new key, an upgrade) | the log is republished, signed, then the old copies are purged |
 | ends with foreign messages | they are logged and deleted |
+| holds an event signed by this key that the log does not have, below its newest | `stream_diverged`: another writer, or a log restored from an older backup while the stream went on |
 
 The newest event of the log on the stream is found by reading back from the stream's end, which
 normally is that event itself: start-up reads one message, not the stream.
@@ -38,21 +39,19 @@ async def reconcile(log: EventLog, outbox: Outbox, logger: Logger) -> list[bytes
     if anchor is not None and anchor[1].seq > log_last:
         copied = await _copy_back(log, outbox, first, anchor[0])
         logger.info("log_rebuilt_from_stream", events=len(copied), seq=anchor[1].seq)
-    published, position = 0, last
+    published, position, tail = 0, last, False
     if anchor is not None:
         stream_seq, raw, msg = anchor
         if signer_of(msg, raw, outbox.verifier) == outbox.signer.key_id:
-            published, position = raw.seq, stream_seq
-            for seq in range(stream_seq + 1, last + 1):  # a foreign tail
-                tail = await read_at(js, seq)
-                if tail is not None:
-                    await outbox.remove_foreign(tail)
+            published, position, tail = raw.seq, stream_seq, stream_seq < last
         else:
             outbox.resign_until, outbox.purge_below = log.last()[0], last + 1
             logger.warning("config_stream_resign", events=log.last()[0], key_id=outbox.signer.key_id,
                            found=(msg.headers or {}).get(SIGNATURE_HEADER, "unsigned")[:16])
     log.reconcile(published)
     outbox.published_seq, outbox.position = published, position
+    if tail:  # foreign messages after the newest event: removed now
+        await outbox.catch_up()
     if log.last()[0] > published:
         logger.info("outbox_republish", from_seq=published + 1, to_seq=log.last()[0])
     return copied
