@@ -78,10 +78,11 @@ class Gate:
         self.subject = subject  # None: the whole stream, checked by the hash chain
         self.seq = 0
         self.hash = GENESIS_HASH
+        self.snapshot_seq = 0  # events at or below it came with the snapshot started from
 
     def start_at(self, seq: int, hash: str) -> None:
         """Continue after a verified snapshot at `seq`, whose chain hash is `hash`."""
-        self.seq, self.hash = seq, hash
+        self.seq, self.hash, self.snapshot_seq = seq, hash, seq
 
     def admit(self, subject: str, headers: Mapping[str, str] | None,
               body: bytes) -> Recorded | None:

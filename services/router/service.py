@@ -120,8 +120,8 @@ class RouterService:
         try:
             rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
-            if exc.reason == "repeat" and not self.config_ready.is_set():
-                return  # replaying from the snapshot's stream position: already folded
+            if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
+                return  # in the snapshot it started from (published after it was taken)
             self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
                                 stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
                                 error=exc.message)

@@ -177,7 +177,6 @@ def test_forged_junk_and_replayed_config_events_are_rejected_and_real_ones_still
     subject = subjects.group_subject("sg")
 
     async def attack(js: Any) -> None:
-        first = (await stream_messages(js))[0]
         last_on_sg = await js.get_last_msg(subjects.CONFIG_STREAM, subject)
         last = decode_raw((await stream_messages(js))[-1].data)
         headers, body = forged_event(
@@ -188,13 +187,13 @@ def test_forged_junk_and_replayed_config_events_are_rejected_and_real_ones_still
         await js.publish(subject, body, headers=unsigned)
         await js.publish(subject, b"junk \xff")  # not even JSON
         await js.publish("go.config.group.x", b'{"seq": 1}')  # on another group's subject
-        signed = {k: v for k, v in first.headers.items() if k.startswith("Go-")}
-        await js.publish(first.subject, first.data, headers=signed)  # a replay of seq 1, signed
+        signed = {k: v for k, v in last_on_sg.headers.items() if k.startswith("Go-")}
+        await js.publish(subject, last_on_sg.data, headers=signed)  # a replay, validly signed
 
     on_nats(s.nats_url, attack)
-    wait_until(lambda: len(proc.log_events("config_event_rejected")) >= 3, what="worker rejects")
+    wait_until(lambda: len(proc.log_events("config_event_rejected")) >= 4, what="worker rejects")
     reasons = {e["reason"] for e in proc.log_events("config_event_rejected")}
-    assert {"unknown_key", "unsigned", "malformed"} <= reasons, reasons
+    assert {"unknown_key", "unsigned", "malformed", "repeat"} <= reasons, reasons
     router_reasons = {json.loads(line)["reason"] for line in s.up.output().splitlines()
                       if '"config_event_rejected"' in line and '"stream_seq"' in line}
     assert {"unknown_key", "unsigned", "malformed", "repeat"} <= router_reasons, router_reasons
