@@ -22,6 +22,9 @@ from shared.events import GENESIS_HASH, GroupCreated, GroupTagsSet, Recorded, se
 from shared.jobs import (
     DeadLetter, Job, JobFinished, JobQueued, JobStarted, JobSubmit, SubmitAnswer, WorkerStatus,
 )
+from shared.codec import encode
+from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, Signer, parse_private_key
+from shared.snapshots import SignedSnapshot, seal_snapshot
 from shared.state import ConfigState, GroupConfig
 
 TITLE = "getoperate NATS API"
@@ -85,6 +88,21 @@ def _headers(**fields: str) -> dict[str, Any]:
         for name, text in fields.items()}}
 
 
+# The examples' signing key: a fixed, published seed so that the document is the same on every
+# call (Ed25519 signatures are deterministic). Never a real deployment's key.
+_EXAMPLE_SIGNER = Signer(parse_private_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+                                           field="example key"))
+
+
+def _signed_headers(rec: Recorded, subject_prev: int, expected_last: int) -> dict[str, str]:
+    subject = subjects.group_subject(rec.event.group)  # type: ignore[union-attr]
+    signer = _EXAMPLE_SIGNER
+    return {"Nats-Msg-Id": f"{rec.id}:{signer.key_id}",
+            "Nats-Expected-Last-Sequence": str(expected_last),
+            SIGNATURE_HEADER: signer.sign_event(rec.seq, subject, subject_prev, encode(rec)),
+            SUBJECT_PREV_HEADER: str(subject_prev)}
+
+
 def _examples() -> dict[str, list[dict[str, Any]]]:
     """One realistic value per message (from docs/nats.md), built from the real types so an
     example can never hold a field the code does not have."""
@@ -106,10 +124,8 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
                   event=GroupTagsSet(group="default", tags=("bash", "python3")))
     return {
         "Recorded": [
-            _example("group created (seq 1)", first,
-                     {"Nats-Msg-Id": first.id, "Nats-Expected-Last-Sequence": "0"}),
-            _example("group tags set (seq 2)", second,
-                     {"Nats-Msg-Id": second.id, "Nats-Expected-Last-Sequence": "1"}),
+            _example("group created (seq 1)", first, _signed_headers(first, 0, 0)),
+            _example("group tags set (seq 2)", second, _signed_headers(second, 1, 1)),
         ],
         "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id})],
         "JobSubmit": [_example("inline bash job", JobSubmit(
@@ -130,9 +146,9 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             config_version=2, state="ready", hostname="vm", pid=23067,
             started_at=1795926576.821796, heartbeat_at=1795926651.856682, jobs_done=3))],
         "CancelRequest": [_example("router", "cancelled by admin")],
-        "ConfigSnapshot": [_example("seeded state (shown as JSON)", ConfigState(
-            seq=2, groups={"default": GroupConfig(name="default", tags=("bash", "python3"),
-                                                  version=2)}))],
+        "ConfigSnapshot": [_example("seeded state (shown as JSON, `state` in base64)", seal_snapshot(
+            _EXAMPLE_SIGNER, ConfigState(seq=2, groups={"default": GroupConfig(
+                name="default", tags=("bash", "python3"), version=2)}), second.hash, 2))],
         "PullRequest": [_example("is there a job now?", PullRequest(batch=1, expires=900_000)),
                         _example("after a wake-up", PullRequest(batch=1, expires=300_000_000))],
         "PullNoJob": [{"name": "no message", "headers": {"Status": "404",
@@ -149,9 +165,15 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "title": "Config record",
             "summary": "One config event in its hash-chained envelope (the config event log).",
             "payload": schema["Recorded"],
-            "headers": _headers(Nats_Msg_Id=f"the event `id`. {msg_id}.",
-                                Nats_Expected_Last_Sequence="`seq - 1`: the stream refuses the"
-                                " message unless it lands at stream sequence `seq`"),
+            "headers": _headers(
+                Nats_Msg_Id=f"`<event id>:<key id>`. {msg_id}.",
+                Nats_Expected_Last_Sequence="the stream sequence of the last message the outbox"
+                " accounted for: the stream refuses the message if anything landed after it",
+                Go_Signature="`<key id>.<base64url>`: Ed25519 signature by the config service"
+                " over the log sequence, the subject, `Go-Subject-Prev` and the SHA-256 of the"
+                " message bytes (docs/nats.md, Recorded envelope). Fold nothing that fails it",
+                Go_Subject_Prev="log sequence of the previous event on this subject (0 for the"
+                " first): a reader of one subject sees a missing event"),
         },
         "Job": {"title": "Job", "summary": "A routed job waiting on its tag's work queue.",
                 "payload": schema["Job"],
@@ -195,13 +217,17 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                       " `cancelled by <token name>` or `flow <id> cancelled`"}},
         "ConfigSnapshot": {
             "title": "Config snapshot",
-            "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration as MessagePack.",
+            "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration, signed, as"
+                       " MessagePack.",
             "description": "Read and written with a JetStream object-store client, which splits"
             " the object into chunks on this channel and keeps its metadata on"
             f" `$O.{SNAPSHOT_BUCKET}.M.<base64url(name)>`. The reassembled bytes are MessagePack"
-            " with the shape of this schema. A cache only: the stream stays the source of truth.",
+            " with the shape of this schema; `state` is itself MessagePack of `ConfigState`"
+            " (#/components/schemas/ConfigState). Written by the config service only; use it"
+            " only once `signature` verifies. A cache only: the stream stays the source of"
+            " truth.",
             "contentType": "application/vnd.msgpack",
-            "payload": schema["ConfigState"],
+            "payload": schema["SignedSnapshot"],
         },
         "PullRequest": {"title": "Pull request",
                         "summary": "Ask a durable consumer for the next job.",
@@ -254,8 +280,8 @@ def _channels() -> dict[str, dict[str, Any]]:
         return out
 
     config = f"Stream `{subjects.CONFIG_STREAM}` (Limits, kept forever). Published by the config" \
-             " service only, through its outbox; a message from anyone else breaks stream" \
-             " sequence == log sequence."
+             " service only, through its outbox, each event signed (`Go-Signature`); followers" \
+             " fold only signed events and skip anything else."
     channels = {
         "configGroup": channel(
             f"{subjects.CONFIG_GROUP_PREFIX}.{{group}}", "Config events of one worker group",
@@ -340,8 +366,8 @@ def _channels() -> dict[str, dict[str, Any]]:
         "snapshots": channel(
             f"$O.{SNAPSHOT_BUCKET}.C.{{chunk}}", "Config snapshot (object store)",
             f"Object store `{SNAPSHOT_BUCKET}` (stream `OBJ_{SNAPSHOT_BUCKET}`): one object,"
-            f" `{SNAPSHOT_NAME}`. A router starts from it, then follows the config stream from"
-            " its `seq + 1`.",
+            f" `{SNAPSHOT_NAME}`, written by the config service only. A router starts from it once"
+            " its signature verifies, then follows the config stream from its `stream_seq + 1`.",
             ["ConfigSnapshot"], f"OBJ_{SNAPSHOT_BUCKET}", chunk={
                 "description": "the chunk's NUID, chosen by the object-store client"}),
     }
@@ -439,7 +465,7 @@ PAYLOAD_TYPES: dict[str, Any] = {
     "Recorded": Recorded, "Job": Job, "JobSubmit": JobSubmit, "SubmitAnswer": SubmitAnswer,
     "SubmitError": SubmitError, "JobQueued": JobQueued, "JobStarted": JobStarted,
     "JobFinished": JobFinished, "DeadLetter": DeadLetter, "WorkerStatus": WorkerStatus,
-    "ConfigState": ConfigState, "PullRequest": PullRequest,
+    "ConfigState": ConfigState, "SignedSnapshot": SignedSnapshot, "PullRequest": PullRequest,
 }
 
 

@@ -6,6 +6,7 @@ from services.common import bus
 from services.common.http import TokenCheck
 from services.common.log import Logger
 from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
+from services.common.signingkeys import load_verifier
 from services.router.app import create_app
 from services.router.service import RouterService
 
@@ -14,11 +15,12 @@ async def amain() -> None:
     logger = Logger("router")
     token = admin_token(data_dir(), create=True)
     assert token is not None
+    verifier = load_verifier()  # before anything else: no public key, no start
     stop = stop_on_signals()
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger, role="router")
     service = RouterService(nc, logger,
                             require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
-    await service.start()
+    await service.start(verifier)
     runner = await serve_http(
         create_app(service, TokenCheck(token, lambda: service.config)), env("HTTP_HOST", "127.0.0.1"),
         int(env("ROUTER_PORT", "8002")), logger,

@@ -1,8 +1,12 @@
 """The group's config: replay its events from GO_CONFIG, then follow live ones, folded in order.
 
-A worker replays only its group's subject. Records that do not decode, or whose event type this
-version does not know, are logged and skipped. Once the replay has caught up, every live change
-is reported to `on_change` (the worker applies it in place: hot reload).
+A worker replays only its group's subject. Each message passes the gate of shared/admission.py
+first: signed by the config service, the next event of this subject (the signed
+`Go-Subject-Prev`), its hash intact. Anything else (junk, a forged `group.init_script_set`, a
+replayed old event) is logged as `config_event_rejected` and skipped, and the follower goes on;
+after a gap it keeps the config as of the last event it could check. An event type this version
+does not know is skipped too. Once the replay has caught up, every live change is reported to
+`on_change` (the worker applies it in place: hot reload).
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
+from services.common.signingkeys import load_verifier
 from shared import state as st
 from shared import subjects
-from shared.errors import InvalidInput
-from shared.events import decode_known
+from shared.admission import Gate, Rejected
+from shared.signing import Verifier
 
 
 class ConfigFollower:
     """The folded config of one group (none without a group: WORKER_TAGS only)."""
 
     def __init__(self, js: JetStreamContext, group: str | None, logger: Logger,
-                 on_change: Callable[[], Awaitable[None]]) -> None:
+                 on_change: Callable[[], Awaitable[None]], verifier: Verifier | None = None
+                 ) -> None:
         self.js = js
         self.group = group
         self.logger = logger
@@ -33,6 +39,10 @@ class ConfigFollower:
         self.state = st.ConfigState()
         self.live = False  # past the replay: report changes
         self._sub: Any = None
+        # A worker of a group must check what it folds: no public key, no start. A worker
+        # without a group (WORKER_TAGS only) follows nothing and needs none.
+        self.gate = (Gate(verifier or load_verifier(), subject=subjects.group_subject(group))
+                     if group else None)
 
     @property
     def group_config(self) -> st.GroupConfig | None:
@@ -60,14 +70,17 @@ class ConfigFollower:
                 pass
 
     async def _on_msg(self, msg: Msg) -> None:
+        assert self.gate is not None
         try:
-            rec = decode_known(msg.data)
-        except InvalidInput as exc:
-            self.logger.warning("config_event_skipped", error=str(exc))
+            rec = self.gate.admit(msg.subject, msg.headers, msg.data)
+        except Rejected as exc:
+            self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
+                                stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
+                                error=exc.message)
             return
         if rec is None:
-            self.logger.warning("config_event_unknown_type_skipped",
-                                seq=msg.metadata.sequence.stream)
+            self.logger.warning("config_event_unknown_type_skipped", seq=self.gate.seq,
+                                stream_seq=msg.metadata.sequence.stream)
             return
         self.state = st.evolve(self.state, rec)
         if self.live:
