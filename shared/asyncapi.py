@@ -153,6 +153,7 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
                         _example("after a wake-up", PullRequest(batch=1, expires=300_000_000))],
         "PullNoJob": [{"name": "no message", "headers": {"Status": "404",
                                                          "Description": "No Messages"}}],
+        "WakeUp": [{"name": "a job was enqueued"}],
     }
 
 
@@ -232,6 +233,9 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "PullRequest": {"title": "Pull request",
                         "summary": "Ask a durable consumer for the next job.",
                         "payload": schema["PullRequest"]},
+        "WakeUp": {
+            "title": "Wake-up", "summary": "Empty: a job of the tag was just enqueued.",
+        },
         "PullNoJob": {
             "title": "No job", "summary": "A status-only answer to a pull: no job (empty body).",
             "headers": {"type": "object", "required": ["Status"], "properties": {
@@ -244,7 +248,7 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, message in spec.items():
         message["name"] = name
         message["examples"] = examples[name]
-        if name == "PullNoJob":
+        if name in ("PullNoJob", "WakeUp"):
             continue
         message.setdefault("contentType", json_type)
     return spec
@@ -308,9 +312,15 @@ def _channels() -> dict[str, dict[str, Any]]:
             f"{subjects.JOBS_PREFIX}.{{tag}}", "Work queue of one tag",
             f"Stream `{subjects.JOBS_STREAM}` (WorkQueue): a message is deleted when a worker acks"
             " or terms it. Workers take jobs through the tag's durable pull consumer (see"
-            " `jobPull`) and keep a plain subscription here only as a wake-up. Don't add a"
-            " consumer of your own: it would take jobs away from the workers.",
+            " `jobPull`); nobody but the admin user may subscribe here. Don't add a consumer of"
+            " your own: it would take jobs away from the workers.",
             ["Job"], subjects.JOBS_STREAM, tag=tag),
+        "jobWake": channel(
+            f"{subjects.WAKE_PREFIX}.{{tag}}", "Wake-up of one tag",
+            "Core NATS (not stored). A router publishes an empty message here after each job it"
+            " enqueues on the tag, so the workers listening to the tag pull at once instead of"
+            " polling. It carries no job: a worker may subscribe only to its own tags' wake-ups.",
+            ["WakeUp"], None, tag=tag),
         "jobPull": channel(
             f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{{consumer}}",
             "Pull the next job of a tag",
@@ -396,8 +406,9 @@ _OPERATIONS: list[tuple[Any, ...]] = [
     ("router", "receive", "workers", ["workerStatus"], "list live workers"),
     ("router", "send", "cancels", ["cancelRequest"], "`POST /jobs/{id}/cancel`"),
     ("worker", "receive", "configGroup", ["recorded"], "replay then follow its group (hot reload)"),
-    ("worker", "receive", "jobQueue", ["job"],
-     "plain subscription, only a wake-up: the job itself is taken with a pull"),
+    ("router", "send", "jobWake", ["wakeUp"], "after each enqueue: wake the tag's workers"),
+    ("worker", "receive", "jobWake", ["wakeUp"],
+     "a plain subscription per tag it listens to: pull at once"),
     ("worker", "send", "jobPull", ["pullRequest"], "ask for one job when a slot is free",
      "jobPullReply", ["job", "pullNoJob"]),
     ("worker", "send", "jobEvents", ["jobStarted", "jobFinished"],
@@ -414,9 +425,11 @@ _OPERATIONS: list[tuple[Any, ...]] = [
      "watch the whole bucket: kill a running job, skip a later one"),
     ("client", "send", "routerSubmit", ["jobSubmit"], "submit a job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
-    ("client", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
-     "wait for a job: an ordered consumer on its subject, until the first `job.finished`"),
-    ("client", "receive", "deadLetters", ["deadLetter"], "inspect parked jobs"),
+    ("admin", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
+     "wait for a job: an ordered consumer on its subject, until the first `job.finished`"
+     " (integrators, with the `client` user, wait over HTTP: `GET /jobs/{id}?wait=1`, which"
+     " applies their token's workspace)"),
+    ("admin", "receive", "deadLetters", ["deadLetter"], "inspect parked jobs"),
 ]
 
 
