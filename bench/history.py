@@ -18,11 +18,14 @@ import nats
 from bench.suite import ROOT, progress
 from services.common import bus
 from services.common.natsserver import NatsServer, free_port
+from services.common.signingkeys import load_signer
 from services.config.store import EventLog
 from shared.codec import decode, encode
 from shared.events import (
     GENESIS_HASH, GroupCreated, GroupInitScriptSet, GroupTagsSet, Recorded, ScriptDeployed, seal,
+    subject_for,
 )
+from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, Signer
 from shared.state import fold
 
 TOKEN = "bench-token"
@@ -75,12 +78,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
-async def _publish(url: str, records: list[Recorded]) -> None:
+async def _publish(url: str, records: list[Recorded], signer: Signer) -> None:
+    """The stream as the config service's outbox leaves it: each event on its subject, signed
+    with the data dir's key over its sequence, subject and previous sequence on the subject."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     await bus.ensure_streams(js)
+    last_on: dict[str, int] = {}
     for i, rec in enumerate(records):
-        await js.publish_async(f"go.config.bench.{rec.seq % 50}", encode(rec), wait_stall=30)
+        subject, body = subject_for(rec.event), encode(rec)
+        prev = last_on.get(subject, 0)
+        last_on[subject] = rec.seq
+        await js.publish_async(subject, body, wait_stall=30, headers={
+            SIGNATURE_HEADER: signer.sign_event(rec.seq, subject, prev, body),
+            SUBJECT_PREV_HEADER: str(prev)})
         if i % 100_000 == 99_999:
             await js.publish_async_completed()
             progress(f"history: {i + 1} events on the stream")
@@ -111,10 +122,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     with NatsServer(work / "nats", sync_always=False) as server:  # filling the stream, not durability
         log = EventLog(work / "data" / "config.sqlite")
         for i in range(0, n, 50_000):
-            log.insert([(b, "go.config.bench") for b in bodies[i:i + 50_000]], published=True)
+            log.insert([(b, subject_for(r.event)) for b, r in
+                        zip(bodies[i:i + 50_000], records[i:i + 50_000])], published=True)
         log.close()
-        progress(f"history: {n} events in SQLite; publishing them to the stream")
-        asyncio.run(_publish(server.url, records))
+        progress(f"history: {n} events in SQLite; publishing them to the stream, signed")
+        asyncio.run(_publish(server.url, records, load_signer(work / "data")))
         del records, decoded, bodies
         cport = free_port()
         rport = free_port()

@@ -1,28 +1,38 @@
-"""`getoperate events --follow`: stream new config events live from NATS (Ctrl-C stops)."""
+"""`getoperate events --follow`: stream new config events live from NATS (Ctrl-C stops).
+
+Only events signed by the config service are printed (its public key: GETOPERATE_CONFIG_PUBLIC_KEY
+or config-signing.pub in the data dir); anything else on the stream is reported on stderr and
+skipped, so nobody who can write to NATS can put a line into an audit trail.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+import sys
 
 import nats
 from nats.js import api
 
 from cli import output
 from shared import subjects
+from shared.admission import Rejected, check_signed, decode_raw
 from shared.codec import to_builtins
 from shared.events import decode_known, event_type
 from shared.history import summarize
+from shared.signing import Verifier
 
 
 def follow_events(url: str, *, after: int | None, group: str | None, type_: str | None,
-                  actor: str | None, as_json: bool, auth: dict[str, str] | None = None) -> int:
-    return asyncio.run(_follow(url, after, group, type_, actor, as_json, auth or {}))
+                  actor: str | None, as_json: bool, verifier: Verifier,
+                  auth: dict[str, str] | None = None) -> int:
+    return asyncio.run(_follow(url, after, group, type_, actor, as_json, verifier, auth or {}))
 
 
 async def _follow(url: str, after: int | None, group: str | None, type_: str | None,
-                  actor: str | None, as_json: bool, auth: dict[str, str]) -> int:
+                  actor: str | None, as_json: bool, verifier: Verifier,
+                  auth: dict[str, str]) -> int:
     nc = await nats.connect(url.split(","), **auth)
     js = nc.jetstream()
     stop = asyncio.Event()
@@ -30,9 +40,23 @@ async def _follow(url: str, after: int | None, group: str | None, type_: str | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    last = after or 0
+
     async def on_msg(msg: object) -> None:
-        rec = decode_known(msg.data)  # type: ignore[attr-defined]
-        if rec is None or (after is not None and rec.seq <= after):
+        nonlocal last
+        data: bytes = msg.data  # type: ignore[attr-defined]
+        try:
+            raw = decode_raw(data)
+            check_signed(raw, msg.subject, msg.headers, data, verifier)  # type: ignore[attr-defined]
+        except Rejected as exc:
+            print(f"getoperate: skipped stream seq {msg.metadata.sequence.stream}"  # type: ignore[attr-defined]
+                  f" ({exc.reason}): {exc.message}", file=sys.stderr, flush=True)
+            return
+        if raw.seq <= last:  # printed already (or before `after`)
+            return
+        last = raw.seq
+        rec = decode_known(data)
+        if rec is None:
             return
         if (type_ and event_type(rec.event) != type_) or (actor and rec.actor != actor):
             return

@@ -360,6 +360,10 @@ def cmd_token(ns: argparse.Namespace) -> int:
 
 def cmd_events(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
+    if ns.follow:  # checked first: without the public key, following would print nothing
+        from services.common.signingkeys import load_verifier
+
+        verifier = load_verifier(ep.data_dir)
     query: dict[str, Any] = {"limit": ns.limit}
     for key in ("group", "type", "actor", "since", "until"):
         if getattr(ns, key):
@@ -375,7 +379,7 @@ def cmd_events(ns: argparse.Namespace) -> int:
 
     last = rows[-1]["seq"] if rows else None
     return follow_events(ep.nats_url, after=last, group=ns.group, type_=ns.type, actor=ns.actor,
-                         as_json=ns.json, auth=ep.nats_auth())
+                         as_json=ns.json, verifier=verifier, auth=ep.nats_auth())
 
 
 def cmd_replay(ns: argparse.Namespace) -> int:
@@ -399,17 +403,22 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 
 def cmd_verify(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
-    print("verifying the SQLite hash chain and the stream, event by event...", file=sys.stderr,
-          flush=True)
+    print("verifying the SQLite hash chain, its columns, the stream's signed events and every"
+          " snapshot, event by event...", file=sys.stderr, flush=True)
     report = call("GET", f"{ep.config_url}/verify", ep.token(), timeout=600)
     if ns.json:
         print(json.dumps(report))
     if report["ok"]:
         if not ns.json:
             print(f"intact: {report['log_events']} events in the log, {report['stream_events']}"
-                  " on the stream, same bytes in the same order")
+                  " on the stream, same bytes in the same order, signed;"
+                  f" {report.get('snapshots_checked', 0)} snapshots equal to the log")
         return 0
-    raise CliError(f"verification failed at seq {report['first_bad_seq']}: {report['problem']}")
+    more = len(report.get("problems") or []) - 1
+    where = f" at seq {report['first_bad_seq']}" if report["first_bad_seq"] is not None else ""
+    raise CliError(f"verification failed{where}: {report['problem']}"
+                   + (f" ({more} more finding{'s' if more > 1 else ''}: --json lists them)"
+                      if more > 0 else ""))
 
 
 def cmd_jobs(ns: argparse.Namespace) -> int:
@@ -646,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser("verify", parents=[common],
-                       help="check the log's hash chain and that the stream holds the same events")
+                       help="check the log's chain and columns, the signed stream and every"
+                            " snapshot against the log")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_verify)
 

@@ -29,6 +29,7 @@ from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
 from services.common import natsauth
 from services.common.natsserver import NatsServer, port_open
 from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, write_private
+from services.common.signingkeys import load_signer
 from services.worker import sandbox
 
 SEEDED_GROUPS = ("default", "native")
@@ -147,6 +148,9 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     worker_dirs = {(group, i): _own_private_dir(jobs / f"{group}-{i}")
                    for group in SEEDED_GROUPS for i in range(workers_per_group)}
     admin_token(data_dir, create=True)
+    # The config signing key pair, before any child starts: the config service signs with
+    # config-signing.key, routers and workers verify with config-signing.pub beside it.
+    load_signer(data_dir)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -22,6 +22,9 @@ from shared.events import GENESIS_HASH, GroupCreated, GroupTagsSet, Recorded, se
 from shared.jobs import (
     DeadLetter, Job, JobFinished, JobQueued, JobStarted, JobSubmit, SubmitAnswer, WorkerStatus,
 )
+from shared.codec import encode
+from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, Signer, parse_private_key
+from shared.snapshots import SignedSnapshot, seal_snapshot
 from shared.state import ConfigState, GroupConfig
 
 TITLE = "getoperate NATS API"
@@ -85,6 +88,21 @@ def _headers(**fields: str) -> dict[str, Any]:
         for name, text in fields.items()}}
 
 
+# The examples' signing key: a fixed, published seed so that the document is the same on every
+# call (Ed25519 signatures are deterministic). Never a real deployment's key.
+_EXAMPLE_SIGNER = Signer(parse_private_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+                                           field="example key"))
+
+
+def _signed_headers(rec: Recorded, subject_prev: int, expected_last: int) -> dict[str, str]:
+    subject = subjects.group_subject(rec.event.group)  # type: ignore[union-attr]
+    signer = _EXAMPLE_SIGNER
+    return {"Nats-Msg-Id": f"{rec.id}:{signer.key_id}",
+            "Nats-Expected-Last-Sequence": str(expected_last),
+            SIGNATURE_HEADER: signer.sign_event(rec.seq, subject, subject_prev, encode(rec)),
+            SUBJECT_PREV_HEADER: str(subject_prev)}
+
+
 def _examples() -> dict[str, list[dict[str, Any]]]:
     """One realistic value per message (from docs/nats.md), built from the real types so an
     example can never hold a field the code does not have."""
@@ -106,10 +124,8 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
                   event=GroupTagsSet(group="default", tags=("bash", "python3")))
     return {
         "Recorded": [
-            _example("group created (seq 1)", first,
-                     {"Nats-Msg-Id": first.id, "Nats-Expected-Last-Sequence": "0"}),
-            _example("group tags set (seq 2)", second,
-                     {"Nats-Msg-Id": second.id, "Nats-Expected-Last-Sequence": "1"}),
+            _example("group created (seq 1)", first, _signed_headers(first, 0, 0)),
+            _example("group tags set (seq 2)", second, _signed_headers(second, 1, 1)),
         ],
         "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id})],
         "JobSubmit": [_example("inline bash job", JobSubmit(
@@ -131,13 +147,14 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             config_version=2, state="ready", hostname="vm", pid=23067,
             started_at=1795926576.821796, heartbeat_at=1795926651.856682, jobs_done=3))],
         "CancelRequest": [_example("router", "cancelled by admin")],
-        "ConfigSnapshot": [_example("seeded state (shown as JSON)", ConfigState(
-            seq=2, groups={"default": GroupConfig(name="default", tags=("bash", "python3"),
-                                                  version=2)}))],
+        "ConfigSnapshot": [_example("seeded state (shown as JSON, `state` in base64)", seal_snapshot(
+            _EXAMPLE_SIGNER, ConfigState(seq=2, groups={"default": GroupConfig(
+                name="default", tags=("bash", "python3"), version=2)}), second.hash, 2))],
         "PullRequest": [_example("is there a job now?", PullRequest(batch=1, expires=900_000)),
                         _example("after a wake-up", PullRequest(batch=1, expires=300_000_000))],
         "PullNoJob": [{"name": "no message", "headers": {"Status": "404",
                                                          "Description": "No Messages"}}],
+        "WakeUp": [{"name": "a job was enqueued"}],
     }
 
 
@@ -150,9 +167,15 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "title": "Config record",
             "summary": "One config event in its hash-chained envelope (the config event log).",
             "payload": schema["Recorded"],
-            "headers": _headers(Nats_Msg_Id=f"the event `id`. {msg_id}.",
-                                Nats_Expected_Last_Sequence="`seq - 1`: the stream refuses the"
-                                " message unless it lands at stream sequence `seq`"),
+            "headers": _headers(
+                Nats_Msg_Id=f"`<event id>:<key id>`. {msg_id}.",
+                Nats_Expected_Last_Sequence="the stream sequence of the last message the outbox"
+                " accounted for: the stream refuses the message if anything landed after it",
+                Go_Signature="`<key id>.<base64url>`: Ed25519 signature by the config service"
+                " over the log sequence, the subject, `Go-Subject-Prev` and the SHA-256 of the"
+                " message bytes (docs/nats.md, Recorded envelope). Fold nothing that fails it",
+                Go_Subject_Prev="log sequence of the previous event on this subject (0 for the"
+                " first): a reader of one subject sees a missing event"),
         },
         "Job": {"title": "Job", "summary": "A routed job waiting on its tag's work queue.",
                 "payload": schema["Job"],
@@ -206,17 +229,24 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                       " `cancelled by <token name>` or `flow <id> cancelled`"}},
         "ConfigSnapshot": {
             "title": "Config snapshot",
-            "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration as MessagePack.",
+            "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration, signed, as"
+                       " MessagePack.",
             "description": "Read and written with a JetStream object-store client, which splits"
             " the object into chunks on this channel and keeps its metadata on"
             f" `$O.{SNAPSHOT_BUCKET}.M.<base64url(name)>`. The reassembled bytes are MessagePack"
-            " with the shape of this schema. A cache only: the stream stays the source of truth.",
+            " with the shape of this schema; `state` is itself MessagePack of `ConfigState`"
+            " (#/components/schemas/ConfigState). Written by the config service only; use it"
+            " only once `signature` verifies. A cache only: the stream stays the source of"
+            " truth.",
             "contentType": "application/vnd.msgpack",
-            "payload": schema["ConfigState"],
+            "payload": schema["SignedSnapshot"],
         },
         "PullRequest": {"title": "Pull request",
                         "summary": "Ask a durable consumer for the next job.",
                         "payload": schema["PullRequest"]},
+        "WakeUp": {
+            "title": "Wake-up", "summary": "Empty: a job of the tag was just enqueued.",
+        },
         "PullNoJob": {
             "title": "No job", "summary": "A status-only answer to a pull: no job (empty body).",
             "headers": {"type": "object", "required": ["Status"], "properties": {
@@ -229,7 +259,7 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, message in spec.items():
         message["name"] = name
         message["examples"] = examples[name]
-        if name == "PullNoJob":
+        if name in ("PullNoJob", "WakeUp"):
             continue
         message.setdefault("contentType", json_type)
     return spec
@@ -265,8 +295,8 @@ def _channels() -> dict[str, dict[str, Any]]:
         return out
 
     config = f"Stream `{subjects.CONFIG_STREAM}` (Limits, kept forever). Published by the config" \
-             " service only, through its outbox; a message from anyone else breaks stream" \
-             " sequence == log sequence."
+             " service only, through its outbox, each event signed (`Go-Signature`); followers" \
+             " fold only signed events and skip anything else."
     channels = {
         "configGroup": channel(
             f"{subjects.CONFIG_GROUP_PREFIX}.{{group}}", "Config events of one worker group",
@@ -293,9 +323,15 @@ def _channels() -> dict[str, dict[str, Any]]:
             f"{subjects.JOBS_PREFIX}.{{tag}}", "Work queue of one tag",
             f"Stream `{subjects.JOBS_STREAM}` (WorkQueue): a message is deleted when a worker acks"
             " or terms it. Workers take jobs through the tag's durable pull consumer (see"
-            " `jobPull`) and keep a plain subscription here only as a wake-up. Don't add a"
-            " consumer of your own: it would take jobs away from the workers.",
+            " `jobPull`); nobody but the admin user may subscribe here. Don't add a consumer of"
+            " your own: it would take jobs away from the workers.",
             ["Job"], subjects.JOBS_STREAM, tag=tag),
+        "jobWake": channel(
+            f"{subjects.WAKE_PREFIX}.{{tag}}", "Wake-up of one tag",
+            "Core NATS (not stored). A router publishes an empty message here after each job it"
+            " enqueues on the tag, so the workers listening to the tag pull at once instead of"
+            " polling. It carries no job: a worker may subscribe only to its own tags' wake-ups.",
+            ["WakeUp"], None, tag=tag),
         "jobPull": channel(
             f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{{consumer}}",
             "Pull the next job of a tag",
@@ -355,8 +391,8 @@ def _channels() -> dict[str, dict[str, Any]]:
         "snapshots": channel(
             f"$O.{SNAPSHOT_BUCKET}.C.{{chunk}}", "Config snapshot (object store)",
             f"Object store `{SNAPSHOT_BUCKET}` (stream `OBJ_{SNAPSHOT_BUCKET}`): one object,"
-            f" `{SNAPSHOT_NAME}`. A router starts from it, then follows the config stream from"
-            " its `seq + 1`.",
+            f" `{SNAPSHOT_NAME}`, written by the config service only. A router starts from it once"
+            " its signature verifies, then follows the config stream from its `stream_seq + 1`.",
             ["ConfigSnapshot"], f"OBJ_{SNAPSHOT_BUCKET}", chunk={
                 "description": "the chunk's NUID, chosen by the object-store client"}),
     }
@@ -385,8 +421,9 @@ _OPERATIONS: list[tuple[Any, ...]] = [
     ("router", "receive", "workers", ["workerStatus"], "list live workers"),
     ("router", "send", "cancels", ["cancelRequest"], "`POST /jobs/{id}/cancel`"),
     ("worker", "receive", "configGroup", ["recorded"], "replay then follow its group (hot reload)"),
-    ("worker", "receive", "jobQueue", ["job"],
-     "plain subscription, only a wake-up: the job itself is taken with a pull"),
+    ("router", "send", "jobWake", ["wakeUp"], "after each enqueue: wake the tag's workers"),
+    ("worker", "receive", "jobWake", ["wakeUp"],
+     "a plain subscription per tag it listens to: pull at once"),
     ("worker", "send", "jobPull", ["pullRequest"], "ask for one job when a slot is free",
      "jobPullReply", ["job", "pullNoJob"]),
     ("worker", "send", "jobEvents", ["jobStarted", "jobFinished"],
@@ -403,9 +440,11 @@ _OPERATIONS: list[tuple[Any, ...]] = [
      "watch the whole bucket: kill a running job, skip a later one"),
     ("client", "send", "routerSubmit", ["jobSubmit"], "submit a job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
-    ("client", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
-     "wait for a job: an ordered consumer on its subject, until the first `job.finished`"),
-    ("client", "receive", "deadLetters", ["deadLetter"], "inspect parked jobs"),
+    ("admin", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
+     "wait for a job: an ordered consumer on its subject, until the first `job.finished`"
+     " (integrators, with the `client` user, wait over HTTP: `GET /jobs/{id}?wait=1`, which"
+     " applies their token's workspace)"),
+    ("admin", "receive", "deadLetters", ["deadLetter"], "inspect parked jobs"),
 ]
 
 
@@ -454,7 +493,7 @@ PAYLOAD_TYPES: dict[str, Any] = {
     "Recorded": Recorded, "Job": Job, "JobSubmit": JobSubmit, "SubmitAnswer": SubmitAnswer,
     "SubmitError": SubmitError, "JobQueued": JobQueued, "JobStarted": JobStarted,
     "JobFinished": JobFinished, "DeadLetter": DeadLetter, "WorkerStatus": WorkerStatus,
-    "ConfigState": ConfigState, "PullRequest": PullRequest,
+    "ConfigState": ConfigState, "SignedSnapshot": SignedSnapshot, "PullRequest": PullRequest,
 }
 
 

@@ -184,22 +184,26 @@ SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 SNAPSHOT_NAME = "config"
 
 
-async def _snapshot_store(js: JetStreamContext) -> Any:
+async def _snapshot_store(js: JetStreamContext, *, create: bool) -> Any:
     try:
         return await js.object_store(SNAPSHOT_BUCKET)
     except Exception:
+        if not create:
+            raise
         return await js.create_object_store(
             SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(bucket=SNAPSHOT_BUCKET, replicas=replicas()))
 
 
 async def put_snapshot(js: JetStreamContext, body: bytes) -> None:
-    """The latest folded config state (MessagePack), for services that start from it."""
-    await (await _snapshot_store(js)).put(SNAPSHOT_NAME, body)
+    """The latest signed snapshot (shared/snapshots.py), for services that start from it. Only
+    the config service writes it (and creates the object store): routers read."""
+    await (await _snapshot_store(js, create=True)).put(SNAPSHOT_NAME, body)
 
 
 async def get_snapshot(js: JetStreamContext) -> bytes | None:
+    """The snapshot's bytes as stored, unchecked (the reader verifies them); None if none."""
     try:
-        result = await (await _snapshot_store(js)).get(SNAPSHOT_NAME)
+        result = await (await _snapshot_store(js, create=False)).get(SNAPSHOT_NAME)
     except Exception:
         return None
     return bytes(result.data) if result.data else None

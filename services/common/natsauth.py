@@ -33,6 +33,7 @@ from pathlib import Path
 from services.common import permissions
 from services.common.natsjwt import AccountKey
 from services.common.runtime import private_dir, write_private
+from shared.tags import validate_group_name
 
 CREDENTIALS_FILE = "nats-credentials.json"
 HASHES_FILE = "nats-password-hashes.json"
@@ -175,6 +176,12 @@ def hash_env_var(role: str) -> str:
     return f"NATS_{role.upper()}_PASSWORD_HASH"
 
 
+def worker_password_env(group: str) -> str:
+    """The variable a deployment keeps group `group`'s worker password in (`env --groups`):
+    NATS_WORKER_<GROUP>_PASSWORD, `-` written `_`."""
+    return f"NATS_WORKER_{group.upper().replace('-', '_')}_PASSWORD"
+
+
 def config_block(hashes: dict[str, str] | None = None, issuer_public: str | None = None) -> str:
     """nats-server's `authorization` block: the `config` user (bcrypt hash of its password, see
     password_hashes) with its static permissions, and the auth callout that authorizes every
@@ -225,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         description="NATS credentials of a deployment, derived from its secret"
                     " (GETOPERATE_NATS_SECRET, else ./.getoperate/nats-secret).")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("env", help="print the variables of a deployment, an .env file's syntax:"
-                               " NATS_AUTH_ISSUER and NATS_CONFIG_PASSWORD_HASH for nats-server,"
-                               " NATS_<ROLE>_PASSWORD for each service")
+    e = sub.add_parser("env", help="print the variables of a deployment, an .env file's syntax:"
+                                   " NATS_AUTH_ISSUER and NATS_CONFIG_PASSWORD_HASH for"
+                                   " nats-server, NATS_<ROLE>_PASSWORD for each service")
+    e.add_argument("--groups", default="", metavar="G1,G2",
+                   help="also NATS_WORKER_<GROUP>_PASSWORD for the workers of these groups"
+                        " (compose.yaml and the Kubernetes example: default,native,gpu)")
     w = sub.add_parser("worker", help="print the NATS user and password of a group's workers")
     w.add_argument("group")
     sub.add_parser("hash", help="print the bcrypt hash of one password read from stdin (a line)")
@@ -256,12 +266,21 @@ def _command(ns: argparse.Namespace) -> int:
         user = worker_user(ns.group)
         print(f"NATS_USER='{user}'\nNATS_PASSWORD='{password(secret, user)}'")
         return 0
+    groups = [validate_group_name(g.strip(), field="--groups")
+              for g in ns.groups.split(",") if g.strip()]
+    named: dict[str, str] = {}
+    for group in groups:
+        if named.setdefault(worker_password_env(group), group) != group:
+            raise ValueError(f"groups {named[worker_password_env(group)]!r} and {group!r} would"
+                             f" share the variable {worker_password_env(group)}: rename one")
     creds = credentials(secret)
     # Single quotes: compose reads them literally (a hash is full of `$`).
     print(f"{ISSUER_ENV}='{issuer(secret).public}'")
     print(f"{hash_env_var(AUTH_USER)}='{hash_password(creds[AUTH_USER])}'")
     for role in ROLES:
         print(f"NATS_{role.upper()}_PASSWORD='{creds[role]}'")
+    for var, group in named.items():
+        print(f"{var}='{password(secret, worker_user(group))}'")
     return 0
 
 

@@ -453,7 +453,8 @@ OPS = [
        response=st.ConfigState, query={"at": "sequence or ISO time"}),
     Op(method="GET", path="/diff", summary="changes between two points",
        query={"from": "sequence or ISO time", "to": "sequence or ISO time"}),
-    Op(method="GET", path="/verify", summary="hash chain and stream check", response=Report),
+    Op(method="GET", path="/verify", response=Report,
+       summary="hash chain, columns, signed stream and snapshots check"),
     Op(method="GET", path="/ui/overview", summary="the Workers page's data", response=Overview),
 ]
 

@@ -13,14 +13,17 @@ from nats.js import JetStreamContext
 from services.common import bus
 from services.common.log import Logger
 from services.common.metrics import ConfigMetrics
-from services.config.outbox import Outbox, StreamDiverged
+from services.common.signingkeys import accepted_keys, load_signer
+from services.config.outbox import Outbox
+from services.config.reconcile import reconcile
 from services.config.store import EventLog
-from shared import state as st
-from shared import subjects
 from services.config.verify import Report, verify
-from shared.codec import decode_compact, encode_compact
-from shared.events import ConfigEvent, Recorded, decode_known, event_type, verify_chain
+from shared import state as st
+from shared.codec import decode
+from shared.events import ConfigEvent, RawRecorded, Recorded, decode_known, event_type
 from shared.history import Point
+from shared.signing import Signer
+from shared.snapshots import SnapshotRejected, encode_snapshot, open_snapshot, seal_snapshot
 
 PUBLISH_WAIT = 2.0
 SNAPSHOT_EVERY = int(os.environ.get("GETOPERATE_SNAPSHOT_EVERY", "10000"))
@@ -29,13 +32,15 @@ SNAPSHOT_EVERY = int(os.environ.get("GETOPERATE_SNAPSHOT_EVERY", "10000"))
 class ConfigService:
     """Single writer of configuration: commands become events in SQLite, then on the stream."""
 
-    def __init__(self, data_dir: Path, nc: NATS, logger: Logger):
+    def __init__(self, data_dir: Path, nc: NATS, logger: Logger, signer: Signer | None = None):
+        self.signer = signer or load_signer(Path(data_dir))
+        self.verifier = accepted_keys(self.signer)
         self.log = EventLog(Path(data_dir) / "config.sqlite")
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.logger = logger
         self.state = self._load()
-        self.outbox = Outbox(self.log, self.js, logger)
+        self.outbox = Outbox(self.log, self.js, logger, self.signer, self.verifier)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._snapshot_pending: bytes | None = None
@@ -45,26 +50,42 @@ class ConfigService:
     def _load(self) -> st.ConfigState:
         """Latest snapshot, then the events after it: start-up cost follows the tail, not the log."""
         last, _ = self.log.last()
-        snap = self.log.snapshot_at_or_before(last)
-        state = decode_compact(snap[1], st.ConfigState) if snap else st.ConfigState()
+        state = self._snapshot_base(last)
         return st.fold(self.log.records(since=state.seq), state)
+
+    def _snapshot_base(self, seq: int) -> st.ConfigState:
+        """The newest stored snapshot at or before `seq` that is signed by an accepted key and
+        stands for its sequence; one that is not is logged and passed over (the log is folded
+        from an older one, or from the start, instead)."""
+        for snap in self.log.snapshots_at_or_before(seq):
+            try:
+                return open_snapshot(snap, self.verifier)
+            except SnapshotRejected as exc:
+                self.logger.warning("snapshot_rejected", seq=snap.seq, source="sqlite",
+                                    reason=exc.reason, error=exc.message)
+        return st.ConfigState()
 
     def state_at(self, point: Point) -> st.ConfigState:
         """The whole configuration as it was at a sequence or a time."""
         target = point.seq if point.seq is not None else self.log.seq_at_time(point.time or "")
         if target >= self.state.seq:
             return self.state
-        snap = self.log.snapshot_at_or_before(target)
-        base = decode_compact(snap[1], st.ConfigState) if snap else st.ConfigState()
+        base = self._snapshot_base(target)
         records = (r for r in (decode_known(b) for b in self.log.raw_range(base.seq, target)) if r)
         return st.fold(records, base)
 
     def _maybe_snapshot(self, force: bool = False) -> None:
-        last = self.log.snapshot_at_or_before(self.state.seq)
-        if self.state.seq and (force or self.state.seq - (last[0] if last else 0) >= SNAPSHOT_EVERY):
-            body = encode_compact(self.state)
-            self.log.save_snapshot(self.state.seq, body)
-            self._snapshot_pending = body
+        last = next(self.log.snapshots_at_or_before(self.state.seq), None)
+        if self.state.seq and (force or self.state.seq - (last.seq if last else 0) >= SNAPSHOT_EVERY):
+            body = self.log.body_at(self.state.seq)
+            assert body is not None  # the state's seq is the log's last event
+            # The outbox's position is a lower bound for where events after this one are on
+            # the stream, unless events this version cannot fold were published after it.
+            stream_seq = self.outbox.position if self.outbox.published_seq <= self.state.seq else 0
+            snap = seal_snapshot(self.signer, self.state, decode(body, RawRecorded).hash,
+                                 stream_seq)
+            self.log.save_snapshot(snap)
+            self._snapshot_pending = encode_snapshot(snap)
 
     async def _publish_snapshot(self) -> None:
         """Routers start from the latest snapshot in the GO_SNAPSHOTS object store, then the tail."""
@@ -78,7 +99,7 @@ class ConfigService:
 
     async def verify(self) -> Report:
         await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
-        return await verify(self.log, self.js, self.outbox.published_seq)
+        return await verify(self.log, self.js, self.outbox.published_seq, self.verifier)
 
     async def start(self) -> None:
         await bus.ensure_streams(self.js)
@@ -102,26 +123,12 @@ class ConfigService:
 
     async def _reconcile_with_stream(self) -> None:
         """Stream ahead of the log (empty data dir): copy the missing events back, verified.
-        Log ahead of the stream (empty NATS, crash before publish): the outbox republishes."""
-        stream_last = await bus.last_sequence(self.js, subjects.CONFIG_STREAM)
-        log_last, log_hash = self.log.last()
-        if stream_last > log_last:
-            missing: list[tuple[bytes, str]] = []
-            for seq in range(log_last + 1, stream_last + 1):
-                msg = await self.js.get_msg(subjects.CONFIG_STREAM, seq)
-                missing.append((msg.data or b"", msg.subject))
-            bad = verify_chain([body for body, _ in missing], prev_hash=log_hash,
-                               start_seq=log_last + 1)
-            if bad is not None:
-                raise StreamDiverged(f"config stream breaks the hash chain at seq {bad}")
-            self.log.insert(missing, published=True)
+        Log ahead of the stream (empty NATS, crash before publish): the outbox republishes.
+        services/config/reconcile.py has the whole table."""
+        copied = await reconcile(self.log, self.outbox, self.logger)
+        if copied:
             self.state = st.fold(
-                (r for r in (decode_known(body) for body, _ in missing) if r is not None), self.state)
-            self.logger.info("log_rebuilt_from_stream", events=len(missing), seq=stream_last)
-        self.log.reconcile(stream_last)
-        self.outbox.published_seq = min(stream_last, self.log.last()[0])
-        if log_last > stream_last:
-            self.logger.info("outbox_republish", from_seq=stream_last + 1, to_seq=log_last)
+                (r for r in (decode_known(body) for body in copied) if r is not None), self.state)
 
     async def execute(
         self,

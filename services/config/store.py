@@ -16,11 +16,14 @@ from typing import Iterator
 import sqlite_utils
 
 from services.common.runtime import make_private, private_dir
+import msgspec
+
 from shared.codec import decode, encode
 from shared.errors import GetOperateError
 from shared.events import (
     GENESIS_HASH, ConfigEvent, RawRecorded, Recorded, _TypeOnly, decode_known, seal, subject_for,
 )
+from shared.snapshots import SignedSnapshot
 
 
 class StoreError(GetOperateError, RuntimeError):
@@ -72,9 +75,17 @@ class EventLog:
             self.table.create_index(["id"], unique=True)
             self.table.create_index(["published"])
             self.table.create_index(["time"])
+        # The outbox asks, per event, for the previous event on its subject (Go-Subject-Prev).
+        self.db.execute("CREATE INDEX IF NOT EXISTS idx_events_subject_seq ON events (subject, seq)")
         if not self.db.table("snapshots").exists():
             # A snapshot is the folded state at `seq`: a derived cache, rebuildable from the log.
             self.db.create_table("snapshots", {"seq": int, "time": str, "body": bytes}, pk="seq")
+        if "signature" not in {c.name for c in self.db.table("snapshots").columns}:
+            # Snapshots are signed now. Those of an older version are caches that no service
+            # would accept any more (and verify would report): drop them, once.
+            self.db.execute("DELETE FROM snapshots")
+            for column, kind in (("hash", "TEXT"), ("stream_seq", "INTEGER"), ("signature", "TEXT")):
+                self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.conn.close()
@@ -157,34 +168,87 @@ class EventLog:
         until_time: str | None = None, type: str | None = None, actor: str | None = None,
         subject: str | None = None, limit: int = 1000,
     ) -> list[Recorded]:
-        """Filtered read of the log (the `events` command and `GET /events`)."""
-        where, params = ["seq > ?"], [since_seq]
-        for clause, value in (("seq <= ?", until_seq), ("time >= ?", since_time),
-                              ("time <= ?", until_time), ("type = ?", type), ("actor = ?", actor),
-                              ("subject = ?", subject)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        rows = self.db.execute(
-            f"SELECT body FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            [*params, limit])
-        return [r for r in (decode_known(body.encode()) for (body,) in rows) if r is not None]
+        """Filtered read of the log (the `events` command and `GET /events`).
+
+        Every filter reads the event bytes the hash chain covers, never the `type`, `actor`,
+        `time` or `subject` columns: an edited column can neither hide an event from an audit
+        nor slip one into it. Rows are addressed by their sequence (the primary key); `verify`
+        checks that it equals the sequence in the bytes.
+        """
+        out: list[Recorded] = []
+        for body in self.raw_range(since_seq, until_seq):
+            head = _head(body)
+            if ((since_seq and head.seq <= since_seq)
+                    or (until_seq is not None and head.seq > until_seq)
+                    or (since_time is not None and head.time < since_time)
+                    or (until_time is not None and head.time > until_time)
+                    or (type is not None and head.event.type != type)
+                    or (actor is not None and head.actor != actor)):
+                continue
+            rec = decode_known(body)
+            if rec is None or (subject is not None and subject_for(rec.event) != subject):
+                continue
+            out.append(rec)
+            if len(out) >= limit:
+                break
+        return out
 
     def seq_at_time(self, time: str) -> int:
-        """The last sequence written at or before `time` (ISO UTC), 0 if none."""
+        """The last sequence written at or before `time` (ISO UTC), 0 if none.
+
+        The `time` column finds it; the bytes of the events on each side of the answer confirm
+        it, and the whole log is read from its bytes if they do not (an edited column).
+        """
         row = self.db.execute("SELECT max(seq) FROM events WHERE time <= ?", [time]).fetchone()
+        found = int(row[0] or 0)
+        before, after = self.body_at(found), self.body_at(found + 1)
+        if ((found == 0 or (before is not None and _head(before, found).time <= time))
+                and (after is None or _head(after, found + 1).time > time)):
+            return found
+        return max((h.seq for h in (_head(b) for b in self.raw_range(0)) if h.time <= time),
+                   default=0)
+
+    def body_at(self, seq: int) -> bytes | None:
+        """The stored bytes of the event at `seq`, if the log has it."""
+        row = self.db.execute("SELECT body FROM events WHERE seq = ?", [seq]).fetchone()
+        return row[0].encode() if row else None
+
+    def subject_prev(self, seq: int, subject: str) -> int:
+        """The sequence of the previous event on `subject` before `seq` (0: none), which the
+        config service signs with each event so that a follower of one subject sees any gap."""
+        row = self.db.execute("SELECT max(seq) FROM events WHERE subject = ? AND seq < ?",
+                              [subject, seq]).fetchone()
         return int(row[0] or 0)
 
-    def save_snapshot(self, seq: int, body: bytes) -> None:
-        time = self.db.execute("SELECT time FROM events WHERE seq = ?", [seq]).fetchone()
-        self.db.execute("INSERT OR REPLACE INTO snapshots (seq, time, body) VALUES (?, ?, ?)",
-                        [seq, time[0] if time else "", body])
+    def rows(self) -> Iterator[dict[str, object]]:
+        """Every row with all its columns, in order (for verify's column check)."""
+        cursor = self.db.execute(
+            "SELECT seq, id, time, actor, reason, type, subject, prev_hash, hash, body"
+            " FROM events ORDER BY seq")
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
 
-    def snapshot_at_or_before(self, seq: int) -> tuple[int, bytes] | None:
-        row = self.db.execute(
-            "SELECT seq, body FROM snapshots WHERE seq <= ? ORDER BY seq DESC LIMIT 1", [seq]
-        ).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
+    def save_snapshot(self, snap: SignedSnapshot) -> None:
+        time = self.db.execute("SELECT time FROM events WHERE seq = ?", [snap.seq]).fetchone()
+        self.db.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, time, body, hash, stream_seq, signature)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [snap.seq, time[0] if time else "", snap.state, snap.hash, snap.stream_seq,
+             snap.signature])
+
+    def snapshots_at_or_before(self, seq: int) -> Iterator[SignedSnapshot]:
+        """Stored snapshots at or before `seq`, newest first (the caller checks each)."""
+        rows = self.db.execute(
+            "SELECT seq, body, hash, stream_seq, signature FROM snapshots WHERE seq <= ?"
+            " ORDER BY seq DESC", [seq])
+        for row in rows:
+            yield SignedSnapshot(seq=int(row[0]), state=bytes(row[1]), hash=str(row[2] or ""),
+                                 stream_seq=int(row[3] or 0), signature=str(row[4] or ""))
+
+    def snapshots(self) -> list[SignedSnapshot]:
+        """Every stored snapshot, oldest first (for verify)."""
+        return list(reversed(list(self.snapshots_at_or_before(2**62))))
 
     def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
         """Decoded records with seq > since, in order; an event type this version does not know
@@ -212,6 +276,32 @@ class EventLog:
         finally:
             conn.execute("PRAGMA synchronous=FULL")
 
-    def reconcile(self, stream_last_seq: int) -> None:
-        """Stream sequence == log sequence: rows at or below the stream's last are on it, others not."""
-        self.db.execute("UPDATE events SET published = (seq <= ?)", [stream_last_seq])
+    def reconcile(self, published_upto: int) -> None:
+        """Rows at or below `published_upto` (the newest event found on the stream) are on it,
+        the others not."""
+        self.db.execute("UPDATE events SET published = (seq <= ?)", [published_upto])
+
+
+class _Kind(msgspec.Struct):
+    type: str = ""
+
+
+class _Head(msgspec.Struct):
+    """What the audit filters read of an event's bytes (decoding only these is cheap)."""
+
+    seq: int
+    time: str
+    actor: str
+    event: _Kind
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def _head(body: bytes, seq: int | None = None) -> _Head:
+    try:
+        return _head_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"the event log holds a row that is not an event"
+                         f"{f' at seq {seq}' if seq else ''} ({exc}): run `getoperate verify`"
+                         ) from exc

@@ -18,12 +18,15 @@ from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
+from services.common.signingkeys import load_verifier
 from shared import grants
 from shared import state as st
 from shared import subjects
-from shared.codec import decode, decode_compact, encode
+from shared.codec import decode, encode
 from shared.errors import Conflict, Forbidden, GetOperateError, InvalidInput, Unauthorized
-from shared.events import decode_known
+from shared.admission import Gate, Rejected
+from shared.signing import Verifier
+from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
     TERMINAL,
     JobFinished,
@@ -75,17 +78,25 @@ class RouterService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = RouterMetrics(lambda: self.config.seq)
 
-    async def start(self) -> None:
+    async def start(self, verifier: Verifier | None = None) -> None:
+        # Every config event is checked before it is folded (shared/admission.py); without a
+        # public key there is nothing to check with, and the router refuses to start.
+        self._config_gate = Gate(verifier or load_verifier())
         await bus.ensure_streams(self.js)
+        start_seq = 1
         snapshot = await bus.get_snapshot(self.js)
         if snapshot is not None:
             try:
-                self.config = decode_compact(snapshot, st.ConfigState)
-            except InvalidInput as exc:
-                self.logger.warning("snapshot_unreadable", error=str(exc))
+                snap = decode_snapshot(snapshot)
+                self.config = open_snapshot(snap, self._config_gate.verifier)
+                self._config_gate.start_at(snap.seq, snap.hash)
+                start_seq = snap.stream_seq + 1
+            except SnapshotRejected as exc:  # a cache: replay the stream instead
+                self.logger.warning("snapshot_rejected", source=bus.SNAPSHOT_BUCKET,
+                                    reason=exc.reason, error=exc.message)
         self._subs.append(
             await bus.follow(self.js, subjects.CONFIG_STREAM, subjects.CONFIG_SUBJECTS,
-                             self._on_config, self.config_ready, start_seq=self.config.seq + 1)
+                             self._on_config, self.config_ready, start_seq=start_seq)
         )
         await self.workers.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
@@ -111,15 +122,19 @@ class RouterService:
         return self._index
 
     async def _on_config(self, msg: Msg) -> None:
+        """Fold the next signed event of the log; log and skip anything else (never stop)."""
         try:
-            rec = decode_known(msg.data)
-        except InvalidInput as exc:
-            self.logger.warning("config_event_skipped", seq=msg.metadata.sequence.stream, error=str(exc))
+            rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
+        except Rejected as exc:
+            if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
+                return  # in the snapshot it started from (published after it was taken)
+            self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
+                                stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
+                                error=exc.message)
             return
         if rec is None:
-            self.logger.warning("config_event_unknown_type_skipped", seq=msg.metadata.sequence.stream)
-            return
-        if rec.seq <= self.config.seq:  # already in the snapshot we started from
+            self.logger.warning("config_event_unknown_type_skipped", seq=self._config_gate.seq,
+                                stream_seq=msg.metadata.sequence.stream)
             return
         self.config = st.evolve(self.config, rec)
 

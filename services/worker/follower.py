@@ -1,10 +1,14 @@
 """The group's config: replay its events from GO_CONFIG, then follow live ones, folded in order.
 
 A worker replays only its group's subject, and the assignable tags' (`go.config.tags`, folded
-apart: it checks every job's workspace against their restrictions on receipt, services/worker/
-attempt.py). Records that do not decode, or whose event type this version does not know, are
-logged and skipped. Once the replay has caught up, every live change of the group is reported to
-`on_change` (the worker applies it in place: hot reload); tag rules need no reload.
+apart: it checks every job's workspace against their restrictions on receipt,
+services/worker/attempt.py). Each message passes the gate of shared/admission.py first (one gate
+per subject): signed by the config service, the next event of its subject (the signed
+`Go-Subject-Prev`), its hash intact. Anything else (junk, a forged `group.init_script_set`, a
+replayed old event) is logged as `config_event_rejected` and skipped, and the follower goes on;
+after a gap it keeps the config as of the last event it could check. An event type this version
+does not know is skipped too. Once the replay has caught up, every live change of the group is
+reported to `on_change` (the worker applies it in place: hot reload); tag rules need no reload.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
+from services.common.signingkeys import load_verifier
 from shared import state as st
 from shared import subjects
-from shared.errors import InvalidInput
-from shared.events import Recorded, decode_known
+from shared.admission import Gate, Rejected
+from shared.events import Recorded
+from shared.signing import Verifier
 
 
 class ConfigFollower:
-    """The folded config of one group (none without a group: WORKER_TAGS only)."""
+    """The folded config of one group (none without a group: WORKER_TAGS only), and the
+    assignable tags."""
 
     def __init__(self, js: JetStreamContext, group: str | None, logger: Logger,
-                 on_change: Callable[[], Awaitable[None]]) -> None:
+                 on_change: Callable[[], Awaitable[None]], verifier: Verifier | None = None
+                 ) -> None:
         self.js = js
         self.group = group
         self.logger = logger
@@ -41,6 +49,11 @@ class ConfigFollower:
         self._sub: Any = None
         self._tags_sub: Any = None
         self._access: tuple[int, int, st.ConfigState] = (-1, -1, st.ConfigState())
+        # A worker must check what it folds: no public key, no start (every worker follows the
+        # tag rules, a worker of a group its group's subject too).
+        verifier = verifier or load_verifier()
+        self.gate = (Gate(verifier, subject=subjects.group_subject(group)) if group else None)
+        self.tags_gate = Gate(verifier, subject=subjects.CONFIG_TAGS_SUBJECT)
 
     @property
     def group_config(self) -> st.GroupConfig | None:
@@ -84,27 +97,30 @@ class ConfigFollower:
                 except Exception:
                     pass
 
-    async def _on_tags_msg(self, msg: Msg) -> None:
-        rec = self._decode(msg)
-        if rec is not None:
-            self.tags = st.evolve(self.tags, rec)
-
     async def _on_msg(self, msg: Msg) -> None:
-        rec = self._decode(msg)
+        assert self.gate is not None
+        rec = self._admit(self.gate, msg)
         if rec is None:
             return
         self.state = st.evolve(self.state, rec)
         if self.live:
             await self.on_change()
 
-    def _decode(self, msg: Msg) -> Recorded | None:
-        """The record, or None (logged) when it does not decode or its type is unknown here."""
+    async def _on_tags_msg(self, msg: Msg) -> None:
+        rec = self._admit(self.tags_gate, msg)
+        if rec is not None:
+            self.tags = st.evolve(self.tags, rec)
+
+    def _admit(self, gate: Gate, msg: Msg) -> Recorded | None:
+        """The record to fold, or None (logged) when the gate rejects it or its type is unknown."""
         try:
-            rec = decode_known(msg.data)
-        except InvalidInput as exc:
-            self.logger.warning("config_event_skipped", error=str(exc))
+            rec = gate.admit(msg.subject, msg.headers, msg.data)
+        except Rejected as exc:
+            self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
+                                stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
+                                error=exc.message)
             return None
         if rec is None:
-            self.logger.warning("config_event_unknown_type_skipped",
-                                seq=msg.metadata.sequence.stream)
+            self.logger.warning("config_event_unknown_type_skipped", seq=gate.seq,
+                                stream_seq=msg.metadata.sequence.stream)
         return rec

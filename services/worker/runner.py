@@ -198,11 +198,14 @@ class _LogSink:
 
     async def copy(self, stream: asyncio.StreamReader, is_stdout: bool) -> None:
         while chunk := await stream.read(65536):
-            if self.written + len(chunk) > self.cap:
+            if self.over or self.written + len(chunk) > self.cap:
                 if not self.over:
                     self.over = True
                     self.on_over()
-                return
+                # Keep reading (and dropping) to the end: a pipe left unread pauses its
+                # transport, and asyncio's `proc.wait()` then never returns (it waits for the
+                # pipes to close): the worker hung on a flood, one time in four.
+                continue
             os.write(self.log_fd, chunk)
             self.written += len(chunk)
             if is_stdout:

@@ -18,7 +18,8 @@ import pytest
 from services.common import bus
 from services.common.natsserver import NatsServer
 from shared import subjects
-from shared.codec import decode_compact
+from services.common.signingkeys import load_verifier
+from shared.snapshots import decode_snapshot, open_snapshot
 from shared.state import ConfigState
 from tests.integration.harness import cli, cli_env
 from tests.integration.test_config_service import TOKEN, ConfigProc
@@ -108,7 +109,7 @@ def test_restart_with_snapshots_gives_the_same_state(history: History) -> None:
         try:
             body = await bus.get_snapshot(nc.jetstream())
             assert body is not None
-            return decode_compact(body, ConfigState)
+            return open_snapshot(decode_snapshot(body), load_verifier(h.root / "data"))
         finally:
             await nc.close()
 
@@ -162,12 +163,18 @@ def test_verify_passes_then_names_the_first_bad_sequence(history: History) -> No
     assert report["first_bad_seq"] == 5 and "missing from the stream" in report["problem"]
 
 
+def public_key(h: History) -> str:
+    """The config service's public key, as a deployment hands it to a follower."""
+    return (h.root / "data" / "config-signing.pub").read_text().strip()
+
+
 def test_events_follow_streams_new_events_live(history: History) -> None:
     h = history
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "events", "--follow", "--json", "--group", "live",
          "--config-url", f"http://127.0.0.1:{h.config.port}"],
-        cwd=h.root, env=cli_env({"GETOPERATE_TOKEN": TOKEN, "NATS_URL": h.config.nats_url}),
+        cwd=h.root, env=cli_env({"GETOPERATE_TOKEN": TOKEN, "NATS_URL": h.config.nats_url,
+                                 "GETOPERATE_CONFIG_PUBLIC_KEY": public_key(h)}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)  # let it print the (empty) history and subscribe

@@ -29,6 +29,8 @@ from shared.jobs import (
     WorkerStatus,
 )
 from shared.routing import PlannedStep
+from shared.signing import Signer, new_private_key
+from shared.snapshots import seal_snapshot
 from shared.state import ConfigState, GroupConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +236,8 @@ def _real_messages() -> list[tuple[str, Any]]:
         ("JobStarted", JobStarted(job_id=JOB_ID, time=2.0, worker="w", attempt=2)),
         ("JobFinished", finished),
         ("DeadLetter", DeadLetter(job=flow, deliveries=6, time=3.0, history=[finished])),
-        ("ConfigState", ConfigState(seq=3, groups={"gpu": GroupConfig(name="gpu", tags=("gpu",))})),
+        ("SignedSnapshot", seal_snapshot(Signer(new_private_key()), ConfigState(
+            seq=3, groups={"gpu": GroupConfig(name="gpu", tags=("gpu",))}), "0" * 64, 3)),
         ("CancelRequest", "cancelled by admin"),
     ]
 
@@ -243,7 +246,7 @@ def _real_messages() -> list[tuple[str, Any]]:
                          ids=[m for m, _ in _real_messages()])
 def test_real_messages_validate_against_their_schema(doc: dict[str, Any], message: str,
                                                      value: Any) -> None:
-    name = "ConfigSnapshot" if message == "ConfigState" else message
+    name = "ConfigSnapshot" if message == "SignedSnapshot" else message
     _validator(doc, name).validate(json.loads(encode(value)))
 
 

@@ -79,6 +79,17 @@ def bash_syntax_ok(script: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def authorization_block(conf: str) -> str:
+    """A nats.conf's one `authorization { ... }` block, from its first line to its closing brace
+    (the only brace at the start of a line in it), checked to be the only auth setting."""
+    settings = re.findall(r"^\s*(authorization|accounts|no_auth_user|operator|resolver)\b",
+                          conf, re.MULTILINE)
+    assert settings == ["authorization"], settings
+    block = re.search(r"^authorization \{\n.*?^\}", conf, re.MULTILINE | re.DOTALL)
+    assert block is not None, "no authorization block at the start of a line"
+    return block.group(0)
+
+
 def _built(services: dict) -> dict:  # type: ignore[type-arg]
     return {name: s for name, s in services.items() if "build" in s}
 
@@ -117,17 +128,31 @@ def test_worker_groups_are_replicas_with_worker_group() -> None:
     assert groups == {"default": 2, "native": 1, "gpu": 1}
 
 
-def test_deploy_nats_conf_carries_the_same_permissions_as_up() -> None:
+def test_deploy_nats_conf_carries_the_same_authorization_as_up() -> None:
     from services.common.natsauth import config_block
 
-    assert config_block() in (ROOT / "deploy" / "nats.conf").read_text()
+    assert authorization_block((ROOT / "deploy" / "nats.conf").read_text()) == config_block()
 
 
 def test_every_service_connects_as_its_own_nats_user() -> None:
+    from services.common import natsauth
+
     services = _compose()["services"]
     users = {name: s["environment"].get("NATS_USER") for name, s in services.items() if _runs(s)}
-    assert users == {"config": "config", "router": "router", "worker-default": "worker",
-                     "worker-native": "worker", "worker-gpu": "worker"}
+    assert users == {"config": "config", "router": "router", "worker-default": "worker:default",
+                     "worker-native": "worker:native", "worker-gpu": "worker:gpu"}
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        if _runs(service) == "worker":
+            assert env["NATS_USER"] == natsauth.worker_user(env["WORKER_GROUP"]), name
+            var = natsauth.worker_password_env(env["WORKER_GROUP"])
+        elif _runs(service):
+            var = f"NATS_{env['NATS_USER'].upper()}_PASSWORD"
+        else:
+            assert "NATS_PASSWORD" not in env, name
+            continue
+        # Required: a missing password stops `docker compose up` with the variable's name.
+        assert env["NATS_PASSWORD"] == f"${{{var}:?set {var}}}", name
 
 
 def test_every_service_has_a_restart_policy_and_long_running_ones_a_health_check() -> None:

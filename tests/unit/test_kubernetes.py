@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from tests.unit.test_compose import (
-    PORT_VARS, ROOT, SERVICE_COMMANDS, SHELLS, bash_syntax_ok, cli_invocations, init_script_paths,
-    parse_cli, read_by_code, served_paths,
+    PORT_VARS, ROOT, SERVICE_COMMANDS, SHELLS, authorization_block, bash_syntax_ok,
+    cli_invocations, init_script_paths, parse_cli, read_by_code, served_paths,
 )
 
 K8S = ROOT / "deploy" / "kubernetes"
@@ -322,11 +322,27 @@ def test_secret_values_are_marked_as_examples_to_replace() -> None:
 
 
 def test_every_service_connects_as_its_own_nats_user() -> None:
+    """Config and routers as their role, workers as their group's user, each with its own
+    password; the secret (it derives every password) only where the authority runs."""
+    from services.common import natsauth
+
+    users = {}
     for workload, container, role in _service_containers():
+        name = workload["metadata"]["name"]
         env = {v["name"]: v for v in container["env"]}
-        assert env["NATS_USER"]["value"] == role, workload["metadata"]["name"]
         ref = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] == f"NATS_{role.upper()}_PASSWORD", workload["metadata"]["name"]
+        if role == "worker":
+            group = env["WORKER_GROUP"]["value"]
+            assert env["NATS_USER"]["value"] == natsauth.worker_user(group), name
+            assert ref == {"name": "getoperate-worker-secrets",
+                           "key": natsauth.worker_password_env(group)}, name
+        else:
+            assert env["NATS_USER"]["value"] == role, name
+            assert ref == {"name": "getoperate-secrets", "key": f"NATS_{role.upper()}_PASSWORD"}
+        assert (natsauth.SECRET_ENV in env) == (role == "config"), name
+        users[name] = env["NATS_USER"]["value"]
+    assert users == {"config": "config", "router": "router", "worker-default": "worker:default",
+                     "worker-native": "worker:native", "worker-gpu": "worker:gpu"}
 
 
 def test_setup_job_sets_an_init_script_for_every_worker_group() -> None:
@@ -349,11 +365,11 @@ def test_setup_job_sets_an_init_script_for_every_worker_group() -> None:
         bash_syntax_ok(script_text)
 
 
-def test_nats_configmap_carries_the_same_permissions_as_up() -> None:
+def test_nats_configmap_carries_the_same_authorization_as_up() -> None:
     from services.common.natsauth import config_block
 
     conf = _one("ConfigMap", "nats-config")["data"]["nats.conf"]
-    assert config_block() in conf
+    assert authorization_block(conf) == config_block()
     assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.M)
 
 
@@ -379,9 +395,15 @@ def test_nats_server_accepts_the_config_with_the_pods_environment(tmp_path: Path
     conf = tmp_path / "nats.conf"
     conf.write_text(_one("ConfigMap", "nats-config")["data"]["nats.conf"])
     container = _one("StatefulSet", "nats")["spec"]["template"]["spec"]["containers"][0]
+    from services.common import natsauth
+
     env = {"PATH": os.environ.get("PATH", "")}
-    for var in container["env"]:  # secrets and the pod name as the kubelet would fill them in
-        env[var["name"]] = var.get("value") or f"example-{var['name'].lower()}"
+    # Secrets and the pod name as the kubelet would fill them in, in the forms natsauth makes.
+    examples = {natsauth.hash_env_var(natsauth.AUTH_USER): natsauth.hash_password("x", 10),
+                natsauth.ISSUER_ENV: natsauth.issuer(b"example").public}
+    for var in container["env"]:
+        env[var["name"]] = var.get("value") or examples.get(var["name"], f"example-{var['name']}")
+    assert examples.keys() <= env.keys()
     done = subprocess.run([binary, "-c", str(conf), "-t"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
