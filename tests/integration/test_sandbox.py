@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from cli.client import CliError
 from tests.integration.conftest import Suite, running_suite
 from tests.integration.harness import cli, live_pids, needs_sandbox
 
@@ -350,14 +351,18 @@ def test_a_warm_runtime_serves_only_its_own_script_and_ends_when_a_job_leaves_a_
     first, second = call(mode="x"), call(mode="x")
     assert first[0] == second[0]  # one runtime
     assert second[2] is None  # what the first job put in its environment is gone
-    # An admin's inline job of another workspace sent to the dedicated tag runs cold.
-    inline = run(s, code, language="python3", tag="ws2:f/warm", workspace="ws1",
-                 args={"mode": "x", "key": "ws1-secret"})
+    # Another workspace's job cannot reach the dedicated tag at all (docs/tags.md, admins
+    # included); an admin's inline job of its own workspace sent there runs cold.
+    with pytest.raises(CliError, match="dedicated tag of a script or flow of workspace 'ws2'"):
+        run(s, code, language="python3", tag="ws2:f/warm", workspace="ws1",
+            args={"mode": "x", "key": "ws1-secret"})
+    inline = run(s, code, language="python3", tag="ws2:f/warm", workspace="ws2",
+                 args={"mode": "x", "key": "inline-secret"})
     assert inline["status"] == "success" and inline["result"][0] != first[0], inline
     planted = call(mode="plant")  # a thread, hidden from the runtime's own count
     assert planted[0] == first[0]
     after = call(mode="x")
-    assert after[0] != first[0] and "ws1-secret" not in json.dumps(after)  # a fresh runtime
+    assert after[0] != first[0] and "inline-secret" not in json.dumps(after)  # a fresh runtime
     # A job that writes a forged answer into the pipe: never taken for the next job's answer.
     forged = s.api.job(s.api.call("POST", "router", "/jobs", {
         "workspace": "ws2", "path": "f/warm", "args": {"mode": "forge"}})["id"])
