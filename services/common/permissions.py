@@ -110,8 +110,16 @@ def static(role: str, inbox: str | None = None) -> Perms:
             pub_allow=(*_DECLARE, *_READ, *_QUEUE_STATE,
                        f"{_JS}.CONSUMER.DURABLE.CREATE.{subjects.JOBS_STREAM}.>",
                        f"{_JS}.CONSUMER.CREATE.{subjects.JOBS_STREAM}.>",  # tag consumers
-                       subjects.CONFIG_SUBJECTS, "$O.GO_SNAPSHOTS.>"),
-            pub_deny=_DESTROY,
+                       subjects.CONFIG_SUBJECTS, "$O.GO_SNAPSHOTS.>",
+                       # the outbox removes foreign messages from its own stream; a re-signed
+                       # log replaces the old copies; a new snapshot replaces the old one
+                       f"{_JS}.STREAM.MSG.DELETE.{subjects.CONFIG_STREAM}",
+                       f"{_JS}.STREAM.PURGE.{subjects.CONFIG_STREAM}",
+                       f"{_JS}.STREAM.PURGE.OBJ_GO_SNAPSHOTS"),
+            pub_deny=tuple(_streams(_JS + ".STREAM.DELETE.{s}")) + tuple(
+                f"{_JS}.STREAM.{op}.{s}" for op in ("PURGE", "MSG.DELETE")
+                for s in STREAMS if s not in (subjects.CONFIG_STREAM, "OBJ_GO_SNAPSHOTS"))
+            + (f"{_JS}.CONSUMER.DELETE.{subjects.JOBS_STREAM}.>",),
             sub_allow=(f"{CONFIG_INBOX}.>", AUTH_SUBJECT),
             responses=True)  # the authority answers nats-server's auth requests
     if role == "router":
