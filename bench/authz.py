@@ -1,12 +1,13 @@
 """What authorization costs: jobs routed per second with NATS authorization on, against the same
 services on a nats-server without any, in the same run.
 
-"on" is `getoperate up` as shipped: the authority (auth callout) authorizes each connection, the
-clients connect as the `client` user with their own inbox, nats-server checks every publish and
-subscription against the permissions, and the router checks each submission's token. "off" is
-the same config service and router against a nats-server with no authorization block at all
+Both start the same processes the same way (a nats-server, the config service, one router, their
+logs to files; no workers), differing only in authorization. "on" is as shipped: nats-server's
+config has the `config` user and the auth callout, the authority authorizes each connection, the
+router and the clients (the `client` user) have their own inboxes and allow lists, which
+nats-server checks on every publish and subscription. "off" has no authorization block at all
 (every connection may do anything). Submissions carry the admin token in both, so the router's
-own checks are the same work; the difference is NATS's. Clients and load as bench/router.py.
+own checks are the same work. Clients and load as bench/router.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 import nats
 
 from bench.router import CLIENTS, CODE, WINDOW
-from bench.suite import ROOT, LocalSuite, progress
+from bench.suite import ROOT, progress
+from services.common import natsauth
 from services.common.natsserver import NatsServer, free_port
 
 TAG = "bench-authz"
@@ -70,21 +72,31 @@ def _client_connections(url: str, user: str | None, password: str | None) -> lis
     return out
 
 
-class OpenSuite:
-    """The config service and a router on a nats-server without authorization."""
+class Services:
+    """The config service and a router on their own nats-server, with or without authorization."""
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="getoperate-bench-open-"))
+    def __init__(self, auth: bool) -> None:
+        self.auth = auth
+        self.dir = Path(tempfile.mkdtemp(prefix="getoperate-bench-authz-"))
         self.token = secrets.token_hex(16)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.creds: dict[str, str] = {}
 
-    def __enter__(self) -> "OpenSuite":
-        self.nats = NatsServer(self.dir / "nats").start()
+    def __enter__(self) -> "Services":
+        data = self.dir / "data"
+        block = None
+        if self.auth:
+            self.creds = natsauth.load_or_create(data)
+            secret = natsauth.load_secret(data)
+            assert secret is not None
+            block = natsauth.config_block(natsauth.password_hashes(data, self.creds),
+                                          natsauth.issuer(secret).public)
+        self.nats = NatsServer(self.dir / "nats", auth=block).start()
         cport, rport = free_port(), free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("WORKER_", "GETOPERATE_", "NATS_USER", "NATS_PASSWORD"))}
         env.update({"PYTHONPATH": str(ROOT), "NATS_URL": self.nats.url,
-                    "GETOPERATE_DATA_DIR": str(self.dir / "data"), "CONFIG_PORT": str(cport),
+                    "GETOPERATE_DATA_DIR": str(data), "CONFIG_PORT": str(cport),
                     "ROUTER_PORT": str(rport), "GETOPERATE_ADMIN_TOKEN": self.token,
                     "HTTP_HOST": "127.0.0.1"})
         if os.environ.get("GETOPERATE_NATS_SYNC"):
@@ -118,16 +130,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     on: list[float] = []
     off: list[float] = []
     for r in range(rounds):
-        with LocalSuite() as suite:
-            creds = json.loads((suite.dir / "data" / "nats-credentials.json").read_text())
+        with Services(auth=True) as on_suite:
             progress(f"authz round {r + 1}: {n} submissions, NATS authorization on")
-            on.append(asyncio.run(_routed(
-                _client_connections(suite.plain_nats_url, "client", creds["client"]),
-                suite.token, n)))
-        with OpenSuite() as open_suite:
+            on.append(asyncio.run(_routed(_client_connections(
+                on_suite.nats.url, "client", on_suite.creds["client"]), on_suite.token, n)))
+        with Services(auth=False) as off_suite:
             progress(f"authz round {r + 1}: {n} submissions, no NATS authorization")
             off.append(asyncio.run(_routed(
-                _client_connections(open_suite.nats.url, None, None), open_suite.token, n)))
+                _client_connections(off_suite.nats.url, None, None), off_suite.token, n)))
     ratio = max(on) / max(off)
     return [{
         "name": f"authorization: jobs routed per second with NATS authorization on ({CLIENTS}"
