@@ -123,12 +123,16 @@ def static(role: str, inbox: str | None = None) -> Perms:
             sub_allow=(f"{CONFIG_INBOX}.>", AUTH_SUBJECT),
             responses=True)  # the authority answers nats-server's auth requests
     if role == "router":
+        # No stream declarations: the config service declares the streams (a stolen router
+        # credential must not shrink a stream's limits, which would purge it), routers wait.
         return Perms(
-            pub_allow=(*_DECLARE, *_READ, *_QUEUE_STATE, subjects.JOBS_SUBJECTS,
+            pub_allow=(f"{_JS}.INFO", f"{_JS}.STREAM.NAMES", *_streams(_JS + ".STREAM.INFO.{s}"),
+                       *_READ, *_QUEUE_STATE, subjects.JOBS_SUBJECTS,
                        subjects.JOB_EVENTS_SUBJECTS, f"{subjects.WAKE_PREFIX}.*",
                        "$KV.GO_CANCELS.>"),
             pub_deny=(*_DESTROY, "$O.GO_SNAPSHOTS.>"),
-            sub_allow=(own_inbox, subjects.SUBMIT_SUBJECT),
+            # submissions only in the routers' queue group: one router takes each, none copies
+            sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}"),
             responses=True)  # answers go.router.submit
     if role == "admin":  # the operator's own tools: everything of the suite's, no system account
         return Perms(pub_allow=("go.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"),
