@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import coldbash, dedicated, endtoend, history, idle, reload, router, sandbox
+from bench import authz, coldbash, dedicated, endtoend, history, idle, reload, router, sandbox
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
+    "authz": authz.run,
     "coldbash": coldbash.run,
     "endtoend": endtoend.run,
     "dedicated": dedicated.run,

@@ -11,7 +11,10 @@ def loose(root: Path) -> list[str]:
     """Everything under `root` (itself included) that group or others may read, write or enter."""
     found = []
     for path in [root, *root.rglob("*")]:
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:  # a temporary file renamed away while we walked (nats-server)
+            continue
         if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
             found.append(f"{path.relative_to(root.parent)} {stat.filemode(st.st_mode)}")
     return found

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Callable
 
 from nats.js import JetStreamContext
 
@@ -18,18 +19,25 @@ from services.common import bus, natsauth
 from services.common.log import Logger
 from shared.codec import decode
 from shared.errors import InvalidInput
+from shared import state as st
 from shared import subjects
 from shared.jobs import WorkerStatus
+from shared.state import ConfigState
 
 
 class LiveWorkers:
     """Heartbeats by worker id; entries older than the bucket TTL count as gone (KV expiry is silent)."""
 
-    def __init__(self, js: JetStreamContext, logger: Logger):
+    def __init__(self, js: JetStreamContext, logger: Logger,
+                 config: Callable[[], ConfigState] | None = None):
         self.js = js
         self.logger = logger
+        self.config = config  # the folded config: a group's worker may claim its tags only
         self._workers: dict[str, WorkerStatus] = {}
         self._seen: dict[str, float] = {}  # key -> when its last beat was taken (wall clock)
+        # key -> (config seq, status) it was judged at, and the verdict: judged when read, so a
+        # beat that arrived before the config it reflects counts once the config is folded
+        self._judged: dict[str, tuple[int, WorkerStatus, bool]] = {}
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -50,15 +58,12 @@ class LiveWorkers:
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 self._workers.pop(entry.key, None)
                 self._seen.pop(entry.key, None)
+                self._judged.pop(entry.key, None)
                 continue
             try:
                 status = decode(entry.value, WorkerStatus)
             except InvalidInput as exc:
                 self.logger.warning("bad_heartbeat_skipped", key=entry.key, error=str(exc))
-                continue
-            problem = key_problem(entry.key, status)
-            if problem is not None:
-                self.logger.warning("forged_heartbeat_skipped", key=entry.key, problem=problem)
                 continue
             self._workers[entry.key] = status
             self._seen[entry.key] = min(time.time(), status.heartbeat_at)
@@ -66,7 +71,20 @@ class LiveWorkers:
 
     def _live(self) -> list[WorkerStatus]:
         cutoff = time.time() - bus.WORKER_TTL
-        return [w for k, w in self._workers.items() if self._seen.get(k, 0.0) >= cutoff]
+        return [w for k, w in self._workers.items()
+                if self._seen.get(k, 0.0) >= cutoff and self._believed(k, w)]
+
+    def _believed(self, key: str, status: WorkerStatus) -> bool:
+        config = self.config() if self.config is not None else None
+        seq = config.seq if config is not None else -1
+        judged = self._judged.get(key)
+        if judged is not None and judged[0] == seq and judged[1] is status:
+            return judged[2]
+        problem = key_problem(key, status, config)
+        if problem is not None and (judged is None or judged[1] is not status):
+            self.logger.warning("forged_heartbeat_skipped", key=key, problem=problem)
+        self._judged[key] = (seq, status, problem is None)
+        return problem is None
 
     def all(self) -> list[WorkerStatus]:
         """Live workers, sorted for display."""
@@ -77,14 +95,21 @@ class LiveWorkers:
         return [w for w in self._live() if tag in w.tags and w.state == "ready"]
 
 
-def key_problem(key: str, status: WorkerStatus) -> str | None:
-    """Why a heartbeat's key does not vouch for its status (None: it does)."""
+def key_problem(key: str, status: WorkerStatus, config: ConfigState | None = None) -> str | None:
+    """Why a heartbeat's key does not vouch for its status (None: it does). With the config, a
+    group's worker may claim only its group's tags (those the authority lets it pull)."""
     user = subjects.heartbeat_scope(key)
     if user is None or key != subjects.heartbeat_key(user, status.id):
         return "its key is not <NATS user>.<its id>"
     if user.startswith(natsauth.WORKER_USER_PREFIX):
         if status.group != user[len(natsauth.WORKER_USER_PREFIX):] or status.tags_source == "env":
             return f"written with the credentials of {user!r}, it claims group {status.group!r}"
+        if config is not None:
+            group = config.groups.get(status.group)
+            allowed = set(st.group_tags(config, group)) if group is not None else set()
+            if not set(status.tags) <= allowed:
+                return (f"written with the credentials of {user!r}, it claims tags its group"
+                        f" does not have: {sorted(set(status.tags) - allowed)[:5]}")
         return None
     if user.startswith(natsauth.WORKER_TAGS_USER_PREFIX):
         allowed = set(user[len(natsauth.WORKER_TAGS_USER_PREFIX):].split(","))

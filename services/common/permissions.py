@@ -110,17 +110,29 @@ def static(role: str, inbox: str | None = None) -> Perms:
             pub_allow=(*_DECLARE, *_READ, *_QUEUE_STATE,
                        f"{_JS}.CONSUMER.DURABLE.CREATE.{subjects.JOBS_STREAM}.>",
                        f"{_JS}.CONSUMER.CREATE.{subjects.JOBS_STREAM}.>",  # tag consumers
-                       subjects.CONFIG_SUBJECTS, "$O.GO_SNAPSHOTS.>"),
-            pub_deny=_DESTROY,
+                       subjects.CONFIG_SUBJECTS, "$O.GO_SNAPSHOTS.>",
+                       # the outbox removes foreign messages from its own stream; a re-signed
+                       # log replaces the old copies; a new snapshot replaces the old one
+                       f"{_JS}.STREAM.MSG.DELETE.{subjects.CONFIG_STREAM}",
+                       f"{_JS}.STREAM.PURGE.{subjects.CONFIG_STREAM}",
+                       f"{_JS}.STREAM.PURGE.OBJ_GO_SNAPSHOTS"),
+            pub_deny=tuple(_streams(_JS + ".STREAM.DELETE.{s}")) + tuple(
+                f"{_JS}.STREAM.{op}.{s}" for op in ("PURGE", "MSG.DELETE")
+                for s in STREAMS if s not in (subjects.CONFIG_STREAM, "OBJ_GO_SNAPSHOTS"))
+            + (f"{_JS}.CONSUMER.DELETE.{subjects.JOBS_STREAM}.>",),
             sub_allow=(f"{CONFIG_INBOX}.>", AUTH_SUBJECT),
             responses=True)  # the authority answers nats-server's auth requests
     if role == "router":
+        # No stream declarations: the config service declares the streams (a stolen router
+        # credential must not shrink a stream's limits, which would purge it), routers wait.
         return Perms(
-            pub_allow=(*_DECLARE, *_READ, *_QUEUE_STATE, subjects.JOBS_SUBJECTS,
+            pub_allow=(f"{_JS}.INFO", f"{_JS}.STREAM.NAMES", *_streams(_JS + ".STREAM.INFO.{s}"),
+                       *_READ, *_QUEUE_STATE, subjects.JOBS_SUBJECTS,
                        subjects.JOB_EVENTS_SUBJECTS, f"{subjects.WAKE_PREFIX}.*",
                        "$KV.GO_CANCELS.>"),
             pub_deny=(*_DESTROY, "$O.GO_SNAPSHOTS.>"),
-            sub_allow=(own_inbox, subjects.SUBMIT_SUBJECT),
+            # submissions only in the routers' queue group: one router takes each, none copies
+            sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}"),
             responses=True)  # answers go.router.submit
     if role == "admin":  # the operator's own tools: everything of the suite's, no system account
         return Perms(pub_allow=("go.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"),

@@ -11,8 +11,9 @@ from typing import Iterable
 
 def covers(pattern: str, subject: str) -> bool:
     """True when every subject `subject` can stand for (it may hold wildcards, as a
-    subscription does) is matched by `pattern`."""
-    p, s = pattern.split("."), subject.split(".")
+    subscription does) is matched by `pattern` (a pattern's ` <queue>` suffix, which limits a
+    subscription to that queue group, is not part of the subject)."""
+    p, s = pattern.split(" ")[0].split("."), subject.split(".")
     for i, token in enumerate(p):
         if token == ">":
             return len(s) > i

@@ -35,7 +35,8 @@ from shared import subjects
 QUEUE = "authority"
 _INBOX_TOKEN = re.compile(r"^[A-Za-z0-9]{8,64}$")
 _WORKER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-SEQ_WAIT = 2.0  # how long a worker's `seq=N` may hold its connection while the fold catches up
+SEQ_WAIT = 1.0  # how long a worker's `seq=N` may hold its connection while the fold catches up
+_SEQ = re.compile(r"^[0-9]{1,12}$")
 
 
 class Refused(Exception):
@@ -65,6 +66,7 @@ class Authority:
         self.logger = logger
         self._sub: object | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ensured: dict[str, int] = {}  # tag -> config seq its consumer was last ensured at
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(permissions.AUTH_SUBJECT, queue=QUEUE,
@@ -141,7 +143,7 @@ class Authority:
         if not user.startswith(natsauth.WORKER_USER_PREFIX):
             raise Refused("unknown user")
         seen = names.get("seq", "0")
-        wanted = int(seen) if seen.isdigit() else 0
+        wanted = int(seen) if _SEQ.match(seen) else 0
         deadline = time.monotonic() + SEQ_WAIT
         while self.state().seq < wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
@@ -150,9 +152,15 @@ class Authority:
         return list(st.group_tags(state, group)) if group is not None else []
 
     async def _ensure_consumers(self, tags: list[str]) -> None:
-        """Workers may not create the shared tag consumers: they exist before a worker may pull."""
-        results = await asyncio.gather(*(bus.ensure_tag_consumer(self.js, t) for t in tags),
+        """Workers may not create the shared tag consumers: they exist before a worker may pull.
+        Each tag's is ensured once per config sequence, not per connection (a flood of worker
+        connections must not become a flood of JetStream API calls)."""
+        seq = self.state().seq
+        missing = [t for t in tags if self._ensured.get(t) != seq]
+        results = await asyncio.gather(*(bus.ensure_tag_consumer(self.js, t) for t in missing),
                                        return_exceptions=True)
-        for tag, result in zip(tags, results):
+        for tag, result in zip(missing, results):
             if isinstance(result, BaseException):
                 self.logger.warning("tag_consumer_not_ensured", tag=tag, error=repr(result))
+            else:
+                self._ensured[tag] = seq

@@ -114,7 +114,7 @@ async def _live_workers(app: web.Application, svc: ConfigService) -> LiveWorkers
     holder = app[LIVE_KEY]
     async with holder.lock:
         if holder.workers is None:
-            live = LiveWorkers(svc.js, svc.logger)
+            live = LiveWorkers(svc.js, svc.logger, lambda: svc.state)
             await live.start()
             holder.workers = live
     try:  # the first answer waits (briefly) for the bucket's current entries

@@ -70,7 +70,7 @@ class RouterService:
         self.logger = logger
         self.config = st.ConfigState()
         self.config_ready = asyncio.Event()
-        self.workers = LiveWorkers(self.js, logger)
+        self.workers = LiveWorkers(self.js, logger, lambda: self.config)
         self._subs: list[object] = []
         self._index: dict[str, tuple[str, ...]] = {}
         self._index_seq = -1
@@ -82,7 +82,7 @@ class RouterService:
         # Every config event is checked before it is folded (shared/admission.py); without a
         # public key there is nothing to check with, and the router refuses to start.
         self._config_gate = Gate(verifier or load_verifier())
-        await bus.ensure_streams(self.js)
+        await bus.wait_streams(self.js, self.logger)  # the config service declares them
         start_seq = 1
         snapshot = await bus.get_snapshot(self.js)
         if snapshot is not None:
