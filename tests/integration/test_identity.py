@@ -407,10 +407,12 @@ def test_workers_show_a_workspace_token_neither_other_jobs_nor_init_output(
     job_id = json.loads(raw)["id"]
     s.api.wait_workers(lambda ws: any(w["current_job"] == job_id for w in ws))
     secret = "init-output-naming-ws1-secrets"
+    # Heartbeats of WORKER_TAGS workers (a group's may claim only its group's tags).
+    env = {"group": None, "tags_source": "env"}
     fakes = [fake_status("id-fake-failed", tags=["bash"], init_status="failed",
-                         init_error=secret),
+                         init_error=secret, **env),
              fake_status("id-fake-ded", tags=["python3", "ws1:f/secret"],
-                         dedicated=["ws1:f/secret"], priorities={"ws1:f/secret": 5})]
+                         dedicated=["ws1:f/secret"], priorities={"ws1:f/secret": 5}, **env)]
     with FakeWorkers(s.nats_url, *fakes):
         s.api.wait_workers(lambda ws: {"id-fake-failed", "id-fake-ded"} <= {w["id"] for w in ws})
         as_ws2 = json.loads(http(s, "GET", "router", "/workers", tokens.ws2)[1])
