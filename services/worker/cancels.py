@@ -1,7 +1,9 @@
 """Cancellation requests (GO_CANCELS): kill a job that runs here, skip one that comes later.
 
 The whole bucket is watched from the start (existing keys included) and every id seen is kept,
-so a job taken after its cancel is never run.
+so a job taken after its cancel is never run. A flow's step is cancelled with its flow: the
+step's worker kills it when its parent's cancel comes, so no worker needs to write cancels
+(only routers may: a stolen worker credential cannot cancel other people's jobs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class CancelWatch:
         self.js = js
         self.logger = logger
         self.requested: set[str] = set()
-        self.running: dict[str, asyncio.Future[Any]] = {}
+        self.running: dict[str, list[asyncio.Future[Any]]] = {}
         self._watch: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -36,25 +38,34 @@ class CancelWatch:
         if self._task is not None:
             self._task.cancel()
 
-    def asked(self, job_id: str) -> bool:
-        """Was this job asked to cancel (before it starts here)?"""
-        return job_id in self.requested
+    def asked(self, job_id: str, parent: str | None = None) -> bool:
+        """Was this job (or the flow it is a step of) asked to cancel (before it starts here)?"""
+        return job_id in self.requested or (parent is not None and parent in self.requested)
 
     @contextlib.contextmanager
-    def running_as(self, job_id: str, run: asyncio.Future[Any]) -> Iterator[None]:
-        """While the block runs, a cancel request for `job_id` cancels `run`."""
-        self.running[job_id] = run
+    def running_as(self, job_id: str, run: asyncio.Future[Any],
+                   parent: str | None = None) -> Iterator[None]:
+        """While the block runs, a cancel request for `job_id` (or for `parent`, the flow it is
+        a step of) cancels `run`."""
+        keys = [job_id] + ([parent] if parent else [])
+        for key in keys:
+            self.running.setdefault(key, []).append(run)
         try:
             yield
         finally:
-            self.running.pop(job_id, None)
+            for key in keys:
+                runs = self.running.get(key, [])
+                if run in runs:
+                    runs.remove(run)
+                if not runs:
+                    self.running.pop(key, None)
 
     def on_request(self, job_id: str) -> None:
         self.requested.add(job_id)
-        run = self.running.get(job_id)
-        if run is not None and not run.done():
-            self.logger.info("job_cancel_requested", job_id=job_id)
-            run.cancel()
+        for run in list(self.running.get(job_id, [])):
+            if not run.done():
+                self.logger.info("job_cancel_requested", job_id=job_id)
+                run.cancel()
 
     async def _follow(self) -> None:
         async for entry in self._watch:
