@@ -22,8 +22,6 @@ from shared.tags import (
     validate_workspace,
 )
 
-__all__ = ["target_tag"]  # re-exported: callers used to find it here
-
 
 class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
     """A flow step with its code and tag resolved when the flow was submitted."""

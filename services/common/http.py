@@ -17,8 +17,6 @@ from shared.errors import Forbidden, GetOperateError, InvalidInput, Unauthorized
 from shared.identity import Identity, bearer_token
 from shared.state import ApiToken, ConfigState
 
-__all__ = ["Identity", "TokenCheck"]  # Identity lives in shared/identity.py
-
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
 

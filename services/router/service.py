@@ -169,11 +169,12 @@ class RouterService:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
             warning += "; the job waits in the queue until one does"
         job_id = new_job_id()
+        grant = self._grant(job_id, sub.workspace, who, route) if route.kind == "flow" else None
         job = Job(id=job_id, workspace=sub.workspace, language=route.language,
                   code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
                   submitted_at=time.time(), kind=route.kind, path=route.path,
                   version=route.version, steps=route.steps, parent=sub.parent, step=sub.step,
-                  grant=self._grant(job_id, sub.workspace, who, route) if route.kind == "flow" else None)
+                  grant=grant)
         body = encode(job)
         if len(body) > MAX_JOB_BYTES:
             raise InvalidInput(

@@ -5,7 +5,8 @@ An admin token sees everything. A workspace token is shown the tags it may see
 and deployed tags), never another workspace's name, restricted or dedicated tags, job ids or
 init script output. `GET /workers`: the workers serving such a tag, with only those tags, the
 current job only when it is the workspace's own, no init error. `/metrics`: the series of those
-tags, none naming a worker or a group. A scrape without a token is the operator's (docs/security.md).
+tags, none naming a worker or a group. A scrape without a token is the operator's
+(docs/security.md).
 """
 
 from __future__ import annotations

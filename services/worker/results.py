@@ -133,7 +133,9 @@ class Results:
         await self.dead_letter(tag, job, msg, deliveries, reason=reason)
         try:
             seq, last = await self.last_event(job.id)
-            if isinstance(last, JobQueued) and (last.workspace, last.tag) == (job.workspace, job.tag):
+            routed = isinstance(last, JobQueued) and (last.workspace, last.tag) == (
+                job.workspace, job.tag)
+            if routed:
                 await self.publish(JobFinished(
                     job_id=job.id, time=time.time(), status="failure", worker=self.worker_id,
                     group=self.group, attempt=deliveries, dead_letter=True,

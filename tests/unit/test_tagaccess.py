@@ -32,7 +32,8 @@ def test_restrictions_and_dedicated_tags_close_a_tag() -> None:
              .script("f/etl", workspace="ws1").dedicate("fast", "ws1:f/etl").state)
     assert closed_reason(state, "gpu", "ws1") is None
     assert closed_reason(state, "gpu", "ws2") == "tag 'gpu' is not available to workspace 'ws2'"
-    assert closed_reason(state, "cpu", "ws2") is not None and closed_reason(state, "cpu", "x") is None
+    assert closed_reason(state, "cpu", "ws2") is not None
+    assert closed_reason(state, "cpu", "x") is None
     assert closed_reason(state, "normal-dev", "dev") is None
     assert closed_reason(state, "normal-prod", "prod") is not None  # the template's instance
     assert dedicated_owner(state, "ws1:f/etl") == "ws1" and dedicated_owner(state, "gpu") is None
