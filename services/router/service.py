@@ -266,7 +266,7 @@ class RouterService:
                 raise InvalidInput("send either a token or a flow grant, not both",
                                    field=subjects.FLOW_GRANT_HEADER)
             grant = grants.verify(self.grant_key, grant_text)  # before reading the body
-            sub = decode(msg.data, JobSubmit)
+            sub: JobSubmit = decode(msg.data, JobSubmit)
             grants.check_step(grant, sub)
             who = Identity(grant.by, None if grant.admin else grant.workspace, grant.token_seq)
             if not self.tokens.token_live(who):

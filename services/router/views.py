@@ -57,7 +57,7 @@ class JobWorkspaces:
         try:
             raw = await self.js.get_msg(subjects.JOB_EVENTS_STREAM, seq=1, next=True,
                                         subject=subjects.job_events_subject(job_id))
-            first = decode(raw.data or b"", JobEvent)
+            first: JobEvent = decode(raw.data or b"", JobEvent)
         except (NotFoundError, InvalidInput):
             return None
         return first.workspace if isinstance(first, JobQueued) else None
