@@ -169,7 +169,6 @@ def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
         f"$JS.ACK.{subjects.JOB_EVENTS_STREAM}.>",
         f"$KV.{subjects.WORKERS_BUCKET}.{heartbeat_key or '<its key>'}",
         subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,
-        "$KV.GO_CANCELS.>",  # a cancelled flow cancels its running step
     ]
     sub: list[str] = [f"{inbox}.>" if inbox else "_INBOX.<X>.>"]
     if jobs:

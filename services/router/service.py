@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import time
 
 from nats.aio.client import Client as NATS
@@ -37,6 +38,7 @@ from shared.identity import Identity, authorize_submit
 
 
 MAX_INFLIGHT_SUBMITS = 1000
+REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
 MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 
 
@@ -244,6 +246,12 @@ class RouterService:
         else:
             answer = await self._submit_answer(sub, who, planned)
         if msg.reply:
+            if not REPLY_SUBJECT.match(msg.reply):
+                # Answering is allowed where the requester says (NATS lets a responder reply
+                # outside its own allow list): a request whose reply names a stream's subject
+                # (a cancel key, a queue, a snapshot) would make the router write there.
+                self.logger.warning("submit_reply_refused", reply=msg.reply[:120])
+                return
             await msg.respond(encode(answer))
 
     async def _submit_answer(self, sub: JobSubmit, who: Identity, planned: bool) -> object:

@@ -188,10 +188,10 @@ class Attempts:
 
     async def _execute(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
         """The job's outcome; a cancel request kills it; a worker bug still ends it visibly."""
-        if self.cancels.asked(job.id):
+        if self.cancels.asked(job.id, job.parent):
             return Outcome(status="cancelled", error="cancelled before it started"), []
         run = asyncio.ensure_future(self._call(tag, job))
-        with self.cancels.running_as(job.id, run):
+        with self.cancels.running_as(job.id, run, job.parent):
             try:
                 return await asyncio.shield(run)
             except asyncio.CancelledError:

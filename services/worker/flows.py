@@ -55,12 +55,9 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
         lines.append(f"step {step.index} ({step.name}): job {answer.id} on tag {answer.tag}")
         if answer.warning:
             lines.append(f"  warning: {answer.warning}")
-        try:
-            view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
-        except asyncio.CancelledError:  # the flow was cancelled: so is its running step
-            kv = await bus.cancels_bucket(js)
-            await kv.put(answer.id, f"flow {job.id} cancelled".encode())
-            raise
+        # A cancel of the flow cancels its running step too: the step's worker watches for
+        # its parent's cancel (services/worker/cancels.py); workers may not write cancels.
+        view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
         summaries.append(StepSummary(index=step.index, name=step.name, job_id=answer.id,
                                      tag=answer.tag, status=view.status, group=view.group,
                                      worker=view.worker))

@@ -229,10 +229,12 @@ class FakeWorkers:
 
 
 def fake_status(worker_id: str, **fields: Any) -> Any:
-    """A ready WorkerStatus of a worker that does not exist (group `fake`, tag `t-fake`)."""
+    """A ready WorkerStatus of a worker that does not exist (group `fake`, tag `t-fake`). Its
+    tags come from WORKER_TAGS (`tags_source="env"`): it beats as a `worker-tags:` user, whose
+    tags are its credentials' own, so the services believe it without a group configured."""
     from shared.jobs import WorkerStatus
 
-    base: dict[str, Any] = dict(id=worker_id, group="fake", tags=["t-fake"], tags_source="group",
+    base: dict[str, Any] = dict(id=worker_id, group="fake", tags=["t-fake"], tags_source="env",
                                 config_version=0, state="ready", hostname="nowhere", pid=1,
                                 started_at=time.time(), heartbeat_at=time.time())
     return WorkerStatus(**{**base, **fields})
