@@ -126,6 +126,30 @@ def test_cancel_kills_a_running_job_and_the_worker_goes_on(fast: Suite) -> None:
     assert again.returncode == 1 and "already ended" in again.stderr
 
 
+def test_cancelling_a_flow_kills_its_running_step(fast: Suite) -> None:
+    """The step's worker watches for its flow's cancel (workers may not write cancels)."""
+    s = fast
+    s.api.set_group("cancelg", tags=["t-cancel"])
+    worker(s, "cancelg")
+    mark = f"{time.time_ns() % 10**9}.25"
+    s.api.call("PUT", "config", "/flows/ws1/f/slowflow", {"preserve_step_tags": True, "steps": [
+        {"name": "slow", "language": "bash", "content": f"sleep {mark} & wait", "tag": "t-cancel"},
+        {"name": "never", "language": "bash", "content": "echo never"}]})
+    flow = s.api.call("POST", "router", "/jobs", {"workspace": "ws1", "path": "f/slowflow"})["id"]
+    deadline = time.monotonic() + 20
+    while not live_pids(f"sleep {mark}"):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+    out = cli("cancel", flow, cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 15
+    while live_pids(f"sleep {mark}"):
+        assert time.monotonic() < deadline, "the step's process survived its flow's cancel"
+        time.sleep(0.05)
+    view = wait_status(s, flow, "cancelled", timeout=15)
+    assert view["status"] == "cancelled"
+
+
 def test_cancel_a_queued_job_means_it_never_runs(fast: Suite, tmp_path: Path) -> None:
     s = fast
     marker = tmp_path / "ran"

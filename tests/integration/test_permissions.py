@@ -96,6 +96,7 @@ async def _published_seen(s: Suite, conn: Conn, subject: str, wait: float = 1.0)
                                      "$O.GO_SNAPSHOTS.C.forged",
                                      "$SYS.REQ.SERVER.PING",
                                      "$SYS.REQ.USER.AUTH",
+                                     "$KV.GO_CANCELS.someone-elses-job",
                                      "anything.else"])
 def test_a_worker_cannot_publish_outside_its_work(suite: Suite, subject: str) -> None:
     async def attempt() -> tuple[bool, Conn]:
@@ -199,12 +200,22 @@ def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
                     await action
                 except Exception:
                     pass
-            # its own key, claiming group gpu and a heartbeat ten years ahead
+            # its own key, claiming group gpu and a heartbeat ten years ahead; then its own
+            # group, but a tag the group does not have
             fake = WorkerStatus(id="probe-default", group="gpu", tags=["gpu"], tags_source="group",
                                 config_version=1, state="ready", hostname="h", pid=1,
                                 started_at=time.time(), heartbeat_at=time.time() + 10 * 365 * 86400)
             await kv.put(subjects.heartbeat_key(natsauth.worker_user("default"), "probe-default"),
                          encode(fake))
+            fake2 = WorkerStatus(id="probe-default2", group="default", tags=["gpu"],
+                                 tags_source="group", config_version=1, state="ready",
+                                 hostname="h", pid=1, started_at=time.time(),
+                                 heartbeat_at=time.time())
+            async with Conn(suite, natsauth.worker_user("default"), worker="probe-default2",
+                            part="control") as other:
+                kv2 = await other.nc.jetstream().key_value(subjects.WORKERS_BUCKET)
+                await kv2.put(subjects.heartbeat_key(natsauth.worker_user("default"),
+                                                     "probe-default2"), encode(fake2))
             await asyncio.sleep(0.3)
             return conn
 
@@ -213,7 +224,7 @@ def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
     time.sleep(1.0)
     workers = suite.api.workers()
     assert any(w["id"] == native["id"] and w["group"] == "native" for w in workers)
-    assert not any(w["id"] == "probe-default" for w in workers)
+    assert not any(w["id"] in ("probe-default", "probe-default2") for w in workers)
 
 
 def test_wake_ups_carry_no_job(suite: Suite) -> None:
@@ -349,3 +360,57 @@ def test_a_tag_added_by_hot_reload_is_pulled_without_a_restart(extra_workers: Su
     s.api.set_group("hotperm", tags=["t-hotperm-b"])  # a removed tag's rights go too
     assert s.api.job(s.api.submit("echo b2", tag="t-hotperm-b")["id"])["result"] == "b2"
     assert not [e for e in proc.log_events("nats_error") if "violation" in str(e)]
+
+
+def test_the_router_answers_only_on_an_inbox(suite: Suite) -> None:
+    """The attack: a submission whose reply subject is a cancel key (or a queue, a snapshot):
+    NATS lets a responder answer outside its own allow list, so the router wrote there."""
+    job = suite.api.submit("sleep 2; echo survived")["id"]
+    token = (suite.root / ".getoperate" / "admin.token").read_text().strip()
+
+    async def deputy() -> None:
+        async with Conn(suite, "client") as conn:
+            await conn.nc.publish(subjects.SUBMIT_SUBJECT, b"{}junk",
+                                  reply=f"$KV.GO_CANCELS.{job}",
+                                  headers={"Authorization": f"Bearer {token}"})
+            await conn.nc.flush()
+            await asyncio.sleep(0.5)
+
+    asyncio.run(deputy())
+    assert suite.api.job(job)["result"] == "survived"
+    assert "submit_reply_refused" in suite.up.output()
+
+
+def test_stolen_router_credentials_can_neither_shrink_a_stream_nor_copy_submissions(
+        suite: Suite) -> None:
+    async def attack() -> tuple[Conn, list[bytes]]:
+        async with Conn(suite, "router") as conn:
+            got: list[bytes] = []
+
+            async def on_msg(msg: Any) -> None:
+                got.append(msg.data)
+
+            await conn.nc.subscribe(subjects.SUBMIT_SUBJECT, cb=on_msg)  # no queue group
+            try:
+                await conn.nc.request("$JS.API.STREAM.UPDATE.GO_JOB_EVENTS", json.dumps(
+                    {"name": "GO_JOB_EVENTS", "subjects": ["go.jobev.>"], "max_msgs": 5}).encode(),
+                    timeout=1.0)
+            except Exception:
+                pass
+            await conn.nc.flush()
+            await asyncio.to_thread(suite.api.submit, "echo copy-me")
+            await asyncio.sleep(0.5)
+            return conn, got
+
+    conn, got = asyncio.run(attack())
+    assert conn.violated() and not got, conn.errors
+
+    async def events_kept() -> int:
+        nc = await nats.connect(suite.nats_url)
+        try:
+            info = await nc.jetstream().stream_info(subjects.JOB_EVENTS_STREAM)
+            return int(info.config.max_msgs or -1)
+        finally:
+            await nc.close()
+
+    assert asyncio.run(events_kept()) in (-1, 0)
