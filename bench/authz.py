@@ -13,7 +13,6 @@ own checks are the same work. Clients and load as bench/router.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import shutil
@@ -24,40 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 
-from bench.router import CLIENTS, CODE, WINDOW
+from bench.router import CLIENTS, routed
 from bench.suite import ROOT, progress
 from services.common import natsauth
 from services.common.natsserver import NatsServer, free_port
 
 TAG = "bench-authz"
-
-
-async def _routed(connect: list[dict[str, Any]], token: str, n: int) -> float:
-    conns = [await nats.connect(**kw) for kw in connect]
-    payload = json.dumps({"workspace": "bench", "language": "python3", "code": CODE,
-                          "args": {"x": 1}, "tag": TAG}).encode()
-    headers = {"Authorization": f"Bearer {token}"}
-
-    async def client(nc: Any, count: int) -> None:
-        sem = asyncio.Semaphore(WINDOW)
-
-        async def one() -> None:
-            async with sem:
-                reply = await nc.request("go.router.submit", payload, timeout=60, headers=headers)
-                if b'"error"' in reply.data:
-                    raise RuntimeError(reply.data.decode())
-
-        await asyncio.gather(*(one() for _ in range(count)))
-
-    await asyncio.gather(*(client(nc, 20) for nc in conns))  # warm up
-    started = time.perf_counter()
-    await asyncio.gather(*(client(nc, n // CLIENTS) for nc in conns))
-    elapsed = time.perf_counter() - started
-    for nc in conns:
-        await nc.close()
-    return (n // CLIENTS * CLIENTS) / elapsed
 
 
 def _client_connections(url: str, user: str | None, password: str | None) -> list[dict[str, Any]]:
@@ -132,12 +104,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for r in range(rounds):
         with Services(auth=True) as on_suite:
             progress(f"authz round {r + 1}: {n} submissions, NATS authorization on")
-            on.append(asyncio.run(_routed(_client_connections(
-                on_suite.nats.url, "client", on_suite.creds["client"]), on_suite.token, n)))
+            on.append(asyncio.run(routed(_client_connections(
+                on_suite.nats.url, "client", on_suite.creds["client"]), on_suite.token, n, TAG)))
         with Services(auth=False) as off_suite:
             progress(f"authz round {r + 1}: {n} submissions, no NATS authorization")
-            off.append(asyncio.run(_routed(
-                _client_connections(off_suite.nats.url, None, None), off_suite.token, n)))
+            off.append(asyncio.run(routed(
+                _client_connections(off_suite.nats.url, None, None), off_suite.token, n, TAG)))
     ratio = max(on) / max(off)
     return [{
         "name": f"authorization: jobs routed per second with NATS authorization on ({CLIENTS}"

@@ -26,14 +26,14 @@ async def _floor(nats_url: str, n: int) -> list[float]:
     async def echo(msg: Any) -> None:
         await msg.respond(msg.data)
 
-    await server.subscribe("bench.echo", cb=echo)
+    await server.subscribe("go.bench.echo", cb=echo)
     await server.flush()
     samples = []
     for _ in range(n):
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec("bash", "-c", "true")
         await proc.wait()
-        await client.request("bench.echo", b"x" * 200, timeout=5)
+        await client.request("go.bench.echo", b"x" * 200, timeout=5)
         samples.append(time.perf_counter() - started)
     await client.close()
     await server.close()

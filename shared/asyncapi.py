@@ -435,9 +435,9 @@ _OPERATIONS: list[tuple[Any, ...]] = [
     ("worker", "send", "routerSubmit", ["jobSubmit"], "a flow submits each step as its own job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
     ("worker", "send", "workers", ["workerStatus"], "heartbeat; delete the key on shutdown"),
-    ("worker", "send", "cancels", ["cancelRequest"], "a cancelled flow cancels its running step"),
     ("worker", "receive", "cancels", ["cancelRequest"],
-     "watch the whole bucket: kill a running job, skip a later one"),
+     "watch the whole bucket: kill a running job (or a flow's step, when its flow is"
+     " cancelled), skip a later one"),
     ("client", "send", "routerSubmit", ["jobSubmit"], "submit a job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
     ("admin", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],

@@ -19,7 +19,7 @@ its scope's tags, be woken only for them, and write its heartbeat under its own 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from shared import subjects

@@ -9,9 +9,10 @@ what no wake-up announced (redeliveries, a missed signal). Tags are tried by pri
 config), then those known to have work, then round-robin.
 
 Pulls, acks and wake-ups go over the worker's jobs connection, whose NATS permissions name its
-tags' consumers and nothing else (services/config/authority.py). When the tags change (a hot
-reload), a new jobs connection is opened with the new rights; the old one takes no new job and
-is closed once the answers still due to it are settled and the jobs it delivered are acked.
+tags' consumers and nothing else (services/config/authority.py). When a hot reload adds a tag, a
+new jobs connection is opened with the new rights; the old one takes no new job and is closed
+once the answers still due to it are settled and the jobs it delivered are acked. A removed tag
+is simply not pulled any more (see set_tags).
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ class Dispatcher:
     async def set_tags(self, wanted: list[str], priorities: dict[str, int], seq: int = 0) -> None:
         """Listen to exactly these tags from now on (`seq`: the config sequence they come from)."""
         self.priorities = dict(priorities)
-        if self.connect_jobs is not None and frozenset(wanted) != self._granted:
+        # Only a tag the connection has no rights for needs a new one. A removed tag's rights
+        # would outlive a relink anyway for a worker that kept its old connection (nats-server
+        # cannot take rights back from a live connection); an honest worker stops pulling it.
+        if self.connect_jobs is not None and (
+                self._granted is None or not frozenset(wanted) <= self._granted):
             await self._relink(frozenset(wanted), seq)
         for tag in sorted(set(wanted) - set(self.wake_subs)):
             await self._listen(tag)

@@ -8,13 +8,11 @@ so a one-slot worker can orchestrate a flow and run its steps.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from services.common import bus
 from services.common.jobwatch import read_job
 from services.common.log import Logger
 from services.worker.runner import Outcome
