@@ -35,9 +35,7 @@ TAG = "bench-authz"
 def _client_connections(url: str, user: str | None, password: str | None) -> list[dict[str, Any]]:
     out = []
     for _ in range(CLIENTS):
-        token = secrets.token_hex(8)
-        kw: dict[str, Any] = {"servers": [url], "name": f"bench inbox={token}",
-                              "inbox_prefix": f"_INBOX.{token}"}
+        kw: dict[str, Any] = {"servers": [url], **natsauth.connection_options("bench", user)}
         if user:
             kw.update(user=user, password=password)
         out.append(kw)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
 from typing import Any, Awaitable, Callable
 
@@ -17,8 +16,7 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from services.common.log import Logger
-from services.common.natsauth import AUTH_USER, credentials_for
-from services.common.permissions import CONFIG_INBOX
+from services.common.natsauth import connection_options, credentials_for
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # Seconds without an in-progress ack before JetStream redelivers a job (a worker died).
@@ -48,14 +46,12 @@ async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
 
     user, password = credentials if credentials is not None else credentials_for(role)
     auth = {"user": user, "password": password} if user else {}
-    token = secrets.token_hex(12)
-    inbox = f"{CONFIG_INBOX}.{token}" if user == AUTH_USER else f"_INBOX.{token}"
-    words = [f"inbox={token}", *(f"{k}={v}" for k, v in (declare or {}).items())]
+    options = connection_options(name, user, **(declare or {}))
     last: Exception | None = None
     for attempt in range(attempts):
         try:
             return await nats.connect(
-                servers(url), name=" ".join([name, *words]), inbox_prefix=inbox, **auth, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                servers(url), **options, **auth, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
                 error_cb=error_cb, allow_reconnect=True,
             )

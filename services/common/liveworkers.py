@@ -71,11 +71,11 @@ class LiveWorkers:
 
     def _live(self) -> list[WorkerStatus]:
         cutoff = time.time() - bus.WORKER_TTL
-        return [w for k, w in self._workers.items()
-                if self._seen.get(k, 0.0) >= cutoff and self._believed(k, w)]
-
-    def _believed(self, key: str, status: WorkerStatus) -> bool:
         config = self.config() if self.config is not None else None
+        return [w for k, w in self._workers.items()
+                if self._seen.get(k, 0.0) >= cutoff and self._believed(k, w, config)]
+
+    def _believed(self, key: str, status: WorkerStatus, config: ConfigState | None) -> bool:
         seq = config.seq if config is not None else -1
         judged = self._judged.get(key)
         if judged is not None and judged[0] == seq and judged[1] is status:

@@ -63,6 +63,27 @@ def worker_user(group: str | None = None, tags: list[str] | tuple[str, ...] | No
     return WORKER_TAGS_USER_PREFIX + ",".join(sorted(set(tags or ())))
 
 
+def connection_options(label: str, user: str | None = None,
+                       **declare: str) -> dict[str, str]:
+    """nats.connect's `name` and `inbox_prefix` as the authority asks: a fresh random inbox
+    token declared as `inbox=X` (and `declare`, as `key=value` words) and used as `_INBOX.X`
+    (`_INBOX.config.X` for the config user, whose static rights cannot name a random prefix)."""
+    token = secrets.token_hex(12)
+    words = [label, f"inbox={token}", *(f"{k}={v}" for k, v in declare.items())]
+    prefix = f"{permissions.CONFIG_INBOX}.{token}" if user == AUTH_USER else f"_INBOX.{token}"
+    return {"name": " ".join(words), "inbox_prefix": prefix}
+
+
+def declared(name: str) -> dict[str, str]:
+    """The `key=value` words of a connection name (what connection_options declared)."""
+    out: dict[str, str] = {}
+    for word in name.split():
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
 def load_secret(directory: Path, create: bool = False) -> bytes | None:
     """The deployment's NATS secret: GETOPERATE_NATS_SECRET, else `<directory>/nats-secret`
     (created once, mode 0600, when `create`)."""

@@ -222,18 +222,16 @@ def table() -> str:
     """The role x subject table of docs/security.md (markdown)."""
     from services.common.subjectmatch import allowed
 
-    roles: list[tuple[str, Perms, dict[str, str]]] = [
-        (r, static(r, inbox="_INBOX.own"), {}) for r in STATIC_ROLES]
-    roles.append(("worker", worker(["t"], "g.w", "_INBOX.own"), {}))
-    head = "| action | subject | " + " | ".join(r for r, _, _ in roles) + " |"
+    roles = [(r, static(r, inbox="_INBOX.own")) for r in STATIC_ROLES]
+    roles.append(("worker", worker(["t"], "g.w", "_INBOX.own")))
+    head = "| action | subject | " + " | ".join(r for r, _ in roles) + " |"
     lines = [head, "|" + "---|" * (len(roles) + 2)]
     for direction, subject, what in _PROBES:
         cells = []
-        for role, perms, _ in roles:
+        for _, perms in roles:
             allow = perms.pub_allow if direction == "pub" else perms.sub_allow
             deny = perms.pub_deny if direction == "pub" else perms.sub_deny
-            cells.append("yes" if allowed(subject, allow, deny, subscribe=direction == "sub")
-                         else "no")
+            cells.append("yes" if allowed(subject, allow, deny) else "no")
         lines.append(f"| {what} ({direction}) | `{subject}` | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Worker column: a worker of a group whose tags include `t` (or started with"

@@ -26,8 +26,7 @@ def covers(pattern: str, subject: str) -> bool:
     return len(s) == len(p)
 
 
-def allowed(subject: str, allow: Iterable[str], deny: Iterable[str] = (),
-            subscribe: bool = False) -> bool:
-    """Allowed by one allow pattern and not matched by a deny pattern."""
-    del subscribe  # the same rule both ways for the subjects the table shows
+def allowed(subject: str, allow: Iterable[str], deny: Iterable[str] = ()) -> bool:
+    """Allowed by one allow pattern and not matched by a deny pattern (publish and subscribe
+    alike, for the subjects the table shows)."""
     return any(covers(p, subject) for p in allow) and not any(covers(p, subject) for p in deny)

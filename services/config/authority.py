@@ -43,16 +43,6 @@ class Refused(Exception):
     """The connection is refused; the message goes to nats-server's log (not to the client)."""
 
 
-def declared(name: str) -> dict[str, str]:
-    """The `key=value` words of a connection name."""
-    out: dict[str, str] = {}
-    for word in name.split():
-        key, sep, value = word.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
 class Authority:
     """Answers nats-server's auth requests for every user but `config`."""
 
@@ -94,7 +84,7 @@ class Authority:
         user = str(opts.get("user") or "")
         try:
             perms, what = await self._decide(user, str(opts.get("pass") or ""),
-                                             declared(str(opts.get("name") or "")))
+                                             natsauth.declared(str(opts.get("name") or "")))
         except Refused as exc:
             self.logger.warning("nats_connection_refused", user=user[:80], reason=str(exc),
                                 host=(request.get("client_info") or {}).get("host"))

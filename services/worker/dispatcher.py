@@ -105,17 +105,13 @@ class Dispatcher:
         """A jobs connection with the rights of `tags`; the current one is let go."""
         assert self.connect_jobs is not None
         new = await self.connect_jobs(seq)
-        if self._granted is not None:
-            for sub in self.wake_subs.values():
-                await _unsubscribe(sub)
-            self.wake_subs.clear()
+        for sub in self.wake_subs.values():
+            await _unsubscribe(sub)
+        self.wake_subs.clear()
+        if self._granted is not None:  # (until the first, the worker's own connection served)
             for tag in list(self.pulls.active):
                 self.pulls.retire(tag)
             self.old_links.append((self.nc, self.pulls))
-        else:  # the worker's own connection served until now: it stays the worker's
-            for sub in self.wake_subs.values():
-                await _unsubscribe(sub)
-            self.wake_subs.clear()
         self.nc, self.js = new, new.jetstream()
         self.pulls = TagPulls(new, self.js, self.logger, ensure=self.ensure_consumers)
         self._granted = tags

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import time
 import urllib.error
 import urllib.request
@@ -53,14 +52,13 @@ def creds(s: Suite) -> dict[str, str]:
 async def connect_as(s: Suite, role: str) -> Any:
     """A connection with the credentials `up` wrote for `role` (`worker`: a `default` group
     worker's control connection), declaring its inbox as the authority asks."""
-    token = secrets.token_hex(10)
-    user, declare = role, [f"inbox={token}"]
+    user, declare = role, {}
     if role == "worker":
         user = natsauth.worker_user("default")
-        declare += ["worker=probe-identity", "part=control"]
+        declare = {"worker": "probe-identity", "part": "control"}
     return await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
-                              name=" ".join(["probe", *declare]), inbox_prefix=f"_INBOX.{token}",
-                              allow_reconnect=False, max_reconnect_attempts=0)
+                              allow_reconnect=False, max_reconnect_attempts=0,
+                              **natsauth.connection_options("probe", user, **declare))
 
 
 async def submit_as(s: Suite, role: str, body: dict[str, Any],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import socket
 import time
 from typing import Any
@@ -36,16 +35,14 @@ class Conn:
         self.nc: Any = None
 
     async def __aenter__(self) -> Any:
-        token = secrets.token_hex(10)
-
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
 
-        words = [f"inbox={token}", *(f"{k}={v}" for k, v in self.declare.items())]
         self.nc = await nats.connect(self.s.plain_nats_url, user=self.user,
-                                     password=self.password, name=" ".join(["probe", *words]),
-                                     inbox_prefix=f"_INBOX.{token}", error_cb=on_error,
-                                     allow_reconnect=False, max_reconnect_attempts=0)
+                                     password=self.password, error_cb=on_error,
+                                     allow_reconnect=False, max_reconnect_attempts=0,
+                                     **natsauth.connection_options("probe", self.user,
+                                                                   **self.declare))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -161,29 +158,33 @@ def test_a_default_worker_cannot_take_a_gpu_job(extra_workers: Suite) -> None:
     assert s.api.job(answer["id"])["status"] == "success"
 
 
-def _raw_connect(s: Suite, user: str, password: str, name: str) -> str:
-    """CONNECT by hand (a refused nats-py client leaves a transport to the garbage collector)."""
+def _raw_connect(s: Suite, **fields: str) -> tuple[dict[str, Any], str]:
+    """CONNECT by hand (a refused nats-py client leaves a transport to the garbage collector):
+    the server's INFO and its answer to CONNECT `fields` then PING."""
     with socket.create_connection(("127.0.0.1", s.base), timeout=5) as sock:
-        sock.recv(4096)
-        connect = {"verbose": False, "user": user, "pass": password, "name": name}
+        info = sock.recv(4096).decode()
+        assert info.startswith("INFO ")
+        connect = {"verbose": False, **fields}
         sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
-        return sock.recv(4096).decode()
+        return json.loads(info[5:]), sock.recv(4096).decode()
 
 
 def test_a_worker_with_another_groups_password_is_refused(suite: Suite) -> None:
     creds = _creds(suite)
-    answer = _raw_connect(suite, natsauth.worker_user("gpu"), creds[natsauth.worker_user("default")],
-                          "x inbox=0123456789abcdef worker=x part=jobs")
+    name = "x inbox=0123456789abcdef worker=x part=jobs"
+    _, answer = _raw_connect(suite, user=natsauth.worker_user("gpu"),
+                             **{"pass": creds[natsauth.worker_user("default")]}, name=name)
     assert "Authorization Violation" in answer
-    ok = _raw_connect(suite, natsauth.worker_user("default"), creds[natsauth.worker_user("default")],
-                      "x inbox=0123456789abcdef worker=x part=jobs")
+    _, ok = _raw_connect(suite, user=natsauth.worker_user("default"),
+                         **{"pass": creds[natsauth.worker_user("default")]}, name=name)
     assert "PONG" in ok  # the control: its own password is taken
 
 
 def test_a_connection_must_declare_its_inbox(suite: Suite) -> None:
     creds = _creds(suite)
-    assert "Authorization Violation" in _raw_connect(suite, "client", creds["client"], "x")
-    assert "PONG" in _raw_connect(suite, "client", creds["client"], "x inbox=0123456789abcdef")
+    client = {"user": "client", "pass": creds["client"]}
+    assert "Authorization Violation" in _raw_connect(suite, **client, name="x")[1]
+    assert "PONG" in _raw_connect(suite, **client, name="x inbox=0123456789abcdef")[1]
 
 
 def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
@@ -252,10 +253,9 @@ def test_wake_ups_carry_no_job(suite: Suite) -> None:
 def test_a_router_cannot_write_config_or_snapshots_and_config_cannot_enqueue(suite: Suite) -> None:
     async def probe(user: str, subject: str) -> bool:
         if user == "config":  # the static user: nats-server's config, not the authority
-            token = secrets.token_hex(6)
             nc = await nats.connect(suite.plain_nats_url, user="config",
-                                    password=_creds(suite)["config"], name=f"probe inbox={token}",
-                                    inbox_prefix=f"_INBOX.config.{token}")
+                                    password=_creds(suite)["config"],
+                                    **natsauth.connection_options("probe", "config"))
             conn = Conn(suite, "config")
             conn.nc = nc
             try:
@@ -312,11 +312,8 @@ def test_worker_credentials_may_store_job_events_and_ask_a_router(suite: Suite) 
 
 def test_no_credentials_no_connection(suite: Suite) -> None:
     """Speak the NATS protocol by hand: CONNECT without credentials is refused."""
-    with socket.create_connection(("127.0.0.1", suite.base), timeout=5) as sock:
-        info = sock.recv(4096).decode()
-        assert info.startswith("INFO ") and json.loads(info[5:])["auth_required"] is True
-        sock.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
-        answer = sock.recv(4096).decode()
+    info, answer = _raw_connect(suite)
+    assert info["auth_required"] is True
     assert "Authorization Violation" in answer
 
 

@@ -379,6 +379,7 @@ def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(
 
     import nats
 
+    from services.common import natsauth
     from shared import subjects
     from shared.codec import encode
     from shared.events import GroupSandboxSet, seal
@@ -397,8 +398,8 @@ def test_a_stolen_worker_credential_cannot_turn_the_sandbox_off_or_lift_a_limit(
             errors.append(exc)
 
         nc = await nats.connect(f"nats://127.0.0.1:{s.base}", user=user, password=password,
-                                name="stolen inbox=0123456789abcdef worker=w part=control",
-                                inbox_prefix="_INBOX.0123456789abcdef", error_cb=on_error)
+                                error_cb=on_error, **natsauth.connection_options(
+                                    "stolen", user, worker="w", part="control"))
         try:
             await nc.publish(subjects.group_subject("stolen"), encode(forged))
             await nc.flush()
