@@ -155,10 +155,14 @@ class JobView(msgspec.Struct, kw_only=True):
 
 def evolve_job(view: JobView, event: JobEvent) -> JobView:
     """Apply one lifecycle event; a finished job ignores later duplicates (effectively-once results),
-    but a `job.queued` that lands after the job started or ended still fills in where it went."""
+    but a `job.queued` that lands after the job started or ended still fills in where it went.
+    Only the first `job.queued` counts: the router writes one per job, so a second one is a
+    forgery (a worker may write job events) trying to move the job to another workspace."""
     if view.status in TERMINAL and not isinstance(event, JobQueued):
         return view
     match event:
+        case JobQueued() if view.queued_at is not None:
+            return view
         case JobQueued():
             return msgspec.structs.replace(
                 view, tag=event.tag, workspace=event.workspace, language=event.language,

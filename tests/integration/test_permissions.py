@@ -411,3 +411,21 @@ def test_stolen_router_credentials_can_neither_shrink_a_stream_nor_copy_submissi
             await nc.close()
 
     assert asyncio.run(events_kept()) in (-1, 0)
+
+
+def test_a_forged_job_queued_moves_no_job(suite: Suite) -> None:
+    """The attack: a `job.queued` with `workspace: ws2` written by a worker for a job of
+    another workspace; its owner then got 404 for its own job. Only the first one counts."""
+    from shared.jobs import JobQueued
+
+    job = suite.api.submit("sleep 1; echo mine", workspace="main")["id"]
+    forged = JobQueued(job_id=job, time=time.time(), tag="bash", workspace="ws2", language="bash")
+
+    async def forge() -> None:
+        async with worker_conn(suite, part="control") as conn:
+            await conn.nc.jetstream().publish(subjects.job_events_subject(job), encode(forged),
+                                              timeout=10)
+
+    asyncio.run(forge())
+    view = suite.api.job(job)
+    assert (view["workspace"], view["result"]) == ("main", "mine")

@@ -66,6 +66,16 @@ def test_queued_started_finished() -> None:
     assert job_view("j1", [QUEUED, STARTED, FINISHED]) == done
 
 
+def test_only_the_first_job_queued_counts() -> None:
+    """A later `job.queued` (forged: the router writes one per job) moves the job nowhere, before
+    or after it ran; a first one landing after the start still fills in where it went."""
+    forged = JobQueued(job_id="j1", time=10.5, tag="bash", workspace="ws2", language="bash")
+    for events in ([QUEUED, forged], [QUEUED, STARTED, forged], [QUEUED, STARTED, FINISHED, forged],
+                   [STARTED, QUEUED, forged]):
+        view = job_view("j1", events)
+        assert (view.workspace, view.tag, view.queued_at) == ("dev", "gpu", 10.0), events
+
+
 def test_failure_keeps_error() -> None:
     failed = JobFinished(job_id="j1", time=13.0, status="failure", error="ValueError: boom",
                          logs="trace", worker="w1")
