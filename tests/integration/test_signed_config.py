@@ -194,9 +194,14 @@ def test_forged_junk_and_replayed_config_events_are_rejected_and_real_ones_still
     wait_until(lambda: len(proc.log_events("config_event_rejected")) >= 4, what="worker rejects")
     reasons = {e["reason"] for e in proc.log_events("config_event_rejected")}
     assert {"unknown_key", "unsigned", "malformed", "repeat"} <= reasons, reasons
-    router_reasons = {json.loads(line)["reason"] for line in s.up.output().splitlines()
-                      if '"config_event_rejected"' in line and '"stream_seq"' in line}
-    assert {"unknown_key", "unsigned", "malformed", "repeat"} <= router_reasons, router_reasons
+    def router_reasons() -> set[str]:
+        return {json.loads(line)["reason"] for line in s.up.output().splitlines()
+                if '"config_event_rejected"' in line and '"stream_seq"' in line}
+
+    # The router follows the stream on its own: wait for it to reach the replay, the last one.
+    wait_until(lambda: {"unknown_key", "unsigned", "malformed", "repeat"} <= router_reasons(),
+               what="router rejects")
+    assert {"unknown_key", "unsigned", "malformed", "repeat"} <= router_reasons(), router_reasons()
     now = workers_of(s, "sg")[0]
     assert now["config_version"] == before["config_version"] and now["state"] == "ready"
     # The forged init script was never folded, so never run: no reload, no second init run.
