@@ -17,10 +17,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from shared import subjects
+from shared import seals, subjects
 from shared.events import GENESIS_HASH, GroupCreated, GroupTagsSet, Recorded, seal
 from shared.jobs import (
-    DeadLetter, Job, JobFinished, JobQueued, JobStarted, JobSubmit, SubmitAnswer, WorkerStatus,
+    DeadLetter, Job, JobFinished, JobQuery, JobQueued, JobRecord, JobStarted, JobSubmit, JobView,
+    SubmitAnswer, WorkerStatus,
 )
 from shared.codec import encode
 from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, Signer, parse_private_key
@@ -37,6 +38,9 @@ CANCELS_BUCKET = "GO_CANCELS"
 SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 SNAPSHOT_NAME = "config"
 
+JOB_SEAL = ("hex HMAC-SHA256 of the message body under the job's hold key (shared/seals.py):"
+            " written by the router or the job's holder; routers skip an event whose seal does"
+            " not match")
 TOKEN_RULE = (
     "Each parameter is one subject token made by `encode_token` (shared/subjects.py): characters"
     " in `[A-Za-z0-9-]` are kept, every other character (`_` included) becomes `_XX` per byte of"
@@ -116,6 +120,11 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
     finished = JobFinished(job_id=job_id, time=1795926784.142324, status="success",
                            result="hello world", logs="hello world\n", worker=worker,
                            group="default", duration_ms=4.763)
+    hold = seals.hold_key(b"example router key, never a real one", job_id)
+
+    def sealed(event: Any) -> str:
+        return seals.seal(hold, encode(event))
+
     first = seal(prev_hash=GENESIS_HASH, seq=1, id="d870c02884e6473c83680a1e51f08a9f",
                  time="2026-11-29T04:32:47.383669Z", actor="system",
                  reason="first start: seed default groups", event=GroupCreated(group="default"))
@@ -127,7 +136,15 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             _example("group created (seq 1)", first, _signed_headers(first, 0, 0)),
             _example("group tags set (seq 2)", second, _signed_headers(second, 1, 1)),
         ],
-        "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id})],
+        "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id,
+                                                   subjects.HOLD_HEADER: hold})],
+        "JobQuery": [_example("wait up to 30 s for a job to end", JobQuery(
+            id=job_id, wait=True, timeout=30.0), {subjects.AUTHORIZATION_HEADER: "Bearer gow_..."})],
+        "JobRecord": [_example("ended", JobRecord(view=JobView(
+            id=job_id, status="success", tag="bash", workspace="main", language="bash",
+            result="hello world", logs="hello world\n", worker=worker, group="default",
+            attempts=1, queued_at=queued.time, started_at=started.time,
+            finished_at=finished.time, duration_ms=4.763), last_seq=3, subject_seq=3))],
         "JobSubmit": [_example("inline bash job", JobSubmit(
             language="bash", code='echo "hello $1"', args={"name": "world"}),
             {subjects.AUTHORIZATION_HEADER: "Bearer gow_..."})],
@@ -136,9 +153,12 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
         "SubmitError": [_example("tag not available", SubmitError(
             error="forbidden", message="tag 'gpu' is not available to workspace 'ws9'",
             field="tag"))],
-        "JobQueued": [_example("queued", queued, {"Nats-Msg-Id": f"{job_id}:queued"})],
-        "JobStarted": [_example("started", started, {"Nats-Msg-Id": f"{job_id}:1:started"})],
-        "JobFinished": [_example("success", finished, {"Nats-Msg-Id": f"{job_id}:1:finished"})],
+        "JobQueued": [_example("queued", queued, {"Nats-Msg-Id": f"{job_id}:queued",
+                                                  subjects.SEAL_HEADER: sealed(queued)})],
+        "JobStarted": [_example("started", started, {"Nats-Msg-Id": f"{job_id}:1:started",
+                                                     subjects.SEAL_HEADER: sealed(started)})],
+        "JobFinished": [_example("success", finished, {"Nats-Msg-Id": f"{job_id}:1:finished",
+                                                       subjects.SEAL_HEADER: sealed(finished)})],
         "DeadLetter": [_example("parked after 6 deliveries", DeadLetter(
             job=job, deliveries=6, time=1795928164.2054083, history=[queued, started]),
             {"Nats-Msg-Id": job_id})],
@@ -179,7 +199,26 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         },
         "Job": {"title": "Job", "summary": "A routed job waiting on its tag's work queue.",
                 "payload": schema["Job"],
-                "headers": _headers(Nats_Msg_Id=f"the job id. {msg_id}.")},
+                "headers": _headers(**{
+                    "Nats_Msg_Id": f"the job id. {msg_id}.",
+                    subjects.HOLD_HEADER.replace("-", "_"):
+                    "the job's hold key (hex HMAC-SHA256 of the job id under the routers' key):"
+                    " whoever pulls the job writes its events with it (`"
+                    f"{subjects.SEAL_HEADER}`) and proves it holds the job with it on"
+                    f" `{subjects.JOB_SUBJECT}`. A worker refuses a job without one."})},
+        "JobQuery": {"title": "Job read", "summary": "Read one job from a router.",
+                     "payload": schema["JobQuery"],
+                     "headers": _headers(**{
+                         subjects.AUTHORIZATION_HEADER.replace("-", "_"):
+                         "`Bearer <token>`: the rules of HTTP `GET /jobs/{id}` (a workspace"
+                         " token reads only its workspace's jobs; another's is `not_found`)",
+                         subjects.FLOW_GRANT_HEADER.replace("-", "_"):
+                         "the worker running a flow: its grant reads the flow's steps",
+                         subjects.HOLD_HEADER.replace("-", "_"):
+                         "the worker holding the job: its hold key reads that job"})},
+        "JobRecord": {"title": "Job record",
+                      "summary": "The job's view (and history, when asked) from its genuine"
+                      " events.", "payload": schema["JobRecord"]},
         "JobSubmit": {"title": "Job submission",
                       "summary": "A request to run code; unknown fields are refused.",
                       "payload": schema["JobSubmit"],
@@ -201,16 +240,19 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         "payload": schema["SubmitError"]},
         "JobQueued": {"title": "job.queued", "summary": "The router queued the job.",
                       "payload": schema["JobQueued"],
-                      "headers": _headers(Nats_Msg_Id=f"`<job id>:queued`. {msg_id}.")},
+                      "headers": _headers(Nats_Msg_Id=f"`<job id>:queued`. {msg_id}.",
+                                          Go_Job_Seal=JOB_SEAL)},
         "JobStarted": {"title": "job.started", "summary": "A worker took the job.",
                        "payload": schema["JobStarted"],
-                       "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started`. {msg_id}.")},
+                       "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started`. {msg_id}.",
+                                           Go_Job_Seal=JOB_SEAL)},
         "JobFinished": {
             "title": "job.finished", "summary": "The job's outcome; readers keep the first one.",
             "payload": schema["JobFinished"],
             "headers": _headers(Nats_Msg_Id="`<job id>:<attempt>:finished`; from the router"
                                 " `<job id>:0:finished` (not enqueued) or"
-                                f" `<job id>:cancel:finished` (cancelled while queued). {msg_id}."),
+                                f" `<job id>:cancel:finished` (cancelled while queued). {msg_id}.",
+                                Go_Job_Seal=JOB_SEAL),
         },
         "DeadLetter": {"title": "Dead letter",
                        "summary": "A job parked after too many deliveries, with its history.",
@@ -374,14 +416,35 @@ def _channels() -> dict[str, dict[str, Any]]:
             "The requester's reply inbox (dynamic). A reply with `id` is a `SubmitAnswer`, one"
             " with `error` a `SubmitError`.",
             ["SubmitAnswer", "SubmitError"], None),
+        "routerJob": channel(
+            subjects.JOB_SUBJECT, "Read a job",
+            "Core NATS request/reply. Every router subscribes in queue group"
+            f" `{subjects.ROUTER_QUEUE_GROUP}`. The reader proves its right in a header: a token"
+            f" (`{subjects.AUTHORIZATION_HEADER}`), a flow's grant (its steps) or the job's hold"
+            f" key (`{subjects.HOLD_HEADER}`, its holder). With `wait`, the answer comes when the"
+            " job ends or after `timeout` seconds (at most 300): use a request timeout a few"
+            " seconds longer. Workers read jobs only this way: they may not read"
+            f" `{subjects.JOB_EVENTS_STREAM}`.",
+            ["JobQuery"], None),
+        "routerJobReply": channel(
+            None, "Answer to a job read",
+            "The requester's reply inbox (dynamic). A reply with `view` is a `JobRecord`, one"
+            " with `error` a `SubmitError` (`not_found`, `unauthorized`, `forbidden`).",
+            ["JobRecord", "SubmitError"], None),
         "workers": channel(
-            f"{kv_workers}.{{worker}}", "Worker heartbeats",
+            f"{kv_workers}.{{user}}.{{worker}}.{{nonce}}", "Worker heartbeats",
             f"KV bucket `{subjects.WORKERS_BUCKET}` (stream `KV_{subjects.WORKERS_BUCKET}`, TTL"
-            " 15 s, history 1): each live worker's entry, written every 5 s or sooner. A worker"
-            " serves a tag when `state` is `ready` and `tags` holds the tag.",
-            ["WorkerStatus"], f"KV_{subjects.WORKERS_BUCKET}", worker=param(
-                "token(worker id), the KV key `worker_key(worker_id)`",
-                [subjects.worker_key(w) for w in ("default-vm-23067-3514", "my.worker_1")])),
+            " 15 s, history 1): each live worker's entry, written every 5 s or sooner, under"
+            " `heartbeat_key(NATS user, worker id, nonce)`: a worker may write its own key only."
+            " A worker serves a tag when `state` is `ready` and `tags` holds the tag.",
+            ["WorkerStatus"], f"KV_{subjects.WORKERS_BUCKET}",
+            user=param("token(the worker's NATS user)",
+                       [enc(u) for u in ("worker:default", "worker-tags:a,b")]),
+            worker=param("token(worker id)",
+                         [subjects.worker_key(w) for w in ("default-vm-23067-3514",
+                                                           "my.worker_1")]),
+            nonce=param("token(the inbox token of the worker's control connection), which only"
+                        " that worker knows", ["9f2c41d07a3b5e68"])),
         "cancels": channel(
             f"{kv_cancels}.{{jobId}}", "Cancellation requests",
             f"KV bucket `{CANCELS_BUCKET}` (stream `KV_{CANCELS_BUCKET}`, TTL"
@@ -428,8 +491,12 @@ _OPERATIONS: list[tuple[Any, ...]] = [
      "jobPullReply", ["job", "pullNoJob"]),
     ("worker", "send", "jobEvents", ["jobStarted", "jobFinished"],
      "`job.started` before running, `job.finished` before acking the queue message"),
-    ("worker", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
-     "a flow waits for each step; a dead letter copies the history"),
+    ("router", "receive", "routerJob", ["jobQuery"],
+     "read a job for a token, a flow's grant or the job's holder, then answer",
+     "routerJobReply", ["jobRecord", "submitError"]),
+    ("worker", "send", "routerJob", ["jobQuery"],
+     "a flow waits for each step (its grant); a redelivery or a dead letter reads its own"
+     " job's history (its hold key)", "routerJobReply", ["jobRecord", "submitError"]),
     ("worker", "send", "deadLetters", ["deadLetter"],
      "park a job delivered more than `GETOPERATE_MAX_DELIVER` times"),
     ("worker", "send", "routerSubmit", ["jobSubmit"], "a flow submits each step as its own job",
@@ -440,10 +507,12 @@ _OPERATIONS: list[tuple[Any, ...]] = [
      " cancelled), skip a later one"),
     ("client", "send", "routerSubmit", ["jobSubmit"], "submit a job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
+    ("client", "send", "routerJob", ["jobQuery"], "read or wait for a job (with its token)",
+     "routerJobReply", ["jobRecord", "submitError"]),
     ("admin", "receive", "jobEvents", ["jobQueued", "jobStarted", "jobFinished"],
      "wait for a job: an ordered consumer on its subject, until the first `job.finished`"
-     " (integrators, with the `client` user, wait over HTTP: `GET /jobs/{id}?wait=1`, which"
-     " applies their token's workspace)"),
+     " (integrators, with the `client` user, ask a router: `go.router.job` or"
+     " `GET /jobs/{id}?wait=1`, which apply their token's workspace)"),
     ("admin", "receive", "deadLetters", ["deadLetter"], "inspect parked jobs"),
 ]
 
@@ -461,7 +530,7 @@ def _operations() -> dict[str, dict[str, Any]]:
             reply_chan, reply_messages = reply
             op["reply"] = {"channel": {"$ref": f"#/channels/{reply_chan}"}, "messages": [
                 {"$ref": f"#/channels/{reply_chan}/messages/{m}"} for m in reply_messages]}
-        if service == "router" and chan == "routerSubmit":
+        if service == "router" and chan in ("routerSubmit", "routerJob"):
             op["bindings"] = {"nats": {"queue": subjects.ROUTER_QUEUE_GROUP,
                                        "bindingVersion": "0.1.0"}}
         ops[f"{service}{action.title()}{chan[0].upper()}{chan[1:]}"] = op
@@ -494,6 +563,7 @@ PAYLOAD_TYPES: dict[str, Any] = {
     "SubmitError": SubmitError, "JobQueued": JobQueued, "JobStarted": JobStarted,
     "JobFinished": JobFinished, "DeadLetter": DeadLetter, "WorkerStatus": WorkerStatus,
     "ConfigState": ConfigState, "SignedSnapshot": SignedSnapshot, "PullRequest": PullRequest,
+    "JobQuery": JobQuery, "JobRecord": JobRecord,
 }
 
 

@@ -153,6 +153,29 @@ class JobView(msgspec.Struct, kw_only=True):
     dead_letter: bool = False
 
 
+class JobQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A `go.router.job` request: read one job, optionally waiting until it ends (at most
+    `timeout` seconds, capped by the router), optionally with its history."""
+
+    id: str
+    wait: bool = False
+    timeout: float = 30.0
+    history: bool = False
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """The answer to a `go.router.job` request: the job's view and, when asked, its history
+    without logs or results (an audit of what happened, small enough for one message).
+    `last_seq` is the stream sequence of its newest genuine event, `subject_seq` that of the
+    newest message on its subject, genuine or not (shared/seals.py); writers use it for
+    conditional appends."""
+
+    view: JobView
+    history: list[JobEvent] | None = None
+    last_seq: int = 0
+    subject_seq: int = 0
+
+
 def evolve_job(view: JobView, event: JobEvent) -> JobView:
     """Apply one lifecycle event; a finished job ignores later duplicates (effectively-once results),
     but a `job.queued` that lands after the job started or ended still fills in where it went.

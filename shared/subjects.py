@@ -51,6 +51,12 @@ ROUTER_QUEUE_GROUP = "routers"
 # Headers of a submission: a token, as on HTTP; or, for a flow's step, the flow's grant.
 AUTHORIZATION_HEADER = "Authorization"
 FLOW_GRANT_HEADER = "Go-Flow-Grant"
+# Request/reply: read one job (its view, optionally its history) from any router, with a token,
+# a flow's grant (its steps) or the job's hold key (its holder): see shared/seals.py.
+JOB_SUBJECT = f"{PREFIX}.router.job"
+# A queued job's hold key (only its holder sees it) and each job event's seal (shared/seals.py).
+HOLD_HEADER = "Go-Job-Hold"
+SEAL_HEADER = "Go-Job-Seal"
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
@@ -144,20 +150,21 @@ def worker_key(worker_id: str) -> str:
     return encode_token(worker_id)
 
 
-def heartbeat_key(nats_user: str, worker_id: str) -> str:
+def heartbeat_key(nats_user: str, worker_id: str, nonce: str) -> str:
     """A worker's key in GO_WORKERS: the NATS user its credentials name (`worker:<group>`, its
-    scope), a dot, its id. The authority lets a worker write this one key only, so a worker of
-    one group can neither overwrite nor delete the heartbeat of another group's worker."""
-    return f"{encode_token(nats_user)}.{worker_key(worker_id)}"
+    scope), its id, and a nonce only that worker knows (its connection's inbox token), dot
+    separated. The authority lets a worker write this one key only, so a worker can neither
+    overwrite nor delete another's heartbeat, of another group or of its own."""
+    return f"{encode_token(nats_user)}.{worker_key(worker_id)}.{encode_token(nonce)}"
 
 
-def heartbeat_scope(key: str) -> str | None:
-    """The NATS user a heartbeat key was written under (None: not a heartbeat key)."""
-    scope, dot, rest = key.partition(".")
-    if not dot or not rest:
+def heartbeat_parts(key: str) -> tuple[str, str] | None:
+    """(NATS user, worker id) a heartbeat key was written under (None: not a heartbeat key)."""
+    parts = key.split(".")
+    if len(parts) != 3 or not all(parts):
         return None
     try:
-        return decode_token(scope)
+        return decode_token(parts[0]), decode_token(parts[1])
     except InvalidInput:
         return None
 

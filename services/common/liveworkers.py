@@ -1,7 +1,7 @@
 """A live view of worker heartbeats (the GO_WORKERS bucket), kept current by a KV watch.
 
 A heartbeat is believed only as far as its key allows: the authority lets a worker write one
-key, `<its NATS user>.<its id>` (subjects.heartbeat_key), so an entry whose status claims another
+key, `<its NATS user>.<its id>.<nonce>` (subjects.heartbeat_key), so an entry whose status claims another
 group (or tags its credentials do not cover), or another id, is ignored. A worker is live while
 its last beat, as received here, is younger than the bucket's TTL: a `heartbeat_at` in the
 future counts as now, so no entry can stay alive without beating.
@@ -98,22 +98,26 @@ class LiveWorkers:
 def key_problem(key: str, status: WorkerStatus, config: ConfigState | None = None) -> str | None:
     """Why a heartbeat's key does not vouch for its status (None: it does). With the config, a
     group's worker may claim only its group's tags (those the authority lets it pull)."""
-    user = subjects.heartbeat_scope(key)
-    if user is None or key != subjects.heartbeat_key(user, status.id):
-        return "its key is not <NATS user>.<its id>"
-    if user.startswith(natsauth.WORKER_USER_PREFIX):
-        if status.group != user[len(natsauth.WORKER_USER_PREFIX):] or status.tags_source == "env":
-            return f"written with the credentials of {user!r}, it claims group {status.group!r}"
+    parts = subjects.heartbeat_parts(key)
+    if parts is None or parts[1] != status.id:
+        return "its key is not <NATS user>.<its id>.<nonce>"
+    user = parts[0]
+    scope = natsauth.worker_scope(user)
+    if scope is None:
+        return f"{user!r} is not a worker's NATS user"
+    group, fixed = scope
+    if status.group != group:
+        return f"written with the credentials of {user!r}, it claims group {status.group!r}"
+    if fixed is None:  # a group's worker: the group's tags, from the config
+        if status.tags_source == "env":
+            return f"written with the credentials of {user!r}, it claims tags of its own"
         if config is not None:
-            group = config.groups.get(status.group)
-            allowed = set(st.group_tags(config, group)) if group is not None else set()
+            found = config.groups.get(group or "")
+            allowed = set(st.group_tags(config, found)) if found is not None else set()
             if not set(status.tags) <= allowed:
                 return (f"written with the credentials of {user!r}, it claims tags its group"
                         f" does not have: {sorted(set(status.tags) - allowed)[:5]}")
         return None
-    if user.startswith(natsauth.WORKER_TAGS_USER_PREFIX):
-        allowed = set(user[len(natsauth.WORKER_TAGS_USER_PREFIX):].split(","))
-        if not set(status.tags) - set(status.dedicated) <= allowed:
-            return f"written with the credentials of {user!r}, it claims other tags"
-        return None
-    return f"{user!r} is not a worker's NATS user"
+    if not set(status.tags) - set(status.dedicated) <= set(fixed):
+        return f"written with the credentials of {user!r}, it claims other tags"
+    return None

@@ -57,10 +57,30 @@ ISSUER_ENV = "NATS_AUTH_ISSUER"
 
 
 def worker_user(group: str | None = None, tags: list[str] | tuple[str, ...] | None = None) -> str:
-    """The NATS user of a worker: `worker:<group>`, or `worker-tags:<t1,t2>` for WORKER_TAGS."""
-    if group is not None:
-        return WORKER_USER_PREFIX + group
-    return WORKER_TAGS_USER_PREFIX + ",".join(sorted(set(tags or ())))
+    """The NATS user of a worker: `worker:<group>`; with WORKER_TAGS `worker-tags:<t1,t2>`, or
+    `worker-tags:<t1,t2>(<group>)` when it also names a group (whose config, init script
+    included, it may then read). Tags cannot hold `,`, `(` or `)`, so the name parses back."""
+    if tags is None:
+        return WORKER_USER_PREFIX + (group or "")
+    listed = WORKER_TAGS_USER_PREFIX + ",".join(sorted(set(tags)))
+    return f"{listed}({group})" if group is not None else listed
+
+
+def worker_scope(user: str) -> tuple[str | None, tuple[str, ...] | None] | None:
+    """(group, fixed tags) a worker's NATS user names: `worker:g` -> (g, None) (its tags follow
+    the group), `worker-tags:a,b` -> (None, (a, b)), `worker-tags:a,b(g)` -> (g, (a, b)).
+    None: not a worker's user."""
+    if user.startswith(WORKER_USER_PREFIX):
+        group = user[len(WORKER_USER_PREFIX):]
+        return (group, None) if group else None
+    if not user.startswith(WORKER_TAGS_USER_PREFIX):
+        return None
+    rest, group = user[len(WORKER_TAGS_USER_PREFIX):], None
+    if rest.endswith(")") and "(" in rest:
+        rest, _, group = rest[:-1].partition("(")
+        if not group:
+            return None
+    return group, tuple(t for t in rest.split(",") if t)
 
 
 def connection_options(label: str, user: str | None = None,
@@ -260,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also NATS_WORKER_<GROUP>_PASSWORD for the workers of these groups"
                         " (compose.yaml and the Kubernetes example: default,native,gpu)")
     w = sub.add_parser("worker", help="print the NATS user and password of a group's workers")
-    w.add_argument("group")
+    w.add_argument("group", nargs="?", help="the group (WORKER_GROUP); omit with --tags alone")
+    w.add_argument("--tags", metavar="T1,T2",
+                   help="workers started with WORKER_TAGS (and the group, if given, for its"
+                        " init script): the user is `worker-tags:<tags>[(<group>)]`")
     sub.add_parser("hash", help="print the bcrypt hash of one password read from stdin (a line)")
     ns = parser.parse_args(argv)
     try:
@@ -284,7 +307,12 @@ def _command(ns: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if ns.command == "worker":
-        user = worker_user(ns.group)
+        tags = sorted({t.strip() for t in ns.tags.split(",") if t.strip()}) if ns.tags else None
+        if ns.group is None and not tags:
+            raise ValueError("name a group, or --tags T1,T2 (or both)")
+        if ns.group is not None:
+            validate_group_name(ns.group, field="group")
+        user = worker_user(ns.group, tags)
         print(f"NATS_USER='{user}'\nNATS_PASSWORD='{password(secret, user)}'")
         return 0
     groups = [validate_group_name(g.strip(), field="--groups")

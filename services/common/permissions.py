@@ -132,43 +132,46 @@ def static(role: str, inbox: str | None = None) -> Perms:
                        "$KV.GO_CANCELS.>"),
             pub_deny=(*_DESTROY, "$O.GO_SNAPSHOTS.>"),
             # submissions only in the routers' queue group: one router takes each, none copies
-            sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}"),
-            responses=True)  # answers go.router.submit
+            sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}",
+                       f"{subjects.JOB_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}"),
+            responses=True)  # answers go.router.submit and go.router.job
     if role == "admin":  # the operator's own tools: everything of the suite's, no system account
         return Perms(pub_allow=("go.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"),
                      sub_allow=("go.>", "$JS.EVENT.>", "$KV.>", "$O.>", "_INBOX.>"),
                      responses=True)
-    if role == "client":  # integrators: submit jobs (with a token) and get the answer
-        return Perms(pub_allow=(subjects.SUBMIT_SUBJECT,), sub_allow=(own_inbox,))
+    if role == "client":  # integrators: submit and read jobs (with a token), get the answers
+        return Perms(pub_allow=(subjects.SUBMIT_SUBJECT, subjects.JOB_SUBJECT),
+                     sub_allow=(own_inbox,))
     raise ValueError(f"no static permissions for role {role!r}")
 
 
 def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
-           jobs: bool = True) -> Perms:
+           group: str | None = None, jobs: bool = True) -> Perms:
     """A worker's permissions: its tags' consumers only (pull, ack, wake-ups), its heartbeat key
-    only, its inbox only. `jobs=False` leaves the tags out (a worker's control connection, which
-    does not change when the group's tags do). None arguments give the table's patterns."""
+    only, its inbox only, its group's config and the assignable tags only (`group` None: a
+    `WORKER_TAGS` worker, which has no group). `jobs=False` leaves the tags out (a worker's
+    control connection, which does not change when the group's tags do). None for `inbox`
+    gives the table's patterns."""
     tag_list = sorted(set(tags))
     consumers = [subjects.tag_consumer(t) for t in tag_list]
+    # Config is read only through consumers whose create request names the subject (bus.py:
+    # PulledFollow): the server checks the request's subject, so no other group's config.
+    config_subjects = [subjects.CONFIG_TAGS_SUBJECT]
+    if group is not None:
+        config_subjects.append(subjects.group_subject(group))
     pub: list[str] = [
         *_streams(_JS + ".STREAM.INFO.{s}"),  # waiting for the streams to exist
-        f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}",  # its group's config (replay)
-        f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.>",
-        f"{_JS}.CONSUMER.CREATE.{subjects.JOB_EVENTS_STREAM}",  # a job's history (flows, retries)
-        f"{_JS}.CONSUMER.CREATE.{subjects.JOB_EVENTS_STREAM}.>",
-        f"{_JS}.CONSUMER.MSG.NEXT.{subjects.JOB_EVENTS_STREAM}.>",
+        *(f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.*.{s}" for s in config_subjects),
+        f"{_JS}.CONSUMER.MSG.NEXT.{subjects.CONFIG_STREAM}.*",
+        f"{_JS}.CONSUMER.INFO.{subjects.CONFIG_STREAM}.*",
         f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS", f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS.>",
-        *(f"{_JS}.CONSUMER.INFO.{s}.>" for s in (subjects.CONFIG_STREAM,
-                                                  subjects.JOB_EVENTS_STREAM, "KV_GO_CANCELS")),
-        f"{_JS}.STREAM.MSG.GET.{subjects.CONFIG_STREAM}",
-        f"{_JS}.STREAM.MSG.GET.{subjects.JOB_EVENTS_STREAM}",
+        f"{_JS}.CONSUMER.INFO.KV_GO_CANCELS.>", "$JS.FC.KV_GO_CANCELS.>",
         f"{_JS}.STREAM.MSG.GET.KV_{subjects.WORKERS_BUCKET}",
         f"{_JS}.DIRECT.GET.KV_{subjects.WORKERS_BUCKET}.>",
-        *(f"$JS.FC.{s}.>" for s in (subjects.CONFIG_STREAM, subjects.JOB_EVENTS_STREAM,
-                                    "KV_GO_CANCELS")),
-        f"$JS.ACK.{subjects.JOB_EVENTS_STREAM}.>",
         f"$KV.{subjects.WORKERS_BUCKET}.{heartbeat_key or '<its key>'}",
+        # job events: written (sealed, shared/seals.py), never read; a job is read from a router
         subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,
+        subjects.JOB_SUBJECT,
     ]
     sub: list[str] = [f"{inbox}.>" if inbox else "_INBOX.<X>.>"]
     if jobs:
@@ -195,7 +198,16 @@ _PROBES: list[tuple[str, str, str]] = [
     ("pub", subjects.group_subject("g"), "append a config event"),
     ("pub", "$O.GO_SNAPSHOTS.C.x", "write a config snapshot"),
     ("pub", subjects.job_subject("t"), "put a job on a queue"),
+    ("pub", f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.x.{subjects.group_subject('g')}",
+     "replay group g's config"),
+    ("pub", f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.x.{subjects.group_subject('h')}",
+     "replay another group's config"),
+    ("pub", f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}", "replay any config"),
     ("pub", subjects.job_events_subject("j"), "write a job event"),
+    ("pub", f"{_JS}.CONSUMER.CREATE.{subjects.JOB_EVENTS_STREAM}", "read job events"),
+    ("pub", f"{_JS}.STREAM.MSG.GET.{subjects.JOB_EVENTS_STREAM}", "read one job event"),
+    ("pub", subjects.JOB_SUBJECT, "read a job from a router (token, grant or hold key)"),
+    ("sub", subjects.JOB_SUBJECT, "answer job reads (routers' queue group)"),
     ("pub", subjects.dead_subject("t"), "park a dead letter"),
     ("pub", subjects.SUBMIT_SUBJECT, "submit a job (with a token)"),
     ("sub", subjects.SUBMIT_SUBJECT, "answer submissions (routers' queue group)"),
@@ -211,7 +223,7 @@ _PROBES: list[tuple[str, str, str]] = [
     ("pub", f"{_JS}.STREAM.CREATE.{subjects.JOBS_STREAM}", "declare a stream"),
     ("pub", f"{_JS}.STREAM.PURGE.{subjects.JOBS_STREAM}", "purge a stream"),
     ("pub", f"{_JS}.STREAM.MSG.DELETE.{subjects.CONFIG_STREAM}", "delete a stored message"),
-    ("pub", f"$KV.{subjects.WORKERS_BUCKET}.g.w", "write a heartbeat"),
+    ("pub", f"$KV.{subjects.WORKERS_BUCKET}.g.w.n", "write a heartbeat"),
     ("pub", "$KV.GO_CANCELS.j", "ask for a cancel"),
     ("sub", AUTH_SUBJECT, "answer nats-server's auth requests"),
     ("pub", "$SYS.REQ.SERVER.PING", "reach the system account"),
@@ -223,7 +235,7 @@ def table() -> str:
     from services.common.subjectmatch import allowed
 
     roles = [(r, static(r, inbox="_INBOX.own")) for r in STATIC_ROLES]
-    roles.append(("worker", worker(["t"], "g.w", "_INBOX.own")))
+    roles.append(("worker", worker(["t"], "g.w.n", "_INBOX.own", group="g")))
     head = "| action | subject | " + " | ".join(r for r, _ in roles) + " |"
     lines = [head, "|" + "---|" * (len(roles) + 2)]
     for direction, subject, what in _PROBES:
@@ -234,7 +246,8 @@ def table() -> str:
             cells.append("yes" if allowed(subject, allow, deny) else "no")
         lines.append(f"| {what} ({direction}) | `{subject}` | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Worker column: a worker of a group whose tags include `t` (or started with"
-                 " `WORKER_TAGS` listing it), heartbeat key `g.w`. For any other tag, every"
-                 " `t` row is `no`.")
+    lines.append("Worker column: a worker of group `g` whose tags include `t` (or started with"
+                 " `WORKER_TAGS` listing it: then no group's config), heartbeat key `g.w.n`"
+                 " (its credentials' user, its id, its control connection's inbox token). For"
+                 " any other tag, every `t` row is `no`.")
     return "\n".join(lines)

@@ -119,26 +119,29 @@ class Authority:
         jobs = names.get("part", "jobs") == "jobs"
         if jobs:
             await self._ensure_consumers(tags)
-        return (permissions.worker(tags, subjects.heartbeat_key(user, worker_id), inbox, jobs=jobs),
+        group = (natsauth.worker_scope(user) or (None, None))[0]
+        return (permissions.worker(tags, subjects.heartbeat_key(user, worker_id, inbox_token),
+                                   inbox, group=group, jobs=jobs),
                 {"tags": len(tags), "part": "jobs" if jobs else "control"})
 
     async def _worker_tags(self, user: str, names: dict[str, str]) -> list[str]:
         """The tags a worker's credentials cover now: its group's (dedicated tags included), or
         the fixed list of `worker-tags:` credentials."""
-        if user.startswith(natsauth.WORKER_TAGS_USER_PREFIX):
-            tags = [t for t in user[len(natsauth.WORKER_TAGS_USER_PREFIX):].split(",") if t]
-            if not tags:
-                raise Refused("worker-tags credentials name no tag")
-            return tags
-        if not user.startswith(natsauth.WORKER_USER_PREFIX):
+        scope = natsauth.worker_scope(user)
+        if scope is None:
             raise Refused("unknown user")
+        group_name, fixed = scope
+        if fixed is not None:
+            if not fixed:
+                raise Refused("worker-tags credentials name no tag")
+            return list(fixed)
         seen = names.get("seq", "0")
         wanted = int(seen) if _SEQ.match(seen) else 0
         deadline = time.monotonic() + SEQ_WAIT
         while self.state().seq < wanted and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         state = self.state()
-        group = state.groups.get(user[len(natsauth.WORKER_USER_PREFIX):])
+        group = state.groups.get(group_name or "")
         return list(st.group_tags(state, group)) if group is not None else []
 
     async def _ensure_consumers(self, tags: list[str]) -> None:

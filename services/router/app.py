@@ -7,10 +7,10 @@ from aiohttp import web
 from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
 )
-from services.common.jobwatch import recent_jobs
+from services.router.history import recent_jobs
 from services.common.metrics import SeriesFilter, metrics_handler, readiness
 from services.router import views
-from services.router.service import RouterService
+from services.router.service import MAX_WAIT, RouterService
 from shared.codec import decode
 from shared.errors import NotFound
 from shared.identity import authorize_submit
@@ -21,7 +21,6 @@ from shared.jobs import JobSubmit, JobView, SubmitAnswer, WorkerStatus
 SERVICE_KEY = web.AppKey("service", RouterService)
 TOKENS_KEY = web.AppKey("tokens", TokenCheck)
 JOBS_KEY = web.AppKey("job_workspaces", views.JobWorkspaces)
-MAX_WAIT = 300.0
 
 
 async def submit_job(request: web.Request) -> web.Response:
@@ -62,8 +61,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     who = request.app[TOKENS_KEY].identity(request)
     workspace = request.query.get("workspace") if who.admin else who.workspace
     limit = min(max(query_int(request, "limit", 100) or 100, 1), 1000)
+    svc = request.app[SERVICE_KEY]
     jobs = await recent_jobs(
-        request.app[SERVICE_KEY].js, tag=request.query.get("tag"), group=request.query.get("group"),
+        svc.js, svc.genuine, tag=request.query.get("tag"), group=request.query.get("group"),
         workspace=workspace, status=request.query.get("status"), limit=limit,
     )
     return json_response(jobs)
@@ -121,7 +121,7 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app[TOKENS_KEY] = tokens
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
-    app[JOBS_KEY] = views.JobWorkspaces(service.js)
+    app[JOBS_KEY] = views.JobWorkspaces(service.js, service.genuine)
     app.router.add_get("/metrics", metrics_handler(service.metrics.registry,
                                                    service.refresh_metrics, _series))
     app.router.add_post("/jobs", submit_job)

@@ -16,10 +16,10 @@ async def amain() -> None:
     token = admin_token(data_dir(), create=True)
     assert token is not None
     verifier = load_verifier()  # before anything else: no public key, no start
-    grant_key = router_key(data_dir())  # a bad GETOPERATE_ROUTER_KEY stops us before NATS
+    key = router_key(data_dir())  # a bad GETOPERATE_ROUTER_KEY stops us before NATS
     stop = stop_on_signals()
     nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger, role="router")
-    service = RouterService(nc, logger, admin_token=token, grant_key=grant_key,
+    service = RouterService(nc, logger, admin_token=token, key=key,
                             require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
     await service.start(verifier)
     runner = await serve_http(

@@ -7,6 +7,7 @@ import itertools
 import os
 import re
 import time
+from typing import Any, Awaitable, Callable, Coroutine
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -14,30 +15,33 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.http import TokenCheck
-from services.common.jobwatch import read_job
 from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
 from services.common.signingkeys import load_verifier
-from shared import grants
+from services.router.history import Genuine, read_job
+from shared import grants, seals
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
-from shared.errors import Conflict, Forbidden, GetOperateError, InvalidInput, Unauthorized
+from shared.errors import (
+    Conflict, Forbidden, GetOperateError, InvalidInput, NotFound, Unauthorized,
+)
 from shared.admission import Gate, Rejected
 from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
     TERMINAL,
     JobFinished,
-    Job, JobQueued, JobSubmit, JobView, SubmitAnswer, validate_submit,
+    Job, JobQuery, JobQueued, JobRecord, JobSubmit, JobView, SubmitAnswer, validate_submit,
 )
 from shared import routing
 from shared.identity import Identity, authorize_submit
 
 
 MAX_INFLIGHT_SUBMITS = 1000
+MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
 MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 
@@ -62,11 +66,13 @@ def new_job_id() -> str:
 class RouterService:
     """Turns submissions into durable queue messages on their tag's subject."""
 
-    def __init__(self, nc: NATS, logger: Logger, *, admin_token: str, grant_key: bytes,
+    def __init__(self, nc: NATS, logger: Logger, *, admin_token: str, key: bytes,
                  require_worker: bool = False):
         self.require_worker = require_worker
         self.tokens = TokenCheck(admin_token, lambda: self.config)  # HTTP and NATS alike
-        self.grant_key = grant_key
+        # The routers' key (services/router/keys.py): signs flow grants, derives hold keys.
+        self.key = key
+        self.genuine = Genuine(key, logger)
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.logger = logger
@@ -102,10 +108,10 @@ class RouterService:
         )
         await self.workers.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
-        self._subs.append(
-            await self.nc.subscribe(subjects.SUBMIT_SUBJECT, queue=subjects.ROUTER_QUEUE_GROUP,
-                                    cb=self._on_submit_request)
-        )
+        for subject, answer in ((subjects.SUBMIT_SUBJECT, self._answer_submit),
+                                (subjects.JOB_SUBJECT, self._answer_job)):
+            self._subs.append(await self.nc.subscribe(
+                subject, queue=subjects.ROUTER_QUEUE_GROUP, cb=self._overlapping(answer)))
         self.logger.info("router_ready", config_seq=self.config.seq)
 
     async def stop(self) -> None:
@@ -187,17 +193,19 @@ class RouterService:
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
                            language=job.language, kind=job.kind, path=job.path, parent=job.parent)
         events_subject = subjects.job_events_subject(job.id)
+        hold = seals.hold_key(self.key, job.id)  # only the worker that pulls the job sees it
         # Both go out back to back on one connection (the server takes them in order), then we
         # wait for both acks: one round trip instead of two.
-        history = asyncio.ensure_future(
-            bus.publish(self.js, events_subject, encode(queued), f"{job.id}:queued"))
-        enqueue = asyncio.ensure_future(bus.publish(self.js, subjects.job_subject(tag), body, job.id))
+        history = asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued"))
+        enqueue = asyncio.ensure_future(bus.publish(
+            self.js, subjects.job_subject(tag), body, job.id,
+            headers={subjects.HOLD_HEADER: hold}))
         results = await asyncio.gather(history, enqueue, return_exceptions=True)
         if isinstance(results[1], BaseException):
             exc = results[1]
             failed = JobFinished(job_id=job.id, time=time.time(), status="failure", attempt=0,
                                  error=f"not enqueued: {exc!r}", worker="router")
-            await bus.publish(self.js, events_subject, encode(failed), f"{job.id}:0:finished")
+            await self._record(hold, failed, f"{job.id}:0:finished")
             raise exc
         if isinstance(results[0], BaseException):  # queued and will run; only its history failed
             self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))
@@ -211,7 +219,7 @@ class RouterService:
 
     def _grant(self, job_id: str, workspace: str, who: Identity, route: routing.Route) -> str:
         """The flow's grant: its steps may be submitted with `who`'s rights, and nothing else."""
-        return grants.sign(self.grant_key, grants.FlowGrant(
+        return grants.sign(self.key, grants.FlowGrant(
             flow=job_id, workspace=workspace, admin=who.admin, by=who.name,
             token_seq=who.token_seq,
             steps=tuple(grants.StepGrant(s.tag, grants.step_digest(s.language, s.code))
@@ -222,15 +230,19 @@ class RouterService:
         self.metrics.observe_workers(self.workers.all())
         self.metrics.observe_queues(await waiting_per_tag(self.js))
 
-    async def _on_submit_request(self, msg: Msg) -> None:
+    def _overlapping(self, answer: Callable[[Msg], Coroutine[Any, Any, None]]
+                     ) -> Callable[[Msg], Awaitable[None]]:
         """nats-py runs one callback at a time per subscription: hand each request to its own
-        task (bounded), so submissions overlap their JetStream round trips."""
-        await self._inflight.acquire()
-        task = asyncio.create_task(self._answer_submit(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._submit_done)
+        task (bounded, shared by submissions and reads), so requests overlap their JetStream
+        round trips and a read that waits for its job does not hold up the next one."""
+        async def on_request(msg: Msg) -> None:
+            await self._inflight.acquire()
+            task = asyncio.create_task(answer(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._request_done)
+        return on_request
 
-    def _submit_done(self, task: asyncio.Task[None]) -> None:
+    def _request_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._inflight.release()
 
@@ -245,12 +257,15 @@ class RouterService:
             answer = exc.to_dict()
         else:
             answer = await self._submit_answer(sub, who, planned)
+        await self._respond(msg, answer)
+
+    async def _respond(self, msg: Msg, answer: object) -> None:
         if msg.reply:
             if not REPLY_SUBJECT.match(msg.reply):
                 # Answering is allowed where the requester says (NATS lets a responder reply
                 # outside its own allow list): a request whose reply names a stream's subject
                 # (a cancel key, a queue, a snapshot) would make the router write there.
-                self.logger.warning("submit_reply_refused", reply=msg.reply[:120])
+                self.logger.warning("reply_refused", subject=msg.subject, reply=msg.reply[:120])
                 return
             await msg.respond(encode(answer))
 
@@ -273,7 +288,7 @@ class RouterService:
             if authorization is not None:
                 raise InvalidInput("send either a token or a flow grant, not both",
                                    field=subjects.FLOW_GRANT_HEADER)
-            grant = grants.verify(self.grant_key, grant_text)  # before reading the body
+            grant = grants.verify(self.key, grant_text)  # before reading the body
             sub: JobSubmit = decode(msg.data, JobSubmit)
             grants.check_step(grant, sub)
             who = Identity(grant.by, None if grant.admin else grant.workspace, grant.token_seq)
@@ -282,7 +297,7 @@ class RouterService:
                                           f" {grant.flow!r} was revoked", field="parent")
             return sub, who, True
         if authorization is None and _is_step(msg.data):
-            grants.verify(self.grant_key, None)  # a step without its flow's grant: say so
+            grants.verify(self.key, None)  # a step without its flow's grant: say so
         who = self.tokens.identify(authorization)
         sub = decode(msg.data, JobSubmit)
         given = who.admin or "workspace" in decode(msg.data, dict)
@@ -297,17 +312,65 @@ class RouterService:
         kv = await bus.cancels_bucket(self.js)
         await kv.put(job_id, f"cancelled by {by}".encode())
         if view.status == "queued":
-            await self.js.publish(
-                subjects.job_events_subject(job_id),
-                encode(JobFinished(job_id=job_id, time=time.time(), status="cancelled",
-                                   error=f"cancelled by {by} before it started", worker="router")),
-                headers={"Nats-Msg-Id": f"{job_id}:cancel:finished"})
+            await self._record(seals.hold_key(self.key, job_id), JobFinished(
+                job_id=job_id, time=time.time(), status="cancelled",
+                error=f"cancelled by {by} before it started", worker="router"),
+                f"{job_id}:cancel:finished")
         self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
 
+    async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str) -> object:
+        """Store a job event the router writes, sealed like a holder's (shared/seals.py)."""
+        body = encode(event)
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body, msg_id,
+                                 headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
+
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""
-        return await read_job(self.js, job_id, wait=wait, timeout=timeout, logger=self.logger)
+        return (await read_job(self.js, job_id, self.genuine, wait=wait, timeout=timeout)).view
+
+    async def _answer_job(self, msg: Msg) -> None:
+        """A `go.router.job` request: the job's record, for whoever may read it."""
+        answer: object
+        try:
+            query: JobQuery = decode(msg.data, JobQuery)
+            record = await self._read_for(msg, query)
+            answer = record
+        except GetOperateError as exc:
+            if isinstance(exc, (Unauthorized, Forbidden)):
+                self.logger.warning("job_read_refused", error=exc.code, reason=exc.message)
+            answer = exc.to_dict()
+        except Exception as exc:
+            self.logger.error("job_read_failed", error=repr(exc))
+            answer = {"error": "internal", "message": str(exc)}
+        await self._respond(msg, answer)
+
+    async def _read_for(self, msg: Msg, query: JobQuery) -> JobRecord:
+        """Who may read a job over NATS: its holder (the job's hold key in `Go-Job-Hold`), the
+        flow it is a step of (the flow's grant), or a token, by the rules of `GET /jobs/{id}`.
+        Another workspace's job answers not_found, as on HTTP: its existence is not revealed."""
+        hold = _header(msg, subjects.HOLD_HEADER)
+        grant_text = _header(msg, subjects.FLOW_GRANT_HEADER)
+        timeout = min(max(query.timeout, 0.0), MAX_WAIT)
+        wait = query.wait and timeout > 0
+        hidden = NotFound(f"job {query.id!r} does not exist", field="id")
+        if hold is not None:
+            if not seals.holds(self.key, query.id, hold):
+                raise Forbidden(f"the hold key is not job {query.id!r}'s",
+                                field=subjects.HOLD_HEADER)
+        elif grant_text is not None:
+            grant = grants.verify(self.key, grant_text)
+            peek = await read_job(self.js, query.id, self.genuine, wait=False, timeout=5.0)
+            if peek.view.parent != grant.flow:
+                raise hidden
+        else:
+            who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
+            if not who.admin:
+                peek = await read_job(self.js, query.id, self.genuine, wait=False, timeout=5.0)
+                if peek.view.workspace != who.workspace:
+                    raise hidden
+        return await read_job(self.js, query.id, self.genuine, wait=wait,
+                              timeout=timeout if wait else 5.0, history=query.history)
 
 
 def _header(msg: Msg, name: str) -> str | None:

@@ -20,10 +20,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from shared import subjects
-from shared.codec import decode
 from shared.errors import InvalidInput
 from shared.identity import Identity
-from shared.jobs import JobEvent, JobQueued, WorkerStatus
+from services.router.history import Genuine
+from shared.jobs import JobQueued, WorkerStatus
 from shared.state import ConfigState
 from shared.tagaccess import visible_to
 
@@ -37,8 +37,9 @@ class JobWorkspaces:
     the job is queued). Kept for the last `size` ids: `GET /workers` asks for the same running
     jobs again and again."""
 
-    def __init__(self, js: JetStreamContext, size: int = 4096) -> None:
+    def __init__(self, js: JetStreamContext, genuine: Genuine, size: int = 4096) -> None:
         self.js = js
+        self.genuine = genuine
         self.size = size
         self._known: OrderedDict[str, str] = OrderedDict()
 
@@ -57,9 +58,9 @@ class JobWorkspaces:
         try:
             raw = await self.js.get_msg(subjects.JOB_EVENTS_STREAM, seq=1, next=True,
                                         subject=subjects.job_events_subject(job_id))
-            first: JobEvent = decode(raw.data or b"", JobEvent)
         except (NotFoundError, InvalidInput):
             return None
+        first = self.genuine.event(job_id, raw.data or b"", raw.headers)
         return first.workspace if isinstance(first, JobQueued) else None
 
 

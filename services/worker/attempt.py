@@ -1,7 +1,7 @@
 """One delivery of a job: the checks between the pull and the run, the run, its events, the ack.
 
 Before the run: a message that is not a Job is terminated; a Job that can never run (its id
-cannot name its events) or must not run here (another tag's, or its tag closed to its workspace:
+cannot name its events, it carries no hold key: no router queued it) or must not run here (another tag's, or its tag closed to its workspace:
 `admission_problem`) is dead-lettered at once; a redelivery whose result is already stored
 is acked; one delivered more than MAX_DELIVER times is dead-lettered. Anything else that fails
 there returns the message (nak) to be tried again, so a delivery never hangs and, with naks
@@ -29,7 +29,7 @@ from services.worker.flows import run_flow
 from services.worker.results import WRONG_LAST_SEQUENCE, Results
 from services.worker.runner import Outcome
 from services.worker.slots import Slot
-from shared import tagaccess
+from shared import subjects, tagaccess
 from shared.codec import decode
 from shared.errors import InvalidInput
 from shared.jobs import Job, JobFinished, StepSummary
@@ -98,8 +98,9 @@ class Attempts:
         if admitted is not None:
             await self._attempt(tag, *admitted, msg, slot)
 
-    async def _admit(self, tag: str, msg: Msg, slot: Slot) -> tuple[Job, int, int] | None:
-        """(job, attempt, last event sequence) to run, or None when the delivery ends here."""
+    async def _admit(self, tag: str, msg: Msg, slot: Slot) -> tuple[Job, str, int, int] | None:
+        """(job, hold key, attempt, last sequence on its subject) to run, or None when the
+        delivery ends here."""
         try:
             job = decode(msg.data, Job)
         except InvalidInput as exc:
@@ -111,9 +112,16 @@ class Attempts:
         if problem is not None:
             await self.results.dead_letter(tag, job, msg, attempt, reason=problem)
             return None
+        hold = (msg.headers or {}).get(subjects.HOLD_HEADER)
         refused = admission_problem(tag, job, self.config())
-        if refused is not None:
-            await self.results.refuse(tag, job, msg, attempt, reason=refused)
+        if refused is not None and hold:
+            await self.results.refuse(tag, job, hold, msg, attempt, reason=refused)
+            return None
+        if refused is None and not hold:
+            refused = (f"it carries no {subjects.HOLD_HEADER} header: no router queued it"
+                       " (shared/seals.py)")
+        if refused is not None or not hold:  # without a hold key, no history to record in
+            await self.results.dead_letter(tag, job, msg, attempt, reason=refused)
             return None
         if job.kind == "flow":  # orchestration waits on other jobs: it must not hold a slot
             slot.release()
@@ -123,7 +131,9 @@ class Attempts:
             # A redelivery: its earlier worker died, or NATS restarted under a running job. If a
             # result is already stored, don't run it again (effectively once).
             try:
-                last_seq, last = await self.results.last_event(job.id)
+                record = await self.results.record(job.id, hold)
+                last_seq = record.subject_seq
+                last = record.history[-1] if record.history else None
             except Exception:
                 if attempt <= bus.MAX_DELIVER:
                     raise
@@ -133,19 +143,19 @@ class Attempts:
                 await msg.ack()
                 return None
         if attempt > bus.MAX_DELIVER:
-            await self.results.dead_letter(tag, job, msg, attempt)
+            await self.results.dead_letter(tag, job, msg, attempt, hold=hold)
             return None
-        return job, attempt, last_seq
+        return job, hold, attempt, last_seq
 
-    async def _attempt(self, tag: str, job: Job, attempt: int, last_seq: int, msg: Msg,
-                       slot: Slot) -> None:
+    async def _attempt(self, tag: str, job: Job, hold: str, attempt: int, last_seq: int,
+                       msg: Msg, slot: Slot) -> None:
         self.current.add(job.id)
         self.on_current()
         keepalive = asyncio.create_task(self._keepalive(msg))
         # On a first attempt the started event is stored while the job runs (awaited before the
         # result, so the history stays in order) to keep it off the critical path. A redelivered
         # job already lost a worker once: its start is recorded before it runs.
-        started = asyncio.ensure_future(self.results.started(job, attempt, last_seq or None))
+        started = asyncio.ensure_future(self.results.started(job, hold, attempt, last_seq or None))
         started.add_done_callback(_retrieve)
         try:
             if attempt > 1:
@@ -163,7 +173,7 @@ class Attempts:
             outcome, steps = await self._execute(tag, job)
             slot.release()  # execution is over: the next job may start while this result is stored
             started_ack = await started
-            await self.results.finished(job, JobFinished(
+            await self.results.finished(job, hold, JobFinished(
                 job_id=job.id, time=time.time(), status=outcome.status, result=outcome.result,
                 error=outcome.error, logs=outcome.logs, worker=self.results.worker_id,
                 group=self.results.group, attempt=attempt,

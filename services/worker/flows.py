@@ -13,8 +13,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from services.common.jobwatch import read_job
 from services.common.log import Logger
+from services.worker import jobreads
 from services.worker.runner import Outcome
 from shared import subjects
 from shared.codec import decode, encode
@@ -26,14 +26,16 @@ STEP_WAIT = 3600.0 * 24
 
 async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[StepSummary]]:
     """Run the steps in order; a failed step fails the flow with the step named."""
-    js = nc.jetstream()
     started = time.monotonic()
     previous: Any = None
     summaries: list[StepSummary] = []
     lines: list[str] = []
     # The router signed this grant into the job: it lets these steps, and nothing else, run with
     # the rights of whoever submitted the flow (shared/grants.py). Workers hold no token.
-    grant = {subjects.FLOW_GRANT_HEADER: job.grant} if job.grant else None
+    if not job.grant:
+        return _done("failure", None, "the flow carries no grant from a router", [],
+                     started), []
+    grant = {subjects.FLOW_GRANT_HEADER: job.grant}
     for step in job.steps:
         args = dict(job.args)
         if step.index > 1:
@@ -55,7 +57,8 @@ async def run_flow(nc: NATS, job: Job, logger: Logger) -> tuple[Outcome, list[St
             lines.append(f"  warning: {answer.warning}")
         # A cancel of the flow cancels its running step too: the step's worker watches for
         # its parent's cancel (services/worker/cancels.py); workers may not write cancels.
-        view = await read_job(js, answer.id, wait=True, timeout=STEP_WAIT, logger=logger)
+        # The step's result comes from a router, which the grant lets read the flow's steps.
+        view = (await jobreads.step_ended(nc, answer.id, job.grant, STEP_WAIT)).view
         summaries.append(StepSummary(index=step.index, name=step.name, job_id=answer.id,
                                      tag=answer.tag, status=view.status, group=view.group,
                                      worker=view.worker))

@@ -78,14 +78,16 @@ class ConfigFollower:
         """Replay the group's events and the tag rules; return once every event stored before
         the call is folded (a worker without a group follows the tag rules only)."""
         tags_caught_up = asyncio.Event()
-        self._tags_sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
-                                          subjects.CONFIG_TAGS_SUBJECT, self._on_tags_msg,
-                                          tags_caught_up)
+        # Pulled, with the subject in the consumer's create request: the only way the worker's
+        # permissions let it read config (services/common/bus.py: PulledFollow).
+        self._tags_sub = await bus.follow_pulled(self.js, subjects.CONFIG_STREAM,
+                                                 subjects.CONFIG_TAGS_SUBJECT, self._on_tags_msg,
+                                                 tags_caught_up, self.logger)
         if self.group is not None:
             caught_up = asyncio.Event()
-            self._sub = await bus.follow(self.js, subjects.CONFIG_STREAM,
-                                         subjects.group_subject(self.group), self._on_msg,
-                                         caught_up)
+            self._sub = await bus.follow_pulled(self.js, subjects.CONFIG_STREAM,
+                                                subjects.group_subject(self.group), self._on_msg,
+                                                caught_up, self.logger)
             await asyncio.wait_for(caught_up.wait(), timeout)
         await asyncio.wait_for(tags_caught_up.wait(), timeout)
 

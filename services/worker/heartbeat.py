@@ -44,9 +44,11 @@ def build_status(*, worker_id: str, group: str | None, tags: list[str], tags_sou
 class Heartbeat:
     """Writes `status()` under the worker's key, rate-limited as the module says."""
 
-    def __init__(self, worker_id: str, nats_user: str, status: Callable[[], WorkerStatus],
-                 logger: Logger) -> None:
-        self.key = subjects.heartbeat_key(nats_user, worker_id)
+    def __init__(self, worker_id: str, nats_user: str, nonce: str,
+                 status: Callable[[], WorkerStatus], logger: Logger) -> None:
+        # The nonce is the control connection's inbox token: the authority lets that
+        # connection write this key only, and no other worker knows it.
+        self.key = subjects.heartbeat_key(nats_user, worker_id, nonce)
         self.status = status
         self.logger = logger
         self._kv: Any = None

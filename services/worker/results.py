@@ -1,7 +1,9 @@
 """What a worker writes about a job: lifecycle events on GO_JOB_EVENTS, dead letters on GO_DEAD.
 
 Events are stored conditionally on the job's subject (`Nats-Expected-Last-Subject-Sequence`), so
-two attempts can never both record a result, and made to fit one NATS message (`fit`).
+two attempts can never both record a result, and made to fit one NATS message (`fit`). Each is
+sealed with the job's hold key, which only its holder has (shared/seals.py): routers believe
+nothing else. What was written before is read from a router (services/worker/jobreads.py).
 """
 
 from __future__ import annotations
@@ -10,22 +12,22 @@ import time
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from services.common import bus
-from services.common.jobwatch import job_history
 from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
-from shared import subjects
-from shared.codec import decode, encode
-from shared.errors import InvalidInput
-from shared.jobs import DeadLetter, Job, JobEvent, JobFinished, JobQueued, JobStarted
+from services.worker import jobreads
+from shared import seals, subjects
+from shared.codec import encode
+from shared.jobs import DeadLetter, Job, JobFinished, JobQueued, JobRecord, JobStarted
 
 WRONG_LAST_SEQUENCE = 10071
 MAX_EVENT_BYTES = 900 * 1024  # under the 1 MB max_payload, with room for headers
 MAX_ERROR_CHARS = 16 * 1024
+MAX_RESULT_TRIES = 5  # junk written onto a job's subject makes a conditional write retry
 TRUNCATED = "[... log truncated ...]\n"
 
 
@@ -77,83 +79,86 @@ _BLOCK = 4096
 class Results:
     """Job events and dead letters, written as one worker of one group."""
 
-    def __init__(self, js: JetStreamContext, worker_id: str, group: str | None,
+    def __init__(self, nc: NATS, worker_id: str, group: str | None,
                  metrics: WorkerMetrics, logger: Logger) -> None:
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream()
         self.worker_id = worker_id
         self.group = group
         self.metrics = metrics
         self.logger = logger
 
-    async def publish(self, event: JobStarted | JobFinished, msg_id: str,
+    async def publish(self, event: JobStarted | JobFinished, hold: str, msg_id: str,
                       expect_last: int | None = None) -> Any:
-        """Store a lifecycle event. `expect_last` makes it conditional on the job's subject not
-        having changed since that sequence, so two attempts can never both record a result."""
-        return await bus.publish(self.js, subjects.job_events_subject(event.job_id),
-                                 encode(fit(event)), msg_id, within=60.0, expect_last=expect_last)
+        """Store a lifecycle event, sealed with the job's hold key. `expect_last` makes it
+        conditional on the job's subject not having changed since that sequence, so two
+        attempts can never both record a result."""
+        body = encode(fit(event))
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body, msg_id,
+                                 within=60.0, expect_last=expect_last,
+                                 headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 
-    async def started(self, job: Job, attempt: int, expect_last: int | None) -> Any:
+    async def started(self, job: Job, hold: str, attempt: int, expect_last: int | None) -> Any:
         return await self.publish(
             JobStarted(job_id=job.id, time=time.time(), worker=self.worker_id, group=self.group,
-                       attempt=attempt), f"{job.id}:{attempt}:started", expect_last=expect_last)
+                       attempt=attempt), hold, f"{job.id}:{attempt}:started",
+            expect_last=expect_last)
 
-    async def finished(self, job: Job, event: JobFinished, after: int) -> None:
-        """Store the result only if nothing but a (late) job.queued was written to the job since
-        our job.started: another attempt's start or result, or a cancel, supersedes ours."""
+    async def finished(self, job: Job, hold: str, event: JobFinished, after: int) -> None:
+        """Store the result only if nothing genuine but a (late) job.queued was written to the
+        job since our job.started: another attempt's start or result, or a cancel, supersedes
+        ours. Unsealed junk on the subject (a forger's) does not: we write after it."""
         msg_id = f"{job.id}:{event.attempt}:finished"
-        while True:
+        for _ in range(MAX_RESULT_TRIES):
             try:
-                await self.publish(event, msg_id, expect_last=after)
+                await self.publish(event, hold, msg_id, expect_last=after)
                 return
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                seq, last = await self.last_event(job.id)
-                if not isinstance(last, JobQueued) or seq <= after:
+                record = await self.record(job.id, hold)
+                last = record.history[-1] if record.history else None
+                if record.last_seq > after and not isinstance(last, JobQueued):
                     raise
-                after = seq
+                after = record.subject_seq
+        raise APIError(code=409, err_code=WRONG_LAST_SEQUENCE,
+                       description=f"the subject of job {job.id} kept changing")
 
-    async def last_event(self, job_id: str) -> tuple[int, object]:
-        """(stream sequence, event) of the newest lifecycle event of a job; (0, None) if none."""
-        try:
-            raw = await self.js.get_last_msg(subjects.JOB_EVENTS_STREAM,
-                                             subjects.job_events_subject(job_id))
-        except NotFoundError:
-            return 0, None
-        try:
-            return int(raw.seq or 0), decode(raw.data or b"", JobEvent)
-        except InvalidInput:
-            return int(raw.seq or 0), None
+    async def record(self, job_id: str, hold: str) -> JobRecord:
+        """The job's record (a router's reading of its genuine events, no logs or results)."""
+        return await jobreads.held(self.nc, job_id, hold)
 
-    async def refuse(self, tag: str, job: Job, msg: Msg, deliveries: int, *, reason: str) -> None:
+    async def refuse(self, tag: str, job: Job, hold: str, msg: Msg, deliveries: int, *,
+                     reason: str) -> None:
         """Dead-letter a job this worker must not run, as it came, with `reason`. Its end is
-        recorded only when the router queued it as it is (its history is just that job.queued,
-        same workspace and tag: a restriction closed since): a forged job may carry another
-        job's id, whose history must not change."""
+        recorded only when the router queued it as it is (its genuine history is just that
+        job.queued, same workspace and tag: a restriction closed since): a forged job may
+        carry another job's id, whose history must not change."""
         await self.dead_letter(tag, job, msg, deliveries, reason=reason)
         try:
-            seq, last = await self.last_event(job.id)
-            routed = isinstance(last, JobQueued) and (last.workspace, last.tag) == (
-                job.workspace, job.tag)
+            record = await self.record(job.id, hold)
+            history = record.history or []
+            routed = len(history) == 1 and isinstance(history[0], JobQueued) and (
+                history[0].workspace, history[0].tag) == (job.workspace, job.tag)
             if routed:
                 await self.publish(JobFinished(
                     job_id=job.id, time=time.time(), status="failure", worker=self.worker_id,
                     group=self.group, attempt=deliveries, dead_letter=True,
                     error=f"refused: {reason}; parked on {subjects.DEAD_STREAM}"),
-                    f"{job.id}:refused:finished", expect_last=seq)
+                    hold, f"{job.id}:refused:finished", expect_last=record.subject_seq)
         except Exception as exc:  # parked already; only its history stays "queued"
             self.logger.warning("job_refusal_not_recorded", job_id=job.id, error=repr(exc))
 
     async def dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int,
-                          reason: str | None = None) -> None:
+                          reason: str | None = None, hold: str | None = None) -> None:
         """Park the job on GO_DEAD with its history, record its end, terminate its message. If
         reading the history or recording the end fails, the message is not terminated: it comes
         back and this is tried again. A job refused for its own fields (`reason`: its id cannot
-        name a subject or a message id) is parked as it came and terminated at once."""
-        if reason is None:  # keep the dead letter one message: no logs or results in history
-            history = [msgspec.structs.replace(e, logs="", result=None)
-                       if isinstance(e, JobFinished) else e
-                       for e in await job_history(self.js, job.id)]
+        name a subject or a message id, it has no hold key) is parked as it came and terminated
+        at once."""
+        if reason is None:  # a router's reading: no logs or results, one message
+            assert hold is not None
+            history = list((await self.record(job.id, hold)).history or [])
             msg_id = job.id
         else:
             history, msg_id = [], f"{tag}:{msg.metadata.sequence.stream}"
@@ -165,12 +170,13 @@ class Results:
         except Exception as exc:  # still end the job below: never retry it forever
             self.logger.error("dead_letter_not_parked", job_id=job.id, error=repr(exc))
         if reason is None:
+            assert hold is not None
             await self.publish(JobFinished(
                 job_id=job.id, time=time.time(), status="failure", worker=self.worker_id,
                 group=self.group, attempt=deliveries, dead_letter=True,
                 error=f"dead-lettered after {deliveries - 1} deliveries that never finished"
                       f" (the job kept losing its worker); parked on {subjects.DEAD_STREAM}"),
-                f"{job.id}:{deliveries}:finished")
+                hold, f"{job.id}:{deliveries}:finished")
         await msg.term()
         self.metrics.dead_letters.labels(tag).inc()
         if reason is None:

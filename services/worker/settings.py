@@ -31,12 +31,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     @property
     def nats_user(self) -> str:
         """The NATS user this worker connects as: `worker:<group>`, whose rights follow the
-        group's tags, or with WORKER_TAGS `worker-tags:<tags>`, whose rights are those tags."""
+        group's tags, or with WORKER_TAGS `worker-tags:<tags>` (and `(<group>)` with both),
+        whose rights are those tags."""
         from services.common.natsauth import worker_user
 
-        if self.env_tags is not None:
-            return worker_user(tags=self.env_tags)
-        return worker_user(self.group)
+        return worker_user(self.group, self.env_tags)
 
 
 def _csv(value: str) -> tuple[str, ...]:

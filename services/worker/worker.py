@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 
@@ -17,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.common import bus
+from services.common import bus, natsauth
 from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
 from services.worker.attempt import Attempts
@@ -55,13 +56,14 @@ class Worker:
         self.priorities: dict[str, int] = {}
         self.dedicated_tags: set[str] = set()
         self.executor = Executor(settings, self.id, self.group, self.logger)
-        self.heartbeat = Heartbeat(self.id, settings.nats_user, self.status, self.logger)
+        nonce = natsauth.declared(nc.options.get("name") or "").get("inbox") or secrets.token_hex(8)
+        self.heartbeat = Heartbeat(self.id, settings.nats_user, nonce, self.status, self.logger)
         self.slots = Slots(settings.concurrency)
         self.init = InitScript(self.executor, self.slots, self.metrics, self.logger,
                                on_change=self._init_changed)
         self.follower = ConfigFollower(self.js, self.group, self.logger, self._on_config)
         self.cancels = CancelWatch(self.js, self.logger)
-        self.results = Results(self.js, self.id, self.group, self.metrics, self.logger)
+        self.results = Results(nc, self.id, self.group, self.metrics, self.logger)
         self.attempts = Attempts(nc, self.executor, self.results, self.cancels, self.metrics,
                                  self.logger, on_current=self.heartbeat.soon,
                                  stopping=lambda: self.state == "stopping",

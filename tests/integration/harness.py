@@ -209,8 +209,9 @@ class FakeWorkers:
 
         def worker_key(worker_id: str) -> str:
             status = next(s for s in self.statuses if s.id == worker_id)
-            return heartbeat_key(worker_user(status.group) if status.tags_source != "env"
-                                 else worker_user(tags=status.tags), worker_id)
+            return heartbeat_key(worker_user(status.group, status.tags
+                                             if status.tags_source == "env" else None),
+                                 worker_id, "fake")
 
         nc = await nats.connect(self.nats_url)
         try:

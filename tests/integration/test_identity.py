@@ -446,3 +446,186 @@ def test_metrics_show_a_workspace_token_only_its_tags(suite: Suite, tokens: Toke
     anonymous = http(s, "GET", "router", "/metrics", None)[1]
     assert routed in anonymous and 'group="idgpu"' in anonymous
     assert http(s, "GET", "router", "/metrics", "gow_forged")[0] == 401
+
+
+# --- job events: written only by a job's holder, read only through a router ---------------------
+
+
+async def _held_job(s: Suite, token: str, workspace: str) -> tuple[Job, str]:
+    """Submit an inline job on HOLD (nobody serves it) and read it with its hold key off its
+    queue, as the worker that pulls it would."""
+    answer = await submit_as(s, "worker", {"language": "bash", "code": "echo held",
+                                           "workspace": workspace, "tag": HOLD}, s.auth(token))
+    nc = await nats.connect(s.nats_url)
+    try:
+        for _ in range(100):
+            raw = await nc.jetstream().get_last_msg(subjects.JOBS_STREAM, subjects.job_subject(HOLD))
+            job = decode(raw.data or b"", Job)
+            if job.id == answer["id"]:
+                return job, (raw.headers or {})[subjects.HOLD_HEADER]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"job {answer['id']} not on its queue")
+    finally:
+        await nc.close()
+
+
+async def _write_as_worker(s: Suite, event: Any, seal: str | None) -> None:
+    nc = await connect_as(s, "worker")
+    try:
+        headers = {subjects.SEAL_HEADER: seal} if seal else None
+        await nc.jetstream().publish(subjects.job_events_subject(event.job_id), encode(event),
+                                     headers=headers, timeout=10)
+    finally:
+        await nc.close()
+
+
+async def _read_as(s: Suite, role: str, job_id: str, headers: dict[str, str] | None,
+                   **query: Any) -> dict[str, Any]:
+    """A `go.router.job` request over a connection of `role`; the router's JSON answer."""
+    nc = await connect_as(s, role)
+    try:
+        reply = await nc.request(subjects.JOB_SUBJECT, json.dumps({"id": job_id, **query}).encode(),
+                                 timeout=40, headers=headers)
+        return json.loads(reply.data)  # type: ignore[no-any-return]
+    finally:
+        await nc.close()
+
+
+async def test_a_forged_result_changes_no_job(suite: Suite) -> None:
+    """The issue's attack: a `job.finished` written with worker credentials on a running job's
+    subject (unsealed, or sealed with a made-up key). The router believes neither: the job's
+    result is the one its worker recorded."""
+    from shared import seals
+    from shared.jobs import JobFinished
+
+    s = suite
+    job = s.api.submit("sleep 1; echo real", workspace="main")["id"]
+    forged = JobFinished(job_id=job, time=time.time(), status="success", result="forged",
+                         worker="w", attempt=1)
+    made_up = seals.seal("f" * 64, encode(forged))
+    await _write_as_worker(s, forged, None)
+    await _write_as_worker(s, msgspec.structs.replace(forged, result="forged 2"), made_up)
+    view = s.api.job(job)
+    assert (view["status"], view["result"]) == ("success", "real"), view
+    skipped = [r for r in s.up.log_events("job_event_unsealed_skipped") if r.get("job_id") == job]
+    assert skipped, "the router did not say it skipped the forged events"
+
+
+async def test_events_written_ahead_for_a_predictable_id_make_no_job(suite: Suite) -> None:
+    """Job ids are time-ordered, so a worker can guess the next one and write its `job.queued`
+    first (to move it to another workspace) or a whole forged job. Nothing of it counts."""
+    from shared.jobs import JobFinished, JobQueued
+
+    s = suite
+    ghost = f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
+    await _write_as_worker(s, JobQueued(job_id=ghost, time=time.time(), tag="bash",
+                                        workspace="ws2", language="bash"), None)
+    await _write_as_worker(s, JobFinished(job_id=ghost, time=time.time(), status="success",
+                                          result="ghost", worker="w"), None)
+    from cli.client import CliError
+
+    with pytest.raises(CliError):
+        s.api.job(ghost, wait=False)
+    listed = s.api.call("GET", "router", "/jobs?workspace=ws2&limit=1000")
+    assert ghost not in {j["id"] for j in listed}
+
+
+async def test_one_jobs_hold_key_writes_and_reads_that_job_only(suite: Suite,
+                                                                tokens: Tokens) -> None:
+    """A worker that held job A (its hold key) can end A, and read A from a router; with A's key
+    it can neither end B nor read it."""
+    from shared import seals
+    from shared.jobs import JobFinished
+
+    s = suite
+    a, hold_a = await _held_job(s, tokens.ws1, "ws1")
+    b, hold_b = await _held_job(s, tokens.ws2, "ws2")
+    assert hold_a != hold_b
+    on_b = JobFinished(job_id=b.id, time=time.time(), status="success", result="not yours",
+                       worker="w", attempt=1)
+    await _write_as_worker(s, on_b, seals.seal(hold_a, encode(on_b)))
+    refused = await _read_as(s, "worker", b.id, {subjects.HOLD_HEADER: hold_a})
+    assert refused["error"] == "forbidden", refused
+    assert s.api.job(b.id, wait=False)["status"] == "queued"
+
+    on_a = JobFinished(job_id=a.id, time=time.time(), status="success", result="mine",
+                       worker="w", attempt=1)
+    await _write_as_worker(s, on_a, seals.seal(hold_a, encode(on_a)))
+    record = await _read_as(s, "worker", a.id, {subjects.HOLD_HEADER: hold_a}, history=True)
+    assert record["view"]["status"] == "success" and record["view"]["result"] is None, record
+    assert [e["type"] for e in record["history"]] == ["job.queued", "job.finished"]
+    assert record["subject_seq"] >= record["last_seq"] > 0
+
+
+async def test_a_job_is_read_over_nats_with_a_token_of_its_workspace(
+        suite: Suite, tokens: Tokens) -> None:
+    """`go.router.job` applies the rules of `GET /jobs/{id}`: the owner's token reads and waits
+    for its job; another workspace's token is told it does not exist; no token, no answer."""
+    s = suite
+    answer = await submit_as(s, "client", {"language": "bash", "code": "sleep 0.5; echo over nats",
+                                           "workspace": "ws1"}, s.auth(tokens.ws1))
+    job = answer["id"]
+    record = await _read_as(s, "client", job, s.auth(tokens.ws1), wait=True, timeout=30)
+    assert (record["view"]["status"], record["view"]["result"]) == ("success", "over nats")
+    assert record["history"] is None
+    other = await _read_as(s, "client", job, s.auth(tokens.ws2))
+    assert other["error"] == "not_found" and "ws1" not in other["message"], other
+    nobody = await _read_as(s, "client", job, None)
+    assert nobody["error"] == "unauthorized", nobody
+
+
+async def test_workers_read_no_job_events(suite: Suite) -> None:
+    """Job events hold every workspace's results: a worker's credentials may not read them
+    (neither one message nor a consumer); the worker asks a router instead."""
+    s = suite
+    job = s.api.submit("echo secret result", workspace="ws1")["id"]
+    s.api.job(job)
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    user = natsauth.worker_user("default")
+    nc = await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
+                            allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error,
+                            **natsauth.connection_options("probe", user, worker="probe-reader",
+                                                          part="control"))
+    got: list[bytes] = []
+    try:
+        js = nc.jetstream()
+        with pytest.raises(Exception):
+            raw = await js.get_last_msg(subjects.JOB_EVENTS_STREAM,
+                                        subjects.job_events_subject(job))
+            got.append(raw.data or b"")
+        with pytest.raises(Exception):
+            sub = await js.subscribe(subjects.job_events_subject(job),
+                                     stream=subjects.JOB_EVENTS_STREAM, ordered_consumer=True)
+            got.append((await sub.next_msg(timeout=2)).data)
+    finally:
+        await nc.close()
+    assert not got
+    assert any("permissions violation" in e.lower() for e in errors), errors
+
+
+async def test_a_job_without_a_hold_key_is_dead_lettered_not_run(suite: Suite) -> None:
+    """A job that passes every check of the worker but was not queued by a router (published
+    with router credentials, no hold key): parked with the reason, not run."""
+    s = suite
+    marker = f"/tmp/getoperate-pwned-{uuid.uuid4().hex}"
+    forged = Job(id=f"forged{uuid.uuid4().hex}", workspace="main", language="bash",
+                 code=f"touch {marker}; echo pwned", tag="bash", submitted_at=time.time())
+    nc = await connect_as(s, "router")
+    try:
+        await nc.jetstream().publish(subjects.job_subject("bash"), encode(forged),
+                                     headers={"Nats-Msg-Id": forged.id})
+    finally:
+        await nc.close()
+
+    async def parked() -> DeadLetter | None:
+        return (await _dead_letters(s, "bash")).get(forged.id)
+
+    dead = await eventually(parked, timeout=30, interval=0.2)
+    assert dead.reason is not None and subjects.HOLD_HEADER in dead.reason, dead
+    import os
+
+    assert not os.path.exists(marker)

@@ -187,27 +187,38 @@ def test_a_connection_must_declare_its_inbox(suite: Suite) -> None:
     assert "PONG" in _raw_connect(suite, **client, name="x inbox=0123456789abcdef")[1]
 
 
-def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
-    """The attack: overwrite or delete another worker's heartbeat, or plant a fake worker
-    claiming a group it does not belong to, alive for ten years."""
-    native = next(w for w in suite.api.workers() if w["group"] == "native")
-    victim_key = subjects.heartbeat_key(natsauth.worker_user("native"), native["id"])
+def _own_key(conn: Conn, worker_id: str) -> str:
+    """The one heartbeat key the authority lets `conn` write: its inbox token is the nonce."""
+    token = natsauth.declared(conn.nc.options["name"])["inbox"]
+    return subjects.heartbeat_key(conn.user, worker_id, token)
 
-    async def attack() -> Conn:
-        async with worker_conn(suite) as conn:
+
+def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
+    """The attack: overwrite or delete another worker's heartbeat (of another group, or of its
+    own: it knows the id, not the nonce), or plant a fake worker claiming a group it does not
+    belong to, alive for ten years."""
+    workers = suite.api.workers()
+    native = next(w for w in workers if w["group"] == "native")
+    sibling = next(w for w in workers if w["group"] == "default")
+    guesses = [subjects.heartbeat_key(natsauth.worker_user("native"), native["id"], "guess"),
+               subjects.heartbeat_key(natsauth.worker_user("default"), sibling["id"], "guess"),
+               subjects.heartbeat_key(natsauth.worker_user("default"), sibling["id"], "*")]
+
+    async def attack() -> tuple[Conn, Conn]:
+        async with worker_conn(suite, part="control") as conn:
             kv = await conn.nc.jetstream().key_value(subjects.WORKERS_BUCKET)
-            for action in (kv.put(victim_key, b"{}"), kv.delete(victim_key)):
-                try:
-                    await action
-                except Exception:
-                    pass
+            for key in guesses:
+                for action in (kv.put(key, b"{}"), kv.delete(key)):
+                    try:
+                        await action
+                    except Exception:
+                        pass
             # its own key, claiming group gpu and a heartbeat ten years ahead; then its own
             # group, but a tag the group does not have
             fake = WorkerStatus(id="probe-default", group="gpu", tags=["gpu"], tags_source="group",
                                 config_version=1, state="ready", hostname="h", pid=1,
                                 started_at=time.time(), heartbeat_at=time.time() + 10 * 365 * 86400)
-            await kv.put(subjects.heartbeat_key(natsauth.worker_user("default"), "probe-default"),
-                         encode(fake))
+            await kv.put(_own_key(conn, "probe-default"), encode(fake))
             fake2 = WorkerStatus(id="probe-default2", group="default", tags=["gpu"],
                                  tags_source="group", config_version=1, state="ready",
                                  hostname="h", pid=1, started_at=time.time(),
@@ -215,17 +226,48 @@ def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:
             async with Conn(suite, natsauth.worker_user("default"), worker="probe-default2",
                             part="control") as other:
                 kv2 = await other.nc.jetstream().key_value(subjects.WORKERS_BUCKET)
-                await kv2.put(subjects.heartbeat_key(natsauth.worker_user("default"),
-                                                     "probe-default2"), encode(fake2))
-            await asyncio.sleep(0.3)
-            return conn
+                await kv2.put(_own_key(other, "probe-default2"), encode(fake2))
+                await asyncio.sleep(0.3)
+            return conn, other
 
-    conn = asyncio.run(attack())
-    assert conn.violated(), conn.errors
+    conn, other = asyncio.run(attack())
+    assert conn.violated() and not other.violated(), (conn.errors, other.errors)
+    denied = [e for e in conn.errors if "permissions violation" in e.lower()]
+    assert len(denied) >= len(guesses), denied
     time.sleep(1.0)
-    workers = suite.api.workers()
-    assert any(w["id"] == native["id"] and w["group"] == "native" for w in workers)
-    assert not any(w["id"] in ("probe-default", "probe-default2") for w in workers)
+    after = suite.api.workers()
+    for victim in (native, sibling):
+        assert any(w["id"] == victim["id"] and w["group"] == victim["group"] for w in after)
+    assert not any(w["id"] in ("probe-default", "probe-default2") for w in after)
+
+
+def test_a_worker_reads_only_its_groups_config(suite: Suite) -> None:
+    """Another group's config events hold its init script and static variables (secrets):
+    a worker of `default` may replay its own group and the assignable tags, nothing else."""
+    suite.api.set_group("secretive", tags=["t-secretive"])
+
+    async def replay(subject: str) -> tuple[int, bool]:
+        async with worker_conn(suite, part="control") as conn:
+            js = conn.nc.jetstream()
+            try:
+                sub = await js.pull_subscribe(subject, durable=None,
+                                              stream=subjects.CONFIG_STREAM)
+                got = len(await sub.fetch(1, timeout=2))
+            except Exception:
+                got = 0
+            try:  # the unfiltered form that ordered consumers use
+                await js.subscribe(subject, stream=subjects.CONFIG_STREAM,
+                                   ordered_consumer=True)
+                got += 1
+            except Exception:
+                pass
+            await asyncio.sleep(0.2)
+            return got, conn.violated()
+
+    own, own_violated = asyncio.run(replay(subjects.group_subject("default")))
+    other, other_violated = asyncio.run(replay(subjects.group_subject("secretive")))
+    assert own == 1 and own_violated  # its group, pulled; the ordered form is refused
+    assert other == 0 and other_violated
 
 
 def test_wake_ups_carry_no_job(suite: Suite) -> None:
@@ -375,7 +417,7 @@ def test_the_router_answers_only_on_an_inbox(suite: Suite) -> None:
 
     asyncio.run(deputy())
     assert suite.api.job(job)["result"] == "survived"
-    assert "submit_reply_refused" in suite.up.output()
+    assert "reply_refused" in suite.up.output()
 
 
 def test_stolen_router_credentials_can_neither_shrink_a_stream_nor_copy_submissions(

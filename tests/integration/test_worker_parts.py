@@ -23,7 +23,7 @@ from services.worker.attempt import Attempts
 from services.worker.dispatcher import Dispatcher
 from services.worker.pulls import NOW, SOON, TagPull
 from services.worker.slots import Slot, Slots
-from shared import subjects
+from shared import seals, subjects
 from shared.codec import encode
 from shared.jobs import Job
 from shared.state import ConfigState
@@ -207,11 +207,11 @@ async def test_a_job_arriving_late_for_a_tag_let_go_is_returned(
 
 
 class BrokenResults:
-    """Reading a job's last event fails (not a "not found")."""
+    """Reading a job's record from a router fails (not a "not found")."""
 
     worker_id, group = "w", None
 
-    async def last_event(self, job_id: str) -> tuple[int, object]:
+    async def record(self, job_id: str, hold: str) -> object:
         raise RuntimeError("stream unavailable")
 
 
@@ -221,7 +221,8 @@ async def test_an_error_before_the_run_frees_the_slot_and_returns_the_job(
     js = nc.jetstream()
     pull = TagPull(nc, js, TAG)
     await pull.pull(NOW)
-    await js.publish(subjects.job_subject(TAG), job())
+    await js.publish(subjects.job_subject(TAG), job(),  # as a router queues it: with a hold key
+                     headers={subjects.HOLD_HEADER: seals.hold_key(b"k" * 32, "j")})
     first = await pull.pull(SOON)
     assert first is not None
     await first.nak()

@@ -139,8 +139,9 @@ def test_channel_addresses_match_the_subject_functions(doc: dict[str, Any]) -> N
     assert fill("jobQueue", tag="main:f/double") == subjects.job_subject("main:f/double")
     assert fill("deadLetters", tag="é") == subjects.dead_subject("é")
     assert fill("jobEvents", jobId=JOB_ID) == subjects.job_events_subject(JOB_ID)
-    assert (doc["channels"]["workers"]["address"].format(worker=subjects.worker_key("my.worker_1"))
-            == f"$KV.{subjects.WORKERS_BUCKET}.my_2Eworker_5F1")
+    assert (fill("workers", user="worker:default", worker="my.worker_1", nonce="n1")
+            == f"$KV.{subjects.WORKERS_BUCKET}."
+            + subjects.heartbeat_key("worker:default", "my.worker_1", "n1"))
 
 
 def test_names_owned_by_services_match_the_document(doc: dict[str, Any]) -> None:

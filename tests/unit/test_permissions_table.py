@@ -69,8 +69,18 @@ def test_a_workers_rights_follow_its_tags_and_its_key() -> None:
     assert allowed("$KV.GO_WORKERS.k.me", perms.pub_allow)
     assert not allowed("$KV.GO_WORKERS.k.other", perms.pub_allow)
     assert allowed("_INBOX.abc.x", perms.sub_allow) and not allowed("_INBOX.abd.x", perms.sub_allow)
-    control = permissions.worker(["gpu"], "k.me", "_INBOX.abc", jobs=False)
+    control = permissions.worker(["gpu"], "k.me", "_INBOX.abc", group="g", jobs=False)
     assert not allowed(pull + subjects.tag_consumer("gpu"), control.pub_allow)
+    create = f"$JS.API.CONSUMER.CREATE.{subjects.CONFIG_STREAM}"
+    for p in (perms, control):
+        assert allowed(f"{create}.n.{subjects.CONFIG_TAGS_SUBJECT}", p.pub_allow)
+        assert not allowed(f"{create}.n.{subjects.group_subject('h')}", p.pub_allow)
+        assert not allowed(create, p.pub_allow) and not allowed(f"{create}.n", p.pub_allow)
+        assert not allowed(f"$JS.API.STREAM.MSG.GET.{subjects.CONFIG_STREAM}", p.pub_allow)
+    assert allowed(f"{create}.n.{subjects.group_subject('g')}", control.pub_allow)
+    assert not allowed(f"{create}.n.{subjects.group_subject('g')}", perms.pub_allow)  # no group
+    for read in ("CONSUMER.CREATE", "STREAM.MSG.GET"):
+        assert not allowed(f"$JS.API.{read}.{subjects.JOB_EVENTS_STREAM}", control.pub_allow)
     for create in ("CREATE", "DURABLE.CREATE"):
         assert not allowed(f"$JS.API.CONSUMER.{create}.{subjects.JOBS_STREAM}.tag_gpu",
                            perms.pub_allow)
@@ -81,6 +91,7 @@ def test_no_tag_widens_a_workers_rights(tag: str) -> None:
     """A tag is one subject token: its consumer and wake-up subject are literal, never a wildcard."""
     perms = permissions.worker([tag], "k.me", "_INBOX.abc")
     for pattern in (*perms.pub_allow, *perms.sub_allow):
-        if subjects.encode_token(tag) in pattern or subjects.tag_consumer(tag) in pattern:
-            assert "*" not in pattern.split(".")
+        tokens = pattern.split(".")
+        if subjects.encode_token(tag) in tokens or subjects.tag_consumer(tag) in tokens:
+            assert "*" not in tokens, pattern
     assert not allowed(subjects.wake_subject(tag + "x"), perms.sub_allow)

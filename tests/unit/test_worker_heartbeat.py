@@ -53,11 +53,11 @@ class FakeKV:
 
 async def test_beats_at_once_on_changes_and_at_most_every_gap_for_jobs() -> None:
     kv = FakeKV()
-    hb = Heartbeat("my.worker", "worker:default", status, Logger("test"))
+    hb = Heartbeat("my.worker", "worker:default", "nonce", status, Logger("test"))
     hb.start(kv)
     hb.now()
     await asyncio.sleep(0.05)
-    assert len(kv.puts) == 1 and kv.puts[0][1] == "worker_3Adefault.my_2Eworker"
+    assert len(kv.puts) == 1 and kv.puts[0][1] == "worker_3Adefault.my_2Eworker.nonce"
     for _ in range(5):  # a busy worker: jobs start and end
         hb.soon()
         await asyncio.sleep(0.01)
@@ -68,4 +68,4 @@ async def test_beats_at_once_on_changes_and_at_most_every_gap_for_jobs() -> None
     await asyncio.sleep(0.05)
     assert len(kv.puts) == 3 and kv.puts[2][0] - kv.puts[1][0] < heartbeat.JOB_BEAT_GAP
     await hb.stop()
-    assert kv.puts[-1][1] == "worker_3Adefault.my_2Eworker:deleted"
+    assert kv.puts[-1][1] == "worker_3Adefault.my_2Eworker.nonce:deleted"

@@ -1,0 +1,154 @@
+"""Read jobs from their lifecycle events on GO_JOB_EVENTS, believing only sealed events.
+
+Only routers read job events: they hold the router key that checks each event's seal
+(shared/seals.py). Everyone else asks a router: HTTP `GET /jobs/{id}`, or `go.router.job`.
+An event whose seal does not match (a forgery written with worker credentials, junk) is
+skipped and logged, never folded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Mapping
+
+import msgspec
+from nats import errors as nats_errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from services.common import bus
+from services.common.log import Logger
+from shared import seals, subjects
+from shared.codec import decode
+from shared.errors import InvalidInput, NotFound
+from shared.jobs import TERMINAL, JobEvent, JobFinished, JobRecord, JobView, evolve_job
+
+
+class Genuine:
+    """Which job events to believe: those sealed with their job's hold key."""
+
+    def __init__(self, router_key: bytes, logger: Logger) -> None:
+        self.router_key = router_key
+        self.logger = logger
+
+    def event(self, subject_job: str, data: bytes, headers: Mapping[str, str] | None
+              ) -> JobEvent | None:
+        """The event, if it is sealed for the job its subject names and says it is about it."""
+        given = (headers or {}).get(subjects.SEAL_HEADER)
+        if not seals.sealed(seals.hold_key(self.router_key, subject_job), data, given):
+            self.logger.warning("job_event_unsealed_skipped", job_id=subject_job[:128],
+                                sealed=given is not None)
+            return None
+        try:
+            event: JobEvent = decode(data, JobEvent)
+        except InvalidInput as exc:
+            self.logger.warning("job_event_skipped", job_id=subject_job, error=str(exc))
+            return None
+        return event if event.job_id == subject_job else None
+
+
+def _without_output(event: JobEvent) -> JobEvent:
+    if isinstance(event, JobFinished):
+        return msgspec.structs.replace(event, logs="", result=None)
+    return event
+
+
+async def read_job(
+    js: JetStreamContext, job_id: str, genuine: Genuine, *, wait: bool, timeout: float,
+    history: bool = False,
+) -> JobRecord:
+    """The job's record from its genuine events; with `wait`, keep following until it ends or
+    `timeout`; with `history`, its events too (and no logs or results anywhere)."""
+    try:
+        subject = subjects.job_events_subject(job_id)
+    except InvalidInput as exc:
+        raise NotFound(f"job {job_id!r} does not exist", field="id") from exc
+    last = await bus.last_sequence(js, subjects.JOB_EVENTS_STREAM, subject)
+    if last == 0:
+        raise NotFound(f"job {job_id!r} does not exist (or its history expired)", field="id")
+    record = JobRecord(view=JobView(id=job_id), history=[] if history else None, subject_seq=last)
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        await queue.put(msg)
+
+    psub = await js.subscribe(
+        subject, stream=subjects.JOB_EVENTS_STREAM, cb=on_msg, ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            seq = msg.metadata.sequence.stream
+            record.subject_seq = max(record.subject_seq, seq)
+            event = genuine.event(job_id, msg.data, msg.headers)
+            if event is not None:
+                record.view = evolve_job(record.view, event)
+                record.last_seq = seq
+                if record.history is not None:
+                    record.history.append(_without_output(event))
+            if record.view.status in TERMINAL:
+                break
+            if not wait and seq >= last:
+                break
+    finally:
+        await psub.unsubscribe()
+    if record.last_seq == 0:  # nothing genuine: a forger's subject is not a job
+        raise NotFound(f"job {job_id!r} does not exist (or its history expired)", field="id")
+    if history:
+        record.view = msgspec.structs.replace(record.view, logs="", result=None)
+    return record
+
+
+async def recent_jobs(
+    js: JetStreamContext, genuine: Genuine, *, scan: int = 20_000, tag: str | None = None,
+    group: str | None = None, workspace: str | None = None, status: str | None = None,
+    limit: int = 100,
+) -> list[JobView]:
+    """Jobs from the newest `scan` lifecycle events, folded, filtered, newest first."""
+    info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
+    if info.state.messages == 0:
+        return []
+    start = max(int(info.state.first_seq), int(info.state.last_seq) - scan + 1)
+    sub = await js.pull_subscribe(
+        subjects.JOB_EVENTS_SUBJECTS, durable=None, stream=subjects.JOB_EVENTS_STREAM,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, max_ack_pending=-1,
+                                  deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start, inactive_threshold=30.0),
+    )
+    views: dict[str, JobView] = {}
+    prefix = subjects.JOB_EVENTS_PREFIX + "."
+    try:
+        done = False
+        while not done:
+            try:
+                batch = await sub.fetch(1000, timeout=1.0)
+            except (asyncio.TimeoutError, nats_errors.TimeoutError):
+                break
+            for msg in batch:
+                done = msg.metadata.sequence.stream >= info.state.last_seq
+                try:
+                    job_id = subjects.decode_token(msg.subject[len(prefix):])
+                except InvalidInput:
+                    continue
+                event = genuine.event(job_id, msg.data, msg.headers)
+                if event is None:
+                    continue
+                view = views.get(job_id) or JobView(id=job_id)
+                views[job_id] = evolve_job(view, event)
+    finally:
+        await sub.unsubscribe()
+    out = [v for v in views.values()
+           if (tag is None or v.tag == tag) and (group is None or v.group == group)
+           and (workspace is None or v.workspace == workspace)
+           and (status is None or v.status == status)]
+    out.sort(key=lambda v: v.queued_at or v.started_at or 0.0, reverse=True)
+    return out[:limit]
