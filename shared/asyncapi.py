@@ -38,6 +38,9 @@ CANCELS_BUCKET = "GO_CANCELS"
 SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 SNAPSHOT_NAME = "config"
 
+JOB_MSG_ID = ("`<tag>`: the first 16 hex digits of HMAC-SHA256 of the id before it under the job's"
+              " hold key (shared/seals.py: msg_id), so nobody but the holder can take the id"
+              " first; JetStream drops a repeat within the stream's 120 s dedup window")
 JOB_SEAL = ("hex HMAC-SHA256 of the message body under the job's hold key (shared/seals.py):"
             " written by the router or the job's holder; routers skip an event whose seal does"
             " not match")
@@ -153,11 +156,11 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
         "SubmitError": [_example("tag not available", SubmitError(
             error="forbidden", message="tag 'gpu' is not available to workspace 'ws9'",
             field="tag"))],
-        "JobQueued": [_example("queued", queued, {"Nats-Msg-Id": f"{job_id}:queued",
+        "JobQueued": [_example("queued", queued, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:queued"),
                                                   subjects.SEAL_HEADER: sealed(queued)})],
-        "JobStarted": [_example("started", started, {"Nats-Msg-Id": f"{job_id}:1:started",
+        "JobStarted": [_example("started", started, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:1:started"),
                                                      subjects.SEAL_HEADER: sealed(started)})],
-        "JobFinished": [_example("success", finished, {"Nats-Msg-Id": f"{job_id}:1:finished",
+        "JobFinished": [_example("success", finished, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:1:finished"),
                                                        subjects.SEAL_HEADER: sealed(finished)})],
         "DeadLetter": [_example("parked after 6 deliveries", DeadLetter(
             job=job, deliveries=6, time=1795928164.2054083, history=[queued, started]),
@@ -240,18 +243,20 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         "payload": schema["SubmitError"]},
         "JobQueued": {"title": "job.queued", "summary": "The router queued the job.",
                       "payload": schema["JobQueued"],
-                      "headers": _headers(Nats_Msg_Id=f"`<job id>:queued`. {msg_id}.",
+                      "headers": _headers(Nats_Msg_Id=f"`<job id>:queued:<tag>`. {JOB_MSG_ID}",
                                           Go_Job_Seal=JOB_SEAL)},
         "JobStarted": {"title": "job.started", "summary": "A worker took the job.",
                        "payload": schema["JobStarted"],
-                       "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started`. {msg_id}.",
+                       "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started:<tag>`."
+                                           f" {JOB_MSG_ID}",
                                            Go_Job_Seal=JOB_SEAL)},
         "JobFinished": {
             "title": "job.finished", "summary": "The job's outcome; readers keep the first one.",
             "payload": schema["JobFinished"],
-            "headers": _headers(Nats_Msg_Id="`<job id>:<attempt>:finished`; from the router"
-                                " `<job id>:0:finished` (not enqueued) or"
-                                f" `<job id>:cancel:finished` (cancelled while queued). {msg_id}.",
+            "headers": _headers(Nats_Msg_Id="`<job id>:<attempt>:finished:<tag>`; from the router"
+                                " `<job id>:0:finished:<tag>` (not enqueued) or"
+                                " `<job id>:cancel:finished:<tag>` (cancelled while queued)."
+                                f" {JOB_MSG_ID}",
                                 Go_Job_Seal=JOB_SEAL),
         },
         "DeadLetter": {"title": "Dead letter",
@@ -443,8 +448,9 @@ def _channels() -> dict[str, dict[str, Any]]:
             worker=param("token(worker id)",
                          [subjects.worker_key(w) for w in ("default-vm-23067-3514",
                                                            "my.worker_1")]),
-            nonce=param("token(the inbox token of the worker's control connection), which only"
-                        " that worker knows", ["9f2c41d07a3b5e68"])),
+            nonce=param("`heartbeat_nonce` of the inbox token of the worker's control connection"
+                        " (a one-way function: the key is listed, the token stays secret)",
+                        ["9f2c41d07a3b5e6811c02d4a"])),
         "cancels": channel(
             f"{kv_cancels}.{{jobId}}", "Cancellation requests",
             f"KV bucket `{CANCELS_BUCKET}` (stream `KV_{CANCELS_BUCKET}`, TTL"

@@ -55,3 +55,11 @@ class Forbidden(GetOperateError, PermissionError):
 
     status = 403
     code = "forbidden"
+
+
+class TooBusy(GetOperateError):
+    """Raised when one identity already has as many waiting reads as it may (a limit per caller,
+    so that nobody can take every router's capacity)."""
+
+    status = 429
+    code = "too_busy"

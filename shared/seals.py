@@ -23,6 +23,7 @@ import hmac
 # Domain separation: the router key also signs flow grants (shared/grants.py).
 _HOLD_CONTEXT = b"getoperate job hold v1\0"
 _SEAL_CONTEXT = b"getoperate job event seal v1\0"
+_MSG_ID_CONTEXT = b"getoperate job event msg id v1\0"
 
 
 def hold_key(router_key: bytes, job_id: str) -> str:
@@ -33,6 +34,15 @@ def hold_key(router_key: bytes, job_id: str) -> str:
 def seal(hold: str, body: bytes) -> str:
     """The seal of one event body, written by whoever holds the job's key."""
     return hmac.new(hold.encode("ascii"), _SEAL_CONTEXT + body, hashlib.sha256).hexdigest()
+
+
+def msg_id(hold: str, name: str) -> str:
+    """The `Nats-Msg-Id` of a job event: `name` (`<id>:queued`, `<id>:<attempt>:finished`...)
+    and a tag only the job's holder can compute. A guessable id would let anyone who may write
+    on the subject write junk under it first, and JetStream would drop the real event as a
+    duplicate; a repeat by the holder (a retry) still is one."""
+    tag = hmac.new(hold.encode("ascii"), _MSG_ID_CONTEXT + name.encode("utf-8"), hashlib.sha256)
+    return f"{name}:{tag.hexdigest()[:16]}"
 
 
 def sealed(hold: str, body: bytes, given: str | None) -> bool:

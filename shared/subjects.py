@@ -152,10 +152,18 @@ def worker_key(worker_id: str) -> str:
 
 def heartbeat_key(nats_user: str, worker_id: str, nonce: str) -> str:
     """A worker's key in GO_WORKERS: the NATS user its credentials name (`worker:<group>`, its
-    scope), its id, and a nonce only that worker knows (its connection's inbox token), dot
-    separated. The authority lets a worker write this one key only, so a worker can neither
+    scope), its id, and a nonce no other worker can write under (`heartbeat_nonce` of its
+    control connection's inbox token), dot separated. The authority lets a worker write this one key only, so a worker can neither
     overwrite nor delete another's heartbeat, of another group or of its own."""
     return f"{encode_token(nats_user)}.{worker_key(worker_id)}.{encode_token(nonce)}"
+
+
+def heartbeat_nonce(inbox_token: str) -> str:
+    """The nonce of a worker's heartbeat key: a one-way function of its control connection's
+    inbox token. The key is readable (routers list the bucket), the token must stay secret:
+    whoever knows it may declare it and read that connection's replies."""
+    digest = hashlib.sha256(b"getoperate heartbeat nonce v1\0" + inbox_token.encode("utf-8"))
+    return digest.hexdigest()[:24]
 
 
 def heartbeat_parts(key: str) -> tuple[str, str] | None:

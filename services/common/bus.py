@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any, Awaitable, Callable
@@ -24,6 +25,7 @@ JOB_ACK_WAIT = float(os.environ.get("GETOPERATE_ACK_WAIT", "30"))
 # Deliveries after which a job that keeps losing its worker goes to the dead-letter stream.
 MAX_DELIVER = int(os.environ.get("GETOPERATE_MAX_DELIVER", "5"))
 WORKER_TTL = 15.0
+API_PREFIX = "$JS.API"
 CANCELS_BUCKET = "GO_CANCELS"
 
 
@@ -134,22 +136,25 @@ async def ensure_streams(js: JetStreamContext) -> None:
     await cancels_bucket(js)
 
 
-async def wait_streams(js: JetStreamContext, log: Logger, timeout: float = 120.0) -> None:
-    """For roles that may not create streams (workers): wait until the config service or a
-    router has declared them."""
-    names = [c.name for c in stream_configs()] + [f"KV_{subjects.WORKERS_BUCKET}",
-                                                   f"KV_{CANCELS_BUCKET}"]
+async def wait_streams(nc: NATS, log: Logger, timeout: float = 120.0) -> None:
+    """For roles that may not create streams (routers, workers): wait until the config service
+    has declared them. By their names only (`$JS.API.STREAM.NAMES`): a stream's info lists its
+    subjects (every job id, every group name), which a worker may not read."""
+    wanted = {c.name for c in stream_configs()} | {f"KV_{subjects.WORKERS_BUCKET}",
+                                                   f"KV_{CANCELS_BUCKET}"}
     deadline = time.monotonic() + timeout
-    for name in names:
-        while True:
-            try:
-                await js.stream_info(name)
-                break
-            except NotFoundError:
-                if time.monotonic() > deadline:
-                    raise
-                log.info("waiting_for_stream", stream=name)
-                await asyncio.sleep(0.5)
+    while True:
+        reply = await nc.request(f"{API_PREFIX}.STREAM.NAMES", b"{}", timeout=5.0)
+        body = json.loads(reply.data)
+        if "error" in body:
+            raise BadRequestError(description=str(body["error"]))
+        missing = wanted - set(body.get("streams") or ())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise NotFoundError(description=f"streams never declared: {sorted(missing)}")
+        log.info("waiting_for_stream", stream=sorted(missing)[0])
+        await asyncio.sleep(0.5)
 
 
 async def cancels_bucket(js: JetStreamContext) -> KeyValue:

@@ -133,7 +133,9 @@ def static(role: str, inbox: str | None = None) -> Perms:
             pub_deny=(*_DESTROY, "$O.GO_SNAPSHOTS.>"),
             # submissions only in the routers' queue group: one router takes each, none copies
             sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}",
-                       f"{subjects.JOB_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}"),
+                       f"{subjects.JOB_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}",
+                       # a job read that waits listens on the job's subject (no consumer)
+                       subjects.JOB_EVENTS_SUBJECTS),
             responses=True)  # answers go.router.submit and go.router.job
     if role == "admin":  # the operator's own tools: everything of the suite's, no system account
         return Perms(pub_allow=("go.>", "$JS.>", "$KV.>", "$O.>", "_INBOX.>"),
@@ -160,14 +162,14 @@ def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
     if group is not None:
         config_subjects.append(subjects.group_subject(group))
     pub: list[str] = [
-        *_streams(_JS + ".STREAM.INFO.{s}"),  # waiting for the streams to exist
+        f"{_JS}.STREAM.NAMES",  # waiting for the streams to exist (not their subjects)
+        # binding the two buckets it uses (their keys: heartbeats, job ids to cancel)
+        *_streams(_JS + ".STREAM.INFO.{s}", (f"KV_{subjects.WORKERS_BUCKET}", "KV_GO_CANCELS")),
         *(f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.*.{s}" for s in config_subjects),
         f"{_JS}.CONSUMER.MSG.NEXT.{subjects.CONFIG_STREAM}.*",
         f"{_JS}.CONSUMER.INFO.{subjects.CONFIG_STREAM}.*",
         f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS", f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS.>",
         f"{_JS}.CONSUMER.INFO.KV_GO_CANCELS.>", "$JS.FC.KV_GO_CANCELS.>",
-        f"{_JS}.STREAM.MSG.GET.KV_{subjects.WORKERS_BUCKET}",
-        f"{_JS}.DIRECT.GET.KV_{subjects.WORKERS_BUCKET}.>",
         f"$KV.{subjects.WORKERS_BUCKET}.{heartbeat_key or '<its key>'}",
         # job events: written (sealed, shared/seals.py), never read; a job is read from a router
         subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,
@@ -206,6 +208,8 @@ _PROBES: list[tuple[str, str, str]] = [
     ("pub", subjects.job_events_subject("j"), "write a job event"),
     ("pub", f"{_JS}.CONSUMER.CREATE.{subjects.JOB_EVENTS_STREAM}", "read job events"),
     ("pub", f"{_JS}.STREAM.MSG.GET.{subjects.JOB_EVENTS_STREAM}", "read one job event"),
+    ("pub", f"{_JS}.STREAM.INFO.{subjects.JOB_EVENTS_STREAM}", "list a stream's subjects (job ids)"),
+    ("pub", f"{_JS}.STREAM.MSG.GET.KV_{subjects.WORKERS_BUCKET}", "read heartbeats"),
     ("pub", subjects.JOB_SUBJECT, "read a job from a router (token, grant or hold key)"),
     ("sub", subjects.JOB_SUBJECT, "answer job reads (routers' queue group)"),
     ("pub", subjects.dead_subject("t"), "park a dead letter"),

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import re
 import time
+from collections import OrderedDict
 from typing import Callable
 
 from nats.aio.client import Client as NATS
@@ -35,6 +36,7 @@ from shared import subjects
 QUEUE = "authority"
 _INBOX_TOKEN = re.compile(r"^[A-Za-z0-9]{8,64}$")
 _WORKER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+INBOX_OWNERS = 100_000  # inbox tokens remembered with their user (about 10 MB at most)
 SEQ_WAIT = 1.0  # how long a worker's `seq=N` may hold its connection while the fold catches up
 _SEQ = re.compile(r"^[0-9]{1,12}$")
 
@@ -57,6 +59,8 @@ class Authority:
         self._sub: object | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ensured: dict[str, int] = {}  # tag -> config seq its consumer was last ensured at
+        # inbox token -> the user that declared it first (the newest INBOX_OWNERS of them)
+        self._inbox_owner: OrderedDict[str, str] = OrderedDict()
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(permissions.AUTH_SUBJECT, queue=QUEUE,
@@ -107,6 +111,7 @@ class Authority:
         if not _INBOX_TOKEN.match(inbox_token):
             raise Refused("the connection name must declare its inbox prefix: `inbox=X` with X"
                           " 8 to 64 letters or digits, and the client must use `_INBOX.X`")
+        self._claim_inbox(inbox_token, user)
         inbox = f"_INBOX.{inbox_token}"
         if user in natsauth.ROLES:
             if user == natsauth.AUTH_USER:
@@ -120,9 +125,22 @@ class Authority:
         if jobs:
             await self._ensure_consumers(tags)
         group = (natsauth.worker_scope(user) or (None, None))[0]
-        return (permissions.worker(tags, subjects.heartbeat_key(user, worker_id, inbox_token),
+        return (permissions.worker(tags, subjects.heartbeat_key(user, worker_id,
+                                                         subjects.heartbeat_nonce(inbox_token)),
                                    inbox, group=group, jobs=jobs),
                 {"tags": len(tags), "part": "jobs" if jobs else "control"})
+
+    def _claim_inbox(self, token: str, user: str) -> None:
+        """An inbox token belongs to the user that declared it first: a connection of another
+        user (another group's worker) that learnt it may not declare it to read its replies.
+        A reconnect, which declares the same token with the same user, is let through."""
+        owner = self._inbox_owner.get(token)
+        if owner is not None and owner != user:
+            raise Refused("this inbox token is another user's: declare one of your own")
+        self._inbox_owner[token] = user
+        self._inbox_owner.move_to_end(token)
+        while len(self._inbox_owner) > INBOX_OWNERS:
+            self._inbox_owner.popitem(last=False)
 
     async def _worker_tags(self, user: str, names: dict[str, str]) -> list[str]:
         """The tags a worker's credentials cover now: its group's (dedicated tags included), or

@@ -7,12 +7,11 @@ from aiohttp import web
 from services.common.http import (
     MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
 )
-from services.router.history import recent_jobs
+from services.router.history import not_found, recent_jobs
 from services.common.metrics import SeriesFilter, metrics_handler, readiness
 from services.router import views
 from services.router.service import MAX_WAIT, RouterService
 from shared.codec import decode
-from shared.errors import NotFound
 from shared.identity import authorize_submit
 from services.common import openapi
 from services.common.openapi import Op
@@ -38,13 +37,10 @@ async def get_job(request: web.Request) -> web.Response:
     timeout = min(max(query_float(request, "timeout", 30.0), 0.0), MAX_WAIT)
     wait = wait and timeout > 0  # wait=1&timeout=0 is a plain read
     job_id = request.match_info["id"]
-    svc = request.app[SERVICE_KEY]
-    if not who.admin:  # never wait on, or reveal, another workspace's job
-        peek = await svc.job(job_id, wait=False, timeout=5.0)
-        if peek.workspace != who.workspace:
-            raise NotFound(f"job {job_id!r} does not exist", field="id")
-    view = await svc.job(job_id, wait=wait, timeout=timeout if wait else 5.0)
-    return json_response(view)
+    record = await request.app[SERVICE_KEY].read(  # never waits on another workspace's job
+        job_id, reader=who.name, workspace=None if who.admin else who.workspace, wait=wait,
+        timeout=timeout)
+    return json_response(record.view)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -52,7 +48,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     svc = request.app[SERVICE_KEY]
     if not who.admin and (await svc.job(job_id)).workspace != who.workspace:
-        raise NotFound(f"job {job_id!r} does not exist", field="id")
+        raise not_found(job_id)
     return json_response(await svc.cancel(job_id, by=who.name))
 
 

@@ -1,4 +1,5 @@
-"""Read jobs from their lifecycle events on GO_JOB_EVENTS, believing only sealed events.
+"""Read jobs from their lifecycle events on GO_JOB_EVENTS (no consumer per read), believing only
+sealed events.
 
 Only routers read job events: they hold the router key that checks each event's seal
 (shared/seals.py). Everyone else asks a router: HTTP `GET /jobs/{id}`, or `go.router.job`.
@@ -14,10 +15,10 @@ from typing import Mapping
 
 import msgspec
 from nats import errors as nats_errors
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
-from services.common import bus
 from services.common.log import Logger
 from shared import seals, subjects
 from shared.codec import decode
@@ -54,58 +55,83 @@ def _without_output(event: JobEvent) -> JobEvent:
     return event
 
 
+FIRST_POLL = 0.02  # seconds: a waiting read looks again this soon after a message or start
+LAST_POLL = 2.0  # ... and at least this often while nothing is heard
+NOT_FOUND = "job {id!r} does not exist (or its history expired)"  # one message: see _read_for
+
+
+def not_found(job_id: str) -> NotFound:
+    """The same answer for a job that does not exist and for one the caller may not see."""
+    return NotFound(NOT_FOUND.format(id=job_id), field="id")
+
+
 async def read_job(
-    js: JetStreamContext, job_id: str, genuine: Genuine, *, wait: bool, timeout: float,
+    nc: NATS, job_id: str, genuine: Genuine, *, wait: bool, timeout: float,
     history: bool = False,
 ) -> JobRecord:
     """The job's record from its genuine events; with `wait`, keep following until it ends or
-    `timeout`; with `history`, its events too (and no logs or results anywhere)."""
+    `timeout`; with `history`, its events too (and no logs or results anywhere).
+
+    No JetStream consumer: the events are read one `STREAM.MSG.GET` (next by subject) at a time,
+    and a waiting read listens on the job's subject with a plain subscription; each message it
+    hears only says "read again". A consumer per read would let a caller with many waiting
+    reads exhaust the server's consumers. Subscribers may hear a message before the stream has
+    stored it (or before the subscription took, or while a cluster elects a leader), so the
+    read also looks again after FIRST_POLL, then at doubling intervals up to LAST_POLL."""
     try:
         subject = subjects.job_events_subject(job_id)
     except InvalidInput as exc:
-        raise NotFound(f"job {job_id!r} does not exist", field="id") from exc
-    last = await bus.last_sequence(js, subjects.JOB_EVENTS_STREAM, subject)
-    if last == 0:
-        raise NotFound(f"job {job_id!r} does not exist (or its history expired)", field="id")
-    record = JobRecord(view=JobView(id=job_id), history=[] if history else None, subject_seq=last)
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def on_msg(msg: Msg) -> None:
-        await queue.put(msg)
-
-    psub = await js.subscribe(
-        subject, stream=subjects.JOB_EVENTS_STREAM, cb=on_msg, ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL,
-    )
+        raise not_found(job_id) from exc
+    record = JobRecord(view=JobView(id=job_id), history=[] if history else None)
+    js = nc.jetstream()
+    sub = await nc.subscribe(subject) if wait else None
     deadline = time.monotonic() + timeout
     try:
-        while True:
+        next_seq = await _catch_up(js, job_id, subject, genuine, record, 1)
+        if record.subject_seq == 0:
+            raise not_found(job_id)
+        poll = FIRST_POLL
+        while sub is not None and record.view.status not in TERMINAL:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                msg = await asyncio.wait_for(queue.get(), remaining)
-            except asyncio.TimeoutError:
-                break
-            seq = msg.metadata.sequence.stream
-            record.subject_seq = max(record.subject_seq, seq)
-            event = genuine.event(job_id, msg.data, msg.headers)
-            if event is not None:
-                record.view = evolve_job(record.view, event)
-                record.last_seq = seq
-                if record.history is not None:
-                    record.history.append(_without_output(event))
-            if record.view.status in TERMINAL:
-                break
-            if not wait and seq >= last:
-                break
+                await sub.next_msg(timeout=min(remaining, poll))
+                while sub.pending_msgs:  # all of them are read below, from the stream
+                    await sub.next_msg(timeout=0.001)
+                poll = FIRST_POLL
+            except (asyncio.TimeoutError, nats_errors.TimeoutError):
+                poll = min(poll * 2, LAST_POLL)
+            next_seq = await _catch_up(js, job_id, subject, genuine, record, next_seq)
     finally:
-        await psub.unsubscribe()
+        if sub is not None:
+            await sub.unsubscribe()
     if record.last_seq == 0:  # nothing genuine: a forger's subject is not a job
-        raise NotFound(f"job {job_id!r} does not exist (or its history expired)", field="id")
+        raise not_found(job_id)
     if history:
         record.view = msgspec.structs.replace(record.view, logs="", result=None)
     return record
+
+
+async def _catch_up(js: JetStreamContext, job_id: str, subject: str, genuine: Genuine,
+                    record: JobRecord, seq: int) -> int:
+    """Fold the job's messages from stream sequence `seq` on into `record`; the next sequence."""
+    while record.view.status not in TERMINAL:
+        try:
+            raw = await js.get_msg(subjects.JOB_EVENTS_STREAM, seq=seq, next=True,
+                                   subject=subject)
+        except NotFoundError:
+            break
+        found = int(raw.seq or seq)
+        record.subject_seq = max(record.subject_seq, found)
+        event = genuine.event(job_id, raw.data or b"", raw.headers)
+        if event is not None:
+            record.view = evolve_job(record.view, event)
+            record.last_seq = found
+            if record.history is not None:
+                record.history.append(_without_output(event))
+        seq = found + 1
+    return seq
 
 
 async def recent_jobs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import re
@@ -20,13 +21,13 @@ from services.common.log import Logger
 from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
 from services.common.signingkeys import load_verifier
-from services.router.history import Genuine, read_job
+from services.router.history import Genuine, not_found, read_job
 from shared import grants, seals
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import (
-    Conflict, Forbidden, GetOperateError, InvalidInput, NotFound, Unauthorized,
+    Conflict, Forbidden, GetOperateError, InvalidInput, TooBusy, Unauthorized,
 )
 from shared.admission import Gate, Rejected
 from shared.signing import Verifier
@@ -42,6 +43,8 @@ from shared.identity import Identity, authorize_submit
 
 MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
+MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
+MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
 MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 
@@ -83,6 +86,8 @@ class RouterService:
         self._index: dict[str, tuple[str, ...]] = {}
         self._index_seq = -1
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_SUBMITS)
+        self._reads_inflight = asyncio.Semaphore(MAX_INFLIGHT_READS)  # waits never block submits
+        self._waits: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = RouterMetrics(lambda: self.config.seq)
 
@@ -90,7 +95,7 @@ class RouterService:
         # Every config event is checked before it is folded (shared/admission.py); without a
         # public key there is nothing to check with, and the router refuses to start.
         self._config_gate = Gate(verifier or load_verifier())
-        await bus.wait_streams(self.js, self.logger)  # the config service declares them
+        await bus.wait_streams(self.nc, self.logger)  # the config service declares them
         start_seq = 1
         snapshot = await bus.get_snapshot(self.js)
         if snapshot is not None:
@@ -108,10 +113,12 @@ class RouterService:
         )
         await self.workers.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
-        for subject, answer in ((subjects.SUBMIT_SUBJECT, self._answer_submit),
-                                (subjects.JOB_SUBJECT, self._answer_job)):
+        for subject, answer, bound in (
+                (subjects.SUBMIT_SUBJECT, self._answer_submit, self._inflight),
+                (subjects.JOB_SUBJECT, self._answer_job, self._reads_inflight)):
             self._subs.append(await self.nc.subscribe(
-                subject, queue=subjects.ROUTER_QUEUE_GROUP, cb=self._overlapping(answer)))
+                subject, queue=subjects.ROUTER_QUEUE_GROUP,
+                cb=self._overlapping(answer, bound)))
         self.logger.info("router_ready", config_seq=self.config.seq)
 
     async def stop(self) -> None:
@@ -192,7 +199,6 @@ class RouterService:
         # is never on a queue without history. If enqueueing fails, the history says so.
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
                            language=job.language, kind=job.kind, path=job.path, parent=job.parent)
-        events_subject = subjects.job_events_subject(job.id)
         hold = seals.hold_key(self.key, job.id)  # only the worker that pulls the job sees it
         # Both go out back to back on one connection (the server takes them in order), then we
         # wait for both acks: one round trip instead of two.
@@ -230,21 +236,22 @@ class RouterService:
         self.metrics.observe_workers(self.workers.all())
         self.metrics.observe_queues(await waiting_per_tag(self.js))
 
-    def _overlapping(self, answer: Callable[[Msg], Coroutine[Any, Any, None]]
-                     ) -> Callable[[Msg], Awaitable[None]]:
+    def _overlapping(self, answer: Callable[[Msg], Coroutine[Any, Any, None]],
+                     bound: asyncio.Semaphore) -> Callable[[Msg], Awaitable[None]]:
         """nats-py runs one callback at a time per subscription: hand each request to its own
-        task (bounded, shared by submissions and reads), so requests overlap their JetStream
-        round trips and a read that waits for its job does not hold up the next one."""
+        task (at most `bound` at once), so requests overlap their JetStream round trips and a
+        read that waits for its job does not hold up the next one. Submissions and reads have
+        a bound each: reads that wait cannot starve submissions."""
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            bound.release()
+
         async def on_request(msg: Msg) -> None:
-            await self._inflight.acquire()
+            await bound.acquire()
             task = asyncio.create_task(answer(msg))
             self._tasks.add(task)
-            task.add_done_callback(self._request_done)
+            task.add_done_callback(done)
         return on_request
-
-    def _request_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._inflight.release()
 
     async def _answer_submit(self, msg: Msg) -> None:
         answer: object
@@ -320,14 +327,45 @@ class RouterService:
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
 
     async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str) -> object:
-        """Store a job event the router writes, sealed like a holder's (shared/seals.py)."""
+        """Store a job event the router writes, sealed like a holder's, under a message id only
+        a holder can compute (shared/seals.py)."""
         body = encode(event)
-        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body, msg_id,
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body,
+                                 seals.msg_id(hold, msg_id),
                                  headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""
-        return (await read_job(self.js, job_id, self.genuine, wait=wait, timeout=timeout)).view
+        return (await read_job(self.nc, job_id, self.genuine, wait=wait, timeout=timeout)).view
+
+    async def read(self, job_id: str, *, reader: str, workspace: str | None = None,
+                   parent: str | None = None, wait: bool = False, timeout: float = 30.0,
+                   history: bool = False) -> JobRecord:
+        """A job for `reader`, who may see it only in `workspace` or only as a step of flow
+        `parent` when given (else: any job). A job it may not see is not_found, with the same
+        message as a missing one, and is never waited on: its existence is not revealed. One
+        reader may have MAX_WAITS_PER_READER waiting reads at a time (TooBusy beyond)."""
+        timeout = min(max(timeout, 0.0), MAX_WAIT)
+        wait = wait and timeout > 0
+        if workspace is not None or parent is not None:
+            peek = (await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0)).view
+            if ((workspace is not None and peek.workspace != workspace)
+                    or (parent is not None and peek.parent != parent)):
+                raise not_found(job_id)
+        if not wait:
+            return await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0,
+                                  history=history)
+        if self._waits[reader] >= MAX_WAITS_PER_READER:
+            raise TooBusy(f"{reader!r} already waits for {MAX_WAITS_PER_READER} jobs; wait for"
+                          " fewer at a time, or read without waiting", field="wait")
+        self._waits[reader] += 1
+        try:
+            return await read_job(self.nc, job_id, self.genuine, wait=True, timeout=timeout,
+                                  history=history)
+        finally:
+            self._waits[reader] -= 1
+            if not self._waits[reader]:
+                del self._waits[reader]
 
     async def _answer_job(self, msg: Msg) -> None:
         """A `go.router.job` request: the job's record, for whoever may read it."""
@@ -337,7 +375,7 @@ class RouterService:
             record = await self._read_for(msg, query)
             answer = record
         except GetOperateError as exc:
-            if isinstance(exc, (Unauthorized, Forbidden)):
+            if isinstance(exc, (Unauthorized, Forbidden, TooBusy)):
                 self.logger.warning("job_read_refused", error=exc.code, reason=exc.message)
             answer = exc.to_dict()
         except Exception as exc:
@@ -347,30 +385,22 @@ class RouterService:
 
     async def _read_for(self, msg: Msg, query: JobQuery) -> JobRecord:
         """Who may read a job over NATS: its holder (the job's hold key in `Go-Job-Hold`), the
-        flow it is a step of (the flow's grant), or a token, by the rules of `GET /jobs/{id}`.
-        Another workspace's job answers not_found, as on HTTP: its existence is not revealed."""
+        flow it is a step of (the flow's grant), or a token, by the rules of `GET /jobs/{id}`."""
         hold = _header(msg, subjects.HOLD_HEADER)
         grant_text = _header(msg, subjects.FLOW_GRANT_HEADER)
-        timeout = min(max(query.timeout, 0.0), MAX_WAIT)
-        wait = query.wait and timeout > 0
-        hidden = NotFound(f"job {query.id!r} does not exist", field="id")
+        ask = {"wait": query.wait, "timeout": query.timeout, "history": query.history}
         if hold is not None:
             if not seals.holds(self.key, query.id, hold):
                 raise Forbidden(f"the hold key is not job {query.id!r}'s",
                                 field=subjects.HOLD_HEADER)
-        elif grant_text is not None:
+            return await self.read(query.id, reader=f"holder of {query.id}", **ask)
+        if grant_text is not None:
             grant = grants.verify(self.key, grant_text)
-            peek = await read_job(self.js, query.id, self.genuine, wait=False, timeout=5.0)
-            if peek.view.parent != grant.flow:
-                raise hidden
-        else:
-            who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
-            if not who.admin:
-                peek = await read_job(self.js, query.id, self.genuine, wait=False, timeout=5.0)
-                if peek.view.workspace != who.workspace:
-                    raise hidden
-        return await read_job(self.js, query.id, self.genuine, wait=wait,
-                              timeout=timeout if wait else 5.0, history=query.history)
+            return await self.read(query.id, reader=f"flow {grant.flow}", parent=grant.flow,
+                                   **ask)
+        who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
+        return await self.read(query.id, reader=who.name,
+                               workspace=None if who.admin else who.workspace, **ask)
 
 
 def _header(msg: Msg, name: str) -> str | None:

@@ -46,8 +46,8 @@ class Heartbeat:
 
     def __init__(self, worker_id: str, nats_user: str, nonce: str,
                  status: Callable[[], WorkerStatus], logger: Logger) -> None:
-        # The nonce is the control connection's inbox token: the authority lets that
-        # connection write this key only, and no other worker knows it.
+        # The nonce derives from the control connection's inbox token (subjects.heartbeat_nonce):
+        # the authority lets that connection write this key only.
         self.key = subjects.heartbeat_key(nats_user, worker_id, nonce)
         self.status = status
         self.logger = logger

@@ -90,11 +90,13 @@ class Results:
 
     async def publish(self, event: JobStarted | JobFinished, hold: str, msg_id: str,
                       expect_last: int | None = None) -> Any:
-        """Store a lifecycle event, sealed with the job's hold key. `expect_last` makes it
+        """Store a lifecycle event, sealed with the job's hold key, under a message id only a
+        holder can compute (`seals.msg_id`). `expect_last` makes it
         conditional on the job's subject not having changed since that sequence, so two
         attempts can never both record a result."""
         body = encode(fit(event))
-        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body, msg_id,
+        return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body,
+                                 seals.msg_id(hold, msg_id),
                                  within=60.0, expect_last=expect_last,
                                  headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 

@@ -32,6 +32,7 @@ from services.worker.results import Results
 from services.worker.settings import WorkerSettings
 from services.worker.slots import Slot, Slots
 from shared import state as st
+from shared import subjects
 from shared.jobs import WorkerStatus
 
 
@@ -56,7 +57,8 @@ class Worker:
         self.priorities: dict[str, int] = {}
         self.dedicated_tags: set[str] = set()
         self.executor = Executor(settings, self.id, self.group, self.logger)
-        nonce = natsauth.declared(nc.options.get("name") or "").get("inbox") or secrets.token_hex(8)
+        inbox_token = natsauth.declared(nc.options.get("name") or "").get("inbox")
+        nonce = subjects.heartbeat_nonce(inbox_token) if inbox_token else secrets.token_hex(12)
         self.heartbeat = Heartbeat(self.id, settings.nats_user, nonce, self.status, self.logger)
         self.slots = Slots(settings.concurrency)
         self.init = InitScript(self.executor, self.slots, self.metrics, self.logger,
@@ -111,7 +113,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await bus.wait_streams(self.js, self.logger)  # workers may not create streams
+        await bus.wait_streams(self.nc, self.logger)  # workers may not create streams
         self.heartbeat.start(await bus.workers_bucket(self.js))
         await self.cancels.start()
         await self.follower.start()

@@ -629,3 +629,127 @@ async def test_a_job_without_a_hold_key_is_dead_lettered_not_run(suite: Suite) -
     import os
 
     assert not os.path.exists(marker)
+
+
+# --- the second red-team pass: what a worker could still do, and no longer can -----------------
+
+
+async def test_junk_under_the_message_ids_a_holder_will_use_drops_no_event(suite: Suite) -> None:
+    """The attack: write junk on a job's subject under `Nats-Msg-Id: <id>:<n>:finished` (and
+    `:queued` for ids guessed ahead: ids are time-ordered), so JetStream drops the real event
+    as a duplicate and the job stays running (or vanishes) for good. The real ids carry a tag
+    only the holder computes (shared/seals.py: msg_id)."""
+    s = suite
+    first = s.api.submit("echo one", workspace="main")["id"]
+    s.api.job(first)
+    ms, prefix, counter = int(first[:12], 16), first[12:24], int(first[24:], 16)
+    nc = await connect_as(s, "worker")
+    try:
+        js = nc.jetstream()
+        guessed = [f"{ms + d:012x}{prefix}{(counter + 1) & 0xFFFFFFFF:08x}"
+                   for d in range(0, 3000)]
+        for job_id in guessed:  # the next id, for the next 3 s
+            await nc.publish(subjects.job_events_subject(job_id), b"junk",
+                             headers={"Nats-Msg-Id": f"{job_id}:queued"})
+        await nc.flush()
+        answer = s.api.submit("sleep 1; echo real", workspace="ws2")
+        job = answer["id"]
+        for n in (1, 2, 3):
+            for what in ("started", "finished"):
+                await js.publish(subjects.job_events_subject(job), b"junk", timeout=10,
+                                 headers={"Nats-Msg-Id": f"{job}:{n}:{what}"})
+    finally:
+        await nc.close()
+    view = s.api.job(job)
+    assert (view["status"], view["result"], view["workspace"]) == ("success", "real", "ws2"), view
+
+
+async def test_a_worker_cannot_take_over_another_groups_inbox(suite: Suite) -> None:
+    """The attack: learn a `native` worker's inbox token (it was the nonce of its heartbeat
+    key, which workers could read), declare it as a `default` worker and read its replies:
+    its group's config (static variables), its job reads. The key now holds a one-way nonce,
+    workers may not read the heartbeat bucket, and a token is its first user's."""
+    s = suite
+    from tests.integration.test_permissions import _raw_connect
+
+    token = uuid.uuid4().hex
+    victim_user, thief_user = natsauth.worker_user("native"), natsauth.worker_user("default")
+
+    def connect(user: str) -> str:
+        return _raw_connect(s, user=user, **{"pass": creds(s)[user]},
+                            name=f"probe inbox={token} worker=probe-x part=control")[1]
+
+    assert "PONG" in connect(victim_user)
+    assert "Authorization Violation" in connect(thief_user)
+    assert "PONG" in connect(victim_user)  # a reconnect of its owner
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(s.plain_nats_url, user=thief_user, password=creds(s)[thief_user],
+                            allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error,
+                            **natsauth.connection_options("probe", thief_user,
+                                                          worker="probe-lister", part="control"))
+    try:
+        for request in (
+                (f"$JS.API.STREAM.MSG.GET.KV_{subjects.WORKERS_BUCKET}",
+                 {"seq": 1, "next_by_subj": f"$KV.{subjects.WORKERS_BUCKET}.>"}),
+                (f"$JS.API.STREAM.INFO.{subjects.JOB_EVENTS_STREAM}",
+                 {"subjects_filter": f"{subjects.JOB_EVENTS_PREFIX}.>"}),
+                (f"$JS.API.STREAM.INFO.{subjects.CONFIG_STREAM}",
+                 {"subjects_filter": "go.config.>"})):
+            with pytest.raises(Exception):
+                await nc.request(request[0], json.dumps(request[1]).encode(), timeout=1)
+    finally:
+        await nc.close()
+    assert sum("permissions violation" in e.lower() for e in errors) >= 3, errors
+
+
+async def test_many_waiting_reads_of_one_token_leave_the_others_served(
+        suite: Suite, tokens: Tokens) -> None:
+    """The attack: a workspace token parks a thousand waiting reads of its own long job, which
+    took one JetStream consumer each until the server had none left: every other tenant's
+    reads then failed. Reads hold no consumer now, and one reader has at most 100 waiting."""
+    s = suite
+    mine = await submit_as(s, "client", {"language": "bash", "code": "sleep 8; echo slow",
+                                         "workspace": "ws1"}, s.auth(tokens.ws1))
+    other = await submit_as(s, "client", {"language": "bash", "code": "echo other",
+                                          "workspace": "ws2"}, s.auth(tokens.ws2))
+    admin = await nats.connect(s.nats_url)
+    consumers_before = (await admin.jetstream().stream_info(
+        subjects.JOB_EVENTS_STREAM)).state.consumer_count
+    nc = await connect_as(s, "client")
+    try:
+        query = json.dumps({"id": mine["id"], "wait": True, "timeout": 20}).encode()
+        waits = [asyncio.ensure_future(nc.request(subjects.JOB_SUBJECT, query, timeout=30,
+                                                  headers=s.auth(tokens.ws1)))
+                 for _ in range(130)]
+        await asyncio.sleep(1.5)
+        busy = [json.loads(w.result().data) for w in waits if w.done()]
+        assert len(busy) == 30 and {b["error"] for b in busy} == {"too_busy"}, busy[:3]
+        consumers = (await admin.jetstream().stream_info(
+            subjects.JOB_EVENTS_STREAM)).state.consumer_count
+        assert consumers == consumers_before
+        theirs = await _read_as(s, "client", other["id"], s.auth(tokens.ws2), wait=True,
+                                timeout=20)
+        assert theirs["view"]["result"] == "other", theirs
+        done = [json.loads(r.data) for r in await asyncio.gather(*waits)]
+        assert sum(1 for d in done if d.get("view", {}).get("result") == "slow") == 100
+    finally:
+        await nc.close()
+        await admin.close()
+
+
+async def test_another_workspaces_job_reads_exactly_like_a_missing_one(
+        suite: Suite, tokens: Tokens) -> None:
+    s = suite
+    job = s.api.submit("echo x", workspace="ws1")["id"]
+    missing = job[:-4] + "0000" if not job.endswith("0000") else job[:-4] + "1111"
+    seen = await _read_as(s, "client", job, s.auth(tokens.ws2))
+    absent = await _read_as(s, "client", missing, s.auth(tokens.ws2))
+    assert seen["message"].replace(job, "ID") == absent["message"].replace(missing, "ID")
+    status, body = http(s, "GET", "router", f"/jobs/{job}", tokens.ws2)
+    status2, body2 = http(s, "GET", "router", f"/jobs/{missing}", tokens.ws2)
+    assert (status, status2) == (404, 404)
+    assert body.replace(job, "ID") == body2.replace(missing, "ID")

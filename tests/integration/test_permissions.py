@@ -184,13 +184,14 @@ def test_a_connection_must_declare_its_inbox(suite: Suite) -> None:
     creds = _creds(suite)
     client = {"user": "client", "pass": creds["client"]}
     assert "Authorization Violation" in _raw_connect(suite, **client, name="x")[1]
-    assert "PONG" in _raw_connect(suite, **client, name="x inbox=0123456789abcdef")[1]
+    assert "PONG" in _raw_connect(suite, **client, name="x inbox=0123456789client")[1]
 
 
 def _own_key(conn: Conn, worker_id: str) -> str:
-    """The one heartbeat key the authority lets `conn` write: its inbox token is the nonce."""
+    """The one heartbeat key the authority lets `conn` write: its nonce derives from its inbox
+    token."""
     token = natsauth.declared(conn.nc.options["name"])["inbox"]
-    return subjects.heartbeat_key(conn.user, worker_id, token)
+    return subjects.heartbeat_key(conn.user, worker_id, subjects.heartbeat_nonce(token))
 
 
 def test_heartbeats_only_under_its_own_key(suite: Suite) -> None:

@@ -58,3 +58,11 @@ def test_a_tags_worker_may_not_claim_a_group_its_user_does_not_name() -> None:
     named = subjects.heartbeat_key(natsauth.worker_user("gpu", ["a"]), "w", "n")
     assert key_problem(plain, status) is not None
     assert key_problem(named, status) is None
+
+
+@given(st.from_regex(r"[A-Za-z0-9]{8,64}", fullmatch=True))
+def test_a_heartbeat_key_does_not_show_the_inbox_token(token: str) -> None:
+    """Heartbeat keys are listed by routers; an inbox token lets its holder read replies."""
+    nonce = subjects.heartbeat_nonce(token)
+    assert token not in subjects.heartbeat_key("worker:default", "w", nonce)
+    assert nonce == subjects.heartbeat_nonce(token) and len(nonce) == 24

@@ -47,3 +47,13 @@ def test_a_missing_or_empty_seal_or_hold_is_refused() -> None:
     assert not seals.holds(KEY, "j1", None)
     assert not seals.holds(KEY, "j1", "")
     assert not seals.sealed(hold, b"{}", "0" * 64)
+
+
+@given(job_ids, st.text(min_size=1, max_size=40))
+def test_an_events_message_id_is_the_holders_alone(job_id: str, name: str) -> None:
+    """Anyone may write on a job's subject; under the id the holder will use, JetStream would
+    drop the holder's event as a duplicate. The id carries a tag only the holder computes."""
+    hold = seals.hold_key(KEY, job_id)
+    made = seals.msg_id(hold, name)
+    assert made.startswith(name + ":") and made == seals.msg_id(hold, name)  # retries dedupe
+    assert made != seals.msg_id(seals.hold_key(b"x" * 43, job_id), name)
