@@ -17,7 +17,8 @@ import msgspec
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from services.common.log import Logger
 from shared import seals, subjects
@@ -47,6 +48,26 @@ class Genuine:
             self.logger.warning("job_event_skipped", job_id=subject_job, error=str(exc))
             return None
         return event if event.job_id == subject_job else None
+
+
+_TRANSIENT = (asyncio.TimeoutError, nats_errors.TimeoutError, nats_errors.NoRespondersError,
+              ServiceUnavailableError)
+READ_RETRY = 10.0  # seconds a read keeps asking while its stream has no leader (an election)
+
+
+async def _get_next(js: JetStreamContext, subject: str, seq: int) -> RawStreamMsg:
+    """The job's next message from `seq` on; retried while the stream has no leader or NATS
+    reconnects, as writes are (services/common/bus.py: publish)."""
+    delay, deadline = 0.05, time.monotonic() + READ_RETRY
+    while True:
+        try:
+            return await js.get_msg(subjects.JOB_EVENTS_STREAM, seq=seq, next=True,
+                                    subject=subject)
+        except _TRANSIENT:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _without_output(event: JobEvent) -> JobEvent:
@@ -118,8 +139,7 @@ async def _catch_up(js: JetStreamContext, job_id: str, subject: str, genuine: Ge
     """Fold the job's messages from stream sequence `seq` on into `record`; the next sequence."""
     while record.view.status not in TERMINAL:
         try:
-            raw = await js.get_msg(subjects.JOB_EVENTS_STREAM, seq=seq, next=True,
-                                   subject=subject)
+            raw = await _get_next(js, subject, seq)
         except NotFoundError:
             break
         found = int(raw.seq or seq)
