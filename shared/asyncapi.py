@@ -262,7 +262,12 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "DeadLetter": {"title": "Dead letter",
                        "summary": "A job parked after too many deliveries, with its history.",
                        "payload": schema["DeadLetter"],
-                       "headers": _headers(Nats_Msg_Id=f"the job id. {msg_id}.")},
+                       "headers": _headers(**{
+                           "Nats_Msg_Id": f"the job id (or `<tag>:<queue sequence>`). {msg_id}.",
+                           subjects.DEAD_REASON_HEADER.replace("-", "_"):
+                           "present only on a message parked as it came (not a Job, or one"
+                           " that failed before every run): why; the body is then the queue"
+                           " message's exact bytes, not a DeadLetter"})},
         "WorkerStatus": {
             "title": "Worker heartbeat", "summary": "A live worker's status (a KV entry).",
             "payload": schema["WorkerStatus"],

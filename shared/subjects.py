@@ -57,6 +57,8 @@ JOB_SUBJECT = f"{PREFIX}.router.job"
 # A queued job's hold key (only its holder sees it) and each job event's seal (shared/seals.py).
 HOLD_HEADER = "Go-Job-Hold"
 SEAL_HEADER = "Go-Job-Seal"
+# A message parked on GO_DEAD as it came (it was not a Job): why (a DeadLetter has `reason`).
+DEAD_REASON_HEADER = "Go-Dead-Reason"
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")

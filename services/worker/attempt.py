@@ -1,11 +1,13 @@
 """One delivery of a job: the checks between the pull and the run, the run, its events, the ack.
 
-Before the run: a message that is not a Job is terminated; a Job that can never run (its id
-cannot name its events, it carries no hold key: no router queued it) or must not run here (another tag's, or its tag closed to its workspace:
+Before the run: a message that is not a Job is parked on GO_DEAD as it came, with its reason; a
+Job that can never run (its id cannot name its events, its timeout is not a positive number, a
+flow without steps, it carries no hold key: no router queued it) or must not run here (another tag's, or its tag closed to its workspace:
 `admission_problem`) is dead-lettered at once; a redelivery whose result is already stored
 is acked; one delivered more than MAX_DELIVER times is dead-lettered. Anything else that fails
-there returns the message (nak) to be tried again, so a delivery never hangs and, with naks
-counting as deliveries, never comes back forever. The run: job.started, the job (or its flow)
+there returns the message (nak) to be tried again, so a delivery never hangs; once it has failed
+more than MAX_DELIVER times (naks count as deliveries) it is parked as it came, with the error,
+so nothing comes back forever. The run: job.started, the job (or its flow)
 with in-progress acks and cancellation, job.finished, and the ack only once that is durable.
 The task this runs in owns the job's slot (services/worker/slots.py).
 """
@@ -13,6 +15,7 @@ The task this runs in owns the job's slot (services/worker/slots.py).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any, Callable
 
@@ -48,6 +51,10 @@ def job_problem(job: Job) -> str | None:
     if len(job.id) > MAX_ID_CHARS or not job.id.isprintable() or " " in job.id:  # any space
         return (f"its id {job.id[:64]!r} is not a job id (at most {MAX_ID_CHARS} printable"
                 " characters, no spaces)")
+    if job.timeout is not None and not 0 < job.timeout < math.inf:
+        return f"its timeout {job.timeout!r} is not a positive number of seconds"
+    if job.kind == "flow" and not job.steps:
+        return "it is a flow with no steps"
     return None
 
 
@@ -92,7 +99,15 @@ class Attempts:
         try:
             admitted = await self._admit(tag, msg, slot)
         except Exception as exc:
-            self.logger.error("job_not_started", tag=tag, error=repr(exc))
+            attempt = msg.metadata.num_delivered or 1
+            self.logger.error("job_not_started", tag=tag, error=repr(exc), attempt=attempt)
+            if attempt > bus.MAX_DELIVER:  # it failed every time: park it, never loop on it
+                try:
+                    await self.results.park(tag, msg, reason=(
+                        f"it could not be processed in {attempt} deliveries: {exc!r}"))
+                    return
+                except Exception as park_exc:  # GO_DEAD unavailable too: try again later
+                    self.logger.error("job_not_parked", tag=tag, error=repr(park_exc))
             await _quietly(msg.nak(delay=RETRY_DELAY))
             return
         if admitted is not None:
@@ -104,8 +119,7 @@ class Attempts:
         try:
             job = decode(msg.data, Job)
         except InvalidInput as exc:
-            self.logger.error("job_malformed_dropped", tag=tag, error=str(exc))
-            await msg.term()
+            await self.results.park(tag, msg, reason=f"it is not a job: {exc.message}")
             return None
         attempt = msg.metadata.num_delivered or 1
         problem = job_problem(job)

@@ -27,6 +27,7 @@ from shared.jobs import DeadLetter, Job, JobFinished, JobQueued, JobRecord, JobS
 WRONG_LAST_SEQUENCE = 10071
 MAX_EVENT_BYTES = 900 * 1024  # under the 1 MB max_payload, with room for headers
 MAX_ERROR_CHARS = 16 * 1024
+MAX_REASON_CHARS = 2048  # a NATS header: one line, kept short
 MAX_RESULT_TRIES = 5  # junk written onto a job's subject makes a conditional write retry
 TRUNCATED = "[... log truncated ...]\n"
 
@@ -150,6 +151,18 @@ class Results:
                     hold, f"{job.id}:refused:finished", expect_last=record.subject_seq)
         except Exception as exc:  # parked already; only its history stays "queued"
             self.logger.warning("job_refusal_not_recorded", job_id=job.id, error=repr(exc))
+
+    async def park(self, tag: str, msg: Msg, *, reason: str) -> None:
+        """Park a message this worker cannot process as it came (it may not even be a Job) on
+        GO_DEAD, with the reason in a header, and terminate it: it never comes back to jam
+        the queue. Raises (and leaves the message) when GO_DEAD cannot take it."""
+        seq = msg.metadata.sequence.stream
+        reason = " ".join(reason.split())  # a header value is one line
+        await self.js.publish(subjects.dead_subject(tag), msg.data or b"", headers={
+            "Nats-Msg-Id": f"{tag}:{seq}", subjects.DEAD_REASON_HEADER: reason[:MAX_REASON_CHARS]})
+        await msg.term()
+        self.metrics.dead_letters.labels(tag).inc()
+        self.logger.error("job_parked", tag=tag, stream_seq=seq, reason=reason[:512])
 
     async def dead_letter(self, tag: str, job: Job, msg: Msg, deliveries: int,
                           reason: str | None = None, hold: str | None = None) -> None:

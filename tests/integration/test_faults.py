@@ -277,21 +277,33 @@ def test_jobs_that_cannot_start_never_jam_the_worker(fast: Suite) -> None:
     assert [v["result"] for v in views] == ["ok0", "ok1", "ok2"]
     dead = proc.log_events("job_dead_lettered")
     assert [d["reason"] for d in dead] == ["its id is empty"]
-    assert len(proc.log_events("job_malformed_dropped")) == 1
+    assert len(proc.log_events("job_parked")) == 1  # the body that is no job, as it came
     assert not proc.log_events("job_not_started") and not proc.log_events("job_result_not_recorded")
     assert "permissions violation" not in proc.output().lower()
 
-    async def parked() -> dict:  # type: ignore[type-arg]
+    async def parked() -> list[tuple[dict[str, str], bytes]]:
         nc = await nats.connect(s.nats_url)
+        found = []
         try:
-            msg = await nc.jetstream().get_last_msg(subjects.DEAD_STREAM,
-                                                    subjects.dead_subject("t-jam"))
-            return json.loads(msg.data)  # type: ignore[no-any-return]
+            js = nc.jetstream()
+            seq = 1
+            for _ in range(2):
+                msg = await js.get_msg(subjects.DEAD_STREAM, seq=seq, next=True,
+                                       subject=subjects.dead_subject("t-jam"))
+                found.append((dict(msg.headers or {}), msg.data or b""))
+                seq = int(msg.seq or 0) + 1
+            return found
         finally:
             await nc.close()
 
-    letter = asyncio.run(parked())
-    assert letter["job"]["id"] == "" and letter["job"]["code"] == "echo never"
+    letters = asyncio.run(parked())
+    whole = [json.loads(data) for headers, data in letters
+             if subjects.DEAD_REASON_HEADER not in headers]
+    assert len(whole) == 1
+    assert whole[0]["job"]["id"] == "" and whole[0]["job"]["code"] == "echo never"
+    raw = [(h, data) for h, data in letters if subjects.DEAD_REASON_HEADER in h]
+    assert raw[0][1] == b'{"id": "x", "code": '  # parked as it came, with why
+    assert raw[0][0][subjects.DEAD_REASON_HEADER].startswith("it is not a job: ")
 
 
 def test_malformed_and_unforged_config_messages_are_rejected_not_fatal(fast: Suite) -> None:
@@ -335,6 +347,6 @@ def test_malformed_and_unforged_config_messages_are_rejected_not_fatal(fast: Sui
     s.api.wait_workers(ready("garb", tags={"t-garb", "t-real"}))
     assert s.api.job(s.api.submit("echo alive", tag="t-real")["id"])["result"] == "alive"
     assert proc.p.poll() is None
-    assert len(proc.log_events("job_malformed_dropped")) == 2
+    assert len(proc.log_events("job_parked")) == 2
     router_log = s.up.output()
     assert "config_event_rejected" in router_log and "config_stream_foreign_message" in router_log

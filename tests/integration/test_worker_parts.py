@@ -245,3 +245,49 @@ async def test_an_error_before_the_run_frees_the_slot_and_returns_the_job(
     assert back is not None and back.metadata.num_delivered == 3
     await back.ack()
     await pull.close()
+
+
+class ParkingResults(BrokenResults):
+    """Reading a job's record keeps failing; parking works (on the real GO_DEAD)."""
+
+    def __init__(self, js: Any) -> None:
+        self.parked: list[str] = []
+        self.js = js
+
+    async def park(self, tag: str, msg: Any, *, reason: str) -> None:
+        self.parked.append(reason)
+        await msg.term()
+
+
+async def test_a_job_that_fails_before_every_run_is_parked_not_retried_forever(
+        js_ready: NATS) -> None:
+    """Issue 14: an error before the run, every time (here: its history cannot be read), must
+    not make the job come back forever: past GETOPERATE_MAX_DELIVER deliveries it is parked."""
+    from services.common import bus
+
+    nc = js_ready
+    js = nc.jetstream()
+    pull = TagPull(nc, js, TAG)
+    await pull.pull(NOW)
+    await js.publish(subjects.job_subject(TAG), job(),
+                     headers={subjects.HOLD_HEADER: seals.hold_key(b"k" * 32, "j")})
+    msg = await pull.pull(SOON)
+    for _ in range(bus.MAX_DELIVER):  # earlier deliveries that failed the same way
+        assert msg is not None
+        await msg.nak()
+        msg = await pull.pull(SOON)
+    assert msg is not None and msg.metadata.num_delivered == bus.MAX_DELIVER + 1
+    results = ParkingResults(js)
+    attempts = Attempts(nc, None, results, None,  # type: ignore[arg-type]
+                        WorkerMetrics(), quiet(), on_current=lambda: None,
+                        stopping=lambda: False, config=ConfigState)
+    slots = Slots(1)
+    async with slots.hold() as slot:
+        task = asyncio.ensure_future(attempts.run(TAG, msg, slot))
+        slot.hand_to(task)
+    await asyncio.wait_for(task, 5)
+    assert slots.taken == 0
+    assert len(results.parked) == 1
+    assert f"could not be processed in {bus.MAX_DELIVER + 1} deliveries" in results.parked[0]
+    assert await pull.pull(1.0) is None  # terminated: it does not come back
+    await pull.close()
