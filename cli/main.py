@@ -99,8 +99,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         body["tag"] = ns.tag
     if ns.require_worker:
         body["require_worker"] = True
-    if ns.job_timeout:
-        body["timeout"] = ns.job_timeout
+    if ns.job_timeout is not None:
+        body["timeout"] = ns.job_timeout  # the router refuses 0 or less, naming the field
     answer = call("POST", f"{ep.router_url}/jobs", ep.token(), body)
     if answer.get("warning"):
         print(f"getoperate: warning: {answer['warning']}", file=sys.stderr)
@@ -424,7 +424,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
 def cmd_jobs(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
     query = {k: v for k, v in (("tag", ns.tag), ("group", ns.group), ("workspace", ns.workspace),
-                                ("status", ns.status), ("limit", ns.limit)) if v}
+                                ("status", ns.status), ("limit", ns.limit)) if v is not None}
     jobs = call("GET", f"{ep.router_url}/jobs?{urllib.parse.urlencode(query)}", ep.token())
     return _print(jobs, ns.json, output.print_jobs)
 

@@ -35,6 +35,8 @@ def decode(data: bytes | str, type_: type[T] | Any) -> T:
         raise InvalidInput(f"invalid message: {exc}", field=_path_of(str(exc))) from exc
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec's nesting limit: a body nested thousands deep
+        raise InvalidInput("malformed JSON: nested too deeply") from exc
 
 
 def to_builtins(obj: object) -> Any:

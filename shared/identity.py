@@ -30,6 +30,8 @@ def bearer_token(header: str | None) -> str:
     token = header[len(BEARER):].strip() if header and header.startswith(BEARER) else ""
     if not token:
         raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+    if not token.isascii() or not token.isprintable():  # tokens are printable ASCII
+        raise Unauthorized("malformed token: a token is printable ASCII")
     return token
 
 

@@ -136,6 +136,16 @@ def query_int(request: web.Request, name: str, default: int | None = None) -> in
         raise InvalidInput(f"query parameter {name} must be an integer, got {raw!r}", field=name)
 
 
+def query_range(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; outside it, InvalidInput naming it."""
+    value = query_int(request, name, default)
+    assert value is not None
+    if not low <= value <= high:
+        raise InvalidInput(f"query parameter {name} must be between {low} and {high}, got"
+                           f" {value}", field=name)
+    return value
+
+
 def query_float(request: web.Request, name: str, default: float) -> float:
     raw = request.query.get(name)
     if raw is None or raw == "":

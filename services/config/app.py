@@ -10,7 +10,8 @@ import msgspec
 from aiohttp import web
 
 from services.common.http import (
-    MAX_BODY_BYTES, Handler, TokenCheck, error_middleware, hash_token, json_response, query_int, read_body,
+    MAX_BODY_BYTES, Handler, TokenCheck, error_middleware, hash_token, json_response, query_int,
+    query_range, read_body,
 )
 from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
@@ -363,7 +364,7 @@ async def list_events(request: web.Request) -> web.Response:
     svc = request.app[SERVICE_KEY]
     since, until = _point(request, "since"), _point(request, "until")
     group = request.query.get("group")
-    limit = min(max(query_int(request, "limit", 1000) or 1000, 1), 10_000)
+    limit = query_range(request, "limit", 1000, 1, 10_000)
     records = svc.log.query(
         since_seq=(since.seq - 1) if since and since.seq else 0,
         since_time=since.time if since else None,

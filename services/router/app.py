@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.http import (
-    MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_int, read_body,
+    MAX_BODY_BYTES, TokenCheck, error_middleware, json_response, query_float, query_range, read_body,
 )
 from services.router.history import not_found, recent_jobs
 from services.common.metrics import SeriesFilter, metrics_handler, readiness
@@ -56,7 +56,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     """Recent jobs from the job history stream, filtered by tag, group, workspace or status."""
     who = request.app[TOKENS_KEY].identity(request)
     workspace = request.query.get("workspace") if who.admin else who.workspace
-    limit = min(max(query_int(request, "limit", 100) or 100, 1), 1000)
+    limit = query_range(request, "limit", 100, 1, 1000)
     svc = request.app[SERVICE_KEY]
     jobs = await recent_jobs(
         svc.js, svc.genuine, tag=request.query.get("tag"), group=request.query.get("group"),
