@@ -70,6 +70,10 @@ async def list_workers(request: web.Request) -> web.Response:
     says."""
     who = request.app[TOKENS_KEY].identity(request)
     svc = request.app[SERVICE_KEY]
+    if not svc.nc.is_connected:  # heartbeats come through NATS: an empty list would be a lie
+        return json_response({"error": "unavailable", "message": "the router is not connected"
+                              " to NATS, so it cannot know which workers are live; retry shortly"},
+                             status=503)
     return json_response(await views.workers_for(who, svc.workers.all(), svc.config,
                                                  request.app[JOBS_KEY]))
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from cli.client import Endpoints
+from services.common.natsserver import NatsServer, free_port
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli
+from tests.integration.harness import Proc, cli
 
 
 def _request(s: Suite, service: str, method: str, path: str, body: bytes | None = None,
@@ -57,3 +62,47 @@ def test_a_zero_job_timeout_is_refused_not_dropped(suite: Suite) -> None:
               cwd=suite.root)
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1 and "timeout" in lines[0], out.stderr
+
+
+def test_workers_while_nats_is_down_is_a_503_not_an_empty_list(tmp_path: Path) -> None:
+    """With NATS away the router cannot know who is alive: `GET /workers` says so (503) and
+    the CLI prints that, instead of `200 []` and "(no live workers)"."""
+    nats_server = NatsServer(tmp_path / "nats").start()
+    data = tmp_path / "data"
+    cport, rport = free_port(), free_port()
+    while rport == cport:
+        rport = free_port()
+    env = {"NATS_URL": nats_server.url, "GETOPERATE_DATA_DIR": str(data),
+           "CONFIG_PORT": str(cport), "ROUTER_PORT": str(rport),
+           "GETOPERATE_ADMIN_TOKEN": "errors-token"}
+    procs = [Proc(["config"], cwd=tmp_path, env=env, name="config")]
+    try:
+        procs[0].wait_for('"http_listening"', timeout=60)
+        procs.append(Proc(["router"], cwd=tmp_path, env=env, name="router"))
+        procs[1].wait_for('"http_listening"', timeout=60)
+        (data / "endpoints.json").write_text(json.dumps({
+            "config_url": f"http://127.0.0.1:{cport}", "router_url": f"http://127.0.0.1:{rport}"}))
+
+        def workers() -> tuple[int, str]:
+            req = urllib.request.Request(f"http://127.0.0.1:{rport}/workers",
+                                         headers={"Authorization": "Bearer errors-token"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert workers()[0] == 200
+        nats_server.stop()
+        deadline = time.monotonic() + 20
+        while (answer := workers())[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer[0] == 503 and "not connected to NATS" in answer[1], answer
+        out = cli("workers", cwd=tmp_path, env={"GETOPERATE_DATA_DIR": str(data),
+                                                "GETOPERATE_ADMIN_TOKEN": "errors-token"})
+        assert out.returncode != 0 and "NATS" in out.stderr, (out.stdout, out.stderr)
+        assert "no live workers" not in out.stdout
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        nats_server.stop()
