@@ -347,14 +347,15 @@ class RouterService:
         reader may have MAX_WAITS_PER_READER waiting reads at a time (TooBusy beyond)."""
         timeout = min(max(timeout, 0.0), MAX_WAIT)
         wait = wait and timeout > 0
-        if workspace is not None or parent is not None:
-            peek = (await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0)).view
-            if ((workspace is not None and peek.workspace != workspace)
-                    or (parent is not None and peek.parent != parent)):
+        restricted = workspace is not None or parent is not None
+        if restricted or not wait:  # one plain read: the answer, or the look before waiting
+            first = await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0,
+                                   history=history)
+            if ((workspace is not None and first.view.workspace != workspace)
+                    or (parent is not None and first.view.parent != parent)):
                 raise not_found(job_id)
-        if not wait:
-            return await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0,
-                                  history=history)
+            if not wait or first.view.status in TERMINAL:
+                return first
         if self._waits[reader] >= MAX_WAITS_PER_READER:
             raise TooBusy(f"{reader!r} already waits for {MAX_WAITS_PER_READER} jobs; wait for"
                           " fewer at a time, or read without waiting", field="wait")
