@@ -12,7 +12,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared import subjects
@@ -69,7 +69,9 @@ async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
                   within: float = 20.0, expect_last: int | None = None,
                   headers: dict[str, str] | None = None) -> Any:
     """A JetStream publish retried while the stream has no leader (a node died, an election is
-    under way) or NATS is reconnecting. Safe because `Nats-Msg-Id` makes a repeat a no-op."""
+    under way) or NATS is reconnecting. Safe because `Nats-Msg-Id` makes a repeat a no-op. A
+    refusal for storage (`storage_full`) or a bad request is raised at once: retrying for
+    seconds would turn a clear answer into a timeout."""
     delay, deadline = 0.1, time.monotonic() + within
     while True:
         try:
@@ -78,10 +80,23 @@ async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
                 sent["Nats-Expected-Last-Subject-Sequence"] = str(expect_last)
             return await js.publish(subject, body, timeout=5.0, headers=sent)
         except (asyncio.TimeoutError, nats.errors.Error) as exc:
-            if time.monotonic() + delay > deadline or isinstance(exc, BadRequestError):
+            if (time.monotonic() + delay > deadline or isinstance(exc, BadRequestError)
+                    or storage_full(exc)):
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+# JetStream's answers when it cannot store a message: the stream is at its max_bytes or
+# max_msgs with discard=new (10077 "maximum bytes exceeded"), the server's store is used up
+# (10023 "insufficient resources"), or it cannot reserve a stream's limits (10047).
+STORAGE_ERRORS = frozenset({10023, 10047, 10077})
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether `exc` is JetStream refusing a write for want of storage (not a timeout: the
+    server answered, so the message was not stored)."""
+    return isinstance(exc, APIError) and exc.err_code in STORAGE_ERRORS
 
 
 def servers(url: str) -> list[str]:
