@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from cli.client import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from cli.client import EXIT_FAILED, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE
 
 HEAD = f"""# Command line reference
 
@@ -22,6 +22,7 @@ Every command and subcommand takes `--help`.
 | {EXIT_FAILED} | the job failed or was cancelled, or a service refused the request (the reason is one line on stderr) |
 | {EXIT_USAGE} | bad usage or invalid input (argparse errors, a malformed `--arg`, a field the service rejected) |
 | {EXIT_UNREACHABLE} | a service could not be reached (after retries for reads) |
+| {EXIT_UNKNOWN} | `run` only: the submission's outcome is unknown (the router took it and did not confirm, after `--retry-for` seconds of repeats); the job may run: the message names its key, and repeating the command with `--idempotency-key KEY` finds it and never queues a second one |
 
 Errors are one line on stderr, `getoperate: error: ...`; results go to stdout (`--json` where
 offered gives one JSON document).
@@ -31,7 +32,7 @@ offered gives one JSON document).
 Long operations report on stderr, never on stdout: `up` prints each step as it starts services;
 `run --wait` and `job --wait` print a line when a job is still queued or running after 2 s and
 at each change (which tag it waits on, which worker runs it); `verify` says what it is checking;
-`events --follow` streams as events arrive.
+`events --follow` streams as events arrive; `run` says each time it repeats a submission.
 """
 
 

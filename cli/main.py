@@ -1,7 +1,7 @@
 """The `getoperate` command line: start services, submit and inspect jobs, manage worker groups.
 
 Exit codes: 0 success; 1 the job failed or the service refused the request; 2 bad usage or
-invalid input; 3 a service could not be reached.
+invalid input; 3 a service could not be reached; 4 a submission's outcome is unknown.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import os
 import sys
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any
 
 from cli import output
-from cli.client import EXIT_FAILED, EXIT_USAGE, CliError, Endpoints, call
+from cli.client import EXIT_FAILED, EXIT_USAGE, CliError, Endpoints, call, submit
 from services.common.runtime import DEFAULT_DATA_DIR
 from shared.errors import InvalidInput
 
@@ -68,6 +69,10 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
 PROGRESS_AFTER = 2.0
 
 
+def _progress(line: str) -> None:
+    print(f"getoperate: {line}", file=sys.stderr, flush=True)
+
+
 def split_target(target: str) -> tuple[str, str]:
     """`WS/PATH` -> (workspace, path)."""
     ws, sep, path = target.partition("/")
@@ -101,7 +106,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
         body["require_worker"] = True
     if ns.job_timeout is not None:
         body["timeout"] = ns.job_timeout  # the router refuses 0 or less, naming the field
-    answer = call("POST", f"{ep.router_url}/jobs", ep.token(), body)
+    key = ns.idempotency_key or f"cli-{uuid.uuid4().hex}"  # our own retries stay one job
+    answer = submit(f"{ep.router_url}/jobs", ep.token(), body, key, ns.retry_for, _progress)
+    if answer.get("replayed"):
+        print(f"getoperate: job {answer['id']} was already submitted with this idempotency key;"
+              " showing that job", file=sys.stderr)
     if answer.get("warning"):
         print(f"getoperate: warning: {answer['warning']}", file=sys.stderr)
     if not ns.wait:
@@ -492,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="getoperate", parents=[common_options(top=True)],
         description="Worker groups and tags over NATS JetStream.",
-        epilog="Exit codes: 0 ok, 1 job failed or request refused, 2 bad usage, 3 service unreachable.",
+        epilog="Exit codes: 0 ok, 1 job failed or request refused, 2 bad usage, 3 service"
+               " unreachable, 4 a submission's outcome is unknown (repeat it with the same"
+               " --idempotency-key).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -517,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", help="route to this tag instead of the language default")
     s.add_argument("--workspace", default="main", help="workspace of an inline job (default main)")
     s.add_argument("--job-timeout", type=float, help="seconds the job may run (worker default 300)")
+    s.add_argument("--idempotency-key", metavar="KEY",
+                   help="1..255 printable ASCII characters naming this submission: running the"
+                        " command again with the same key (same workspace and job) finds the job"
+                        " it queued instead of queueing a second one (kept as long as job history)")
+    s.add_argument("--retry-for", type=float, default=30.0, metavar="SECONDS",
+                   help="keep repeating the submission (same key) while its outcome is unknown or"
+                        " the router cannot queue now (default 30; 0: one attempt)")
     s.add_argument("--wait", action="store_true", help="wait for the job to finish and show it")
     s.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
     s.add_argument("--json", action="store_true", help="print one JSON object")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cli.client import ENDPOINTS_FILE, CliError, EXIT_USAGE
 from services.common import natsauth
-from services.common.natsserver import NatsServer, port_open
+from services.common.natsserver import NatsServer, port_open, store_bytes
 from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, write_private
 from services.common.signingkeys import load_signer
 from services.worker import sandbox
@@ -109,6 +109,16 @@ def _progress(step: str) -> None:
     print(f"getoperate: {step}...", file=sys.stderr, flush=True)
 
 
+def _warn_if_disk_small(data_dir: Path) -> None:
+    """JetStream refuses writes cleanly at its budget; a disk that fills first breaks its
+    streams until nats-server restarts (docs/production.md, "When the disk fills")."""
+    budget, free = store_bytes(), shutil.disk_usage(data_dir).free
+    if budget == 0 or budget > free:
+        _progress(f"warning: JetStream may use {'any amount' if budget == 0 else f'{budget >> 20} MiB'}"
+                  f" but the disk has {free >> 20} MiB free; set GETOPERATE_STORE_BYTES below"
+                  " that (docs/production.md, \"When the disk fills\")")
+
+
 def _sandbox_mode() -> str:
     """bwrap when it works here, else none (the local default must run on a fresh machine),
     said loudly; an explicit JOB_SANDBOX is obeyed, and bwrap asked for but missing is an error."""
@@ -165,6 +175,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     hashes = natsauth.password_hashes(data_dir, creds)  # nats.conf gets these, not passwords
     issuer = natsauth.issuer(natsauth.load_secret(data_dir) or b"").public
     _progress(f"starting nats-server on 127.0.0.1:{nats_port} (JetStream in {data_dir / 'nats'})")
+    _warn_if_disk_small(data_dir)
     nats = NatsServer(data_dir / "nats", port=nats_port,
                       auth=natsauth.config_block(hashes, issuer)).start()
     base_env = {**os.environ, "NATS_URL": nats.url, "GETOPERATE_DATA_DIR": str(data_dir),

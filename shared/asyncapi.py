@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from shared import seals, subjects
+from shared import idempotency, seals, subjects
 from shared.events import GENESIS_HASH, GroupCreated, GroupTagsSet, Recorded, seal
 from shared.jobs import (
     DeadLetter, Job, JobFinished, JobQuery, JobQueued, JobRecord, JobStarted, JobSubmit, JobView,
@@ -59,10 +59,14 @@ class SubmitError(msgspec.Struct, kw_only=True, omit_defaults=True):
     """
 
     error: Annotated[str, msgspec.Meta(
-        description="`invalid`, `not_found`, `forbidden`, `no_live_worker` or `internal`")]
+        description="`invalid`, `not_found`, `forbidden`, `no_live_worker`,"
+        " `idempotency_conflict`, `unavailable` (nothing queued), `outcome_unknown` (the job"
+        " may still run: look it up by `id`), `storage_full` (nothing queued) or `internal`")]
     message: Annotated[str, msgspec.Meta(description="a sentence naming the problem")]
     field: Annotated[str | None, msgspec.Meta(
         description="the offending field (e.g. `args.region`); absent when unknown")] = None
+    id: Annotated[str | None, msgspec.Meta(
+        description="`outcome_unknown` only: the id of the job that may have been queued")] = None
 
 
 class PullRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -234,7 +238,13 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                           "a flow's step only, sent by the worker running the flow: the"
                           " `grant` of the flow's `Job`, signed by a router. The step runs with"
                           " the rights of the flow's submitter; it must be a step the grant"
-                          " planned (its `parent`, `step`, `workspace`, `tag` and code)."})},
+                          " planned (its `parent`, `step`, `workspace`, `tag` and code).",
+                          idempotency.HEADER.replace("-", "_"):
+                          "optional, 1..255 printable ASCII characters: a repeat of the key in"
+                          " the same workspace answers with the job it first queued"
+                          " (`replayed: true`) for as long as job history is kept, and never"
+                          " queues a second one, across routers and router restarts; the same"
+                          " key with a different request is `idempotency_conflict`"})},
         "SubmitAnswer": {"title": "Submit answer",
                          "summary": "The job is durably queued (the reply has `id`).",
                          "payload": schema["SubmitAnswer"]},
@@ -418,8 +428,10 @@ def _channels() -> dict[str, dict[str, Any]]:
             f" a header: `{subjects.AUTHORIZATION_HEADER}: Bearer <token>` (the HTTP rules: a"
             " workspace token submits only in its workspace, with the tags open to it), or, for"
             f" a flow's step, `{subjects.FLOW_GRANT_HEADER}`; with neither, or a bad one, the"
-            " reply is an `unauthorized` error and no job is queued. Use a timeout of a few"
-            " seconds.",
+            " reply is an `unauthorized` error and no job is queued. A router answers within"
+            " 10 s: queued, refused (nothing queued), or `outcome_unknown` with the job's `id`"
+            " (it may still run). Use a request timeout of 15 s or more, and an"
+            f" `{idempotency.HEADER}` to retry safely after a timeout.",
             ["JobSubmit"], None),
         "routerSubmitReply": channel(
             None, "Answer to a submission",

@@ -63,3 +63,35 @@ class TooBusy(GetOperateError):
 
     status = 429
     code = "too_busy"
+
+
+class Unavailable(GetOperateError):
+    """Raised when a dependency (NATS, JetStream) cannot do its part now; the caller may retry.
+    What was asked was not done: see OutcomeUnknown for when that is not known."""
+
+    status = 503
+    code = "unavailable"
+
+
+class OutcomeUnknown(Unavailable):
+    """Raised when a router could not learn in time whether it queued a job: the job may still
+    run. The answer carries the job's id, so the caller can look it up (or repeat the
+    submission with the same idempotency key, which never queues it twice)."""
+
+    code = "outcome_unknown"
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "id": self.job_id}
+
+
+class StorageFull(GetOperateError):
+    """Raised when JetStream refuses a write for want of storage (a stream at its max_bytes,
+    the server's store used up): nothing was stored, the request can be repeated once space
+    returns."""
+
+    status = 507
+    code = "storage_full"

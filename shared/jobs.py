@@ -71,6 +71,8 @@ class SubmitAnswer(msgspec.Struct, kw_only=True):
     live_workers: int = 0
     warning: str | None = None
     steps: list[str] = msgspec.field(default_factory=list)
+    # True when the submission repeated an idempotency key: this is the job it first queued.
+    replayed: bool = False
 
 
 class StepSummary(msgspec.Struct, kw_only=True):
@@ -100,6 +102,9 @@ class JobQueued(_JobEvent, tag="job.queued", kw_only=True):
     kind: str = "inline"
     path: str | None = None
     parent: str | None = None
+    # Submitted with an idempotency key: the digest of the request (shared/idempotency.py),
+    # which a repeat of the key must match.
+    request: str | None = None
 
 
 class JobStarted(_JobEvent, tag="job.started", kw_only=True):

@@ -18,6 +18,9 @@ from nats.js.kv import KeyValue
 from shared import subjects
 from services.common.log import Logger
 from services.common.natsauth import connection_options, credentials_for
+from services.common.natsserver import store_bytes
+from shared.errors import GetOperateError
+from shared.idempotency import DUPLICATE_WINDOW
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 # Seconds without an in-progress ack before JetStream redelivers a job (a worker died).
@@ -27,6 +30,7 @@ MAX_DELIVER = int(os.environ.get("GETOPERATE_MAX_DELIVER", "5"))
 WORKER_TTL = 15.0
 API_PREFIX = "$JS.API"
 CANCELS_BUCKET = "GO_CANCELS"
+SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 
 
 async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
@@ -114,41 +118,76 @@ def job_events_max_age() -> float:
     return float(os.environ.get("GETOPERATE_JOB_HISTORY_SECONDS", 7 * 24 * 3600))
 
 
+# Each stream's share of the store budget (natsserver.store_bytes), as its `max_bytes`, and what
+# happens when it is reached. 90% in all: consumers' state and the cluster's metadata need the
+# rest. JetStream reserves every stream's max_bytes against the server's max_file_store, so the
+# streams can never together outgrow it (docs/production.md, "When the disk fills").
+STREAM_SHARES: dict[str, tuple[float, api.DiscardPolicy]] = {
+    # The audit history is never trimmed: when full, config writes are refused (they stay in
+    # the config service's SQLite log, and its outbox publishes them once there is room).
+    subjects.CONFIG_STREAM: (0.10, api.DiscardPolicy.NEW),
+    # The backlog: when full, submissions are refused at once with storage_full (HTTP 507).
+    subjects.JOBS_STREAM: (0.20, api.DiscardPolicy.NEW),
+    # Job history: when full, the oldest events go first (before their max age), so results of
+    # new jobs can always be stored.
+    subjects.JOB_EVENTS_STREAM: (0.50, api.DiscardPolicy.OLD),
+    subjects.DEAD_STREAM: (0.05, api.DiscardPolicy.OLD),
+    f"KV_{subjects.WORKERS_BUCKET}": (0.01, api.DiscardPolicy.NEW),
+    f"KV_{CANCELS_BUCKET}": (0.02, api.DiscardPolicy.NEW),
+    f"OBJ_{SNAPSHOT_BUCKET}": (0.02, api.DiscardPolicy.NEW),
+}
+
+
+def max_bytes(stream: str) -> int:
+    """A stream's byte limit: its share of the store budget; -1 (none) with a budget of 0."""
+    budget = store_bytes()
+    return int(budget * STREAM_SHARES[stream][0]) if budget else -1
+
+
+def _stream(name: str, subject: str, retention: api.RetentionPolicy,
+            **extra: Any) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=name, subjects=[subject], retention=retention, storage=api.StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW, num_replicas=replicas(), max_bytes=max_bytes(name),
+        discard=STREAM_SHARES[name][1], **extra)
+
+
 def stream_configs() -> list[api.StreamConfig]:
     """Every stream of the suite, declared identically by every service so start order is free."""
     return [
-        api.StreamConfig(
-            name=subjects.CONFIG_STREAM, subjects=[subjects.CONFIG_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            duplicate_window=120.0, deny_delete=False, num_replicas=replicas(),
-        ),
-        api.StreamConfig(
-            name=subjects.JOBS_STREAM, subjects=[subjects.JOBS_SUBJECTS],
-            retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
-            duplicate_window=120.0, num_replicas=replicas(),
-        ),
-        api.StreamConfig(
-            name=subjects.JOB_EVENTS_STREAM, subjects=[subjects.JOB_EVENTS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            max_age=job_events_max_age(), duplicate_window=120.0, num_replicas=replicas(),
-        ),
-        api.StreamConfig(
-            name=subjects.DEAD_STREAM, subjects=[subjects.DEAD_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
-            max_age=job_events_max_age(), duplicate_window=120.0, num_replicas=replicas(),
-        ),
+        _stream(subjects.CONFIG_STREAM, subjects.CONFIG_SUBJECTS, api.RetentionPolicy.LIMITS,
+                deny_delete=False),
+        _stream(subjects.JOBS_STREAM, subjects.JOBS_SUBJECTS, api.RetentionPolicy.WORK_QUEUE),
+        _stream(subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS_SUBJECTS,
+                api.RetentionPolicy.LIMITS, max_age=job_events_max_age()),
+        _stream(subjects.DEAD_STREAM, subjects.DEAD_SUBJECTS, api.RetentionPolicy.LIMITS,
+                max_age=job_events_max_age()),
     ]
+
+
+class StoreTooSmall(GetOperateError):
+    """Raised when nats-server cannot reserve the streams' max_bytes: its max_file_store is
+    smaller than GETOPERATE_STORE_BYTES (or already reserved by other streams)."""
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create the streams and the workers bucket if missing (idempotent)."""
-    for cfg in stream_configs():
-        try:
-            await js.add_stream(cfg)
-        except BadRequestError:
-            await js.update_stream(cfg)
-    await workers_bucket(js)
-    await cancels_bucket(js)
+    try:
+        for cfg in stream_configs():
+            try:
+                await js.add_stream(cfg)
+            except BadRequestError:
+                await js.update_stream(cfg)
+        await workers_bucket(js)
+        await cancels_bucket(js)
+    except APIError as exc:
+        if not storage_full(exc):
+            raise
+        raise StoreTooSmall(
+            f"nats-server cannot reserve the streams' limits ({exc.description}): their"
+            f" max_bytes are shares of GETOPERATE_STORE_BYTES={store_bytes()}; set it to at most"
+            " the max_file_store of nats-server's jetstream block (or 0 for no limits)",
+            field="GETOPERATE_STORE_BYTES") from exc
 
 
 async def wait_streams(nc: NATS, log: Logger, timeout: float = 120.0) -> None:
@@ -179,7 +218,8 @@ async def cancels_bucket(js: JetStreamContext) -> KeyValue:
     except Exception:
         return await js.create_key_value(api.KeyValueConfig(
             bucket=CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
-            storage=api.StorageType.FILE, replicas=replicas()))
+            storage=api.StorageType.FILE, replicas=replicas(),
+            max_bytes=max_bytes(f"KV_{CANCELS_BUCKET}")))
 
 
 async def workers_bucket(js: JetStreamContext) -> KeyValue:
@@ -193,11 +233,11 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
                 # may not recreate it.
                 bucket=subjects.WORKERS_BUCKET, history=1, ttl=WORKER_TTL,
                 storage=api.StorageType.FILE, replicas=replicas(),
+                max_bytes=max_bytes(f"KV_{subjects.WORKERS_BUCKET}"),
             )
         )
 
 
-SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 SNAPSHOT_NAME = "config"
 
 
@@ -208,7 +248,9 @@ async def _snapshot_store(js: JetStreamContext, *, create: bool) -> Any:
         if not create:
             raise
         return await js.create_object_store(
-            SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(bucket=SNAPSHOT_BUCKET, replicas=replicas()))
+            SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(
+                bucket=SNAPSHOT_BUCKET, replicas=replicas(),
+                max_bytes=max_bytes(f"OBJ_{SNAPSHOT_BUCKET}")))
 
 
 async def put_snapshot(js: JetStreamContext, body: bytes) -> None:

@@ -59,6 +59,17 @@ class RouterMetrics:
         self.worker_init = Gauge("getoperate_worker_init_script_failed", "1 when a live worker's "
                                  "init script failed (from its heartbeat)", ["worker", "group"],
                                  registry=r)
+        self.replayed = Counter("getoperate_jobs_replayed", "Submissions that repeated an "
+                                "idempotency key and were answered with the job it first queued",
+                                registry=r)
+        self.storage_full = Gauge("getoperate_storage_full", "1 while JetStream refuses this "
+                                  "router's writes to a stream for want of storage",
+                                  ["stream"], registry=r)
+
+    def observe_storage(self, full: dict[str, str]) -> None:
+        self.storage_full.clear()
+        for stream in full:
+            self.storage_full.labels(stream).set(1)
 
     def observe_queues(self, queues: dict[str, dict[str, int]]) -> None:
         self.waiting.clear()

@@ -18,6 +18,36 @@ from services.common.runtime import PRIVATE_UMASK, private_dir, write_private
 from shared.errors import GetOperateError
 
 
+DEFAULT_STORE_BYTES = 8 * 1024 ** 3
+
+
+def store_bytes() -> int:
+    """JetStream's file store budget, GETOPERATE_STORE_BYTES (default 8 GiB; 0: no limits): the
+    `max_file_store` of the nats-server this module writes, and what the streams' `max_bytes`
+    are shares of (services/common/bus.py: STREAM_SHARES). Keep it below the disk's free space:
+    JetStream then refuses writes cleanly (`storage_full`) before the disk itself fills."""
+    raw = os.environ.get("GETOPERATE_STORE_BYTES", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_STORE_BYTES
+    except ValueError:
+        raise NatsServerError(f"GETOPERATE_STORE_BYTES must be a number of bytes, got {raw!r}")
+    if value < 0:
+        raise NatsServerError(f"GETOPERATE_STORE_BYTES must be 0 or more, got {value}")
+    return value
+
+
+def jetstream_block(store_dir: Path, sync_always: bool) -> list[str]:
+    """The `jetstream { }` block of every nats-server config this module writes."""
+    budget = store_bytes()
+    return [
+        "jetstream {",
+        f'  store_dir: "{store_dir}"',
+        "  sync_interval: always" if sync_always else "",
+        f"  max_file_store: {budget}" if budget else "",
+        "}",
+    ]
+
+
 class NatsServerError(GetOperateError, RuntimeError):
     """Raised when nats-server cannot be found or does not become ready."""
 
@@ -63,10 +93,7 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = 
         "listen: 127.0.0.1:%d" % port,
         "server_name: getoperate_%d" % port,
         "max_payload: 1MB",
-        "jetstream {",
-        f'  store_dir: "{store_dir}"',
-        "  sync_interval: always" if sync_always else "",
-        "}",
+        *jetstream_block(store_dir, sync_always),
     ]
     if http_port:
         lines.append("http: 127.0.0.1:%d" % http_port)
@@ -160,20 +187,18 @@ class NatsCluster:
         node = private_dir(self.data_dir / f"n{i}")
         routes = ", ".join(f"nats-route://127.0.0.1:{r}" for j, r in enumerate(self.routes) if j != i)
         conf = node / "nats.conf"
-        write_private(conf, "\n".join([
+        sync_always = os.environ.get("GETOPERATE_NATS_SYNC", "always") != "interval"
+        write_private(conf, "\n".join(line for line in [
             f"listen: 127.0.0.1:{self.ports[i]}",
             f"server_name: n{i}",
             "max_payload: 1MB",
-            "jetstream {",
-            f'  store_dir: "{node / "jetstream"}"',
-            "  sync_interval: always",
-            "}",
+            *jetstream_block(node / "jetstream", sync_always),
             "cluster {",
             "  name: getoperate",
             f"  listen: 127.0.0.1:{self.routes[i]}",
             f"  routes: [{routes}]",
             "}",
-        ]) + "\n")
+        ] if line) + "\n")
         return conf
 
     def start_node(self, i: int) -> None:

@@ -29,6 +29,8 @@ class Op(msgspec.Struct, kw_only=True):
     response: Any = None
     status: int = 200
     query: dict[str, str] = msgspec.field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # request headers it reads
+    errors: dict[int, str] = msgspec.field(default_factory=dict)  # answers beyond the 4xx set
     auth: bool = True
 
 
@@ -64,6 +66,8 @@ def build(title: str, ops: list[Op]) -> dict[str, Any]:
                   for n in names]
         params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"},
                     "description": d} for q, d in op.query.items()]
+        params += [{"name": h, "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": d} for h, d in op.headers.items()]
         if params:
             entry["parameters"] = params
         if op.body is not None:
@@ -76,7 +80,7 @@ def build(title: str, ops: list[Op]) -> dict[str, Any]:
                   for code, text in ((400, "invalid input (names the field)"),
                                      (401, "missing or invalid token"), (403, "not allowed"),
                                      (404, "not found"), (409, "conflict"),
-                                     (413, "body over 1 MiB"))}
+                                     (413, "body over 1 MiB"), *op.errors.items())}
         entry["responses"] = {str(op.status): ok, **errors}
         if op.auth:
             entry["security"] = [{"bearer": []}]

@@ -11,6 +11,7 @@ from services.router.history import not_found, recent_jobs
 from services.common.metrics import SeriesFilter, metrics_handler, readiness
 from services.router import views
 from services.router.service import MAX_WAIT, RouterService
+from shared import idempotency
 from shared.codec import decode
 from shared.identity import authorize_submit
 from services.common import openapi
@@ -27,8 +28,12 @@ async def submit_job(request: web.Request) -> web.Response:
     sub = await read_body(request, JobSubmit)
     given = who.admin or "workspace" in decode(await request.read(), dict)
     sub = authorize_submit(who, sub, workspace_given=given)
-    answer = await request.app[SERVICE_KEY].submit(sub, who)
-    return json_response(answer, status=201)
+    answer = await request.app[SERVICE_KEY].submit(
+        sub, who, key=request.headers.get(idempotency.HEADER))
+    response = json_response(answer, status=201)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -94,16 +99,24 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Ready: config followed, NATS connected, and JetStream taking this router's jobs (a
+    refusal for storage makes it unready until there is room again: services/common/storage.py)."""
     svc = request.app[SERVICE_KEY]
+    full = await svc.storage.full(svc.js) if svc.nc.is_connected else {}
     return readiness({"config_followed": svc.config_ready.is_set(),
-                      "nats_connected": svc.nc.is_connected})
+                      "nats_connected": svc.nc.is_connected, "storage_ok": not full},
+                     {"storage_full": full} if full else None)
 
 
 OPS = [
     Op(method="GET", path="/healthz", summary="liveness and config position", auth=False),
     *openapi.probe_ops("config followed, NATS connected"),
     Op(method="POST", path="/jobs", summary="submit a job", body=JobSubmit, response=SubmitAnswer,
-       status=201),
+       status=201, headers={idempotency.HEADER: "1..255 printable ASCII characters: a repeat"
+                            " within the job history's retention returns the first job"},
+       errors={429: "too many submissions at once", 503: "NATS unavailable (nothing queued),"
+               " or outcome_unknown: the body names the job id to look up",
+               507: "storage_full: JetStream has no room; nothing queued"}),
     Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],
        query={"tag": "", "group": "", "workspace": "", "status": "", "limit": "1..1000"}),
     Op(method="GET", path="/jobs/{id}", summary="a job, optionally waiting for it to end",

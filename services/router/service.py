@@ -10,9 +10,11 @@ import re
 import time
 from typing import Any, Awaitable, Callable, Coroutine
 
+from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
 
 from services.common import bus
 from services.common.http import TokenCheck
@@ -20,14 +22,16 @@ from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
 from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
+from services.common.storage import StorageWatch
 from services.common.signingkeys import load_verifier
 from services.router.history import Genuine, not_found, read_job
-from shared import grants, seals
+from shared import grants, idempotency, seals
 from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import (
-    Conflict, Forbidden, GetOperateError, InvalidInput, TooBusy, Unauthorized,
+    Conflict, Forbidden, GetOperateError, InvalidInput, NotFound, OutcomeUnknown, StorageFull,
+    TooBusy, Unauthorized, Unavailable,
 )
 from shared.admission import Gate, Rejected
 from shared.signing import Verifier
@@ -47,6 +51,9 @@ MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have a
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
 MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
+# The router answers a submission within this many seconds (docs/http-api.md): queued, refused,
+# or OutcomeUnknown. Clients should wait longer than this (15 s or more; the CLI waits 30 s).
+ANSWER_WITHIN = 10.0
 
 
 class NoLiveWorker(Conflict):
@@ -64,6 +71,13 @@ def new_job_id() -> str:
     submission and are unique across routers without a system call per job (the profile showed
     `os.urandom` per job)."""
     return f"{int(time.time() * 1000):012x}{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
+
+
+def _may_redrive(first: JobQueued) -> bool:
+    """A repeat may publish a queued job again (to complete a submission whose queue message
+    never reached the stream) only while JetStream would still drop it as a duplicate if it
+    did: inside the duplicate window, with a margin for the clocks of two routers."""
+    return time.time() - first.time < idempotency.DUPLICATE_WINDOW - ANSWER_WITHIN - 20.0
 
 
 class RouterService:
@@ -90,6 +104,7 @@ class RouterService:
         self._waits: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = RouterMetrics(lambda: self.config.seq)
+        self.storage = StorageWatch()
 
     async def start(self, verifier: Verifier | None = None) -> None:
         # Every config event is checked before it is folded (shared/admission.py); without a
@@ -153,23 +168,54 @@ class RouterService:
             return
         self.config = st.evolve(self.config, rec)
 
-    async def submit(self, sub: JobSubmit, who: Identity, *, planned: bool = False
-                     ) -> SubmitAnswer:
+    async def submit(self, sub: JobSubmit, who: Identity, *, planned: bool = False,
+                     key: str | None = None) -> SubmitAnswer:
         """Route and enqueue a submission with the rights of `who` (already authorized for its
-        workspace: shared/identity.py). `planned`: a flow step its flow's grant vouches for."""
+        workspace: shared/identity.py). `planned`: a flow step its flow's grant vouches for.
+        `key`: the client's idempotency key (shared/idempotency.py)."""
         try:
-            return await self._submit(sub, who, planned)
+            return await self._submit(sub, who, planned, key)
         except GetOperateError as exc:
             self.metrics.refused.labels(exc.code).inc()
             raise
 
-    async def _submit(self, sub: JobSubmit, who: Identity, planned: bool) -> SubmitAnswer:
+    async def _submit(self, sub: JobSubmit, who: Identity, planned: bool, key: str | None
+                      ) -> SubmitAnswer:
         validate_submit(sub)
+        deadline = time.monotonic() + ANSWER_WITHIN
+        if not self.nc.is_connected:  # published nothing: a definite "not queued"
+            raise Unavailable("the router is not connected to NATS, so nothing was queued;"
+                              " retry shortly", field="nats")
+        first: JobQueued | None = None
+        request = None
+        if key is not None:
+            idempotency.check_key(key)
+            request = idempotency.digest(sub)
+            job_id = idempotency.job_id(self.key, sub.workspace, key)
+            try:
+                found = await asyncio.wait_for(self._queued(job_id), ANSWER_WITHIN / 2)
+            except (asyncio.TimeoutError, nats_errors.Error) as exc:
+                raise Unavailable(
+                    f"NATS did not answer whether {idempotency.HEADER} {key!r} was used before"
+                    f" ({exc!r}), so nothing was queued; retry shortly",
+                    field=idempotency.HEADER) from exc
+            if found is not None:
+                queued, record = found
+                idempotency.check_repeat(key, queued.request if queued else None, request)
+                first = queued or JobQueued(job_id=job_id, time=record.view.queued_at or 0.0,
+                                            tag=record.view.tag or "", workspace=sub.workspace,
+                                            language=record.view.language or "")
+                if record.view.status != "queued" or not _may_redrive(first):
+                    return self._replay(first, [])
+        else:
+            job_id = new_job_id()
         route = routing.route(
             self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
             language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=who.admin,
             planned=planned,
         )
+        if first is not None and route.tag != first.tag:  # the config changed: leave it be
+            return self._replay(first, [])
         tag = route.tag
         index = self._groups_by_tag()
         routing.check_timeout(self.config, route, sub.timeout, index)
@@ -180,48 +226,138 @@ class RouterService:
             where = (f"groups configured with it: {', '.join(groups)}" if groups
                      else "no worker group is configured with it")
             warning = f"no live worker listens to tag {tag!r} ({where})"
-            if sub.require_worker or self.require_worker:
+            if (sub.require_worker or self.require_worker) and first is None:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
             warning += "; the job waits in the queue until one does"
-        job_id = new_job_id()
         grant = self._grant(job_id, sub.workspace, who, route) if route.kind == "flow" else None
         job = Job(id=job_id, workspace=sub.workspace, language=route.language,
                   code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
-                  submitted_at=time.time(), kind=route.kind, path=route.path,
-                  version=route.version, steps=route.steps, parent=sub.parent, step=sub.step,
-                  grant=grant)
+                  submitted_at=first.time if first else time.time(), kind=route.kind,
+                  path=route.path, version=route.version, steps=route.steps, parent=sub.parent,
+                  step=sub.step, grant=grant)
         body = encode(job)
         if len(body) > MAX_JOB_BYTES:
             raise InvalidInput(
                 f"the job is {len(body)} bytes once routed (code, arguments and flow steps); the"
                 f" limit is {MAX_JOB_BYTES}", field="code")
-        # History first, then the queue: a job's events always start with job.queued, and a job
-        # is never on a queue without history. If enqueueing fails, the history says so.
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
-                           language=job.language, kind=job.kind, path=job.path, parent=job.parent)
-        hold = seals.hold_key(self.key, job.id)  # only the worker that pulls the job sees it
-        # Both go out back to back on one connection (the server takes them in order), then we
-        # wait for both acks: one round trip instead of two.
-        history = asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued"))
-        enqueue = asyncio.ensure_future(bus.publish(
-            self.js, subjects.job_subject(tag), body, job.id,
-            headers={subjects.HOLD_HEADER: hold}))
-        results = await asyncio.gather(history, enqueue, return_exceptions=True)
-        if isinstance(results[1], BaseException):
-            exc = results[1]
-            failed = JobFinished(job_id=job.id, time=time.time(), status="failure", attempt=0,
-                                 error=f"not enqueued: {exc!r}", worker="router")
-            await self._record(hold, failed, f"{job.id}:0:finished")
-            raise exc
-        if isinstance(results[0], BaseException):  # queued and will run; only its history failed
-            self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(results[0]))
-        await self.nc.publish(subjects.wake_subject(tag), b"")  # no body: see subjects.py
+                           language=job.language, kind=job.kind, path=job.path, parent=job.parent,
+                           request=request)
+        enqueued = await self._enqueue(job, body, queued, deadline)
+        if first is not None or getattr(enqueued, "duplicate", False):  # a repeat: answer with the first job
+            if first is None:  # a racing repeat (another router, a retry) stored it first
+                found = await self._queued(job_id)
+                if found is not None and found[0] is not None:
+                    idempotency.check_repeat(key or "", found[0].request, request or "")
+            if first is not None and not getattr(enqueued, "duplicate", False):
+                self.logger.info("job_submission_completed", job_id=job.id, tag=tag)
+            return self._replay(first or queued, [s.tag for s in route.steps])
         self.metrics.routed.labels(tag).inc()
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
                          kind=job.kind, path=job.path, language=job.language,
                          live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
                             warning=warning, steps=[s.tag for s in route.steps])
+
+    async def _enqueue(self, job: Job, body: bytes, queued: JobQueued, deadline: float) -> Any:
+        """History first, then the queue: both go out back to back on one connection (the server
+        takes them in order), then we wait for both acks, until `deadline` (ANSWER_WITHIN
+        seconds after the submission arrived).
+
+        Past that bound the answer is OutcomeUnknown (with the job's id), and the publishes go
+        on in the background, with the same message ids, until JetStream confirms or the
+        duplicate window closes: a job whose submission timed out ends up queued once, never
+        twice. A definite refusal (storage full, a bad request: the server answered, nothing
+        was stored) is recorded as the job's end, `not enqueued`, and is the only case that
+        is: a job that ran is never recorded as not enqueued."""
+        hold = seals.hold_key(self.key, job.id)  # only the worker that pulls the job sees it
+        started = time.monotonic()
+        within = idempotency.DUPLICATE_WINDOW - ANSWER_WITHIN - 10.0
+        history = asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued",
+                                                     within=within))
+        enqueue = asyncio.ensure_future(bus.publish(
+            self.js, subjects.job_subject(job.tag), body, job.id, within=within,
+            headers={subjects.HOLD_HEADER: hold}))
+        both = asyncio.ensure_future(asyncio.gather(history, enqueue, return_exceptions=True))
+        try:
+            results = await asyncio.wait_for(asyncio.shield(both),
+                                             max(deadline - time.monotonic(), 0.5))
+        except asyncio.TimeoutError:
+            self._settle_later(job, hold, both, started)
+            raise OutcomeUnknown(
+                f"NATS did not confirm job {job.id!r} within {ANSWER_WITHIN:g} s; it may still be"
+                f" queued: look it up with GET /jobs/{job.id} (getoperate job {job.id}), or"
+                f" repeat the submission with the same {idempotency.HEADER}, which never"
+                " queues it twice", job_id=job.id) from None
+        return await self._settled(job, hold, results, started)
+
+    async def _settled(self, job: Job, hold: str, results: list[Any], started: float) -> Any:
+        """The enqueue's ack; a refusal recorded where it is definite (see _enqueue)."""
+        history, enqueued = results
+        if isinstance(enqueued, BaseException):
+            exc = enqueued
+            # A refusal is definite only if no earlier attempt of this publish timed out (one
+            # attempt waits 5 s): that one might still be stored.
+            definite = ((bus.storage_full(exc) or isinstance(exc, BadRequestError))
+                        and time.monotonic() - started < 5.0)
+            if definite:
+                await self._record(hold, JobFinished(
+                    job_id=job.id, time=time.time(), status="failure", attempt=0,
+                    error=f"not enqueued: {exc!r}", worker="router"), f"{job.id}:0:finished")
+            if bus.storage_full(exc):
+                self.storage.refused(subjects.JOBS_STREAM, exc)
+                raise StorageFull(
+                    f"JetStream has no room to queue the job ({getattr(exc, 'description', exc)});"
+                    " nothing was queued: retry once space is freed", field="storage") from exc
+            if definite:
+                raise exc
+            raise OutcomeUnknown(
+                f"NATS did not confirm job {job.id!r}: {exc!r}; it may still be queued: look it"
+                f" up with GET /jobs/{job.id}, or repeat the submission with the same"
+                f" {idempotency.HEADER}", job_id=job.id) from exc
+        if isinstance(history, BaseException):  # queued and will run; only its history failed
+            self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(history))
+        self.storage.stored(subjects.JOBS_STREAM)
+        await self.nc.publish(subjects.wake_subject(job.tag), b"")  # no body: see subjects.py
+        return enqueued
+
+    def _settle_later(self, job: Job, hold: str, both: "asyncio.Future[list[Any]]",
+                      started: float) -> None:
+        """After an OutcomeUnknown answer: log how the submission ended, record a definite
+        refusal, wake the tag's workers if it was queued."""
+        async def settle() -> None:
+            try:
+                await self._settled(job, hold, await both, started)
+                self.logger.info("job_queued_late", job_id=job.id, tag=job.tag)
+            except OutcomeUnknown as exc:
+                self.logger.error("job_outcome_unknown", job_id=job.id, tag=job.tag,
+                                  error=exc.message)
+            except Exception as exc:
+                self.logger.warning("job_not_enqueued", job_id=job.id, tag=job.tag,
+                                    error=repr(exc))
+        task = asyncio.create_task(settle())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _queued(self, job_id: str) -> tuple[JobQueued | None, JobRecord] | None:
+        """The job's genuine job.queued (None if only later events were stored) and record, or
+        None when the job does not exist."""
+        try:
+            record = await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0,
+                                    history=True)
+        except NotFound:
+            return None
+        queued = next((e for e in record.history or () if isinstance(e, JobQueued)), None)
+        return queued, record
+
+    def _replay(self, first: JobQueued, steps: list[str]) -> SubmitAnswer:
+        """The answer to a repeated idempotency key: the job it first queued, as it is now."""
+        index = self._groups_by_tag()
+        live = self.workers.serving(first.tag) if first.tag else []
+        self.metrics.replayed.inc()
+        self.logger.info("job_submission_replayed", job_id=first.job_id, tag=first.tag)
+        return SubmitAnswer(id=first.job_id, tag=first.tag, groups=list(index.get(first.tag, ())),
+                            live_workers=len(live), steps=steps, replayed=True)
 
     def _grant(self, job_id: str, workspace: str, who: Identity, route: routing.Route) -> str:
         """The flow's grant: its steps may be submitted with `who`'s rights, and nothing else."""
@@ -234,6 +370,7 @@ class RouterService:
     async def refresh_metrics(self) -> None:
         """Before a scrape: waiting jobs per tag from JetStream, live workers from heartbeats."""
         self.metrics.observe_workers(self.workers.all())
+        self.metrics.observe_storage(await self.storage.full(self.js))
         self.metrics.observe_queues(await waiting_per_tag(self.js))
 
     def _overlapping(self, answer: Callable[[Msg], Coroutine[Any, Any, None]],
@@ -263,7 +400,8 @@ class RouterService:
                 self.logger.warning("submit_refused", error=exc.code, reason=exc.message)
             answer = exc.to_dict()
         else:
-            answer = await self._submit_answer(sub, who, planned)
+            answer = await self._submit_answer(
+                sub, who, planned, _header(msg, idempotency.HEADER))
         await self._respond(msg, answer)
 
     async def _respond(self, msg: Msg, answer: object) -> None:
@@ -276,9 +414,10 @@ class RouterService:
                 return
             await msg.respond(encode(answer))
 
-    async def _submit_answer(self, sub: JobSubmit, who: Identity, planned: bool) -> object:
+    async def _submit_answer(self, sub: JobSubmit, who: Identity, planned: bool,
+                             key: str | None) -> object:
         try:
-            return await self.submit(sub, who, planned=planned)
+            return await self.submit(sub, who, planned=planned, key=key)
         except GetOperateError as exc:
             return exc.to_dict()
         except Exception as exc:
@@ -326,12 +465,13 @@ class RouterService:
         self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
 
-    async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str) -> object:
+    async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str,
+                      within: float = 20.0) -> object:
         """Store a job event the router writes, sealed like a holder's, under a message id only
         a holder can compute (shared/seals.py)."""
         body = encode(event)
         return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body,
-                                 seals.msg_id(hold, msg_id),
+                                 seals.msg_id(hold, msg_id), within=within,
                                  headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:

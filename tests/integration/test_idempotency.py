@@ -1,0 +1,352 @@
+"""Submissions you can retry (issue 14, points 1 and 2): an idempotency key names one job across
+routers, router kills and NATS outages; an answer says when a job's outcome is unknown.
+
+One deployment for the module: its own nats-server (so a test can stop, pause or restart it),
+the config service, two routers, one worker. Every count is read from GO_JOB_EVENTS itself."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import nats
+import pytest
+from nats.js import api
+
+from services.common.natsserver import NatsServer, free_port
+from shared import subjects
+from tests.integration.harness import Proc, cli
+
+TOKEN = "idempotency-token"
+TAG = "idem"
+
+
+class Deployment:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats = NatsServer(root / "nats").start()
+        self.config_port = free_port()
+        self.router_ports = [free_port(), free_port()]
+        self.routers: list[Proc] = []
+        self.procs: list[Proc] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"NATS_URL": self.nats.url, "GETOPERATE_DATA_DIR": str(self.root / "data"),
+                "GETOPERATE_ADMIN_TOKEN": TOKEN, "CONFIG_PORT": str(self.config_port), **extra}
+
+    def start_router(self, i: int) -> Proc:
+        proc = Proc(["router"], cwd=self.root, env=self.env(ROUTER_PORT=str(self.router_ports[i])),
+                    name=f"router{i}")
+        proc.wait_for('"router_ready"', timeout=60)
+        proc.wait_for('"http_listening"', timeout=60)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        config = Proc(["config"], cwd=self.root, env=self.env(), name="config")
+        self.procs.append(config)
+        config.wait_for('"http_listening"', timeout=60)
+        status, body, _ = request(self.config_port, "PUT", f"/groups/{TAG}", {"tags": [TAG]})
+        assert status in (200, 201), body
+        self.routers = [self.start_router(0), self.start_router(1)]
+        worker = Proc(["worker"], cwd=self.root, env=self.env(WORKER_GROUP=TAG), name="worker")
+        self.procs.append(worker)
+        worker.wait_for('"worker_ready"', timeout=60)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(signal.SIGKILL)
+        self.nats.stop()
+
+
+def request(port: int, method: str, path: str, body: Any = None, key: str | bytes | None = None,
+            timeout: float = 30) -> tuple[int, dict[str, Any], dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else b""
+        conn.putrequest(method, path)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(data)))
+        if key is not None:
+            conn.putheader("Idempotency-Key", key)
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}"), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def job(code: str, workspace: str = "main") -> dict[str, Any]:
+    return {"language": "bash", "code": code, "tag": TAG, "workspace": workspace}
+
+
+def wait_ended(d: Deployment, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    status, view, _ = request(d.router_ports[0], "GET", f"/jobs/{job_id}?wait=1&timeout={timeout}",
+                              timeout=timeout + 30)
+    assert status == 200, view
+    return view
+
+
+async def _events(url: str) -> list[dict[str, Any]]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
+        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
+                                      stream=subjects.JOB_EVENTS_STREAM,
+                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+        out: list[dict[str, Any]] = []
+        while len(out) < info.state.messages:
+            out += [json.loads(m.data) for m in await sub.fetch(500, timeout=5)]
+        return out
+    finally:
+        await nc.close()
+
+
+def counts(d: Deployment, workspace: str) -> tuple[Counter[str], Counter[str]]:
+    """(job.queued per job id, job.finished per job id) of the jobs of `workspace`."""
+    events = asyncio.run(_events(d.nats.url))
+    mine = {e["job_id"] for e in events if e["type"] == "job.queued" and e["workspace"] == workspace}
+    queued = Counter(e["job_id"] for e in events if e["type"] == "job.queued" and e["job_id"] in mine)
+    finished = Counter(e["job_id"] for e in events if e["type"] == "job.finished" and e["job_id"] in mine)
+    return queued, finished
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = Deployment(tmp_path_factory.mktemp("idempotency"))
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_repeated_key_answers_with_the_first_job_from_any_router(deployment: Deployment) -> None:
+    d = deployment
+    status, first, headers = request(d.router_ports[0], "POST", "/jobs", job("echo once", "ws-a"),
+                                     key="order-42")
+    assert status == 201 and not first["replayed"] and "Idempotent-Replayed" not in headers
+    assert wait_ended(d, first["id"])["status"] == "success"
+    for port in d.router_ports:  # the other router too, after the job ended
+        status, again, headers = request(port, "POST", "/jobs", job("echo once", "ws-a"),
+                                         key="order-42")
+        assert status == 201 and again["id"] == first["id"] and again["replayed"], again
+        assert headers.get("Idempotent-Replayed") == "true"
+    # The same key in another workspace is another job; a new key is another job.
+    _, other_ws, _ = request(d.router_ports[1], "POST", "/jobs", job("echo once", "ws-b"),
+                             key="order-42")
+    _, other_key, _ = request(d.router_ports[1], "POST", "/jobs", job("echo once", "ws-a"),
+                              key="order-43")
+    assert len({first["id"], other_ws["id"], other_key["id"]}) == 3
+    for j in (other_ws["id"], other_key["id"]):
+        wait_ended(d, j)
+    queued, finished = counts(d, "ws-a")
+    assert queued == {first["id"]: 1, other_key["id"]: 1} and finished == queued, (queued, finished)
+
+
+def test_the_same_key_with_another_request_is_a_conflict(deployment: Deployment) -> None:
+    d = deployment
+    status, first, _ = request(d.router_ports[0], "POST", "/jobs", job("echo a", "ws-c"), key="k1")
+    assert status == 201
+    status, body, _ = request(d.router_ports[1], "POST", "/jobs", job("echo b", "ws-c"), key="k1")
+    assert status == 409 and body["error"] == "idempotency_conflict", body
+    assert body["field"] == "Idempotency-Key"
+    assert wait_ended(d, first["id"])["result"] == "a"
+    queued, _ = counts(d, "ws-c")
+    assert queued == {first["id"]: 1}
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9".encode("latin-1"), b"tab\there"])
+def test_a_key_that_is_not_printable_ascii_is_a_400(deployment: Deployment, key: Any) -> None:
+    status, body, _ = request(deployment.router_ports[0], "POST", "/jobs", job("echo no", "ws-d"),
+                              key=key)
+    assert status == 400 and body["field"] == "Idempotency-Key", body
+
+
+def test_racing_repeats_on_two_routers_queue_one_job(deployment: Deployment) -> None:
+    d = deployment
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def submit(port: int) -> None:
+        status, body, _ = request(port, "POST", "/jobs", job("echo raced", "ws-race"), key="race")
+        answers.append((status, body))
+
+    threads = [threading.Thread(target=submit, args=(d.router_ports[i % 2],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {status for status, _ in answers} == {201}, answers
+    ids = {body["id"] for _, body in answers}
+    assert len(ids) == 1, ids
+    assert wait_ended(d, ids.pop())["status"] == "success"
+    queued, finished = counts(d, "ws-race")
+    assert list(queued.values()) == [1] and list(finished.values()) == [1], (queued, finished)
+
+
+def test_a_key_on_go_router_submit(deployment: Deployment) -> None:
+    async def go() -> list[dict[str, Any]]:
+        nc = await nats.connect(deployment.nats.url)
+        try:
+            out = []
+            for code in ("echo nats", "echo nats", "echo other"):
+                reply = await nc.request(subjects.SUBMIT_SUBJECT, json.dumps(job(code, "ws-n")).encode(),
+                                         timeout=15, headers={"Authorization": f"Bearer {TOKEN}",
+                                                              "Idempotency-Key": "over-nats"})
+                out.append(json.loads(reply.data))
+            return out
+        finally:
+            await nc.close()
+
+    first, again, other = asyncio.run(go())
+    assert again["id"] == first["id"] and again["replayed"] and not first["replayed"]
+    assert other["error"] == "idempotency_conflict", other
+
+
+def test_the_cli_key_finds_the_first_job(deployment: Deployment) -> None:
+    d = deployment
+    env = {"GETOPERATE_ROUTER_URL": f"http://127.0.0.1:{d.router_ports[1]}",
+           "GETOPERATE_ADMIN_TOKEN": TOKEN}
+    args = ("run", "--language", "bash", "--code", "echo cli", "--tag", TAG, "--workspace",
+            "ws-cli", "--idempotency-key", "cli-key-1", "--json")
+    first = cli(*args, cwd=d.root, env=env, check=True)
+    again = cli(*args, cwd=d.root, env=env, check=True)
+    assert json.loads(first.stdout)["id"] == json.loads(again.stdout)["id"]
+    assert "already submitted with this idempotency key" in again.stderr
+
+
+def test_an_unconfirmed_submission_says_its_outcome_is_unknown_and_runs_once(
+        deployment: Deployment) -> None:
+    """nats-server paused (SIGSTOP): the router's publishes wait in its socket unacknowledged.
+    The router answers within its bound (10 s) that the outcome is unknown, with the job's id;
+    once NATS resumes, that job runs under that id (never `failure: not enqueued`). A keyed
+    submission cannot even look its key up: it is refused as unavailable, nothing queued, and
+    the same key queues exactly one job once NATS is back."""
+    d = deployment
+    pid = d.nats.proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, unkeyed, _ = request(d.router_ports[0], "POST", "/jobs", job("echo u", "ws-u"),
+                                     timeout=30)
+        status2, keyed, _ = request(d.router_ports[1], "POST", "/jobs", job("echo k", "ws-u"),
+                                    key="paused", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status == 503 and unkeyed["error"] == "outcome_unknown", unkeyed
+    assert unkeyed["id"] in unkeyed["message"] and f"/jobs/{unkeyed['id']}" in unkeyed["message"]
+    assert status2 == 503 and keyed["error"] == "unavailable", keyed
+    assert keyed["field"] == "Idempotency-Key" and "nothing was queued" in keyed["message"]
+    view = wait_ended(d, unkeyed["id"])
+    assert view["status"] == "success", view
+    _, first, _ = request(d.router_ports[0], "POST", "/jobs", job("echo k", "ws-u"), key="paused")
+    _, again, _ = request(d.router_ports[1], "POST", "/jobs", job("echo k", "ws-u"), key="paused")
+    assert again["id"] == first["id"] and again["replayed"] and not first["replayed"]
+    wait_ended(d, first["id"])
+    queued, finished = counts(d, "ws-u")
+    assert queued == {unkeyed["id"]: 1, first["id"]: 1} and finished == queued
+
+
+def _retrying_client(d: Deployment, keys: list[str], workspace: str, out: dict[str, str],
+                     errors: Counter[str]) -> None:
+    """A client that gives each job a key and repeats it on any failure, on either router,
+    until it gets an answer: what the docs tell integrators to do."""
+    ports = itertools.cycle(d.router_ports)
+    for key in keys:
+        port = d.router_ports[0]
+        while True:
+            try:
+                status, body, _ = request(port, "POST", "/jobs",
+                                          job(f"echo {key.rsplit('-', 1)[1]}", workspace), key=key,
+                                          timeout=15)
+            except (OSError, http.client.HTTPException) as exc:
+                errors[type(exc).__name__] += 1
+                port = next(ports)
+                time.sleep(0.05)
+                continue
+            if status == 201:
+                out[key] = body["id"]
+                break
+            assert status in (503, 429), (status, body)  # nothing else is worth a retry
+            errors[body["error"]] += 1
+            port = next(ports)
+            time.sleep(0.2)
+
+
+def _clients(d: Deployment, workspace: str, n: int, threads: int
+             ) -> tuple[list[threading.Thread], dict[str, str], Counter[str]]:
+    ids: dict[str, str] = {}
+    errors: Counter[str] = Counter()
+    keys = [f"{workspace}-{i}" for i in range(n)]
+    clients = [threading.Thread(target=_retrying_client,
+                                args=(d, keys[t::threads], workspace, ids, errors))
+               for t in range(threads)]
+    for c in clients:
+        c.start()
+    return clients, ids, errors
+
+
+def _wait_answers(ids: dict[str, str], count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ids) < count:
+        assert time.monotonic() < deadline, f"only {len(ids)} answers"
+        time.sleep(0.005)
+
+
+def _check_exactly_once(d: Deployment, workspace: str, ids: dict[str, str], n: int) -> None:
+    assert len(ids) == n and len(set(ids.values())) == n
+    for key, job_id in ids.items():
+        view = wait_ended(d, job_id, timeout=120)
+        assert view["status"] == "success" and view["result"] == key.rsplit("-", 1)[1], view
+    queued, finished = counts(d, workspace)
+    assert set(queued) == set(ids.values()), "a job ran that no answer named"
+    assert set(queued.values()) == {1} and set(finished.values()) == {1} and finished.keys() == queued.keys()
+
+
+def test_router_killed_mid_stream_with_retrying_clients(deployment: Deployment) -> None:
+    """Eight clients submit to router 0 at once; it is SIGKILLed under them (requests in flight
+    are cut, some after their job was queued) and restarted; the clients repeat their keys on
+    either router. Every key gets one job, every job one result, and no job runs unnamed."""
+    d = deployment
+    n = 160
+    clients, ids, errors = _clients(d, "ws-kill", n, threads=8)
+    _wait_answers(ids, 40)
+    victim = d.routers[0]
+    victim.stop(signal.SIGKILL)
+    d.procs.remove(victim)
+    d.routers[0] = d.start_router(0)
+    for c in clients:
+        c.join(180)
+    assert not any(c.is_alive() for c in clients)
+    _check_exactly_once(d, "ws-kill", ids, n)
+    assert errors, "the kill was never seen by a client"
+    replays = sum(len(r.log_events("job_submission_replayed")) for r in d.routers)
+    print(f"\nrouter kill: {n} jobs, client retries by cause: {dict(errors)}; {replays} repeats"
+          " answered with the job the first attempt had queued")
+
+
+def test_nats_down_with_retrying_clients(deployment: Deployment) -> None:
+    d = deployment
+    n = 120
+    clients, ids, errors = _clients(d, "ws-down", n, threads=4)
+    _wait_answers(ids, 30)
+    port = d.nats.port
+    d.nats.stop()
+    time.sleep(8)
+    d.nats = NatsServer(d.root / "nats", port=port).start()
+    for c in clients:
+        c.join(180)
+    assert not any(c.is_alive() for c in clients)
+    _check_exactly_once(d, "ws-down", ids, n)
+    assert errors, "the outage was never seen by a client"
+    print(f"\nNATS down 8 s: {n} jobs, client retries by cause: {dict(errors)}")
