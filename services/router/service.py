@@ -300,10 +300,15 @@ class RouterService:
             # attempt waits 5 s): that one might still be stored.
             definite = ((bus.storage_full(exc) or isinstance(exc, BadRequestError))
                         and time.monotonic() - started < 5.0)
-            if definite:
-                await self._record(hold, JobFinished(
-                    job_id=job.id, time=time.time(), status="failure", attempt=0,
-                    error=f"not enqueued: {exc!r}", worker="router"), f"{job.id}:0:finished")
+            if definite and not isinstance(history, BaseException):
+                try:  # the history says queued: say it ended (best effort: storage may be full)
+                    await self._record(hold, JobFinished(
+                        job_id=job.id, time=time.time(), status="failure", attempt=0,
+                        error=f"not enqueued: {exc!r}", worker="router"), f"{job.id}:0:finished",
+                        within=2.0)
+                except Exception as record_exc:
+                    self.logger.warning("job_refusal_not_recorded", job_id=job.id,
+                                        error=repr(record_exc))
             if bus.storage_full(exc):
                 self.storage.refused(subjects.JOBS_STREAM, exc)
                 raise StorageFull(

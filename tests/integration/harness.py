@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -239,3 +240,119 @@ def fake_status(worker_id: str, **fields: Any) -> Any:
                                 config_version=0, state="ready", hostname="nowhere", pid=1,
                                 started_at=time.time(), heartbeat_at=time.time())
     return WorkerStatus(**{**base, **fields})
+
+
+TOKEN = "deployment-token"
+
+
+class Deployment:
+    """A deployment without `up`: its own nats-server (a test may stop, pause or restart it,
+    or give it a small store), the config service, `routers` routers and, with `start(group=)`,
+    one worker of that group. Every process a real subprocess; `env` goes to each of them."""
+
+    def __init__(self, root: Path, routers: int = 2, env: dict[str, str] | None = None) -> None:
+        from services.common.natsserver import NatsServer, free_port
+
+        self.root = root
+        self.extra_env = dict(env or {})
+        self.nats = NatsServer(root / "nats").start()
+        self.config_port = free_port()
+        self.router_ports = [free_port() for _ in range(routers)]
+        self.routers: list[Proc] = []
+        self.procs: list[Proc] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"NATS_URL": self.nats.url, "GETOPERATE_DATA_DIR": str(self.root / "data"),
+                "GETOPERATE_ADMIN_TOKEN": TOKEN, "CONFIG_PORT": str(self.config_port),
+                **self.extra_env, **extra}
+
+    def start_router(self, i: int) -> Proc:
+        proc = Proc(["router"], cwd=self.root, env=self.env(ROUTER_PORT=str(self.router_ports[i])),
+                    name=f"router{i}")
+        proc.wait_for('"router_ready"', timeout=60)
+        proc.wait_for('"http_listening"', timeout=60)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, group: str, **env: str) -> Proc:
+        worker = Proc(["worker"], cwd=self.root, env=self.env(WORKER_GROUP=group, **env),
+                      name=f"worker-{group}-{len(self.procs)}")
+        self.procs.append(worker)
+        worker.wait_for('"worker_ready"', timeout=60)
+        return worker
+
+    def start(self, group: str | None = None) -> None:
+        config = Proc(["config"], cwd=self.root, env=self.env(), name="config")
+        self.procs.append(config)
+        config.wait_for('"http_listening"', timeout=60)
+        if group is not None:
+            status, body, _ = request(self.config_port, "PUT", f"/groups/{group}",
+                                      {"tags": [group]})
+            assert status in (200, 201), body
+        self.routers = [self.start_router(i) for i in range(len(self.router_ports))]
+        if group is not None:
+            self.start_worker(group)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(signal.SIGKILL)
+        self.nats.stop()
+
+
+def request(port: int, method: str, path: str, body: Any = None, key: str | bytes | None = None,
+            timeout: float = 30) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One HTTP call to a Deployment's service as its admin: (status, JSON body, headers)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else b""
+        conn.putrequest(method, path)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(data)))
+        if key is not None:
+            conn.putheader("Idempotency-Key", key)
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            parsed = json.loads(raw or b"{}")
+        except ValueError:
+            parsed = {"text": raw.decode(errors="replace")}
+        return resp.status, parsed, dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+async def job_events(url: str) -> list[dict[str, Any]]:
+    """Every event stored on GO_JOB_EVENTS, read with a throwaway consumer."""
+    import nats
+    from nats.js import api
+
+    from shared import subjects
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
+        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
+                                      stream=subjects.JOB_EVENTS_STREAM,
+                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+        out: list[dict[str, Any]] = []
+        while len(out) < info.state.messages:
+            out += [json.loads(m.data) for m in await sub.fetch(500, timeout=5)]
+        return out
+    finally:
+        await nc.close()
+
+
+def counts(d: Deployment, workspace: str) -> tuple[Counter[str], Counter[str]]:
+    """(job.queued per job id, job.finished per job id) of the jobs of `workspace`."""
+    import asyncio
+
+    events = asyncio.run(job_events(d.nats.url))
+    mine = {e["job_id"] for e in events if e["type"] == "job.queued" and e["workspace"] == workspace}
+    queued = Counter(e["job_id"] for e in events if e["type"] == "job.queued" and e["job_id"] in mine)
+    finished = Counter(e["job_id"] for e in events if e["type"] == "job.finished" and e["job_id"] in mine)
+    return queued, finished

@@ -15,75 +15,16 @@ import signal
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator
 
 import nats
 import pytest
-from nats.js import api
 
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from shared import subjects
-from tests.integration.harness import Proc, cli
+from tests.integration.harness import TOKEN, Deployment, cli, counts, request
 
-TOKEN = "idempotency-token"
 TAG = "idem"
-
-
-class Deployment:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nats = NatsServer(root / "nats").start()
-        self.config_port = free_port()
-        self.router_ports = [free_port(), free_port()]
-        self.routers: list[Proc] = []
-        self.procs: list[Proc] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"NATS_URL": self.nats.url, "GETOPERATE_DATA_DIR": str(self.root / "data"),
-                "GETOPERATE_ADMIN_TOKEN": TOKEN, "CONFIG_PORT": str(self.config_port), **extra}
-
-    def start_router(self, i: int) -> Proc:
-        proc = Proc(["router"], cwd=self.root, env=self.env(ROUTER_PORT=str(self.router_ports[i])),
-                    name=f"router{i}")
-        proc.wait_for('"router_ready"', timeout=60)
-        proc.wait_for('"http_listening"', timeout=60)
-        self.procs.append(proc)
-        return proc
-
-    def start(self) -> None:
-        config = Proc(["config"], cwd=self.root, env=self.env(), name="config")
-        self.procs.append(config)
-        config.wait_for('"http_listening"', timeout=60)
-        status, body, _ = request(self.config_port, "PUT", f"/groups/{TAG}", {"tags": [TAG]})
-        assert status in (200, 201), body
-        self.routers = [self.start_router(0), self.start_router(1)]
-        worker = Proc(["worker"], cwd=self.root, env=self.env(WORKER_GROUP=TAG), name="worker")
-        self.procs.append(worker)
-        worker.wait_for('"worker_ready"', timeout=60)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(signal.SIGKILL)
-        self.nats.stop()
-
-
-def request(port: int, method: str, path: str, body: Any = None, key: str | bytes | None = None,
-            timeout: float = 30) -> tuple[int, dict[str, Any], dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        data = json.dumps(body).encode() if body is not None else b""
-        conn.putrequest(method, path)
-        conn.putheader("Authorization", f"Bearer {TOKEN}")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(len(data)))
-        if key is not None:
-            conn.putheader("Idempotency-Key", key)
-        conn.endheaders(data)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}"), dict(resp.getheaders())
-    finally:
-        conn.close()
 
 
 def job(code: str, workspace: str = "main") -> dict[str, Any]:
@@ -97,36 +38,11 @@ def wait_ended(d: Deployment, job_id: str, timeout: float = 60) -> dict[str, Any
     return view
 
 
-async def _events(url: str) -> list[dict[str, Any]]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
-        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
-                                      stream=subjects.JOB_EVENTS_STREAM,
-                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
-        out: list[dict[str, Any]] = []
-        while len(out) < info.state.messages:
-            out += [json.loads(m.data) for m in await sub.fetch(500, timeout=5)]
-        return out
-    finally:
-        await nc.close()
-
-
-def counts(d: Deployment, workspace: str) -> tuple[Counter[str], Counter[str]]:
-    """(job.queued per job id, job.finished per job id) of the jobs of `workspace`."""
-    events = asyncio.run(_events(d.nats.url))
-    mine = {e["job_id"] for e in events if e["type"] == "job.queued" and e["workspace"] == workspace}
-    queued = Counter(e["job_id"] for e in events if e["type"] == "job.queued" and e["job_id"] in mine)
-    finished = Counter(e["job_id"] for e in events if e["type"] == "job.finished" and e["job_id"] in mine)
-    return queued, finished
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     d = Deployment(tmp_path_factory.mktemp("idempotency"))
     try:
-        d.start()
+        d.start(group=TAG)
         yield d
     finally:
         d.stop()

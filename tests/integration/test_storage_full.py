@@ -1,0 +1,158 @@
+"""Full storage is survivable (issue 14, point 4): submissions are refused at once with
+`storage_full` (507), /readyz and a metric say so, and everything resumes when space returns,
+without a restart. Two ways to fill it: the job queue at its own `max_bytes` (a share of
+GETOPERATE_STORE_BYTES), and nats-server's whole store used up by something else (a result
+that cannot be stored then waits in its worker and is stored once there is room)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import nats
+import pytest
+from nats.js import api
+from nats.js.errors import APIError
+
+from tests.integration.harness import Deployment, counts, request
+
+BIG = "echo ok # " + "x" * 200_000  # a job of about 200 KB
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    status, body, _ = request(port, "GET", "/readyz")
+    return status, body
+
+
+def metric(port: int, name: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return "\n".join(line for line in resp.read().decode().splitlines()
+                         if line.startswith(name))
+
+
+def until(predicate: Any, timeout: float = 60, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def small_queue(tmp_path: Path) -> Iterator[Deployment]:
+    # 64 MiB in all: the job queue (GO_JOBS) may hold 20% of it, about 64 of these jobs.
+    d = Deployment(tmp_path, routers=1, env={"GETOPERATE_STORE_BYTES": str(64 * 1024 * 1024)})
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_full_job_queue_refuses_at_once_and_recovers_when_drained(small_queue: Deployment) -> None:
+    d = small_queue
+    port = d.router_ports[0]
+    status, body, _ = request(d.config_port, "PUT", "/groups/full", {"tags": ["full"]})
+    assert status in (200, 201), body
+    accepted: list[str] = []
+    for _ in range(200):  # nobody serves `full` yet: the queue only grows
+        status, body, _ = request(port, "POST", "/jobs", {"language": "bash", "code": BIG,
+                                                          "tag": "full", "workspace": "ws-full"})
+        if status != 201:
+            break
+        accepted.append(body["id"])
+    assert status == 507 and body["error"] == "storage_full", body
+    assert "nothing was queued" in body["message"] and 30 < len(accepted) < 200, len(accepted)
+    status, ready = readyz(port)
+    assert status == 503 and ready["checks"]["storage_ok"] is False, ready
+    assert "GO_JOBS" in ready["storage_full"]
+    assert metric(port, "getoperate_storage_full").endswith('{stream="GO_JOBS"} 1.0')
+    d.start_worker("full")  # drains the queue: room again, with no restart of anything
+    until(lambda: readyz(port)[0] == 200, 120, "the router ready again")
+    assert "1.0" not in metric(port, "getoperate_storage_full")
+    status, body, _ = request(port, "POST", "/jobs", {"language": "bash", "code": "echo after",
+                                                      "tag": "full", "workspace": "ws-full"})
+    assert status == 201, body
+    accepted.append(body["id"])
+    for job_id in accepted:
+        _, view, _ = request(port, "GET", f"/jobs/{job_id}?wait=1&timeout=60", timeout=90)
+        assert view["status"] == "success", view
+    queued, finished = counts(d, "ws-full")
+    assert set(finished.values()) == {1} and finished.keys() == queued.keys()
+    # The refused submission is recorded as what it was: never queued, never run.
+    refused = set(queued) - set(accepted)
+    assert len(refused) == 1
+    for job_id in refused:
+        _, view, _ = request(port, "GET", f"/jobs/{job_id}")
+        assert view["status"] == "failure" and "not enqueued" in view["error"], view
+
+
+async def _fill(url: str, stream: str) -> int:
+    """Fill nats-server's store with a stream of our own until JetStream refuses: what another
+    tenant of the server, or a runaway stream, does."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"],
+                                             storage=api.StorageType.FILE))
+        for i in range(10_000):
+            try:
+                await js.publish(f"{stream.lower()}.x", b"x" * 256 * 1024, timeout=10)
+            except APIError as exc:
+                assert exc.err_code == 10023, exc  # insufficient resources
+                return i
+        raise AssertionError("the store never filled")
+    finally:
+        await nc.close()
+
+
+async def _drop(url: str, stream: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def small_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    # nats-server's whole store is 48 MiB; the services reserve nothing (budget 0), so the store
+    # can fill under them, as on a server whose limits nobody sized for the suite.
+    monkeypatch.setenv("GETOPERATE_STORE_BYTES", str(48 * 1024 * 1024))
+    d = Deployment(tmp_path, routers=1, env={"GETOPERATE_STORE_BYTES": "0"})
+    monkeypatch.delenv("GETOPERATE_STORE_BYTES")
+    try:
+        d.start(group="slow")
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_result_waits_for_space_and_is_stored_once_without_a_restart(
+        small_server: Deployment) -> None:
+    d = small_server
+    port = d.router_ports[0]
+    status, answer, _ = request(port, "POST", "/jobs", {
+        "language": "bash", "code": "sleep 4; echo done", "tag": "slow", "workspace": "ws-slow"})
+    assert status == 201, answer
+    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
+          what="the job running")
+    asyncio.run(_fill(d.nats.url, "FILLER"))
+    status, body, _ = request(port, "POST", "/jobs", {"language": "bash", "code": "echo no",
+                                                      "tag": "slow", "workspace": "ws-slow"})
+    assert status == 507 and body["error"] == "storage_full", body
+    assert readyz(port)[0] == 503
+    worker = d.procs[-1]
+    until(lambda: worker.log_events("job_result_retry"), 60, "the worker retrying the result")
+    asyncio.run(_drop(d.nats.url, "FILLER"))  # space returns
+    _, view, _ = request(port, "GET", f"/jobs/{answer['id']}?wait=1&timeout=60", timeout=90)
+    assert view["status"] == "success" and view["result"] == "done" and view["attempts"] == 1, view
+    until(lambda: readyz(port)[0] == 200, 60, "the router ready again")
+    queued, finished = counts(d, "ws-slow")
+    assert finished[answer["id"]] == 1
+    assert worker.p.poll() is None  # the same worker process: no restart
