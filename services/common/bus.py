@@ -174,10 +174,12 @@ async def ensure_streams(js: JetStreamContext) -> None:
     """Create the streams and the workers bucket if missing (idempotent)."""
     try:
         for cfg in stream_configs():
+            # Update first: nats-server checks an add against the free budget before it looks
+            # for the stream, so re-adding a stream that reserves a large share fails (10047).
             try:
-                await js.add_stream(cfg)
-            except BadRequestError:
                 await js.update_stream(cfg)
+            except NotFoundError:
+                await js.add_stream(cfg)
         await workers_bucket(js)
         await cancels_bucket(js)
     except APIError as exc:

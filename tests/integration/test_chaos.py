@@ -1,7 +1,10 @@
 """The chaos test: jobs over several tags and groups while workers are SIGKILLed and restarted at
 random, a hot reload moves a tag, the config service is killed once and nats-server restarted
-once. Every job must end with exactly one result; config must equal the fold of its log; verify
-must pass. CHAOS_JOBS / CHAOS_SECONDS scale it up (the CI size is small)."""
+once, poison sits on a queue; then the job queue is filled to its limit and drained. Jobs are
+submitted by a retrying client with idempotency keys (the CLI's), so a submission cut by a
+restart is repeated, never doubled. Every job must end with exactly one result and no job may
+run that no answer named; config must equal the fold of its log; verify must pass.
+CHAOS_JOBS / CHAOS_SECONDS scale it up (the CI size is small)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import msgspec
-import pytest
+import urllib.error
+import urllib.request
 
-from cli.client import CliError
+import msgspec
+import nats
+import pytest
+from nats.js import api
+
+from cli.client import CliError, Endpoints
+from cli.client import submit as submit_with_key
+from shared import subjects
 from shared.codec import decode
 from shared.events import Recorded
 from shared.state import ConfigState, fold
@@ -29,17 +39,23 @@ from tests.integration.harness import Proc, cli
 
 JOBS = int(os.environ.get("CHAOS_JOBS", "80"))
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))
-ENV = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "20"}
+ENV = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "20",
+       # A 64 MiB JetStream budget: the job queue's share (20%) fills with about 60 big jobs.
+       "GETOPERATE_STORE_BYTES": str(64 * 1024 * 1024)}
+BIG = "echo big # " + "x" * 200_000
+POISON = [b"\xff not json", json.dumps({"v": 1, "id": "", "workspace": "main", "language": "bash",
+                                        "code": "echo x", "tag": "c1", "submitted_at": 1.0}).encode()]
 
 
 def retry(fn: Callable[[], Any], within: float = 60) -> Any:
-    """Calls made while the chaos runs may hit a service that is restarting: try again."""
+    """Calls made while the chaos runs may hit a service that is restarting: try again (a
+    refusal for storage is an answer, not a restart)."""
     deadline = time.monotonic() + within
     while True:
         try:
             return fn()
-        except CliError:
-            if time.monotonic() > deadline:
+        except CliError as exc:
+            if time.monotonic() > deadline or "HTTP 507" in exc.message:
                 raise
             time.sleep(0.3)
 
@@ -73,9 +89,19 @@ def test_chaos(chaos_suite: Suite) -> None:
     def submit() -> None:
         for i in range(JOBS):
             tag = rng.choice(["c1", "c2", "c3"])
-            ids.append(retry(lambda: s.api.submit(f"sleep 0.{i % 4 + 1}; echo {i}", tag=tag))["id"])
+            ids.append(keyed(f"sleep 0.{i % 4 + 1}; echo {i}", tag, f"chaos-{i}")["id"])
             time.sleep(SECONDS / JOBS)
         stop.set()
+
+    def keyed(code: str, tag: str, key: str) -> dict[str, Any]:
+        """The CLI's retrying client: the same key until the router answers (`up` restarts
+        what is killed), through NATS restarts and config kills."""
+        ep = Endpoints(s.root / ".getoperate")
+        return retry(lambda: submit_with_key(
+            f"{ep.router_url}/jobs", ep.token(), {"language": "bash", "code": code, "tag": tag},
+            key, 60.0, lambda line: None))
+
+    asyncio.run(_publish(s.nats_url, subjects.job_subject("c1"), POISON))
 
     submitter = threading.Thread(target=submit)
     submitter.start()
@@ -101,11 +127,36 @@ def test_chaos(chaos_suite: Suite) -> None:
             nats_restarted = True
     submitter.join()
     assert moved and config_killed and nats_restarted and kills >= 3
+    # Storage: fill the job queue's share with jobs for a tag nobody serves yet, until JetStream
+    # refuses; the refusal is immediate and says so; serving the tag drains it and ends it.
+    filled: list[str] = []
+    ep = Endpoints(s.root / ".getoperate")
+    for i in range(400):
+        try:
+            filled.append(keyed(BIG, "c-full", f"full-{i}")["id"])
+        except CliError as exc:
+            assert "HTTP 507" in exc.message and "no room" in exc.message, exc.message
+            break
+    assert 20 < len(filled) < 400, len(filled)
+    ready = retry(lambda: _get(f"{ep.router_url}/readyz"))
+    assert ready[0] == 503 and "GO_JOBS" in ready[1]["storage_full"], ready
+    retry(lambda: s.api.set_group("chaos-a", tags=["c1", "c2", "c3", "c-full"]))
+    deadline = time.monotonic() + 120
+    while _get(f"{ep.router_url}/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "the router never saw room again"
+        time.sleep(0.5)
+    ids += filled
     views = [retry(lambda j=j: s.api.job(j, timeout=120), within=180) for j in ids]
     assert [v["status"] for v in views] == ["success"] * len(ids), [v for v in views if v["status"] != "success"][:3]
-    assert sorted(int(v["result"]) for v in views) == list(range(JOBS))
+    assert sorted(int(v["result"]) for v in views if v["result"] != "big") == list(range(JOBS))
     finished = asyncio.run(finished_events(s.nats_url))
     assert all(finished[j] == 1 for j in ids), {j: finished[j] for j in ids if finished[j] != 1}
+    # 0 duplicates: every job that ran was named by an answer (the refused one never ran).
+    ran = {j for j in finished if j not in ids}
+    assert all(retry(lambda j=j: s.api.job(j, wait=False))["error"].startswith("not enqueued")
+               for j in ran), ran
+    # The poison was parked with its reason, and c1 kept serving (its jobs all succeeded).
+    assert asyncio.run(_dead_reasons(s.nats_url, "c1")) >= len(POISON)
     redeliveries = sum(max(v["attempts"] - 1, 0) for v in views)
     suppressed = sum(len(p.log_events(e)) for p in s.extra
                      for e in ("job_result_already_stored", "job_result_superseded",
@@ -118,5 +169,43 @@ def test_chaos(chaos_suite: Suite) -> None:
     verify = retry(lambda: cli("verify", cwd=s.root))
     assert verify.returncode == 0, verify.stderr
     print(f"\nchaos: {len(ids)} jobs, {kills} worker kills, 1 config kill, 1 nats restart, "
-          f"1 hot reload; {redeliveries} redeliveries, {suppressed} duplicate runs or results"
+          f"1 hot reload, {len(POISON)} poison messages, job queue filled with {len(filled)} big"
+          f" jobs and drained; {redeliveries} redeliveries, {suppressed} duplicate runs or results"
           f" suppressed, {sum(finished[j] for j in ids) - len(ids)} duplicate results stored")
+
+
+async def _publish(url: str, subject: str, bodies: list[bytes]) -> None:
+    nc = await nats.connect(url)
+    try:
+        for i, body in enumerate(bodies):
+            await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": f"poison-{i}"})
+    finally:
+        await nc.close()
+
+
+async def _dead_reasons(url: str, tag: str) -> int:
+    """Messages parked on GO_DEAD for `tag` with a reason (header or DeadLetter.reason)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(subjects.dead_subject(tag), durable=None,
+                                      stream=subjects.DEAD_STREAM,
+                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+        n = 0
+        try:
+            while True:
+                for msg in await sub.fetch(100, timeout=2):
+                    header = (msg.headers or {}).get(subjects.DEAD_REASON_HEADER)
+                    n += bool(header or json.loads(msg.data).get("reason"))
+        except nats.errors.TimeoutError:
+            return n
+    finally:
+        await nc.close()
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
