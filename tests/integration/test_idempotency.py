@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator
 
 import nats
@@ -22,7 +23,7 @@ import pytest
 
 from services.common.natsserver import NatsServer
 from shared import subjects
-from tests.integration.harness import TOKEN, Deployment, cli, counts, request
+from tests.integration.harness import TOKEN, Deployment, cli, counts, job_events, request
 
 TAG = "idem"
 
@@ -266,3 +267,50 @@ def test_nats_down_with_retrying_clients(deployment: Deployment) -> None:
     _check_exactly_once(d, "ws-down", ids, n)
     assert errors, "the outage was never seen by a client"
     print(f"\nNATS down 8 s: {n} jobs, client retries by cause: {dict(errors)}")
+
+
+def test_a_flow_run_again_after_its_worker_died_runs_each_step_once(tmp_path: Path) -> None:
+    """The flow's worker is SIGKILLed while step 2 runs; JetStream hands the flow to another
+    worker, which submits its steps again under the same keys (`flow <id> step <n>`): it is
+    answered with the steps already queued, waits for their results, and no step runs twice."""
+    d = Deployment(tmp_path, routers=1, env={"GETOPERATE_ACK_WAIT": "2"})
+    try:
+        d.start()
+        for group, tags in (("orch", ["flow"]), ("stepq", ["stepq"])):
+            status, body, _ = request(d.config_port, "PUT", f"/groups/{group}", {"tags": tags})
+            assert status in (200, 201), body
+        status, body, _ = request(d.config_port, "PUT", "/flows/main/f/two", {
+            "preserve_step_tags": True, "steps": [
+                {"name": "one", "language": "bash", "content": "echo 1", "tag": "stepq"},
+                {"name": "two", "language": "bash", "content": "sleep 6; echo 2", "tag": "stepq"}]})
+        assert status in (200, 201), body
+        orchestrator = d.start_worker("orch")
+        d.start_worker("stepq")
+        port = d.router_ports[0]
+        _, flow, _ = request(port, "POST", "/jobs", {"path": "f/two"})
+
+        def step_two_running() -> bool:
+            events = asyncio.run(job_events(d.nats.url))
+            steps = [e["job_id"] for e in events
+                     if e["type"] == "job.queued" and e.get("parent") == flow["id"]]
+            return len(steps) == 2 and any(e["type"] == "job.started" and e["job_id"] == steps[1]
+                                           for e in events)
+
+        deadline = time.monotonic() + 60
+        while not step_two_running():
+            assert time.monotonic() < deadline, "step 2 never started"
+            time.sleep(0.2)
+        orchestrator.stop(signal.SIGKILL)
+        d.start_worker("orch")
+        view = wait_ended(d, flow["id"], timeout=90)
+        assert view["status"] == "success" and view["result"] == "2", view
+        assert view["attempts"] == 2, view  # the flow itself ran twice: its steps once
+        events = asyncio.run(job_events(d.nats.url))
+        steps = [e for e in events if e["type"] == "job.queued" and e.get("parent") == flow["id"]]
+        finished = Counter(e["job_id"] for e in events if e["type"] == "job.finished")
+        assert len(steps) == 2, steps
+        assert all(finished[s["job_id"]] == 1 for s in steps), finished
+        replays = d.routers[0].log_events("job_submission_replayed")
+        assert len(replays) >= 1, "the second run never repeated a step's key"
+    finally:
+        d.stop()
