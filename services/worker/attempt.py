@@ -10,6 +10,15 @@ more than MAX_DELIVER times (naks count as deliveries) it is parked as it came, 
 so nothing comes back forever. The run: job.started, the job (or its flow)
 with in-progress acks and cancellation, job.finished, and the ack only once that is durable.
 The task this runs in owns the job's slot (services/worker/slots.py).
+
+A delivery is held on a lease (`Lease`): JetStream hands the job to another worker once
+ack_wait passes without an in-progress ack, so when no ack has been confirmed for a little less
+(`lease_for`) the run is killed and nothing is recorded for it (`job_lease_lost`):
+the redelivered copy runs alone and records the result. An event that cannot be stored because
+JetStream refuses it for storage or NATS does not answer is written again with backoff
+(`job_result_retry`) while the lease holds the delivery, so a job whose result could not be
+stored is neither run again nor left "running" (docs/production.md, When two copies of a job can
+overlap).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,7 +38,7 @@ from services.common.metrics import WorkerMetrics
 from services.worker.cancels import CancelWatch
 from services.worker.executor import Executor
 from services.worker.flows import run_flow
-from services.worker.results import WRONG_LAST_SEQUENCE, Results
+from services.worker.results import WRONG_LAST_SEQUENCE, Results, retry_reason
 from services.worker.runner import Outcome
 from services.worker.slots import Slot
 from shared import subjects, tagaccess
@@ -41,6 +50,111 @@ from shared.tags import validate_workspace
 
 RETRY_DELAY = 2.0  # seconds before a delivery that could not start is offered again
 MAX_ID_CHARS = 256
+# What is kept in hand of ack_wait (`lease_for`): the kill, a late event loop, the time a delivery
+# took to reach us, and a nats-server restarted from its store, which keeps delivery times in
+# whole seconds and so may redeliver up to 1 s before ack_wait has passed (measured: 2.1 s after
+# the last in-progress ack with ack_wait 3).
+LEASE_MARGIN = 0.2  # of ack_wait
+LEASE_SLACK = 1.25  # seconds, at least
+RESULT_RETRY_FIRST = 0.5  # seconds before an event that could not be stored is written again
+RESULT_RETRY_MAX = 5.0  # the backoff doubles up to this
+T = TypeVar("T")
+# Counts while the machine sleeps, as JetStream's clock does on the NATS host (CLOCK_MONOTONIC
+# stops: a worker's laptop waking up would believe it still held a job given away meanwhile).
+_LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    return time.clock_gettime(_LEASE_CLOCK)
+
+
+def lease_for(ack_wait: float) -> float:
+    """Seconds a delivery stays ours after a confirmed in-progress ack was sent: 24 of the
+    default 30, 1.75 of 3. Below about 2 s of ack_wait no lease covers a NATS restart."""
+    return max(ack_wait - max(ack_wait * LEASE_MARGIN, LEASE_SLACK), ack_wait / 4)
+
+
+class LeaseLost(Exception):
+    """Raised when a delivery's lease ran out: JetStream may have handed the job to another
+    worker, so this one records nothing more for it."""
+
+
+class Lease:
+    """This worker's hold on one delivery of a job, kept by in-progress acks JetStream confirms.
+
+    Each ack is a request: JetStream answers it once processed, so an ack lost on the way (the
+    connection down, a partition the client has not noticed yet) never counts. A confirmed ack
+    renews the lease from when it was sent (JetStream restarted its ack_wait later than that),
+    unless the answer came after the lease had run out (JetStream also answers an ack of a
+    delivery it already gave away). When the lease runs out, `runs` are cancelled (their
+    processes killed, like a cancel request's) and `lost` is set.
+    """
+
+    def __init__(self, msg: Msg, job_id: str, logger: Logger, since: float) -> None:
+        self.msg = msg
+        self.job_id = job_id
+        self.logger = logger
+        self.ack_wait = bus.JOB_ACK_WAIT
+        self.length = lease_for(self.ack_wait)
+        self.renewed = since  # when the delivery was taken: JetStream's ack_wait started earlier
+        self.phase = "running"
+        self.lost = asyncio.Event()
+        self.runs: set[asyncio.Future[Any]] = set()
+
+    @property
+    def expires(self) -> float:
+        return self.renewed + self.length
+
+    async def keep(self) -> None:
+        """Ack at once, then every ack_wait/3 (at most half the lease; a third of that after a
+        failure) until cancelled, or until the lease runs out."""
+        interval = min(self.ack_wait / 3, self.length / 2)
+        retry = interval / 3
+        due = lease_clock()
+        while True:
+            now = lease_clock()
+            if now >= self.expires:
+                self._lose(now)
+                return
+            if now < due:
+                await asyncio.sleep(min(due, self.expires) - now)
+                continue
+            try:
+                # msg.in_progress() is a plain publish: it "succeeds" while disconnected.
+                await self.msg._client.request(self.msg.reply or "", b"+WPI",
+                                               timeout=min(interval, self.expires - now))
+            except Exception as exc:
+                self.logger.warning("in_progress_failed", job_id=self.job_id,
+                                    error=str(exc) or type(exc).__name__)
+                due = lease_clock() + retry
+                continue
+            if lease_clock() < self.expires:
+                self.renewed = now
+            due = now + interval
+
+    def _lose(self, now: float) -> None:
+        self.lost.set()
+        self.logger.error("job_lease_lost", job_id=self.job_id, phase=self.phase,
+                          unconfirmed_s=round(now - self.renewed, 3), lease_s=self.length,
+                          ack_wait=self.ack_wait,
+                          effect="its processes are killed and its outcome is not recorded"
+                                 " here; JetStream redelivers it")
+        for run in self.runs:
+            run.cancel()
+
+    async def unless_lost(self, aw: Awaitable[T]) -> T:
+        """`aw`'s result, or LeaseLost (and `aw` cancelled) if the lease runs out first."""
+        task = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            done, _ = await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+        if task in done:  # it ended first (or with the lease): its result or error stands
+            return task.result()
+        raise LeaseLost(self.job_id)
 
 
 def job_problem(job: Job) -> str | None:
@@ -96,6 +210,7 @@ class Attempts:
 
     async def run(self, tag: str, msg: Msg, slot: Slot) -> None:
         """One delivery, from the pulled message to its ack (or nak, or term)."""
+        taken = lease_clock()
         try:
             admitted = await self._admit(tag, msg, slot)
         except Exception as exc:
@@ -111,7 +226,8 @@ class Attempts:
             await _quietly(msg.nak(delay=RETRY_DELAY))
             return
         if admitted is not None:
-            await self._attempt(tag, *admitted, msg, slot)
+            lease = Lease(msg, admitted[0].id, self.logger, taken)
+            await self._attempt(tag, *admitted, msg, slot, lease)
 
     async def _admit(self, tag: str, msg: Msg, slot: Slot) -> tuple[Job, str, int, int] | None:
         """(job, hold key, attempt, last sequence on its subject) to run, or None when the
@@ -162,14 +278,15 @@ class Attempts:
         return job, hold, attempt, last_seq
 
     async def _attempt(self, tag: str, job: Job, hold: str, attempt: int, last_seq: int,
-                       msg: Msg, slot: Slot) -> None:
+                       msg: Msg, slot: Slot, lease: Lease) -> None:
         self.current.add(job.id)
         self.on_current()
-        keepalive = asyncio.create_task(self._keepalive(msg))
+        keepalive = asyncio.create_task(lease.keep())
         # On a first attempt the started event is stored while the job runs (awaited before the
         # result, so the history stays in order) to keep it off the critical path. A redelivered
         # job already lost a worker once: its start is recorded before it runs.
-        started = asyncio.ensure_future(self.results.started(job, hold, attempt, last_seq or None))
+        started = asyncio.ensure_future(self._stored(lease, "job.started", lambda: (
+            self.results.started(job, hold, attempt, last_seq or None))))
         started.add_done_callback(_retrieve)
         try:
             if attempt > 1:
@@ -184,20 +301,25 @@ class Attempts:
                     await msg.nak(delay=1)
                     return
             self.logger.info("job_started", job_id=job.id, tag=tag, kind=job.kind, attempt=attempt)
-            outcome, steps = await self._execute(tag, job)
+            outcome, steps = await self._execute(tag, job, lease)
             slot.release()  # execution is over: the next job may start while this result is stored
+            lease.phase = "storing its result"
             started_ack = await started
-            await self.results.finished(job, hold, JobFinished(
+            result = JobFinished(
                 job_id=job.id, time=time.time(), status=outcome.status, result=outcome.result,
                 error=outcome.error, logs=outcome.logs, worker=self.results.worker_id,
                 group=self.results.group, attempt=attempt,
-                duration_ms=round(outcome.duration_ms, 3), steps=steps), started_ack.seq)
+                duration_ms=round(outcome.duration_ms, 3), steps=steps)
+            await self._stored(lease, "job.finished", lambda: (
+                self.results.finished(job, hold, result, started_ack.seq)))
             await msg.ack()  # only once the result is durable
             self.jobs_done += 1
             self.metrics.finished.labels(tag, outcome.status).inc()
             self.metrics.duration.labels(tag).observe(outcome.duration_ms / 1000)
             self.logger.info("job_finished", job_id=job.id, tag=tag, status=outcome.status,
                              duration_ms=round(outcome.duration_ms, 1))
+        except LeaseLost:
+            pass  # logged when it ran out; the redelivered copy records the outcome
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
@@ -210,17 +332,27 @@ class Attempts:
             self.current.discard(job.id)
             self.on_current()
 
-    async def _execute(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
-        """The job's outcome; a cancel request kills it; a worker bug still ends it visibly."""
+    async def _execute(self, tag: str, job: Job, lease: Lease
+                       ) -> tuple[Outcome, list[StepSummary]]:
+        """The job's outcome; a cancel request kills it, and so does a lost lease (LeaseLost);
+        a worker bug still ends it visibly."""
         if self.cancels.asked(job.id, job.parent):
             return Outcome(status="cancelled", error="cancelled before it started"), []
+        if lease.lost.is_set():
+            raise LeaseLost(job.id)
         run = asyncio.ensure_future(self._call(tag, job))
+        lease.runs.add(run)
         with self.cancels.running_as(job.id, run, job.parent):
             try:
                 return await asyncio.shield(run)
             except asyncio.CancelledError:
                 if not run.cancelled() or self.stopping():
-                    raise  # the worker itself is stopping
+                    # The worker is stopping (its grace is over): nobody acks this delivery any
+                    # more, so its processes must not outlive it (JetStream redelivers it).
+                    run.cancel()
+                    raise
+                if lease.lost.is_set():
+                    raise LeaseLost(job.id) from None
                 return Outcome(status="cancelled", error="cancelled by request; its processes"
                                " were killed"), []
             except Exception as exc:  # a bug or NATS trouble must still end the job visibly
@@ -231,14 +363,25 @@ class Attempts:
             return await run_flow(self.nc, job, self.logger)
         return await self.executor.run(tag, job), []
 
-    async def _keepalive(self, msg: Msg) -> None:
-        """Tell JetStream the job is still running so it is not redelivered mid-run."""
+    async def _stored(self, lease: Lease, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """`write()`, tried again with backoff (RESULT_RETRY_FIRST doubling to RESULT_RETRY_MAX)
+        while JetStream refuses it for storage or NATS does not answer; the lease keeps the
+        delivery meanwhile, so the job is not run again. Any other error (a superseded write)
+        is raised; LeaseLost once the lease runs out (the worker stopping cancels it)."""
+        delay = RESULT_RETRY_FIRST
         while True:
-            await asyncio.sleep(bus.JOB_ACK_WAIT / 3)
             try:
-                await msg.in_progress()
+                return await lease.unless_lost(write())
+            except LeaseLost:
+                raise
             except Exception as exc:
-                self.logger.warning("in_progress_failed", error=str(exc))
+                reason = retry_reason(exc)
+                if reason is None:
+                    raise
+                self.logger.warning("job_result_retry", job_id=lease.job_id, write=what,
+                                    reason=reason, error=repr(exc)[:500], retry_in_s=delay)
+            await lease.unless_lost(asyncio.sleep(delay))
+            delay = min(delay * 2, RESULT_RETRY_MAX)
 
 
 def _retrieve(future: "asyncio.Future[Any]") -> None:

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from services.common import bus
 from services.common.log import Logger
@@ -75,6 +76,23 @@ def tail_within(text: str, room: int) -> str:
 
 
 _BLOCK = 4096
+
+# NATS did not answer, or answered that JetStream cannot take writes right now: the write may
+# work later (a write that was in fact stored is repeated harmlessly: same Nats-Msg-Id).
+_NO_ANSWER = (TimeoutError, nats_errors.NoRespondersError, nats_errors.ConnectionClosedError,
+              nats_errors.ConnectionReconnectingError, nats_errors.StaleConnectionError,
+              NoStreamResponseError, ServiceUnavailableError)
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """Why a failed event write is worth repeating (`storage_full`: JetStream refused it for
+    want of space; `no_answer`: NATS did not answer), or None when it is an answer that a
+    repeat would not change (a superseded write, a refused seal)."""
+    if bus.storage_full(exc):
+        return "storage_full"
+    if isinstance(exc, _NO_ANSWER):
+        return "no_answer"
+    return None
 
 
 class Results:

@@ -12,8 +12,11 @@ exactly one writable folder, its own, mounted at /job. Nothing else of the host 
 data directory, other jobs' folders, the worker's files, /root, /home, /run) exists in there.
 When the job's main process exits, bwrap's PID 1 exits and the kernel kills every process left in
 the namespace, setsid and double forks included; `--die-with-parent` does the same if the worker
-itself dies. With `none` none of this holds (docs/security.md lists what is given up); the run's
-cgroup still lets the worker kill what the job left behind, where cgroups are writable.
+itself dies (SIGKILL included), so a redelivered copy never runs beside it. With `none` none of
+this holds (docs/security.md lists what is given up): the chain ends with `setpriv --pdeathsig
+KILL` instead of bwrap, so the job's main process dies with the worker, but what it started lives
+on (docs/production.md, When two copies of a job can overlap); the run's cgroup still lets a
+live worker kill what the job left behind, where cgroups are writable.
 """
 
 from __future__ import annotations
@@ -118,8 +121,21 @@ def command(policy: Policy, argv: list[str], *, job_dir: Path | None,
                         ro=runtime_paths() if ro is None else ro, init_dir=init_dir,
                         mount_at=mount_at, files=files, seccomp_fd=seccomp_fd)
     else:
-        chain += argv
+        chain += [*die_with_worker(), *argv]
     return chain
+
+
+@functools.cache
+def die_with_worker() -> tuple[str, ...]:
+    """`setpriv --pdeathsig KILL --`: the kernel kills the process when the worker (its parent)
+    dies. Empty where setpriv lacks the option (util-linux before 2.33): then an unsandboxed
+    job outlives a killed worker entirely."""
+    argv = ("setpriv", "--pdeathsig", "KILL", "--")
+    try:
+        done = subprocess.run([*argv, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return argv if done.returncode == 0 else ()
 
 
 def _prlimit(limits: JobLimits, *, cpu_limit: bool, cgroup: bool) -> list[str]:
