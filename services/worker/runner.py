@@ -139,7 +139,7 @@ async def run_sandboxed(
     reader = asyncio.gather(*readers)
     code: int | None
     try:
-        code = await asyncio.wait_for(proc.wait(), timeout)
+        code = await asyncio.wait_for(_exited(proc), timeout)
     except asyncio.TimeoutError:
         code = None
     except asyncio.CancelledError:
@@ -168,6 +168,35 @@ async def run_sandboxed(
     await _cleanup(cg)
     return Finished(code=code, logs=log_tail(log_path, MAX_LOG_BYTES),
                     result=result_box[0] if result_box else b"", stdout_last=last, limit=limit)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The job's main process's exit status, as soon as it exits. `proc.wait()` also waits for
+    its stdout and stderr to close, which a child the job left running keeps open (under
+    `JOB_SANDBOX=none`; bwrap's namespace dies with its main process): the job would stay
+    "running" until that child ended. A pidfd says when the process itself exits; then the run
+    kills what it left and the pipes close."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):  # already reaped, or no pidfd: the pipes will tell
+        return await proc.wait()
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    if proc.returncode is not None:
+        return proc.returncode
+    try:  # exited, not yet reaped by asyncio's watcher: read the status without reaping
+        status = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:  # reaped meanwhile
+        return await proc.wait()
+    if status is None:
+        return await proc.wait()
+    return status.si_status if status.si_code == os.CLD_EXITED else -status.si_status
 
 
 async def _read_capped(fd: int, cap: int, into: list[bytes]) -> None:

@@ -319,3 +319,19 @@ def test_a_result_refused_for_storage_is_stored_once_there_is_room(
     assert results_of(d.nats.url, job) == [1]
     assert len([e for e in worker.log_events("job_started") if e.get("job_id") == job]) == 1
     assert not worker.log_events("job_lease_lost")
+
+
+def test_an_unsandboxed_job_ends_when_its_main_process_does(deployment: Deployment) -> None:
+    """JOB_SANDBOX=none: a job that exits leaving a background child still holding its stdout
+    ends at once (its result recorded), and what it left is killed, as bwrap's namespace would;
+    it does not stay "running" until the child ends or the job times out."""
+    d = deployment.start("bare2")
+    d.worker("bare2", JOB_SANDBOX="none")
+    mark, _ = marks()
+    try:
+        job_id = d.submit(f"{mark} & echo done", "bare2")
+        view = d.ended(job_id, timeout=30)
+        assert view["status"] == "success" and view["result"] == "done", view
+        wait_until(lambda: not live_pids(mark), "the child the job left was killed", timeout=10)
+    finally:
+        kill_all(mark)
