@@ -4,7 +4,9 @@
 |---|---|
 | ends with the log's newest published event, signed by this key | the outbox goes on after it |
 | has events the log lacks (an empty data dir) | they are copied back, once each signature and the hash chain check out |
-| lacks the log's newest events (a crash, an empty NATS) | the outbox publishes them |
+| lacks the log's newest events (a crash, an empty NATS, a purge) | the outbox publishes them |
+| lacks events below its newest (a purge of one subject, a deleted message) | the outbox's first check deletes the messages from the first missing event on and republishes the log from there (outbox.py) |
+| is missing while the log has events (deleted, a nats-server that lost its store) | created again past any sequence followers reached (`ensure_stream`), then the outbox publishes the log |
 | holds the log's events signed by another key, or unsigned (a new key, an upgrade) | the log is republished, signed, then the old copies are purged |
 | ends with foreign messages | they are logged and deleted |
 | holds an event signed by this key that the log does not have, below its newest | `stream_diverged`: another writer, or a log restored from an older backup while the stream went on |
@@ -16,14 +18,34 @@ normally is that event itself: start-up reads one message, not the stream.
 from __future__ import annotations
 
 from nats.js import api
+from nats.js.errors import NotFoundError
 
 from services.common.log import Logger
-from services.config.outbox import Outbox, StreamDiverged, log_event_of, read_at, signer_of
+from services.config.outbox import (
+    STREAM_NOT_FOUND, Outbox, StreamDiverged, create_stream, fresh_first_seq, log_event_of,
+    read_at, signer_of,
+)
 from services.config.store import EventLog
 from shared import subjects
 from shared.admission import Rejected, check_signed, decode_raw
 from shared.events import GENESIS_HASH, RawRecorded
 from shared.signing import SIGNATURE_HEADER
+
+
+async def ensure_stream(log: EventLog, outbox: Outbox, logger: Logger) -> None:
+    """Before `bus.ensure_streams`, which would create a missing GO_CONFIG from sequence 1: one
+    missing while the log has events was deleted, or lost with nats-server's store, and routers
+    and workers may still be positioned in it. They resume at their old sequence + 1, so it is
+    created past any sequence it reached (`fresh_first_seq`); reconcile then finds it empty."""
+    try:
+        await outbox.js.stream_info(subjects.CONFIG_STREAM)
+        return
+    except NotFoundError as exc:
+        if exc.err_code != STREAM_NOT_FOUND or log.last()[0] == 0:
+            return  # a first start (nobody follows yet), or not our case: ensure_streams' turn
+    first = fresh_first_seq(0)
+    await create_stream(outbox.js, first)
+    logger.warning("config_stream_recreated", first_seq=first, events=log.last()[0])
 
 
 async def reconcile(log: EventLog, outbox: Outbox, logger: Logger) -> list[bytes]:

@@ -15,7 +15,7 @@ from services.common.log import Logger
 from services.common.metrics import ConfigMetrics
 from services.common.signingkeys import accepted_keys, load_signer
 from services.config.outbox import Outbox
-from services.config.reconcile import reconcile
+from services.config.reconcile import ensure_stream, reconcile
 from services.config.store import EventLog
 from services.config.verify import Report, verify
 from shared import state as st
@@ -102,6 +102,7 @@ class ConfigService:
         return await verify(self.log, self.js, self.outbox.published_seq, self.verifier)
 
     async def start(self) -> None:
+        await ensure_stream(self.log, self.outbox, self.logger)
         await bus.ensure_streams(self.js)
         await self._reconcile_with_stream()
         await self.execute(st.seed, actor="system", reason="first start: seed default groups")
