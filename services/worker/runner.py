@@ -174,29 +174,18 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     """The job's main process's exit status, as soon as it exits. `proc.wait()` also waits for
     its stdout and stderr to close, which a child the job left running keeps open (under
     `JOB_SANDBOX=none`; bwrap's namespace dies with its main process): the job would stay
-    "running" until that child ended. A pidfd says when the process itself exits; then the run
-    kills what it left and the pipes close."""
+    "running" until that child ended. asyncio's child watcher sets `returncode` when it reaps
+    the process, before the pipes close; then the run kills what it left and the pipes close."""
+    waiting = asyncio.ensure_future(proc.wait())
+    delay = 0.001
     try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (OSError, AttributeError):  # already reaped, or no pidfd: the pipes will tell
-        return await proc.wait()
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
-    try:
-        await gone
+        while proc.returncode is None and not waiting.done():
+            await asyncio.wait([waiting], timeout=delay)
+            delay = min(delay * 2, 0.05)
     finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    if proc.returncode is not None:
-        return proc.returncode
-    try:  # exited, not yet reaped by asyncio's watcher: read the status without reaping
-        status = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:  # reaped meanwhile
-        return await proc.wait()
-    if status is None:
-        return await proc.wait()
-    return status.si_status if status.si_code == os.CLD_EXITED else -status.si_status
+        if not waiting.done():
+            waiting.cancel()
+    return proc.returncode if proc.returncode is not None else waiting.result()
 
 
 async def _read_capped(fd: int, cap: int, into: list[bytes]) -> None:
