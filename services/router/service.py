@@ -156,8 +156,11 @@ class RouterService:
         try:
             rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
-            if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
-                return  # in the snapshot it started from (published after it was taken)
+            if exc.reason == "repeat":
+                # A copy of an event already folded (in the snapshot it started from, or
+                # republished by the config service repairing its stream): nothing to do, and
+                # a long log republished must not log a line per event.
+                return
             self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
                                 stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
                                 error=exc.message)

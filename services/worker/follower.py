@@ -118,6 +118,8 @@ class ConfigFollower:
         try:
             rec = gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
+            if exc.reason == "repeat":  # already folded (a republished copy): nothing to do
+                return None
             self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
                                 stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
                                 error=exc.message)
