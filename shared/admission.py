@@ -124,3 +124,16 @@ class Gate:
         self.seq, self.hash = raw.seq, raw.hash
         return rec
 
+
+class Sampled:
+    """Which of a run of like rejections to log: the 1st, 2nd, 4th, 8th... A single replay
+    (an attack) is always logged; a whole log republished by the config service repairing its
+    stream (every event a `repeat`) costs a few lines, not one per event."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def worth_logging(self) -> bool:
+        self.count += 1
+        return self.count & (self.count - 1) == 0
+

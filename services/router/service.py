@@ -33,7 +33,7 @@ from shared.errors import (
     Conflict, Forbidden, GetOperateError, InvalidInput, NotFound, OutcomeUnknown, StorageFull,
     TooBusy, Unauthorized, Unavailable,
 )
-from shared.admission import Gate, Rejected
+from shared.admission import Gate, Rejected, Sampled
 from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
@@ -105,6 +105,7 @@ class RouterService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = RouterMetrics(lambda: self.config.seq)
         self.storage = StorageWatch()
+        self._repeats = Sampled()
 
     async def start(self, verifier: Verifier | None = None) -> None:
         # Every config event is checked before it is folded (shared/admission.py); without a
@@ -156,14 +157,13 @@ class RouterService:
         try:
             rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
-            if exc.reason == "repeat":
-                # A copy of an event already folded (in the snapshot it started from, or
-                # republished by the config service repairing its stream): nothing to do, and
-                # a long log republished must not log a line per event.
-                return
+            if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
+                return  # in the snapshot it started from (published after it was taken)
+            if exc.reason == "repeat" and not self._repeats.worth_logging():
+                return  # a republished log (the config service repairing its stream)
             self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
                                 stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
-                                error=exc.message)
+                                error=exc.message, repeats=self._repeats.count or None)
             return
         if rec is None:
             self.logger.warning("config_event_unknown_type_skipped", seq=self._config_gate.seq,

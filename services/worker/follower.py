@@ -25,7 +25,7 @@ from services.common.log import Logger
 from services.common.signingkeys import load_verifier
 from shared import state as st
 from shared import subjects
-from shared.admission import Gate, Rejected
+from shared.admission import Gate, Rejected, Sampled
 from shared.events import Recorded
 from shared.signing import Verifier
 
@@ -54,6 +54,7 @@ class ConfigFollower:
         verifier = verifier or load_verifier()
         self.gate = (Gate(verifier, subject=subjects.group_subject(group)) if group else None)
         self.tags_gate = Gate(verifier, subject=subjects.CONFIG_TAGS_SUBJECT)
+        self._repeats = Sampled()  # republished copies of folded events: log a few
 
     @property
     def group_config(self) -> st.GroupConfig | None:
@@ -118,8 +119,8 @@ class ConfigFollower:
         try:
             rec = gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
-            if exc.reason == "repeat":  # already folded (a republished copy): nothing to do
-                return None
+            if exc.reason == "repeat" and not self._repeats.worth_logging():
+                return None  # a republished log (the config service repairing its stream)
             self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
                                 stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
                                 error=exc.message)

@@ -191,3 +191,11 @@ def test_keys_round_trip_and_bad_keys_name_their_variable() -> None:
             parse_public_keys(text, field="GETOPERATE_CONFIG_PUBLIC_KEY")
         assert info.value.field == "GETOPERATE_CONFIG_PUBLIC_KEY"
         assert "GETOPERATE_CONFIG_PUBLIC_KEY" in info.value.message
+
+
+def test_a_run_of_repeats_is_logged_at_powers_of_two() -> None:
+    from shared.admission import Sampled
+
+    sampled = Sampled()
+    logged = [n for n in range(1, 1025) if sampled.worth_logging()]
+    assert logged == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
