@@ -186,9 +186,7 @@ class RouterService:
                       ) -> SubmitAnswer:
         validate_submit(sub)
         deadline = time.monotonic() + ANSWER_WITHIN
-        if not self.nc.is_connected:  # published nothing: a definite "not queued"
-            raise Unavailable("the router is not connected to NATS, so nothing was queued;"
-                              " retry shortly", field="nats")
+        await self._connected(deadline - ANSWER_WITHIN / 2)
         first: JobQueued | None = None
         request = None
         if key is not None:
@@ -261,6 +259,16 @@ class RouterService:
                          live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
                             warning=warning, steps=[s.tag for s in route.steps])
+
+    async def _connected(self, until: float) -> None:
+        """Wait (until `until`) for a NATS connection that is failing over to another node or
+        reconnecting; then refuse at once. Publishing while disconnected would leave the job in
+        nats-py's buffer, to be sent, or not, after the answer: refusing is definite."""
+        while not self.nc.is_connected:
+            if time.monotonic() >= until:
+                raise Unavailable("the router is not connected to NATS, so nothing was queued;"
+                                  " retry shortly", field="nats")
+            await asyncio.sleep(0.05)
 
     async def _enqueue(self, job: Job, body: bytes, queued: JobQueued, deadline: float) -> Any:
         """History first, then the queue: both go out back to back on one connection (the server
