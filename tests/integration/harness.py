@@ -332,7 +332,7 @@ async def job_events(url: str) -> list[dict[str, Any]]:
 
     from shared import subjects
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url.split(","))  # a cluster's URLs, comma-separated
     try:
         js = nc.jetstream()
         info = await js.stream_info(subjects.JOB_EVENTS_STREAM)

@@ -27,56 +27,31 @@ import nats
 import pytest
 from nats.js import api
 
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from shared import subjects
-from tests.integration.harness import Proc, live_pids, needs_sandbox
+from tests.integration import harness
+from tests.integration.harness import TOKEN, Proc, live_pids, needs_sandbox
 
-TOKEN = "one-copy-token"
 ACK_WAIT = 3.0  # seconds: JetStream redelivers a job this long after its last in-progress ack
 
 
-class Deployment:
-    """nats-server, config service, router; workers started by the test."""
+class Deployment(harness.Deployment):
+    """nats-server, config service, one router; workers started by the test."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nats = NatsServer(root / "nats").start()
-        self.config_port = free_port()
-        self.router_port = free_port()
-        while self.router_port == self.config_port:
-            self.router_port = free_port()
-        self.procs: list[Proc] = []
+        super().__init__(root, routers=1, env={"GETOPERATE_ACK_WAIT": str(ACK_WAIT)})
+        self.router_port = self.router_ports[0]
 
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"NATS_URL": self.nats.url, "GETOPERATE_DATA_DIR": str(self.root / "data"),
-                "GETOPERATE_ADMIN_TOKEN": TOKEN, "CONFIG_PORT": str(self.config_port),
-                "ROUTER_PORT": str(self.router_port), "GETOPERATE_ACK_WAIT": str(ACK_WAIT),
-                **extra}
-
-    def start(self, *groups: str) -> "Deployment":
-        config = Proc(["config"], cwd=self.root, env=self.env(), name="config")
-        self.procs.append(config)
-        config.wait_for('"http_listening"', timeout=60)
+    def start(self, *groups: str) -> "Deployment":  # type: ignore[override]
+        super().start()
         for group in groups:
             status, body = self.call(self.config_port, "PUT", f"/groups/{group}",
                                      {"tags": [f"t-{group}"]})
             assert status in (200, 201), body
-        router = Proc(["router"], cwd=self.root, env=self.env(), name="router")
-        self.procs.append(router)
-        router.wait_for('"http_listening"', timeout=60)
         return self
 
     def worker(self, group: str, **env: str) -> Proc:
-        proc = Proc(["worker"], cwd=self.root, env=self.env(WORKER_GROUP=group, **env),
-                    name=f"worker-{group}-{len(self.procs)}")
-        self.procs.append(proc)
-        proc.wait_for('"worker_ready"', timeout=60)
-        return proc
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(signal.SIGKILL)
-        self.nats.stop()
+        return self.start_worker(group, **env)
 
     def call(self, port: int, method: str, path: str, body: Any = None,
              timeout: float = 30) -> tuple[int, Any]:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import nats
-from nats.js import api
 
-from shared import subjects
 from tests.integration.conftest import Suite
+from tests.integration.harness import job_events
 
 
 def ready(group: str, n: int = 1, tags: set[str] | None = None, version: int | None = None):  # type: ignore[no-untyped-def]
@@ -29,24 +26,7 @@ def ready(group: str, n: int = 1, tags: set[str] | None = None, version: int | N
 
 async def finished_events(nats_url: str) -> Counter[str]:
     """How many job.finished events each job id has in the job-events stream."""
-    nc = await nats.connect(nats_url.split(","))
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
-        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
-                                      stream=subjects.JOB_EVENTS_STREAM,
-                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
-        counts: Counter[str] = Counter()
-        seen = 0
-        while seen < info.state.messages:
-            for msg in await sub.fetch(500, timeout=5):
-                seen += 1
-                event = json.loads(msg.data)
-                if event["type"] == "job.finished":
-                    counts[event["job_id"]] += 1
-        return counts
-    finally:
-        await nc.close()
+    return Counter(e["job_id"] for e in await job_events(nats_url) if e["type"] == "job.finished")
 
 
 def test_jobs_land_only_on_workers_of_the_right_group(extra_workers: Suite) -> None:
