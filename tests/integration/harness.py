@@ -326,25 +326,35 @@ def request(port: int, method: str, path: str, body: Any = None, key: str | byte
 
 
 async def job_events(url: str) -> list[dict[str, Any]]:
-    """Every event stored on GO_JOB_EVENTS, read with a throwaway consumer."""
+    """Every event stored on GO_JOB_EVENTS, read with a throwaway consumer; read again while a
+    cluster that lost a node elects leaders (no answer, or 503)."""
+    import asyncio
+
     import nats
     from nats.js import api
+    from nats.js.errors import ServiceUnavailableError
 
     from shared import subjects
 
-    nc = await nats.connect(url.split(","))  # a cluster's URLs, comma-separated
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
-        sub = await js.pull_subscribe(subjects.JOB_EVENTS_SUBJECTS, durable=None,
-                                      stream=subjects.JOB_EVENTS_STREAM,
-                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
-        out: list[dict[str, Any]] = []
-        while len(out) < info.state.messages:
-            out += [json.loads(m.data) for m in await sub.fetch(500, timeout=5)]
-        return out
-    finally:
-        await nc.close()
+    deadline = time.monotonic() + 60
+    while True:
+        nc = await nats.connect(url.split(","))  # a cluster's URLs, comma-separated
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
+            sub = await js.pull_subscribe(
+                subjects.JOB_EVENTS_SUBJECTS, durable=None, stream=subjects.JOB_EVENTS_STREAM,
+                config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+            out: list[dict[str, Any]] = []
+            while len(out) < info.state.messages:
+                out += [json.loads(m.data) for m in await sub.fetch(500, timeout=5)]
+            return out
+        except (nats.errors.TimeoutError, asyncio.TimeoutError, ServiceUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
 
 
 def counts(d: Deployment, workspace: str) -> tuple[Counter[str], Counter[str]]:
