@@ -294,6 +294,12 @@ async def last_sequence(js: JetStreamContext, stream: str, subject: str | None =
     return int(msg.seq or 0)
 
 
+# Seconds between the server's idle heartbeats to a follower: two missed ones make nats-py
+# recreate the consumer (a NATS restart, a config stream deleted and rebuilt by the config
+# service), so a router resumes following within a few seconds. One small message each.
+FOLLOW_HEARTBEAT = 2.0
+
+
 async def follow(
     js: JetStreamContext,
     stream: str,
@@ -319,10 +325,10 @@ async def follow(
     if start_seq <= 1:
         return await js.subscribe(
             subject, stream=stream, cb=on_msg, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=5.0,
+            deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=FOLLOW_HEARTBEAT,
         )
     return await js.subscribe(
-        subject, stream=stream, cb=on_msg, ordered_consumer=True, idle_heartbeat=5.0,
+        subject, stream=stream, cb=on_msg, ordered_consumer=True, idle_heartbeat=FOLLOW_HEARTBEAT,
         config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=start_seq),
     )
