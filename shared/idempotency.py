@@ -31,6 +31,9 @@ MAX_KEY_CHARS = 255
 # JetStream's duplicate window on the job streams, in seconds: a repeat within it is stored
 # once by the server itself. Set on GO_JOBS and GO_JOB_EVENTS (services/common/bus.py).
 DUPLICATE_WINDOW = 120.0
+# A key whose job JetStream refused (storage full: it never ran) moves to its next generation,
+# a new id; a key refused this many times in a row is a conflict (use a new key).
+MAX_GENERATIONS = 16
 _ID_CONTEXT = b"getoperate idempotent job id v1\0"
 
 
@@ -49,9 +52,12 @@ def check_key(key: str) -> str:
     return key
 
 
-def job_id(router_key: bytes, workspace: str, key: str) -> str:
-    """The id of the job that `key` names in `workspace`: 32 hex digits, like a random id."""
+def job_id(router_key: bytes, workspace: str, key: str, generation: int = 0) -> str:
+    """The id of the job that `key` names in `workspace`: 32 hex digits, like a random id.
+    `generation` counts the jobs of the key that JetStream refused to queue (they never ran)."""
     message = _ID_CONTEXT + workspace.encode() + b"\0" + key.encode()
+    if generation:
+        message += b"\0" + str(generation).encode()
     return hmac.new(router_key, message, hashlib.sha256).hexdigest()[:32]
 
 

@@ -14,7 +14,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from services.common import bus
 from services.common.http import TokenCheck
@@ -50,6 +50,7 @@ MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NA
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
+WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject changed since the expected sequence
 MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 # The router answers a submission within this many seconds (docs/http-api.md): queued, refused,
 # or OutcomeUnknown. Clients should wait longer than this (15 s or more; the CLI waits 30 s).
@@ -192,9 +193,9 @@ class RouterService:
         if key is not None:
             idempotency.check_key(key)
             request = idempotency.digest(sub)
-            job_id = idempotency.job_id(self.key, sub.workspace, key)
             try:
-                found = await asyncio.wait_for(self._queued(job_id), ANSWER_WITHIN / 2)
+                job_id, found = await asyncio.wait_for(
+                    self._keyed(key, sub.workspace), ANSWER_WITHIN / 2)
             except (asyncio.TimeoutError, nats_errors.Error) as exc:
                 raise Unavailable(
                     f"NATS did not answer whether {idempotency.HEADER} {key!r} was used before"
@@ -244,21 +245,37 @@ class RouterService:
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
                            language=job.language, kind=job.kind, path=job.path, parent=job.parent,
                            request=request)
-        enqueued = await self._enqueue(job, body, queued, deadline)
-        if first is not None or getattr(enqueued, "duplicate", False):  # a repeat: answer with the first job
-            if first is None:  # a racing repeat (another router, a retry) stored it first
+        steps = [s.tag for s in route.steps]
+        if key is not None and first is None:
+            # Claim the key: job.queued is stored only on the job's empty subject, so of two
+            # racing repeats exactly one queues its request; the other answers with it (or
+            # 409 when its request differs), whichever stream each publish reached first.
+            hold = seals.hold_key(self.key, job.id)
+            try:
+                await self._record(hold, queued, f"{job.id}:queued", expect_last=0,
+                                   within=max(deadline - time.monotonic(), 0.5))
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
                 found = await self._queued(job_id)
-                if found is not None and found[0] is not None:
-                    idempotency.check_repeat(key or "", found[0].request, request or "")
-            if first is not None and not getattr(enqueued, "duplicate", False):
+                if found is None or found[0] is None:
+                    raise Conflict(f"the history of job {job_id!r} holds messages no router"
+                                   " wrote; use another key", field=idempotency.HEADER) from exc
+                idempotency.check_repeat(key, found[0].request, request or "")
+                return self._replay(found[0], steps)
+            enqueued = await self._enqueue(job, body, None, deadline)
+        else:
+            enqueued = await self._enqueue(job, body, queued, deadline)
+        if first is not None:  # a repeat inside the duplicate window: completed if need be
+            if not getattr(enqueued, "duplicate", False):
                 self.logger.info("job_submission_completed", job_id=job.id, tag=tag)
-            return self._replay(first or queued, [s.tag for s in route.steps])
+            return self._replay(first, steps)
         self.metrics.routed.labels(tag).inc()
         self.logger.info("job_routed", job_id=job.id, tag=tag, workspace=job.workspace,
                          kind=job.kind, path=job.path, language=job.language,
                          live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
-                            warning=warning, steps=[s.tag for s in route.steps])
+                            warning=warning, steps=steps)
 
     async def _connected(self, until: float) -> None:
         """Wait (until `until`) for a NATS connection that is failing over to another node or
@@ -270,7 +287,8 @@ class RouterService:
                                   " retry shortly", field="nats")
             await asyncio.sleep(0.05)
 
-    async def _enqueue(self, job: Job, body: bytes, queued: JobQueued, deadline: float) -> Any:
+    async def _enqueue(self, job: Job, body: bytes, queued: JobQueued | None,
+                       deadline: float) -> Any:
         """History first, then the queue: both go out back to back on one connection (the server
         takes them in order), then we wait for both acks, until `deadline` (ANSWER_WITHIN
         seconds after the submission arrived).
@@ -284,8 +302,9 @@ class RouterService:
         hold = seals.hold_key(self.key, job.id)  # only the worker that pulls the job sees it
         started = time.monotonic()
         within = idempotency.DUPLICATE_WINDOW - ANSWER_WITHIN - 10.0
-        history = asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued",
-                                                     within=within))
+        history = (asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued",
+                                                      within=within))
+                   if queued is not None else _stored())  # a keyed job's: claimed already
         enqueue = asyncio.ensure_future(bus.publish(
             self.js, subjects.job_subject(job.tag), body, job.id, within=within,
             headers={subjects.HOLD_HEADER: hold}))
@@ -333,7 +352,8 @@ class RouterService:
                 f" {idempotency.HEADER}", job_id=job.id) from exc
         if isinstance(history, BaseException):  # queued and will run; only its history failed
             self.logger.warning("job_queued_event_failed", job_id=job.id, error=repr(history))
-        self.storage.stored(subjects.JOBS_STREAM)
+        if not getattr(enqueued, "duplicate", False):  # a duplicate stored nothing: no news
+            self.storage.stored(subjects.JOBS_STREAM)
         await self.nc.publish(subjects.wake_subject(job.tag), b"")  # no body: see subjects.py
         return enqueued
 
@@ -363,8 +383,25 @@ class RouterService:
                                     history=True)
         except NotFound:
             return None
+        if record.last_seq == 0:  # nothing genuine on its subject: no router's, no holder's
+            return None
         queued = next((e for e in record.history or () if isinstance(e, JobQueued)), None)
         return queued, record
+
+    async def _keyed(self, key: str, workspace: str
+                     ) -> tuple[str, tuple[JobQueued | None, JobRecord] | None]:
+        """The job `key` names in `workspace` (its id, and what exists of it). A job JetStream
+        refused to queue (`not enqueued`, recorded by a router: storage full, a bad request)
+        never ran, so it does not use the key up: the next id of the key is tried
+        (shared/idempotency.py, generations)."""
+        for generation in range(idempotency.MAX_GENERATIONS):
+            job_id = idempotency.job_id(self.key, workspace, key, generation)
+            found = await self._queued(job_id)
+            if found is None or not _refused(found[1].view):
+                return job_id, found
+        raise idempotency.IdempotencyConflict(
+            f"{idempotency.HEADER} {key!r} was refused {idempotency.MAX_GENERATIONS} times for"
+            " want of storage; use a new key", field=idempotency.HEADER)
 
     def _replay(self, first: JobQueued, steps: list[str]) -> SubmitAnswer:
         """The answer to a repeated idempotency key: the job it first queued, as it is now."""
@@ -482,12 +519,13 @@ class RouterService:
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
 
     async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str,
-                      within: float = 20.0) -> object:
+                      within: float = 20.0, expect_last: int | None = None) -> object:
         """Store a job event the router writes, sealed like a holder's, under a message id only
         a holder can compute (shared/seals.py)."""
         body = encode(event)
         return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body,
                                  seals.msg_id(hold, msg_id), within=within,
+                                 expect_last=expect_last,
                                  headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
@@ -558,6 +596,16 @@ class RouterService:
         who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
         return await self.read(query.id, reader=who.name,
                                workspace=None if who.admin else who.workspace, **ask)
+
+
+def _refused(view: JobView) -> bool:
+    """A job that a router recorded as never queued (JetStream refused it)."""
+    return (view.status == "failure" and view.worker == "router"
+            and (view.error or "").startswith("not enqueued"))
+
+
+async def _stored() -> None:
+    return None
 
 
 def _header(msg: Msg, name: str) -> str | None:

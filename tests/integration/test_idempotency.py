@@ -112,6 +112,36 @@ def test_racing_repeats_on_two_routers_queue_one_job(deployment: Deployment) -> 
     assert list(queued.values()) == [1] and list(finished.values()) == [1], (queued, finished)
 
 
+def test_racing_repeats_with_different_requests_queue_one_and_refuse_the_other(
+        deployment: Deployment) -> None:
+    """Two routers, two requests under one key at once: exactly one request is queued; every
+    answer of 201 is for that request, every other is 409 idempotency_conflict."""
+    d = deployment
+    answers: list[tuple[str, int, dict[str, Any]]] = []
+
+    def submit(i: int) -> None:
+        code = f"echo {'AB'[i % 2]}"
+        status, body, _ = request(d.router_ports[i % 2], "POST", "/jobs", job(code, "ws-mix"),
+                                  key="mixed")
+        answers.append((code, status, body))
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = {body["id"] for _, status, body in answers if status == 201}
+    assert len(won) == 1, answers
+    view = wait_ended(d, won.pop())
+    for code, status, body in answers:
+        if code == f"echo {view['result']}":
+            assert status == 201, body
+        else:
+            assert status == 409 and body["error"] == "idempotency_conflict", body
+    queued, _ = counts(d, "ws-mix")
+    assert list(queued.values()) == [1]
+
+
 def test_a_key_on_go_router_submit(deployment: Deployment) -> None:
     async def go() -> list[dict[str, Any]]:
         nc = await nats.connect(deployment.nats.url)

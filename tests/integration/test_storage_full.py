@@ -68,6 +68,10 @@ def test_a_full_job_queue_refuses_at_once_and_recovers_when_drained(small_queue:
         accepted.append(body["id"])
     assert status == 507 and body["error"] == "storage_full", body
     assert "nothing was queued" in body["message"] and 30 < len(accepted) < 200, len(accepted)
+    # A keyed submission refused for storage does not use its key up (it never ran).
+    keyed_body = {"language": "bash", "code": BIG, "tag": "full", "workspace": "ws-full"}
+    status, body, _ = request(port, "POST", "/jobs", keyed_body, key="after-space")
+    assert status == 507, body
     status, ready = readyz(port)
     assert status == 503 and ready["checks"]["storage_ok"] is False, ready
     assert "GO_JOBS" in ready["storage_full"]
@@ -79,14 +83,19 @@ def test_a_full_job_queue_refuses_at_once_and_recovers_when_drained(small_queue:
                                                       "tag": "full", "workspace": "ws-full"})
     assert status == 201, body
     accepted.append(body["id"])
+    status, keyed, _ = request(port, "POST", "/jobs", keyed_body, key="after-space")
+    assert status == 201 and not keyed["replayed"], keyed
+    status, again, _ = request(port, "POST", "/jobs", keyed_body, key="after-space")
+    assert again["id"] == keyed["id"] and again["replayed"], again
+    accepted.append(keyed["id"])
     for job_id in accepted:
         _, view, _ = request(port, "GET", f"/jobs/{job_id}?wait=1&timeout=60", timeout=90)
         assert view["status"] == "success", view
     queued, finished = counts(d, "ws-full")
     assert set(finished.values()) == {1} and finished.keys() == queued.keys()
-    # The refused submission is recorded as what it was: never queued, never run.
+    # The refused submissions are recorded as what they were: never queued, never run.
     refused = set(queued) - set(accepted)
-    assert len(refused) == 1
+    assert len(refused) == 2
     for job_id in refused:
         _, view, _ = request(port, "GET", f"/jobs/{job_id}")
         assert view["status"] == "failure" and "not enqueued" in view["error"], view
