@@ -133,7 +133,9 @@ STREAM_SHARES: dict[str, tuple[float, api.DiscardPolicy]] = {
     subjects.JOB_EVENTS_STREAM: (0.50, api.DiscardPolicy.OLD),
     subjects.DEAD_STREAM: (0.05, api.DiscardPolicy.OLD),
     f"KV_{subjects.WORKERS_BUCKET}": (0.01, api.DiscardPolicy.NEW),
-    f"KV_{CANCELS_BUCKET}": (0.02, api.DiscardPolicy.NEW),
+    # Cancellations: the oldest go first (their jobs ended long ago), so no flood of cancels can
+    # keep a cancel from being stored.
+    f"KV_{CANCELS_BUCKET}": (0.02, api.DiscardPolicy.OLD),
     f"OBJ_{SNAPSHOT_BUCKET}": (0.02, api.DiscardPolicy.NEW),
 }
 
@@ -182,6 +184,8 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 await js.add_stream(cfg)
         await workers_bucket(js)
         await cancels_bucket(js)
+        for name in (f"KV_{subjects.WORKERS_BUCKET}", f"KV_{CANCELS_BUCKET}"):
+            await _limit_bucket(js, name)
     except APIError as exc:
         if not storage_full(exc):
             raise
@@ -190,6 +194,16 @@ async def ensure_streams(js: JetStreamContext) -> None:
             f" max_bytes are shares of GETOPERATE_STORE_BYTES={store_bytes()}; set it to at most"
             " the max_file_store of nats-server's jetstream block (or 0 for no limits)",
             field="GETOPERATE_STORE_BYTES") from exc
+
+
+async def _limit_bucket(js: JetStreamContext, stream: str) -> None:
+    """A bucket's stream gets its share and discard policy (nats-py creates buckets with
+    discard new and cannot set it), also when it was created before there were limits."""
+    cfg = (await js.stream_info(stream)).config
+    limit, discard = max_bytes(stream), STREAM_SHARES[stream][1]
+    if (cfg.max_bytes, cfg.discard) != (limit, discard):
+        cfg.max_bytes, cfg.discard = limit, discard
+        await js.update_stream(cfg)
 
 
 async def wait_streams(nc: NATS, log: Logger, timeout: float = 120.0) -> None:

@@ -509,7 +509,15 @@ class RouterService:
         if view.status in TERMINAL:
             raise Conflict(f"job {job_id!r} already ended ({view.status})", field="id")
         kv = await bus.cancels_bucket(self.js)
-        await kv.put(job_id, f"cancelled by {by}".encode())
+        try:
+            await kv.put(job_id, f"cancelled by {by}".encode())
+        except APIError as exc:
+            if not bus.storage_full(exc):
+                raise
+            self.storage.refused(f"KV_{bus.CANCELS_BUCKET}", exc)
+            raise StorageFull(f"JetStream has no room to store the cancellation"
+                              f" ({exc.description}); retry once space is freed",
+                              field="storage") from exc
         if view.status == "queued":
             await self._record(seals.hold_key(self.key, job_id), JobFinished(
                 job_id=job_id, time=time.time(), status="cancelled",
