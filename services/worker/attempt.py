@@ -261,9 +261,9 @@ class Attempts:
             # A redelivery: its earlier worker died, or NATS restarted under a running job. If a
             # result is already stored, don't run it again (effectively once).
             try:
-                record = await self.results.record(job.id, hold)
-                last_seq = record.subject_seq
-                last = record.history[-1] if record.history else None
+                record = await self.results.record_or_none(job.id, hold)
+                last_seq = record.subject_seq if record else 0
+                last = record.history[-1] if record and record.history else None
             except Exception:
                 if attempt <= bus.MAX_DELIVER:
                     raise

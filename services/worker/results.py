@@ -137,7 +137,10 @@ class Results:
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                record = await self.record(job.id, hold)
+                record = await self.record_or_none(job.id, hold)
+                if record is None:  # its history was dropped for room: write on the empty subject
+                    after = 0
+                    continue
                 last = record.history[-1] if record.history else None
                 if record.last_seq > after and not isinstance(last, JobQueued):
                     raise
@@ -148,6 +151,18 @@ class Results:
     async def record(self, job_id: str, hold: str) -> JobRecord:
         """The job's record (a router's reading of its genuine events, no logs or results)."""
         return await jobreads.held(self.nc, job_id, hold)
+
+    async def record_or_none(self, job_id: str, hold: str) -> JobRecord | None:
+        """The job's record; None when it has no history left: GO_JOB_EVENTS, full, dropped its
+        oldest events (docs/production.md, "When the disk fills") while the job waited or ran.
+        The job still runs and its result is still stored, on the subject emptied."""
+        try:
+            return await self.record(job_id, hold)
+        except jobreads.JobReadRefused as exc:
+            if getattr(exc, "code", None) != "not_found":
+                raise
+            self.logger.warning("job_history_gone", job_id=job_id)
+            return None
 
     async def refuse(self, tag: str, job: Job, hold: str, msg: Msg, deliveries: int, *,
                      reason: str) -> None:

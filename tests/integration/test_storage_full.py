@@ -165,3 +165,40 @@ def test_a_result_waits_for_space_and_is_stored_once_without_a_restart(
     queued, finished = counts(d, "ws-slow")
     assert finished[answer["id"]] == 1
     assert worker.p.poll() is None  # the same worker process: no restart
+
+
+async def _flood_history(url: str, megabytes: int) -> None:
+    """Other writes filling GO_JOB_EVENTS past its share: its oldest events are dropped."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for i in range(megabytes):
+            await js.publish("go.jobev.filler", b"x" * (1000 * 1000),
+                             headers={"Nats-Msg-Id": f"filler-{i}"})
+    finally:
+        await nc.close()
+
+
+def test_a_job_whose_history_was_dropped_for_room_still_records_its_result(
+        small_queue: Deployment) -> None:
+    """GO_JOB_EVENTS at its share drops its oldest events, a running job's job.started among
+    them: the job's result is still stored, once, and it is not run again."""
+    d = small_queue
+    port = d.router_ports[0]
+    status, body, _ = request(d.config_port, "PUT", "/groups/hist", {"tags": ["hist"]})
+    assert status in (200, 201), body
+    worker = d.start_worker("hist")
+    status, answer, _ = request(port, "POST", "/jobs", {
+        "language": "bash", "code": "sleep 3; echo kept", "tag": "hist", "workspace": "ws-h"})
+    assert status == 201, answer
+    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
+          what="the job running")
+    asyncio.run(_flood_history(d.nats.url, 40))  # 40 MB into a 32 MiB share
+    status, gone, _ = request(port, "GET", f"/jobs/{answer['id']}")
+    assert status == 404, gone  # its history is gone while it runs
+    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[0] == 200, 60,
+          "the job's result stored")
+    _, view, _ = request(port, "GET", f"/jobs/{answer['id']}?wait=1&timeout=30", timeout=60)
+    assert view["status"] == "success" and view["result"] == "kept", view
+    assert worker.log_events("job_history_gone") and not worker.log_events("job_not_started")
+    assert len(worker.log_events("job_started")) == 1
