@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from shared.codec import encode
+import msgspec
+
 from shared.errors import Conflict, InvalidInput
 
 HEADER = "Idempotency-Key"
@@ -35,6 +36,7 @@ DUPLICATE_WINDOW = 120.0
 # a new id; a key refused this many times in a row is a conflict (use a new key).
 MAX_GENERATIONS = 16
 _ID_CONTEXT = b"getoperate idempotent job id v1\0"
+_STEP_CONTEXT = b"getoperate idempotent flow step id v1\0"
 
 
 class IdempotencyConflict(Conflict):
@@ -52,19 +54,24 @@ def check_key(key: str) -> str:
     return key
 
 
-def job_id(router_key: bytes, workspace: str, key: str, generation: int = 0) -> str:
+def job_id(router_key: bytes, workspace: str, key: str, generation: int = 0, *,
+           planned: bool = False) -> str:
     """The id of the job that `key` names in `workspace`: 32 hex digits, like a random id.
-    `generation` counts the jobs of the key that JetStream refused to queue (they never ran)."""
-    message = _ID_CONTEXT + workspace.encode() + b"\0" + key.encode()
+    `generation` counts the jobs of the key that JetStream refused to queue (they never ran).
+    `planned`: a flow's step, submitted with the flow's grant; its keys are apart from the
+    keys clients send (a client sending `flow <id> step 1` names another job)."""
+    context = _STEP_CONTEXT if planned else _ID_CONTEXT
+    message = context + workspace.encode() + b"\0" + key.encode()
     if generation:
         message += b"\0" + str(generation).encode()
     return hmac.new(router_key, message, hashlib.sha256).hexdigest()[:32]
 
 
 def digest(request: object) -> str:
-    """What a repeat must match: the submission as authorized (its workspace filled in), in
-    msgspec's canonical field order, so the same request spelled differently in JSON matches."""
-    return hashlib.sha256(encode(request)).hexdigest()
+    """What a repeat must match: the submission as authorized (its workspace filled in), with
+    every object's keys sorted, so the same request spelled differently in JSON (fields or
+    arguments in another order) matches."""
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
 def check_repeat(key: str, stored: str | None, request: str) -> None:

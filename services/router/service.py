@@ -195,7 +195,7 @@ class RouterService:
             request = idempotency.digest(sub)
             try:
                 job_id, found = await asyncio.wait_for(
-                    self._keyed(key, sub.workspace), ANSWER_WITHIN / 2)
+                    self._keyed(key, sub.workspace, planned), ANSWER_WITHIN / 2)
             except (asyncio.TimeoutError, nats_errors.Error) as exc:
                 raise Unavailable(
                     f"NATS did not answer whether {idempotency.HEADER} {key!r} was used before"
@@ -388,14 +388,15 @@ class RouterService:
         queued = next((e for e in record.history or () if isinstance(e, JobQueued)), None)
         return queued, record
 
-    async def _keyed(self, key: str, workspace: str
+    async def _keyed(self, key: str, workspace: str, planned: bool
                      ) -> tuple[str, tuple[JobQueued | None, JobRecord] | None]:
         """The job `key` names in `workspace` (its id, and what exists of it). A job JetStream
         refused to queue (`not enqueued`, recorded by a router: storage full, a bad request)
         never ran, so it does not use the key up: the next id of the key is tried
-        (shared/idempotency.py, generations)."""
+        (shared/idempotency.py, generations). Flow steps' keys (`planned`) name other ids than
+        the same keys from clients, so no client can claim a flow's step ahead of it."""
         for generation in range(idempotency.MAX_GENERATIONS):
-            job_id = idempotency.job_id(self.key, workspace, key, generation)
+            job_id = idempotency.job_id(self.key, workspace, key, generation, planned=planned)
             found = await self._queued(job_id)
             if found is None or not _refused(found[1].view):
                 return job_id, found

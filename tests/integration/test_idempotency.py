@@ -350,5 +350,11 @@ def test_a_flow_run_again_after_its_worker_died_runs_each_step_once(tmp_path: Pa
         assert all(finished[s["job_id"]] == 1 for s in steps), finished
         replays = d.routers[0].log_events("job_submission_replayed")
         assert len(replays) >= 1, "the second run never repeated a step's key"
+        # A client sending a step's key names another job: it can neither claim nor find it.
+        status, mine, _ = request(port, "POST", "/jobs", {
+            "language": "bash", "code": "echo mine", "tag": "stepq"},
+            key=f"flow {flow['id']} step 1")
+        assert status == 201 and not mine["replayed"], mine
+        assert mine["id"] not in {s["job_id"] for s in steps}
     finally:
         d.stop()
