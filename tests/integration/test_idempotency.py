@@ -202,6 +202,11 @@ def test_an_unconfirmed_submission_says_its_outcome_is_unknown_and_runs_once(
     assert unkeyed["id"] in unkeyed["message"] and f"/jobs/{unkeyed['id']}" in unkeyed["message"]
     assert status2 == 503 and keyed["error"] == "unavailable", keyed
     assert keyed["field"] == "Idempotency-Key" and "nothing was queued" in keyed["message"]
+    # Its publishes reach the stream once NATS resumes: until then a look-up is a 404.
+    deadline = time.monotonic() + 30
+    while request(d.router_ports[0], "GET", f"/jobs/{unkeyed['id']}")[0] == 404:
+        assert time.monotonic() < deadline, "the unconfirmed job never reached the stream"
+        time.sleep(0.1)
     view = wait_ended(d, unkeyed["id"])
     assert view["status"] == "success", view
     _, first, _ = request(d.router_ports[0], "POST", "/jobs", job("echo k", "ws-u"), key="paused")

@@ -593,13 +593,14 @@ async def test_workers_read_no_job_events(suite: Suite) -> None:
     got: list[bytes] = []
     try:
         js = nc.jetstream()
-        with pytest.raises(Exception):
-            raw = await js.get_last_msg(subjects.JOB_EVENTS_STREAM,
-                                        subjects.job_events_subject(job))
+        with pytest.raises(Exception):  # a denied request is never answered: wait briefly
+            raw = await asyncio.wait_for(js.get_last_msg(subjects.JOB_EVENTS_STREAM,
+                                                         subjects.job_events_subject(job)), 1.5)
             got.append(raw.data or b"")
         with pytest.raises(Exception):
-            sub = await js.subscribe(subjects.job_events_subject(job),
-                                     stream=subjects.JOB_EVENTS_STREAM, ordered_consumer=True)
+            sub = await asyncio.wait_for(js.subscribe(
+                subjects.job_events_subject(job), stream=subjects.JOB_EVENTS_STREAM,
+                ordered_consumer=True), 1.5)
             got.append((await sub.next_msg(timeout=2)).data)
     finally:
         await nc.close()
