@@ -37,8 +37,8 @@ from tests.integration.conftest import Suite, running_suite
 from tests.integration.test_routing_e2e import finished_events
 from tests.integration.harness import Proc, cli
 
-JOBS = int(os.environ.get("CHAOS_JOBS", "80"))
-SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))
+JOBS = int(os.environ.get("CHAOS_JOBS", "60"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "9"))
 ENV = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "20",
        # A 64 MiB JetStream budget: the job queue's share (20%) fills with about 60 big jobs.
        "GETOPERATE_STORE_BYTES": str(64 * 1024 * 1024)}

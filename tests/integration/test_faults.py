@@ -80,7 +80,7 @@ def test_a_job_that_keeps_killing_its_worker_is_dead_lettered(fast: Suite) -> No
             deaths += 1
         except Exception:
             pass
-        time.sleep(2.2)  # ...and JetStream redelivers after ack_wait
+        # ...and JetStream redelivers it after ack_wait, to the next worker started
     view = s.api.job(job, wait=False)
     assert view["dead_letter"] is True and "dead-lettered after 2 deliveries" in view["error"]
     assert deaths == 2

@@ -147,7 +147,7 @@ def test_a_result_waits_for_space_and_is_stored_once_without_a_restart(
     d = small_server
     port = d.router_ports[0]
     status, answer, _ = request(port, "POST", "/jobs", {
-        "language": "bash", "code": "sleep 4; echo done", "tag": "slow", "workspace": "ws-slow"})
+        "language": "bash", "code": "sleep 2; echo done", "tag": "slow", "workspace": "ws-slow"})
     assert status == 201, answer
     until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
           what="the job running")
