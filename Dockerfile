@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN pip install --no-cache-dir . && useradd --create-home --uid 1000 getoperate \
+RUN pip install --no-cache-dir '.[languages]' && useradd --create-home --uid 1000 getoperate \
     && mkdir -p /data && chown getoperate:getoperate /data && chmod 700 /data
 # /data exists, belongs to the service user and is private to it (it holds the config log: group
 # env values, init scripts), so a fresh named volume mounted there (Compose copies the image's

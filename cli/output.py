@@ -44,12 +44,12 @@ def print_workers(workers: list[dict[str, Any]]) -> None:
             w["id"], w.get("group") or "-", w.get("state", "?"),
             f"{','.join(w['tags']) or '-'} ({w['tags_source']})", str(w["config_version"]),
             w.get("current_job") or "-", w.get("init_status", "none"), worker_sandbox(w),
-            f"{now - w['heartbeat_at']:.0f}s ago",
+            ",".join(w.get("runtimes") or []) or "-", f"{now - w['heartbeat_at']:.0f}s ago",
         ]
         for w in workers
     ]
     _table(["WORKER", "GROUP", "STATE", "TAGS (SOURCE)", "CONFIG", "JOB", "INIT", "SANDBOX",
-            "HEARTBEAT"], rows)
+            "RUNTIMES", "HEARTBEAT"], rows)
     if not workers:
         print("(no live workers)")
 

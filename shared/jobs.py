@@ -271,6 +271,9 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     network: bool = True
     # Why the sandbox is off or unusable here (bwrap missing, ...), for `workers` and the page.
     sandbox_note: str | None = None
+    # The languages this worker can run (their runtimes were found at start): a job in another
+    # language on one of its tags fails, naming the runtime to install.
+    runtimes: list[str] = msgspec.field(default_factory=list)
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

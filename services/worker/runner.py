@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from services.worker import sandbox, seccomp
+from services.worker import runtimes
 from services.worker.cgroups import Cgroups, RunCgroup
 from services.worker.sandbox import Policy
 from services.worker.workspace import Workspace
@@ -32,7 +33,8 @@ MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # what a job's output may cost the worker t
 # Variables a job may see from the worker's own environment; everything else (NATS credentials,
 # tokens) stays out of user code. Extend with WORKER_ENV_ALLOWLIST=A,B.
 BASE_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-EXECUTORS = ("bash", "python3")
+RUNTIMES = runtimes.find()  # language -> executable, found once per worker
+EXECUTORS = tuple(RUNTIMES)
 SANDBOX_PATH = "/init/bin:/usr/local/bin:/usr/bin:/bin"
 
 # Runs the user's module; writes {"ok", "result"|"error"} as JSON to the inherited fd argv[1].
@@ -55,6 +57,26 @@ except BaseException as exc:
 out.write(text)
 out.close()
 sys.exit(0 if text.startswith('{"ok": true') else 1)
+'''
+# Imports the user's module, calls its exported main() with the job's arguments matched to its
+# parameters by name (read from main's source: TypeScript types are gone at run time), and
+# writes {"ok", "result"|"error"} as JSON to the inherited fd Deno.args[0].
+_DENO_WRAPPER = r'''
+const out = (text: string) => Deno.writeTextFileSync(`/dev/fd/${Deno.args[0]}`, text);
+try {
+  const mod = await import("./script.ts");
+  if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
+  const args = JSON.parse(Deno.readTextFileSync("args.json"));
+  const src = mod.main.toString();
+  const names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
+    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
+  const result = await mod.main(...names.map((n: string) => args[n]));
+  out(JSON.stringify({ ok: true, result: result === undefined ? null : result }));
+} catch (e) {
+  console.error(e);
+  out(JSON.stringify({ ok: false, error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }));
+  Deno.exit(1);
+}
 '''
 # bash gets its positional arguments from a NUL-separated file in its folder, not from argv.
 _BASH_WRAPPER = 'mapfile -d "" -t __go_args < .args; set -- "${__go_args[@]}"; unset __go_args; . ./script.sh'
@@ -106,6 +128,8 @@ async def run_sandboxed(
     cg = cgroups.create(name, policy.limits) if cgroups else None
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
     res_r, res_w = os.pipe() if result_fd else (-1, -1)
+    if res_w >= 0:  # runtimes that reopen it by path (/dev/fd/N, deno) as the job's user
+        os.fchmod(res_w, 0o622)
     fds = sandbox_fds(files, network=policy.network) if boxed else {}
     try:
         if res_w >= 0:
@@ -308,9 +332,11 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
     """Run one job and report its outcome; never raises for a failing script."""
     started = time.monotonic()
     if job.language not in EXECUTORS:
+        hint = runtimes.HOW_TO_GET.get(job.language)
         return Outcome(status="failure",
                        error=f"no executor for language {job.language!r} on this worker "
-                             f"(it runs {', '.join(EXECUTORS)})")
+                             f"(it runs {', '.join(EXECUTORS)})"
+                             + (f"; install its runtime: {hint}" if hint else ""))
     name = f"job-{job.id[:40]}-{os.urandom(3).hex()}"
     try:
         if job.language == "bash":
@@ -318,12 +344,20 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
                      ".args": b"".join(_arg_text(v).encode().replace(b"\0", b"") + b"\0"
                                        for v in job.args.values())}
             argv = ["bash", "-c", _BASH_WRAPPER, "script.sh"]
+        elif job.language == "deno":
+            files = {"script.ts": job.code.encode(), "args.json": json.dumps(job.args).encode(),
+                     "wrapper.ts": _DENO_WRAPPER.encode()}
+            argv = [RUNTIMES["deno"], "run", "--quiet", "--no-prompt", "--no-config",
+                    "--no-lock", "--allow-read=.", "--allow-net", "--allow-write=/dev/fd",
+                    "wrapper.ts"]
+            env = {**env, "DENO_DIR": ".deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
         else:
             files = {"script.py": job.code.encode(), "args.json": json.dumps(job.args).encode()}
             argv = [sys.executable, "-c", _PY_WRAPPER]
         done = await run_sandboxed(argv, ws=ws, name=name, policy=policy, env=env,
                                    timeout=timeout, cgroups=cgroups, files=files,
-                                   result_fd=job.language == "python3", init_dir=init_dir)
+                                   result_fd=job.language != "bash", init_dir=init_dir,
+                                   ro=_runtime_dirs(job.language))
         return _outcome(job, done, timeout, (time.monotonic() - started) * 1000, policy)
     finally:
         ws.clean(name)
@@ -356,6 +390,16 @@ def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: P
                                     policy.limits))
     return Outcome(status="success", result=reply.get("result"), logs=done.logs,
                    duration_ms=elapsed)
+
+
+def _runtime_dirs(language: str) -> tuple[str, ...] | None:
+    """The runtime's own folder, read-only in the sandbox, where /usr and the Python prefix
+    (always mounted) do not hold it; None: the default mounts."""
+    if language in ("bash", "python3"):
+        return None
+    folder = os.path.dirname(os.path.realpath(RUNTIMES[language]))
+    mounted = ("/usr/", *(p.rstrip("/") + "/" for p in sandbox.runtime_paths()))
+    return None if (folder + "/").startswith(mounted) else (*sandbox.runtime_paths(), folder)
 
 
 def _arg_text(value: Any) -> str:

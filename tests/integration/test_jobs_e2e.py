@@ -41,11 +41,37 @@ def test_job_timeout_kills_the_process_tree_and_the_worker_goes_on(suite: Suite)
 
 
 def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
-    answer = suite.api.submit("console.log(1)", language="deno")
-    assert answer["tag"] == "deno"
+    answer = suite.api.submit("BEGIN; END;", language="cobol", tag="bash")
     view = suite.api.job(answer["id"])
     assert view["status"] == "failure"
-    assert "no executor for language 'deno' on this worker" in view["error"]
+    assert "no executor for language 'cobol' on this worker" in view["error"]
+
+
+DENO_MAIN = """
+export async function main(name: string, n = 2, opts?: { shout: boolean }) {
+  console.log(`deno ${Deno.version.deno}`);
+  const greeting = `hello ${name}`;
+  return { greeting: opts?.shout ? greeting.toUpperCase() : greeting, n, twice: n * 2 };
+}
+"""
+
+
+def test_a_deno_job_runs_main_with_its_arguments_by_name(suite: Suite) -> None:
+    """The `deno` wheel's runtime, in the sandbox: arguments matched to main's parameters by
+    name (a missing one takes its default), the return value as the JSON result, console
+    output as logs; a thrown error fails the job with its message."""
+    workers = suite.api.workers()
+    assert all("deno" in w["runtimes"] for w in workers if w["group"] == "default"), workers
+    ok = suite.api.job(suite.api.submit(DENO_MAIN, language="deno",
+                                        args={"opts": {"shout": True}, "name": "world"})["id"])
+    assert ok["status"] == "success" and ok["tag"] == "deno", ok
+    assert ok["result"] == {"greeting": "HELLO WORLD", "n": 2, "twice": 4}
+    assert ok["logs"].startswith("deno 2."), ok["logs"]
+    bad = suite.api.job(suite.api.submit(
+        'export function main() { throw new TypeError("no such order"); }', language="deno")["id"])
+    assert bad["status"] == "failure" and bad["error"] == "TypeError: no such order", bad
+    none = suite.api.job(suite.api.submit("export const x = 1;", language="deno")["id"])
+    assert none["status"] == "failure" and "exports no main() function" in none["error"], none
 
 
 def test_jobs_do_not_see_the_workers_environment(suite: Suite) -> None:
