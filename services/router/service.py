@@ -39,7 +39,8 @@ from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
     TERMINAL,
     JobFinished,
-    Job, JobQuery, JobQueued, JobRecord, JobSubmit, JobView, SubmitAnswer, validate_submit,
+    Job, JobQuery, JobQueued, JobRecord, JobSubmit, JobView, SubmitAnswer, WorkerStatus,
+    validate_submit,
 )
 from shared import routing
 from shared.identity import Identity, authorize_submit
@@ -222,12 +223,18 @@ class RouterService:
         index = self._groups_by_tag()
         routing.check_timeout(self.config, route, sub.timeout, index)
         groups = list(index.get(tag, ()))
-        live = self.workers.serving(tag)
+        listening = self.workers.serving(tag)
+        live = [w for w in listening if _can_run(w, route.language)]
         warning = None
-        if not live:
+        if not live and listening:
+            runs = sorted({r for w in listening for r in w.runtimes})
+            warning = (f"{len(listening)} live worker(s) listen to tag {tag!r} but none can run"
+                       f" {route.language!r} (they run {', '.join(runs)}: docs/languages.md)")
+        elif not live:
             where = (f"groups configured with it: {', '.join(groups)}" if groups
                      else "no worker group is configured with it")
             warning = f"no live worker listens to tag {tag!r} ({where})"
+        if not live:
             if (sub.require_worker or self.require_worker) and first is None:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
             warning += "; the job waits in the queue until one does"
@@ -605,6 +612,12 @@ class RouterService:
         who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
         return await self.read(query.id, reader=who.name,
                                workspace=None if who.admin else who.workspace, **ask)
+
+
+def _can_run(worker: WorkerStatus, language: str) -> bool:
+    """Whether a live worker has the job's runtime (its heartbeat's `runtimes`). A flow needs
+    none (its worker only orchestrates); a worker that reports no runtimes predates the field."""
+    return language == "flow" or not worker.runtimes or language in worker.runtimes
 
 
 def _refused(view: JobView) -> bool:

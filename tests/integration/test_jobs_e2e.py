@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import nats
+import pytest
 
+from cli.client import CliError
 from shared import subjects
 from tests.integration.conftest import Suite
 
@@ -41,10 +43,18 @@ def test_job_timeout_kills_the_process_tree_and_the_worker_goes_on(suite: Suite)
 
 
 def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
+    """Workers listen to tag bash, but none can run cobol: the submission says so (it does not
+    count them as live), `require_worker` refuses it, and a job queued anyway fails naming the
+    runtimes the worker has."""
     answer = suite.api.submit("BEGIN; END;", language="cobol", tag="bash")
+    assert answer["live_workers"] == 0 and "none can run 'cobol'" in answer["warning"], answer
     view = suite.api.job(answer["id"])
     assert view["status"] == "failure"
     assert "no executor for language 'cobol' on this worker" in view["error"]
+    with pytest.raises(CliError) as refused:
+        suite.api.submit("BEGIN; END;", language="cobol", tag="bash", require_worker=True)
+    assert "none can run 'cobol'" in refused.value.message and "HTTP 409" in refused.value.message
+    assert suite.api.submit("echo ok", tag="bash", require_worker=True)["live_workers"] >= 1
 
 
 DENO_MAIN = """
