@@ -8,7 +8,9 @@ from its tags and fails them naming what to install (runner.py).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 
 ALWAYS = {"bash": "bash", "python3": sys.executable}
@@ -21,7 +23,19 @@ def _deno() -> str | None:
 
         return find_deno_bin()
     except (ImportError, FileNotFoundError):
-        return shutil.which("deno")
+        pass
+    found = shutil.which("deno")
+    if found is None:
+        return None
+    # What PATH names may be a wrapper (a version manager's shim) that cannot run in the
+    # sandbox: ask deno for its own binary.
+    try:
+        out = subprocess.run([found, "eval", "console.log(Deno.execPath())"], capture_output=True,
+                             text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.isfile(path) else None
 
 
 def find() -> dict[str, str]:
