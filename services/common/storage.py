@@ -49,6 +49,6 @@ async def _has_room(js: JetStreamContext, stream: str) -> bool | None:
     except (APIError, TimeoutError, OSError):
         return None
     limit = info.config.max_bytes or -1
-    if limit <= 0 or (info.state.bytes or 0) + ROOM <= limit:
-        return None if limit <= 0 else True
-    return False
+    if limit <= 0:
+        return None
+    return (info.state.bytes or 0) + ROOM <= limit

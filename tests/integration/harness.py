@@ -52,6 +52,18 @@ def live_pids(needle: str) -> list[int]:
     return out
 
 
+def wait_until(predicate: Any, what: str = "condition", timeout: float = 60.0,
+               interval: float = 0.05) -> Any:
+    """Poll `predicate` until it is truthy (returned); fail naming `what` past the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(interval)
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "GETOPERATE_"))}
     env["PYTHONPATH"] = str(ROOT)

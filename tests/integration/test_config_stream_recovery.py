@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -26,22 +25,12 @@ from services.common.signingkeys import load_verifier
 from shared import subjects
 from shared.admission import check_signed, decode_raw
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli
+from tests.integration.harness import cli, wait_until
 from tests.integration.test_config_service import TOKEN
 from tests.integration.test_routing_e2e import ready
 from tests.integration.test_signed_config import Deployment
 
 DEADLINE = 60.0  # the outbox looks every 5 s; a router's ordered consumer resubscribes within 20 s
-
-
-def wait_until(predicate: Any, what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.2)
 
 
 def on_nats(url: str, work: Any) -> Any:

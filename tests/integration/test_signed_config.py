@@ -16,7 +16,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -42,7 +41,7 @@ from shared.signing import (
 from shared.snapshots import encode_snapshot, seal_snapshot
 from shared.state import ApiToken, ConfigState
 from tests.integration.conftest import Suite
-from tests.integration.harness import Proc, cli, cli_json
+from tests.integration.harness import Proc, cli, cli_json, wait_until
 from tests.integration.test_config_service import TOKEN, ConfigProc
 from tests.integration.test_routing_e2e import ready
 
@@ -50,16 +49,6 @@ EVIL = "goa_planted-by-someone-with-sqlite-or-nats-access"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
 
 
 def get(url: str, token: str = TOKEN) -> tuple[int, Any]:

@@ -7,7 +7,6 @@ that cannot be stored then waits in its worker and is stored once there is room)
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +16,7 @@ import pytest
 from nats.js import api
 from nats.js.errors import APIError
 
-from tests.integration.harness import Deployment, counts, request
+from tests.integration.harness import Deployment, counts, request, wait_until
 
 BIG = "echo ok # " + "x" * 200_000  # a job of about 200 KB
 
@@ -31,16 +30,6 @@ def metric(port: int, name: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         return "\n".join(line for line in resp.read().decode().splitlines()
                          if line.startswith(name))
-
-
-def until(predicate: Any, timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def test_a_full_job_queue_refuses_at_once_and_recovers_when_drained(small_queue:
     assert "GO_JOBS" in ready["storage_full"]
     assert metric(port, "getoperate_storage_full").endswith('{stream="GO_JOBS"} 1.0')
     d.start_worker("full")  # drains the queue: room again, with no restart of anything
-    until(lambda: readyz(port)[0] == 200, 120, "the router ready again")
+    wait_until(lambda: readyz(port)[0] == 200, "the router ready again", 120)
     assert "1.0" not in metric(port, "getoperate_storage_full")
     status, body, _ = request(port, "POST", "/jobs", {"language": "bash", "code": "echo after",
                                                       "tag": "full", "workspace": "ws-full"})
@@ -149,19 +138,19 @@ def test_a_result_waits_for_space_and_is_stored_once_without_a_restart(
     status, answer, _ = request(port, "POST", "/jobs", {
         "language": "bash", "code": "sleep 2; echo done", "tag": "slow", "workspace": "ws-slow"})
     assert status == 201, answer
-    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
-          what="the job running")
+    wait_until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
+               "the job running")
     asyncio.run(_fill(d.nats.url, "FILLER"))
     status, body, _ = request(port, "POST", "/jobs", {"language": "bash", "code": "echo no",
                                                       "tag": "slow", "workspace": "ws-slow"})
     assert status == 507 and body["error"] == "storage_full", body
     assert readyz(port)[0] == 503
     worker = d.procs[-1]
-    until(lambda: worker.log_events("job_result_retry"), 60, "the worker retrying the result")
+    wait_until(lambda: worker.log_events("job_result_retry"), "the worker retrying the result", 60)
     asyncio.run(_drop(d.nats.url, "FILLER"))  # space returns
     _, view, _ = request(port, "GET", f"/jobs/{answer['id']}?wait=1&timeout=60", timeout=90)
     assert view["status"] == "success" and view["result"] == "done" and view["attempts"] == 1, view
-    until(lambda: readyz(port)[0] == 200, 60, "the router ready again")
+    wait_until(lambda: readyz(port)[0] == 200, "the router ready again", 60)
     queued, finished = counts(d, "ws-slow")
     assert finished[answer["id"]] == 1
     assert worker.p.poll() is None  # the same worker process: no restart
@@ -191,13 +180,13 @@ def test_a_job_whose_history_was_dropped_for_room_still_records_its_result(
     status, answer, _ = request(port, "POST", "/jobs", {
         "language": "bash", "code": "sleep 3; echo kept", "tag": "hist", "workspace": "ws-h"})
     assert status == 201, answer
-    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
-          what="the job running")
+    wait_until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[1]["status"] == "running",
+               "the job running")
     asyncio.run(_flood_history(d.nats.url, 40))  # 40 MB into a 32 MiB share
     status, gone, _ = request(port, "GET", f"/jobs/{answer['id']}")
     assert status == 404, gone  # its history is gone while it runs
-    until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[0] == 200, 60,
-          "the job's result stored")
+    wait_until(lambda: request(port, "GET", f"/jobs/{answer['id']}")[0] == 200,
+               "the job's result stored", 60)
     _, view, _ = request(port, "GET", f"/jobs/{answer['id']}?wait=1&timeout=30", timeout=60)
     assert view["status"] == "success" and view["result"] == "kept", view
     assert worker.log_events("job_history_gone") and not worker.log_events("job_not_started")
