@@ -102,6 +102,11 @@ def test_workers_while_nats_is_down_is_a_503_not_an_empty_list(tmp_path: Path) -
                                                 "GETOPERATE_ADMIN_TOKEN": "errors-token"})
         assert out.returncode != 0 and "NATS" in out.stderr, (out.stdout, out.stderr)
         assert "no live workers" not in out.stdout
+        # A submission names NATS too, never "cannot reach the router", and queued nothing.
+        run = cli("run", "--language", "bash", "--code", "echo x", "--retry-for", "0", cwd=tmp_path,
+                  env={"GETOPERATE_DATA_DIR": str(data), "GETOPERATE_ADMIN_TOKEN": "errors-token"})
+        assert run.returncode == 1 and "not connected to NATS" in run.stderr, run.stderr
+        assert "cannot reach" not in run.stderr and "nothing was queued" in run.stderr
     finally:
         for proc in reversed(procs):
             proc.stop()
