@@ -347,10 +347,8 @@ class RouterService:
                     self.logger.warning("job_refusal_not_recorded", job_id=job.id,
                                         error=repr(record_exc))
             if bus.storage_full(exc):
-                self.storage.refused(subjects.JOBS_STREAM, exc)
-                raise StorageFull(
-                    f"JetStream has no room to queue the job ({getattr(exc, 'description', exc)});"
-                    " nothing was queued: retry once space is freed", field="storage") from exc
+                raise self._no_room(subjects.JOBS_STREAM, exc, "to queue the job",
+                                    "; nothing was queued: retry once space is freed") from exc
             if definite:
                 raise exc
             raise OutcomeUnknown(
@@ -394,6 +392,13 @@ class RouterService:
             return None
         queued = next((e for e in record.history or () if isinstance(e, JobQueued)), None)
         return queued, record
+
+    def _no_room(self, stream: str, exc: BaseException, what: str,
+                  then: str = "; retry once space is freed") -> StorageFull:
+        """A write JetStream refused for storage: noted for /readyz and metrics, and the 507."""
+        self.storage.refused(stream, exc)
+        return StorageFull(f"JetStream has no room {what} ({getattr(exc, 'description', exc)})"
+                           f"{then}", field="storage")
 
     async def _keyed(self, key: str, workspace: str, planned: bool
                      ) -> tuple[str, tuple[JobQueued | None, JobRecord] | None]:
@@ -522,10 +527,8 @@ class RouterService:
         except APIError as exc:
             if not bus.storage_full(exc):
                 raise
-            self.storage.refused(f"KV_{bus.CANCELS_BUCKET}", exc)
-            raise StorageFull(f"JetStream has no room to store the cancellation"
-                              f" ({exc.description}); retry once space is freed",
-                              field="storage") from exc
+            raise self._no_room(f"KV_{bus.CANCELS_BUCKET}", exc,
+                                "to store the cancellation") from exc
         if view.status == "queued":
             await self._record(seals.hold_key(self.key, job_id), JobFinished(
                 job_id=job_id, time=time.time(), status="cancelled",
