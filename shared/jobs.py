@@ -28,7 +28,7 @@ class JobSubmit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     language: str | None = None
     code: str | None = None
     path: str | None = None
-    kind: Literal["script", "flow"] | None = None
+    kind: Literal["script", "flow", "dependency"] | None = None
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     tag: str | None = None
     workspace: str = DEFAULT_WORKSPACE
@@ -50,7 +50,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     tag: str
     timeout: float | None = None
     submitted_at: float
-    kind: Literal["inline", "script", "flow"] = "inline"
+    kind: Literal["inline", "script", "flow", "dependency"] = "inline"
     path: str | None = None
     version: int | None = None
     steps: tuple[PlannedStep, ...] = ()
@@ -59,6 +59,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     # A flow job's grant (shared/grants.py): signed by the router, presented by the worker with
     # each step it submits. None for every other job.
     grant: str | None = None
+    # A deployed python3 script's lock (its dependency job's result, shared/pydeps.py): the
+    # worker runs the job in the lock's cached environment. None: resolved on the worker.
+    lock: str | None = None
 
 
 class SubmitAnswer(msgspec.Struct, kw_only=True):

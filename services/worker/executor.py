@@ -9,10 +9,13 @@ static variables and its dedicated scripts take effect for the next job, without
 from __future__ import annotations
 
 import os
+import sys
 
 from services.common.log import Logger
 from services.worker import sandbox
 from services.worker.initsandbox import InitSandbox
+from services.worker.languages import Context, PrepareFailed
+from services.worker.languages.python import interpreter
 from services.worker.runner import SANDBOX_PATH, Outcome, job_env, run_job
 from services.worker.workspace import Workspace, remove_tree
 from services.worker.cgroups import Cgroups
@@ -116,10 +119,16 @@ class Executor:
             # Only the dedicated script's own jobs share its runtime: any other job that reached
             # this tag (an inline job an admin sent there) runs cold, never inside it.
             per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
+            try:
+                python = await interpreter(job, Context(runtime=sys.executable, timeout=timeout,
+                                                        cache=self.settings.cache_dir))
+            except PrepareFailed as exc:
+                return Outcome(status="failure", error=str(exc), logs=exc.logs)
             return await self.warm.run(tag, job.code, job.args, per_job, timeout, base, policy,
-                                       init_dir)
+                                       init_dir, python)
         return await run_job(job, ws=self.ws, policy=policy, env=base, timeout=timeout,
-                             cgroups=self.cgroups, init_dir=init_dir)
+                             cgroups=self.cgroups, cache=self.settings.cache_dir,
+                             init_dir=init_dir)
 
     async def run_init(self, script: str) -> tuple[bool, str]:
         """Run the group's init script in its own lasting sandbox; (ok, log tail)."""

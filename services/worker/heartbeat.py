@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from services.common.log import Logger
 from shared import subjects
-from services.worker.runner import EXECUTORS
+from services.worker import languages
 from shared.codec import encode
 from shared.jobs import WorkerStatus
 
@@ -38,7 +38,7 @@ def build_status(*, worker_id: str, group: str | None, tags: list[str], tags_sou
         hostname=socket.gethostname(), pid=os.getpid(), started_at=started_at,
         heartbeat_at=time.time() if now is None else now, jobs_done=jobs_done,
         priorities=priorities, dedicated=sorted(dedicated), config_applied_at=config_applied_at,
-        sandbox=sandbox, network=network, sandbox_note=note, runtimes=list(EXECUTORS),
+        sandbox=sandbox, network=network, sandbox_note=note, runtimes=sorted(languages.registry().found),
     )
 
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -21,7 +20,7 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from services.worker import sandbox, seccomp
-from services.worker import runtimes
+from services.worker import languages
 from services.worker.cgroups import Cgroups, RunCgroup
 from services.worker.sandbox import Policy
 from services.worker.workspace import Workspace
@@ -33,53 +32,7 @@ MAX_OUTPUT_BYTES = 64 * 1024 * 1024  # what a job's output may cost the worker t
 # Variables a job may see from the worker's own environment; everything else (NATS credentials,
 # tokens) stays out of user code. Extend with WORKER_ENV_ALLOWLIST=A,B.
 BASE_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-RUNTIMES = runtimes.find()  # language -> executable, found once per worker
-EXECUTORS = tuple(RUNTIMES)
 SANDBOX_PATH = "/init/bin:/usr/local/bin:/usr/bin:/bin"
-
-# Runs the user's module; writes {"ok", "result"|"error"} as JSON to the inherited fd argv[1].
-_PY_WRAPPER = r'''
-import importlib.util, json, os, sys, traceback
-out = os.fdopen(int(sys.argv[1]), "w")
-spec = importlib.util.spec_from_file_location("main_script", "script.py")
-try:
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    with open("args.json") as fh:
-        args = json.load(fh)
-    if not hasattr(mod, "main"):
-        raise RuntimeError("the script defines no main() function")
-    result = mod.main(**args)
-    text = json.dumps({"ok": True, "result": result}, default=str)
-except BaseException as exc:
-    traceback.print_exc()
-    text = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-out.write(text)
-out.close()
-sys.exit(0 if text.startswith('{"ok": true') else 1)
-'''
-# Imports the user's module, calls its exported main() with the job's arguments matched to its
-# parameters by name (read from main's source: TypeScript types are gone at run time), and
-# writes {"ok", "result"|"error"} as JSON to the inherited fd Deno.args[0].
-_DENO_WRAPPER = r'''
-const out = (text: string) => Deno.writeTextFileSync(`/dev/fd/${Deno.args[0]}`, text);
-try {
-  const mod = await import("./script.ts");
-  if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
-  const args = JSON.parse(Deno.readTextFileSync("args.json"));
-  const src = mod.main.toString();
-  const names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
-    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
-  const result = await mod.main(...names.map((n: string) => args[n]));
-  out(JSON.stringify({ ok: true, result: result === undefined ? null : result }));
-} catch (e) {
-  console.error(e);
-  out(JSON.stringify({ ok: false, error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }));
-  Deno.exit(1);
-}
-'''
-# bash gets its positional arguments from a NUL-separated file in its folder, not from argv.
-_BASH_WRAPPER = 'mapfile -d "" -t __go_args < .args; set -- "${__go_args[@]}"; unset __go_args; . ./script.sh'
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -327,43 +280,48 @@ def _memfd(name: str, data: bytes) -> int:
 
 
 async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str],
-                  timeout: float, cgroups: Cgroups | None, init_dir: Path | None = None
-                  ) -> Outcome:
+                  timeout: float, cgroups: Cgroups | None, cache: Path,
+                  init_dir: Path | None = None) -> Outcome:
     """Run one job and report its outcome; never raises for a failing script."""
     started = time.monotonic()
-    if job.language not in EXECUTORS:
-        hint = runtimes.HOW_TO_GET.get(job.language)
-        return Outcome(status="failure",
-                       error=f"no executor for language {job.language!r} on this worker "
-                             f"(it runs {', '.join(EXECUTORS)})"
-                             + (f"; install its runtime: {hint}" if hint else ""))
+    found = languages.registry()
+    lang = found.get(job.language)
+    if lang is None:
+        return Outcome(status="failure", error=found.unavailable(job.language))
+    ctx = languages.Context(runtime=found.found[job.language], cache=cache, timeout=timeout)
+    try:
+        if job.kind == "dependency":
+            return await _resolve(lang, job, ctx, started)
+        launch = await lang.launch(job, ctx)
+    except languages.PrepareFailed as exc:
+        return Outcome(status="failure", error=str(exc), logs=exc.logs,
+                       duration_ms=(time.monotonic() - started) * 1000)
+    left = max(timeout - (time.monotonic() - started), 0.001)  # preparing counts too
     name = f"job-{job.id[:40]}-{os.urandom(3).hex()}"
     try:
-        if job.language == "bash":
-            files = {"script.sh": job.code.encode(),
-                     ".args": b"".join(_arg_text(v).encode().replace(b"\0", b"") + b"\0"
-                                       for v in job.args.values())}
-            argv = ["bash", "-c", _BASH_WRAPPER, "script.sh"]
-        elif job.language == "deno":
-            files = {"script.ts": job.code.encode(), "args.json": json.dumps(job.args).encode(),
-                     "wrapper.ts": _DENO_WRAPPER.encode()}
-            argv = [RUNTIMES["deno"], "run", "--quiet", "--no-prompt", "--no-config",
-                    "--no-lock", "--allow-read=.", "--allow-net", "--allow-write=/dev/fd",
-                    "wrapper.ts"]
-            env = {**env, "DENO_DIR": ".deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
-        else:
-            files = {"script.py": job.code.encode(), "args.json": json.dumps(job.args).encode()}
-            argv = [sys.executable, "-c", _PY_WRAPPER]
-        done = await run_sandboxed(argv, ws=ws, name=name, policy=policy, env=env,
-                                   timeout=timeout, cgroups=cgroups, files=files,
-                                   result_fd=job.language != "bash", init_dir=init_dir,
-                                   ro=_runtime_dirs(job.language))
-        return _outcome(job, done, timeout, (time.monotonic() - started) * 1000, policy)
+        done = await run_sandboxed(launch.argv, ws=ws, name=name, policy=policy,
+                                   env={**env, **launch.env}, timeout=left, cgroups=cgroups,
+                                   files=launch.files, result_fd=launch.result == "fd",
+                                   init_dir=init_dir, ro=_mounts(launch))
+        return _outcome(launch, done, timeout, (time.monotonic() - started) * 1000, policy)
     finally:
         ws.clean(name)
 
 
-def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: Policy) -> Outcome:
+async def _resolve(lang: languages.Language, job: Job, ctx: languages.Context, started: float
+                   ) -> Outcome:
+    """A dependency job: the language locks the script's dependencies; the lock is the result."""
+    resolve = getattr(lang, "resolve", None)
+    if resolve is None:
+        return Outcome(status="failure", error=f"language {job.language!r} has no dependencies"
+                                               " to resolve")
+    result = await resolve(job, ctx)
+    return Outcome(status="success", result=result,
+                   duration_ms=(time.monotonic() - started) * 1000)
+
+
+def _outcome(launch: languages.Launch, done: Finished, timeout: float, elapsed: float,
+             policy: Policy) -> Outcome:
     def fail(error: str) -> Outcome:
         return Outcome(status="failure", error=error, logs=done.logs, duration_ms=elapsed)
 
@@ -371,7 +329,7 @@ def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: P
         return fail(f"timed out after {timeout:g}s" + (f"; {done.limit}" if done.limit else ""))
     if done.limit:
         return fail(done.limit)
-    if job.language == "bash":
+    if launch.result == "stdout":
         if done.code != 0:
             return fail(f"exit code {done.code}")
         return Outcome(status="success", result=done.stdout_last, logs=done.logs,
@@ -392,15 +350,11 @@ def _outcome(job: Job, done: Finished, timeout: float, elapsed: float, policy: P
                    duration_ms=elapsed)
 
 
-def _runtime_dirs(language: str) -> tuple[str, ...] | None:
-    """The runtime's own folder, read-only in the sandbox, where /usr and the Python prefix
-    (always mounted) do not hold it; None: the default mounts."""
-    if language in ("bash", "python3"):
-        return None
-    folder = os.path.dirname(os.path.realpath(RUNTIMES[language]))
-    mounted = ("/usr/", *(p.rstrip("/") + "/" for p in sandbox.runtime_paths()))
-    return None if (folder + "/").startswith(mounted) else (*sandbox.runtime_paths(), folder)
-
-
-def _arg_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _mounts(launch: languages.Launch) -> tuple[str, ...] | None:
+    """The folders a launch reads, read-only in the sandbox: its runtime's own folder (where
+    /usr and the Python prefix, always mounted, do not hold it) and its `ro` folders; None: the
+    default mounts."""
+    always = ("/usr/", *(p.rstrip("/") + "/" for p in sandbox.runtime_paths()))
+    wanted = [os.path.dirname(os.path.realpath(launch.argv[0]))] if "/" in launch.argv[0] else []
+    extra = [p for p in (*wanted, *launch.ro) if not (p.rstrip("/") + "/").startswith(always)]
+    return (*sandbox.runtime_paths(), *dict.fromkeys(extra)) if extra else None

@@ -27,6 +27,9 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     sandbox: str = "bwrap"  # JOB_SANDBOX: bwrap | none (a group's sandbox setting overrides)
     devices: tuple[str, ...] = ()  # JOB_DEVICES: device paths or globs jobs may use (GPUs)
     work_dir_owned: bool = False  # made for this worker (no WORKER_DIR): removed when it stops
+    # WORKER_CACHE_DIR: what lasts across jobs and restarts (Python environments, locks, builds);
+    # workers of one host may share it.
+    cache_dir: Path = Path.home() / ".cache" / "getoperate"
 
     @property
     def nats_user(self) -> str:
@@ -81,4 +84,7 @@ def settings_from_env() -> WorkerSettings:
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
         devices=devices,
+        cache_dir=Path(os.environ.get("WORKER_CACHE_DIR")
+                       or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                       / "getoperate"),
     )

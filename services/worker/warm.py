@@ -107,8 +107,10 @@ class WarmProcess:
     """One warm Python process serving one script version, one job at a time."""
 
     def __init__(self, code: str, ws: Workspace, env: dict[str, str], policy: Policy,
-                 cgroups: Cgroups | None, init_dir: Path | None):
+                 cgroups: Cgroups | None, init_dir: Path | None,
+                 python: tuple[str, tuple[str, ...]] = (sys.executable, ())):
         self.code = code
+        self.python = python  # the interpreter (the script's environment's) and its mounts
         self.ws = ws
         self.env = env
         self.policy = policy
@@ -131,8 +133,9 @@ class WarmProcess:
         # end a long-lived runtime), each job's timeout bounds it instead.
         self.cg = self.cgroups.create(self.name, self.policy.limits) if self.cgroups else None
         fds = sandbox_fds(files, network=self.policy.network) if boxed else {}
-        argv = [sys.executable, "-c", _SERVER, "script.py", self.policy.kind, str(write_fd)]
-        full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False,
+        argv = [self.python[0], "-c", _SERVER, "script.py", self.policy.kind, str(write_fd)]
+        ro = (*sandbox.runtime_paths(), *self.python[1]) if self.python[1] else None
+        full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False, ro=ro,
                                init_dir=self.init_dir,
                                procs_files=self.cg.procs_files if self.cg else (),
                                files={f: fd for f, fd in fds.items() if f != SECCOMP},
@@ -233,16 +236,19 @@ class WarmPool:
 
     async def run(self, tag: str, code: str, args: dict[str, Any], env: dict[str, str],
                   timeout: float, base_env: dict[str, str], policy: Policy,
-                  init_dir: Path | None = None) -> Outcome:
+                  init_dir: Path | None = None,
+                  python: tuple[str, tuple[str, ...]] = (sys.executable, ())) -> Outcome:
         """Run one job; `env` is what changes per job, `base_env` the process's environment.
-        A runtime started under another policy (a hot-reloaded sandbox or limit) is replaced."""
+        A runtime started under another policy (a hot-reloaded sandbox or limit) or with
+        another interpreter (a new lock) is replaced."""
         proc = self.procs.get(tag)
-        if proc is not None and (proc.code != code or not proc.alive() or proc.policy != policy):
+        if proc is not None and (proc.code != code or not proc.alive() or proc.policy != policy
+                                 or proc.python != python):
             proc.stop()  # redeployed, crashed or reconfigured: the next job gets a fresh one
             proc = None
         if proc is None:
             proc = WarmProcess(code, self.ws, {**base_env, **env}, policy, self.cgroups,
-                               init_dir)
+                               init_dir, python)
             self.starts += 1
             hello = await proc.start()
             if not hello.get("ready"):

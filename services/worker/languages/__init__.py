@@ -1,0 +1,88 @@
+"""Languages a worker runs jobs in: one module per language, and plugins.
+
+A language turns a job into a `Launch` (the argv, the files of the job's folder, and how the
+result comes back); the runner (runner.py) runs every launch the same way: in the sandbox, with
+the group's limits, logs to the same place. Packages add languages through the entry-point group
+`getoperate.languages` (docs/languages.md): each entry point names a `Language` class or instance.
+Only languages whose runtime this worker found are offered; the others are reported with what to
+install, and their jobs fail saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import Any
+
+from services.worker.languages.base import Context, Language, Launch, PrepareFailed
+
+ENTRY_POINT_GROUP = "getoperate.languages"
+
+__all__ = ["Context", "Language", "Launch", "PrepareFailed", "Registry", "registry",
+           "ENTRY_POINT_GROUP"]
+
+
+def _builtin() -> list[Language]:
+    from services.worker.languages import bash, deno, python
+
+    return [bash.Bash(), python.Python(), deno.Deno(), deno.NativeTs()]
+
+
+class Registry:
+    """The languages this worker knows: `found` (language -> its runtime's executable) and
+    `missing` (language -> what to install), plus plugin load errors to log."""
+
+    def __init__(self, languages: list[Language], errors: list[str] | None = None):
+        self.languages: dict[str, Language] = {}
+        self.found: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
+        self.errors = list(errors or [])
+        for lang in languages:
+            if lang.name in self.languages:
+                self.errors.append(f"language {lang.name!r} is provided twice; the first wins")
+                continue
+            self.languages[lang.name] = lang
+            try:
+                runtime = lang.find_runtime()
+            except Exception as exc:  # a plugin's bug must not stop the worker
+                self.errors.append(f"language {lang.name!r}: finding its runtime failed: {exc!r}")
+                runtime = None
+            if runtime:
+                self.found[lang.name] = runtime
+            else:
+                self.missing[lang.name] = lang.how_to_get
+
+    def get(self, name: str) -> Language | None:
+        return self.languages.get(name) if name in self.found else None
+
+    def unavailable(self, name: str) -> str:
+        """Why a job in `name` cannot run here, naming what to install."""
+        runs = ", ".join(sorted(self.found))
+        hint = self.missing.get(name) or (
+            f"a package that adds it (entry-point group {ENTRY_POINT_GROUP!r}:"
+            " docs/languages.md)")
+        return (f"no executor for language {name!r} on this worker (it runs {runs});"
+                f" install {hint}")
+
+
+def plugins() -> tuple[list[Language], list[str]]:
+    """Languages that installed packages add, and why any failed to load."""
+    found: list[Language] = []
+    errors: list[str] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj: Any = ep.load()
+            lang = obj() if isinstance(obj, type) else obj
+            if not isinstance(getattr(lang, "name", None), str):
+                raise TypeError("it has no `name`")
+            found.append(lang)
+        except Exception as exc:
+            errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}")
+    return found, errors
+
+
+@functools.cache
+def registry() -> Registry:
+    """Found once per worker process: built-in languages first, then plugins."""
+    extra, errors = plugins()
+    return Registry([*_builtin(), *extra], errors)
