@@ -88,6 +88,13 @@ class OutcomeUnknown(Unavailable):
         return {**super().to_dict(), "id": self.job_id}
 
 
+class DependenciesFailed(Conflict):
+    """A deployed script whose dependency job failed cannot run until it is deployed again:
+    the message is the resolver's."""
+
+    code = "dependencies_failed"
+
+
 class StorageFull(GetOperateError):
     """Raised when JetStream refuses a write for want of storage (a stream at its max_bytes,
     the server's store used up): nothing was stored, the request can be repeated once space

@@ -110,6 +110,20 @@ class ScriptDeployed(_Event, tag="script.deployed", kw_only=True):
     timeout: float | None = None
 
 
+class ScriptLocked(_Event, tag="script.locked", kw_only=True):
+    """What a deployed python3 script's dependency job resolved (shared/pydeps.py): the lock
+    its runs use, or why resolving failed. `version` is the seq of the deploy it locks; a lock
+    of an older version is kept in the log but changes nothing."""
+
+    workspace: str
+    path: str
+    version: int
+    requirements: tuple[str, ...] = ()
+    lock: str | None = None
+    error: str | None = None
+    job_id: str | None = None
+
+
 class FlowStep(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One step: a deployed script of the flow's workspace (`script`) or inline code."""
 
@@ -162,7 +176,7 @@ class TokenRevoked(_Event, tag="token.revoked", kw_only=True):
 ConfigEvent = Union[
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
     GroupPrioritiesSet, ScriptDeployed, FlowDeployed, AssignableTagSet, AssignableTagRemoved,
-    TokenCreated, TokenRevoked, GroupEnvSet, GroupLimitsSet, GroupSandboxSet,
+    TokenCreated, TokenRevoked, GroupEnvSet, GroupLimitsSet, GroupSandboxSet, ScriptLocked,
 ]
 GROUP_EVENTS = (
     GroupCreated, GroupTagsSet, GroupInitScriptSet, GroupDeleted, GroupDedicatedSet,
@@ -192,7 +206,7 @@ def subject_for(event: ConfigEvent) -> str:
     """The stream subject an event is published on: per group, so workers replay only theirs."""
     if isinstance(event, GROUP_EVENTS):
         return subjects.group_subject(event.group)
-    if isinstance(event, ScriptDeployed):
+    if isinstance(event, (ScriptDeployed, ScriptLocked)):
         return subjects.script_subject(event.workspace, event.path)
     if isinstance(event, FlowDeployed):
         return subjects.flow_subject(event.workspace, event.path)

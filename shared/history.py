@@ -10,7 +10,8 @@ from shared.errors import InvalidInput
 from shared.events import (
     AssignableTagRemoved, AssignableTagSet, ConfigEvent, FlowDeployed, GroupCreated,
     GroupDedicatedSet, GroupDeleted, GroupEnvSet, GroupInitScriptSet, GroupLimitsSet,
-    GroupPrioritiesSet, GroupSandboxSet, GroupTagsSet, ScriptDeployed, TokenCreated, TokenRevoked,
+    GroupPrioritiesSet, GroupSandboxSet, GroupTagsSet, ScriptDeployed, ScriptLocked, TokenCreated,
+    TokenRevoked,
 )
 from shared.isolation import format_limits
 from shared.state import ConfigState
@@ -46,6 +47,10 @@ def summarize(event: ConfigEvent) -> str:
             return f"group {g} deleted"
         case ScriptDeployed(workspace=ws, path=p, language=lang, tag=tag):
             return f"script {ws}/{p} deployed ({lang}, tag {tag or 'default'})"
+        case ScriptLocked(workspace=ws, path=p, requirements=reqs, error=None):
+            return f"script {ws}/{p} locked ({len(reqs)} requirements)"
+        case ScriptLocked(workspace=ws, path=p, error=error):
+            return f"script {ws}/{p} dependencies failed: {(error or '')[:200]}"
         case FlowDeployed(workspace=ws, path=p, steps=steps, tag=tag):
             return f"flow {ws}/{p} deployed ({len(steps)} steps, tag {tag or 'flow'})"
         case AssignableTagSet(tag=t, only=only, exclude=exclude):

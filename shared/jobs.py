@@ -230,6 +230,9 @@ def validate_submit(sub: JobSubmit) -> JobSubmit:
                                field="language")
         if sub.code is None:
             raise InvalidInput("code is required for an inline job", field="code")
+    elif sub.kind == "dependency":  # the version's code and the path it is deployed at
+        if not sub.language or sub.code is None:
+            raise InvalidInput("a dependency job needs path, language and code", field="code")
     elif sub.code is not None or sub.language is not None:
         raise InvalidInput("give either path, or language and code, not both", field="path")
     if sub.code is not None and len(sub.code.encode("utf-8")) > MAX_CODE_BYTES:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 import msgspec
 
-from shared.errors import Forbidden, InvalidInput, NotFound
+from shared.errors import DependenciesFailed, Forbidden, InvalidInput, NotFound
 from shared.limits import DEFAULTS
 from shared import tagaccess
 from shared.state import ConfigState, Flow, Script, groups_by_tag, key
@@ -21,6 +21,8 @@ from shared.tags import (
     SYSTEM_TAGS, default_tag, fill_template, is_template, target_tag, validate_path, validate_tag,
     validate_workspace,
 )
+
+DEPENDENCY_TAG = "dependency"  # where dependency jobs run (the product document's seeded tag)
 
 
 class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,13 +42,14 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     """Where a submission goes and what it runs."""
 
     tag: str
-    kind: Literal["inline", "script", "flow"]
+    kind: Literal["inline", "script", "flow", "dependency"]
     language: str
     code: str
     path: str | None = None
     version: int | None = None
     steps: tuple[PlannedStep, ...] = ()
     timeout: float | None = None
+    lock: str | None = None  # a python3 script's resolved dependencies (shared/pydeps.py)
 
 
 def dedicated_targets(state: ConfigState) -> set[str]:
@@ -120,8 +123,15 @@ def route(
         template = override or default_tag(language)
         tag = _resolve(state, template, workspace, args, admin=admin, trusted=planned)
         return Route(tag=tag, kind="inline", language=language, code=code)
+    if kind == "dependency":
+        return _route_dependency(state, workspace, path, language, code, override, args, admin)
     found = find_deployed(state, workspace, path, kind)
     if isinstance(found, Script):
+        if found.lock_error is not None:
+            raise DependenciesFailed(
+                f"script {workspace}/{path} (version {found.version}) cannot run: its dependency"
+                f" job {found.lock_job or ''} failed: {found.lock_error}; deploy it again once"
+                " fixed", field="path")
         target = f"{workspace}:{path}"
         if override:
             template, trusted = override, False
@@ -131,8 +141,24 @@ def route(
             template, trusted = found.tag or default_tag(found.language), True
         tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
         return Route(tag=tag, kind="script", language=found.language, code=found.content,
-                     path=path, version=found.version, timeout=found.timeout)
+                     path=path, version=found.version, timeout=found.timeout, lock=found.lock)
     return _route_flow(state, found, workspace, args, override, dedicated, admin)
+
+
+def _route_dependency(state: ConfigState, workspace: str, path: str, language: str | None,
+                      code: str | None, override: str | None, args: Mapping[str, Any],
+                      admin: bool) -> Route:
+    """A deployed script's dependency job: on tag `dependency` (or the admin's override); its
+    code is the version being locked, sent by the config service (a router may not have folded
+    that deploy yet); its result is the lock, which the config service records."""
+    if not admin:
+        raise Forbidden("only an admin (the config service) queues dependency jobs", field="kind")
+    validate_path(path)
+    if not language or code is None:
+        raise InvalidInput("a dependency job needs the script's language and code",
+                           field="language" if not language else "code")
+    tag = _resolve(state, override or DEPENDENCY_TAG, workspace, args, admin=True, trusted=True)
+    return Route(tag=tag, kind="dependency", language=language, code=code, path=path)
 
 
 def _route_flow(

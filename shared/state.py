@@ -31,6 +31,7 @@ from shared.events import (
     GroupTagsSet,
     Recorded,
     ScriptDeployed,
+    ScriptLocked,
     TokenCreated,
     TokenRevoked,
 )
@@ -70,6 +71,10 @@ class Script(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float | None = None
     version: int = 0
     revision: int = 1
+    # python3 only: what its dependency job resolved for this version (ScriptLocked)
+    lock: str | None = None
+    lock_error: str | None = None
+    lock_job: str | None = None
 
 
 class Flow(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,6 +167,12 @@ def _apply(
                                 content=event.content, tag=event.tag, timeout=event.timeout,
                                 version=seq,
                                 revision=(old.revision + 1) if old else 1)
+        case ScriptLocked():
+            k = key(event.workspace, event.path)
+            locked = scripts.get(k)
+            if locked is not None and locked.version == event.version:
+                scripts[k] = replace(locked, lock=event.lock, lock_error=event.error,
+                                     lock_job=event.job_id)
         case FlowDeployed():
             k = key(event.workspace, event.path)
             oldf = flows.get(k)
@@ -404,6 +415,23 @@ def deploy_script(
     return [ScriptDeployed(workspace=workspace, path=path, language=_check_language(language),
                            content=_check_code(content, "content"),
                            tag=validate_tag(tag) if tag else None, timeout=timeout)]
+
+
+def record_lock(
+    state: ConfigState, workspace: str, path: str, *, version: int,
+    requirements: tuple[str, ...], lock: str | None, error: str | None, job_id: str | None,
+) -> list[ConfigEvent]:
+    """Record what a script's dependency job resolved; nothing when that version is gone or
+    already has exactly this outcome (a repeat after a restart)."""
+    script = state.scripts.get(key(workspace, path))
+    if script is None or script.version != version:
+        return []
+    if (script.lock, script.lock_error, script.lock_job) == (lock, error, job_id):
+        return []
+    if (lock is None) == (error is None):
+        raise InvalidInput("a lock needs exactly one of lock and error", field="lock")
+    return [ScriptLocked(workspace=workspace, path=path, version=version,
+                         requirements=requirements, lock=lock, error=error, job_id=job_id)]
 
 
 def deploy_flow(

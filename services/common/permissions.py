@@ -115,7 +115,10 @@ def static(role: str, inbox: str | None = None) -> Perms:
                        # log replaces the old copies; a new snapshot replaces the old one
                        f"{_JS}.STREAM.MSG.DELETE.{subjects.CONFIG_STREAM}",
                        f"{_JS}.STREAM.PURGE.{subjects.CONFIG_STREAM}",
-                       f"{_JS}.STREAM.PURGE.OBJ_GO_SNAPSHOTS"),
+                       f"{_JS}.STREAM.PURGE.OBJ_GO_SNAPSHOTS",
+                       # dependency jobs of deployed scripts, queued and read with its admin
+                       # token like any client's (services/config/locks.py)
+                       subjects.SUBMIT_SUBJECT, subjects.JOB_SUBJECT),
             pub_deny=tuple(_streams(_JS + ".STREAM.DELETE.{s}")) + tuple(
                 f"{_JS}.STREAM.{op}.{s}" for op in ("PURGE", "MSG.DELETE")
                 for s in STREAMS if s not in (subjects.CONFIG_STREAM, "OBJ_GO_SNAPSHOTS"))

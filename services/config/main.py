@@ -8,6 +8,7 @@ from services.common.log import Logger
 from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
 from services.config.app import create_app
 from services.config.authority import Authority
+from services.config.locks import Locker
 from services.config.service import ConfigService
 
 
@@ -28,6 +29,9 @@ async def amain() -> None:
         logger.warning("nats_authority_off", reason=f"no {natsauth.SECRET_ENV} and no"
                        f" {natsauth.SECRET_FILE} in the data dir: only a nats-server without"
                        " auth_callout will take the other services' connections")
+    locker = Locker(service, nc, token, logger)
+    service.listeners.append(locker.notice)
+    locker.start()
     runner = await serve_http(
         create_app(service, TokenCheck(token, lambda: service.state)), env("HTTP_HOST", "127.0.0.1"),
         int(env("CONFIG_PORT", "8001")), logger,
@@ -35,6 +39,7 @@ async def amain() -> None:
     await stop.wait()
     logger.info("stopping")
     await runner.cleanup()
+    await locker.stop()
     if authority is not None:
         await authority.stop()
     await service.stop()

@@ -45,6 +45,8 @@ class ConfigService:
         self._task: asyncio.Task[None] | None = None
         self._snapshot_pending: bytes | None = None
         self.ready = False
+        # Called with what each append recorded (services/config/locks.py follows deploys)
+        self.listeners: list[Callable[[list[Recorded]], None]] = []
         self.metrics = ConfigMetrics(lambda: self.state.seq, lambda: self.outbox.published_seq)
 
     def _load(self) -> st.ConfigState:
@@ -151,6 +153,8 @@ class ConfigService:
                              event_id=rec.id)
         if records:
             self.outbox.kick()
+            for listener in self.listeners:
+                listener(records)
         if self._snapshot_pending is not None:
             asyncio.create_task(self._publish_snapshot())
         return records

@@ -243,7 +243,7 @@ class RouterService:
                   code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
                   submitted_at=first.time if first else time.time(), kind=route.kind,
                   path=route.path, version=route.version, steps=route.steps, parent=sub.parent,
-                  step=sub.step, grant=grant)
+                  step=sub.step, grant=grant, lock=route.lock)
         body = encode(job)
         if len(body) > MAX_JOB_BYTES:
             raise InvalidInput(

@@ -9,12 +9,13 @@ import base64
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
 from cli.client import CliError
-from tests.integration.conftest import Suite
-from tests.integration.harness import cli, wait_until
+from tests.integration.conftest import Suite, running_suite
+from tests.integration.harness import wait_until
 
 
 def make_wheel(folder: Path, name: str, version: str, module: str) -> Path:
@@ -51,13 +52,20 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pyworker(suite: Suite, index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A worker on tag `pydeps` (and `dependency`) that resolves against `index` only."""
+def suite(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    """`getoperate up` whose workers resolve against `index` only (UV_NO_INDEX: no PyPI)."""
     cache = tmp_path_factory.mktemp("cache")
-    proc = suite.worker("pydeps", WORKER_TAGS="pydeps", UV_FIND_LINKS=str(index),
-                        UV_NO_INDEX="1", WORKER_CACHE_DIR=str(cache))
-    proc.wait_for('"worker_ready"', timeout=60)
-    return cache
+    env = {"UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1", "WORKER_CACHE_DIR": str(cache)}
+    with running_suite(tmp_path_factory.mktemp("suite"), env=env) as s:
+        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
+                                          for w in ws))
+        s.cache = cache  # type: ignore[attr-defined]
+        yield s
+
+
+def _envs(suite: Suite) -> list[str]:
+    folder = suite.cache / "python" / "envs"  # type: ignore[attr-defined]
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 DECLARED = '''# /// script
@@ -76,33 +84,78 @@ def main():
 '''
 
 
-def test_inline_python_jobs_get_their_dependencies(suite: Suite, pyworker: Path) -> None:
+def test_inline_python_jobs_get_their_dependencies(suite: Suite) -> None:
     """A PEP 723 block is honoured (gohumane<2 picks 1.0); without one, imports outside the
     standard library are resolved by name (the newest gohumane). Each lock and environment is
     built once: the second run of a script reuses them."""
-    declared = suite.api.job(suite.api.submit(DECLARED, language="python3", tag="pydeps",
+    declared = suite.api.job(suite.api.submit(DECLARED, language="python3",
                                               args={"n": 2500})["id"])
     assert declared["status"] == "success" and declared["result"] == "2.5 kB (v1)", declared
-    guessed = suite.api.job(suite.api.submit(GUESSED, language="python3", tag="pydeps")["id"])
+    guessed = suite.api.job(suite.api.submit(GUESSED, language="python3")["id"])
     assert guessed["status"] == "success" and guessed["result"] == ["1.5 kB", "#f00"], guessed
-    envs = sorted(p.name for p in (pyworker / "python" / "envs").iterdir()
-                  if not p.name.startswith("."))
+    envs = _envs(suite)
     assert len(envs) == 2, envs
-    lock = (pyworker / "python" / "envs" / envs[0] / "lock.txt").read_text()
+    lock = (suite.cache / "python" / "envs" / envs[0] / "lock.txt").read_text()  # type: ignore
     assert "--hash=sha256:" in lock
-    again = suite.api.job(suite.api.submit(GUESSED, language="python3", tag="pydeps")["id"])
+    again = suite.api.job(suite.api.submit(GUESSED, language="python3")["id"])
     assert again["result"] == ["1.5 kB", "#f00"]
-    assert sorted(p.name for p in (pyworker / "python" / "envs").iterdir()
-                  if not p.name.startswith(".")) == envs
+    assert _envs(suite) == envs
 
 
 def test_an_unresolvable_dependency_fails_the_job_with_the_resolvers_message(
-        suite: Suite, pyworker: Path) -> None:
+        suite: Suite) -> None:
     code = "import nosuchpackage_xyz\n\ndef main():\n    return 1\n"
-    view = suite.api.job(suite.api.submit(code, language="python3", tag="pydeps")["id"])
+    view = suite.api.job(suite.api.submit(code, language="python3")["id"])
     assert view["status"] == "failure", view
     assert "could not be resolved" in view["error"] and "nosuchpackage-xyz" in view["error"].lower()
     url = ('# /// script\n# dependencies = ["evil @ file:///etc/passwd"]\n# ///\n'
            "def main():\n    return 1\n")
-    refused = suite.api.job(suite.api.submit(url, language="python3", tag="pydeps")["id"])
+    refused = suite.api.job(suite.api.submit(url, language="python3")["id"])
     assert refused["status"] == "failure" and "not a plain requirement" in refused["error"]
+
+
+def _deploy(suite: Suite, path: str, code: str) -> Any:
+    return suite.api.call("PUT", "config", f"/scripts/main/{path}",
+                          {"language": "python3", "content": code})
+
+
+def _run(suite: Suite, path: str, args: dict[str, Any] | None = None) -> Any:
+    return suite.api.call("POST", "router", "/jobs", {"path": path, "args": args or {}})
+
+
+def _script(suite: Suite, path: str) -> Any:
+    return suite.api.call("GET", "config", f"/scripts/main/{path}")
+
+
+def test_deploying_a_script_queues_a_dependency_job_whose_lock_joins_the_history(
+        suite: Suite) -> None:
+    """The deploy queues a dependency job on tag `dependency`; its lock is recorded as a
+    `script.locked` event of that version, and runs use it. A script whose resolution fails
+    is recorded so, and its runs are refused with the resolver's message."""
+    _deploy(suite, "u/size", DECLARED)
+    locked = wait_until(lambda: (s := _script(suite, "u/size"))["lock"] and s, "the lock", 60)
+    assert "gohumane==1.0" in locked["lock"] and locked["lock_error"] is None, locked
+    job = suite.api.job(locked["lock_job"])
+    assert (job["tag"], job["kind"], job["status"]) == ("dependency", "dependency", "success"), job
+    events = suite.api.call("GET", "config", "/events?limit=1000")
+    mine = [e for e in events if e["event"]["type"] == "script.locked"
+            and e["event"]["path"] == "u/size"]
+    assert len(mine) == 1 and mine[0]["event"]["version"] == locked["version"], mine
+    assert mine[0]["actor"] == "system" and locked["lock_job"] in (mine[0].get("reason") or "")
+    run = suite.api.job(_run(suite, "u/size", {"n": 1200})["id"])
+    assert run["status"] == "success" and run["result"] == "1.2 kB (v1)", run
+
+    _deploy(suite, "u/broken", "import nosuchpackage_xyz\n\ndef main():\n    return 1\n")
+    failed = wait_until(lambda: (s := _script(suite, "u/broken"))["lock_error"] and s,
+                        "the failed lock", 60)
+    assert "nosuchpackage-xyz" in failed["lock_error"].lower(), failed
+    with pytest.raises(CliError) as refused:
+        _run(suite, "u/broken")
+    assert "dependencies_failed" in refused.value.message or "409" in refused.value.message
+    assert "nosuchpackage" in refused.value.message.lower()
+    # Deployed again, fixed: the new version locks and runs.
+    _deploy(suite, "u/broken", GUESSED)
+    fixed = wait_until(lambda: (s := _script(suite, "u/broken"))["lock"] and s, "the new lock", 60)
+    assert fixed["lock_error"] is None and "gocolors==0.3" in fixed["lock"]
+    assert suite.api.job(_run(suite, "u/broken")["id"])["result"] == [
+        "1.5 kB", "#f00"]

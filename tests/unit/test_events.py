@@ -35,6 +35,7 @@ from shared.events import (
     GroupTagsSet,
     Recorded,
     ScriptDeployed,
+    ScriptLocked,
     chain_hash,
     event_type,
     seal,
@@ -78,6 +79,9 @@ ALL_EVENTS: list[ConfigEvent] = [
     GroupLimitsSet(group="gpu"),
     GroupSandboxSet(group="gpu", sandbox="none", network=False),
     GroupSandboxSet(group="gpu"),
+    ScriptLocked(workspace="dev", path="f/x", version=3, requirements=("humanize>=4",),
+                 lock="humanize==4.9.0 --hash=sha256:ab\n", job_id="j1"),
+    ScriptLocked(workspace="dev", path="f/x", version=3, error="no solution", job_id="j2"),
 ]
 
 
@@ -110,6 +114,9 @@ config_events: st.SearchStrategy[ConfigEvent] = st.one_of(
               priorities=st.dictionaries(short, st.integers(1, 255), max_size=3)),
     st.builds(ScriptDeployed, workspace=short, path=short, language=short,
               content=st.text(max_size=40), tag=opt_short),
+    st.builds(ScriptLocked, workspace=short, path=short, version=st.integers(0, 50),
+              requirements=st.lists(short, max_size=2).map(tuple), lock=opt_short,
+              error=opt_short, job_id=opt_short),
     st.builds(FlowDeployed, workspace=short, path=short,
               steps=st.lists(flow_steps, max_size=3).map(tuple), tag=opt_short,
               preserve_step_tags=st.booleans()),
@@ -271,7 +278,7 @@ def test_v1_fixture_decodes_and_folds() -> None:
     assert {event_type(r.event) for r in recs} == EVENT_TAGS  # one line (at least) per type
     assert recs[0].actor == "operator" and recs[0].reason == "new GPU pool"
     state = fold(recs)
-    assert state.seq == 19
+    assert state.seq == 20
     assert state.groups == {
         "gpu": GroupConfig(
             name="gpu", tags=("gpu", "cuda-12", "normal-$workspace", "é"),
@@ -284,7 +291,9 @@ def test_v1_fixture_decodes_and_folds() -> None:
     }
     assert state.scripts == {
         "dev/f/hello": Script(workspace="dev", path="f/hello", language="bash",
-                              content="echo hello\n", tag="gpu", version=4, revision=1),
+                              content="echo hello\n", tag="gpu", version=4, revision=1,
+                              lock_error="uv could not resolve: nosuchpkg was not found",
+                              lock_job="j-20"),
     }
     assert state.flows == {
         "dev/f/pipeline": Flow(
