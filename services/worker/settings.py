@@ -45,6 +45,16 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+NATIVE_GROUP = "native"
+NATIVE_CONCURRENCY = 8  # the reference platform's: native jobs mostly wait on the network
+
+
+def default_concurrency(group: str | None) -> int:
+    """Jobs at once when WORKER_CONCURRENCY is unset: 8 in group `native` (nativets, SQL,
+    GraphQL: waiting on a network), 1 elsewhere (a job may use a whole core)."""
+    return NATIVE_CONCURRENCY if group == NATIVE_GROUP else 1
+
+
 def settings_from_env() -> WorkerSettings:
     """WORKER_GROUP and WORKER_TAGS precedence (docs/configuration.md):
     - only WORKER_GROUP: tags, init script and version come from the group's stored config;
@@ -59,7 +69,7 @@ def settings_from_env() -> WorkerSettings:
     if group is None and env_tags is None:
         group = "default"
     try:
-        concurrency = int(env("WORKER_CONCURRENCY", "1"))
+        concurrency = int(env("WORKER_CONCURRENCY", str(default_concurrency(group))))
         job_timeout = float(env("JOB_TIMEOUT", "300"))
         init_timeout = float(env("INIT_SCRIPT_TIMEOUT", "300"))
     except ValueError as exc:

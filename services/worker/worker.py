@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from services.common import bus, natsauth
 from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
+from services.worker import languages
 from services.worker.attempt import Attempts
 from services.worker.cancels import CancelWatch
 from services.worker.dispatcher import Dispatcher, JobsConnector
@@ -113,6 +114,11 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        found = languages.registry()
+        self.logger.info("worker_languages", runtimes=found.found, missing=sorted(found.missing),
+                         concurrency=self.settings.concurrency)
+        for error in found.errors:  # a broken plugin costs its language, not the worker
+            self.logger.warning("language_plugin_failed", error=error)
         await bus.wait_streams(self.nc, self.logger)  # workers may not create streams
         self.heartbeat.start(await bus.workers_bucket(self.js))
         await self.cancels.start()

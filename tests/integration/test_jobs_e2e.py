@@ -120,3 +120,59 @@ def test_job_history_lists_by_tag_group_workspace_and_status(suite: Suite) -> No
     assert set(ok) <= {j["id"] for j in by_tag}
     table = cli("jobs", "--workspace", "histws", cwd=suite.root).stdout
     assert table.splitlines()[0].split()[:3] == ["JOB", "STATUS", "TAG"] and bad in table
+
+
+NATIVE_FETCH = """
+export async function main(url: string, n: number) {
+  await new Promise((r) => setTimeout(r, 700));  // a slow API: jobs overlap on one worker
+  const got = await (await fetch(url)).text();
+  const denied: string[] = [];
+  for (const [what, attempt] of [
+    ["read", () => Deno.readTextFileSync("/etc/hostname")],
+    ["env", () => Deno.env.get("PATH")],
+    ["run", () => new Deno.Command("true").outputSync()],
+    ["write", () => Deno.writeTextFileSync("x.txt", "x")],
+  ] as const) {
+    try { attempt(); } catch (e) { denied.push(`${what}:${(e as Error).name}`); }
+  }
+  return { got, n, denied };
+}
+"""
+
+
+def test_nativets_runs_many_at_once_with_the_network_and_nothing_else(suite: Suite) -> None:
+    """nativets on the seeded `native` group: eight jobs at once on its one worker (they
+    overlap in time), each reaching a loopback HTTP server, and each refused the file system,
+    the environment and subprocesses."""
+    import http.server
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"pong")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        workers = [w for w in suite.api.workers() if w["group"] == "native"]
+        assert len(workers) == 1 and "nativets" in workers[0]["runtimes"], workers
+        ids = [suite.api.submit(NATIVE_FETCH, language="nativets", args={"url": url, "n": i})["id"]
+               for i in range(8)]
+        views = [suite.api.job(i) for i in ids]
+    finally:
+        server.shutdown()
+        server.server_close()
+    for i, view in enumerate(views):
+        assert view["status"] == "success" and view["tag"] == "nativets", view
+        assert view["result"] == {"got": "pong", "n": i, "denied": [
+            "read:NotCapable", "env:NotCapable", "run:NotCapable", "write:NotCapable"]}, view
+    # Most of the eight ran at the same time: some moment lies inside at least six runs.
+    most = max(sum(v["started_at"] <= t["started_at"] < v["finished_at"] for v in views)
+               for t in views)
+    assert most >= 6, [(v["started_at"], v["finished_at"]) for v in views]
