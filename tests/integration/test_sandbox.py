@@ -255,8 +255,9 @@ def test_limits_set_from_the_cli_reach_running_workers(s: Suite) -> None:
             break
     assert view["status"] == "failure" and "limits.processes" in view["error"], view
     assert run(s, "echo after", tag="t-lim")["result"] == "after"
-    out = cli("events", "--type", "group.limits_set", "--json", cwd=s.root).stdout
-    events = [json.loads(line) for line in out.splitlines()]  # one JSON object a line
+    done = cli("events", "--group", "limg", "--type", "group.limits_set", "--json", cwd=s.root)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]  # one JSON object a line
     assert events and events[-1]["reason"] == "bound forks"
 
 
