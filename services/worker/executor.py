@@ -9,13 +9,11 @@ static variables and its dedicated scripts take effect for the next job, without
 from __future__ import annotations
 
 import os
-import sys
 
 from services.common.log import Logger
 from services.worker import sandbox
 from services.worker.initsandbox import InitSandbox
-from services.worker.languages import Context, PrepareFailed
-from services.worker.languages.python import interpreter
+from services.worker import languages
 from services.worker.runner import SANDBOX_PATH, Outcome, job_env, run_job
 from services.worker.workspace import Workspace, remove_tree
 from services.worker.cgroups import Cgroups
@@ -114,18 +112,22 @@ class Executor:
         if init_dir is not None:
             extra["GO_INIT_DIR"] = sandbox.INIT_POINT if boxed else str(init_dir)
         base = job_env(job, extra, self.settings.env_allowlist, sandboxed=boxed)
-        if (tag in self.dedicated_tags and job.language == "python3" and job.kind == "script"
+        found = languages.registry()
+        lang = found.get(job.language)
+        warm = getattr(lang, "warm_launch", None)
+        if (warm is not None and tag in self.dedicated_tags and job.kind == "script"
                 and job.path is not None and dedicated_tag(job.workspace, job.path) == tag):
             # Only the dedicated script's own jobs share its runtime: any other job that reached
             # this tag (an inline job an admin sent there) runs cold, never inside it.
             per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
+            ctx = languages.Context(runtime=found.found[job.language], timeout=timeout,
+                                    cache=self.settings.cache_dir)
             try:
-                python = await interpreter(job, Context(runtime=sys.executable, timeout=timeout,
-                                                        cache=self.settings.cache_dir))
-            except PrepareFailed as exc:
+                launch = await warm(job, ctx)
+            except languages.PrepareFailed as exc:
                 return Outcome(status="failure", error=str(exc), logs=exc.logs)
-            return await self.warm.run(tag, job.code, job.args, per_job, timeout, base, policy,
-                                       init_dir, python)
+            return await self.warm.run(tag, launch, job.args, per_job, timeout, base, policy,
+                                       init_dir)
         return await run_job(job, ws=self.ws, policy=policy, env=base, timeout=timeout,
                              cgroups=self.cgroups, cache=self.settings.cache_dir,
                              init_dir=init_dir)

@@ -302,7 +302,7 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
         done = await run_sandboxed(launch.argv, ws=ws, name=name, policy=policy,
                                    env={**env, **launch.env}, timeout=left, cgroups=cgroups,
                                    files=launch.files, result_fd=launch.result == "fd",
-                                   init_dir=init_dir, ro=_mounts(launch))
+                                   init_dir=init_dir, ro=mounts(launch))
         return _outcome(launch, done, timeout, (time.monotonic() - started) * 1000, policy)
     finally:
         ws.clean(name)
@@ -350,7 +350,7 @@ def _outcome(launch: languages.Launch, done: Finished, timeout: float, elapsed: 
                    duration_ms=elapsed)
 
 
-def _mounts(launch: languages.Launch) -> tuple[str, ...] | None:
+def mounts(launch: languages.Launch) -> tuple[str, ...] | None:
     """The folders a launch reads, read-only in the sandbox: its runtime's own folder (where
     /usr and the Python prefix, always mounted, do not hold it) and its `ro` folders; None: the
     default mounts."""

@@ -1,9 +1,14 @@
-"""Warm runtimes for dedicated workers: one long-lived Python process per script version.
+"""Warm runtimes for dedicated workers: one long-lived process per script version.
 
-The process imports the script once, then answers one JSON line per job on a pipe, calling
-`main(**args)` each time: no interpreter start and no import per job. A new version of the script
-(different code) gets a new process, and the old one is stopped: redeploying a dedicated script
-takes effect at once (the reference platform keeps the stale process, issue #8638).
+The process (a language's server: `warm_launch` in services/worker/languages/) loads the script
+once, then answers one JSON line per job on a pipe, calling `main` each time: no runtime start
+and no import per job. The protocol, the same for every language: the server gets its policy
+kind (`bwrap` or `none`) and the number of its answer fd as its last two arguments; it writes
+`{"ready": true|false, "error"?, "logs"}` once loaded, then reads `{"id", "args", "env"}` lines
+on stdin and answers each with `{"id", "ok", "result"|"error", "logs", "ending"?}` (`ending`:
+it exits after this answer). A new version of the script (a different launch) gets a new
+process, and the old one is stopped: redeploying a dedicated script takes effect at once (the
+reference platform keeps the stale process, issue #8638).
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,97 +24,24 @@ from typing import Any
 import msgspec
 
 from services.worker import sandbox
-from services.worker.runner import MAX_LOG_BYTES, SECCOMP, Outcome, close_later, sandbox_fds
+from services.worker.languages import Launch
+from services.worker.runner import (MAX_LOG_BYTES, SECCOMP, Outcome, close_later, mounts,
+                                    sandbox_fds)
 from services.worker.cgroups import Cgroups, RunCgroup
 from services.worker.sandbox import Policy
 from services.worker.workspace import Workspace
 
-_SERVER = r'''
-import contextlib, importlib.util, io, json, os, signal, sys, threading, traceback
-out = os.fdopen(int(sys.argv[3]), "w", buffering=1)
-own_namespace = sys.argv[2] == "bwrap"
-MAX_LOGS, MAX_REPLY = 256 * 1024, 8 * 1024 * 1024
-
-def kill_leftovers():
-    # In its own PID namespace every process but bwrap's init (1) and this one is something a
-    # job started: end it with the job, as a cold job's would be (and reap our own children).
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, os.getpid()):
-            try:
-                os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
-    reap()
-
-def reap():
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
-        pass
-
-spec = importlib.util.spec_from_file_location("main_script", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-buf = io.StringIO()
-try:
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        spec.loader.exec_module(mod)
-    if not hasattr(mod, "main"):
-        raise RuntimeError("the script defines no main() function")
-    out.write(json.dumps({"ready": True, "logs": buf.getvalue()[-MAX_LOGS:]}) + "\n")
-    base_threads = threading.active_count()
-except BaseException as exc:
-    out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
-                          "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]}) + "\n")
-    sys.exit(1)
-base_env = dict(os.environ)
-for line in sys.stdin:
-    req = json.loads(line)
-    os.environ.clear()  # what one job set in its environment is not the next job's
-    os.environ.update(base_env)
-    os.environ.update(req.get("env", {}))
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            result = mod.main(**req["args"])
-        logs = buf.getvalue()[-MAX_LOGS:]
-        try:
-            text = json.dumps({"id": req["id"], "ok": True, "result": result, "logs": logs},
-                              default=str)
-        except ValueError as exc:
-            text = json.dumps({"id": req["id"], "ok": False,
-                               "error": f"result is not JSON: {exc}", "logs": logs})
-    except BaseException as exc:
-        text = json.dumps({"id": req["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}",
-                           "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]})
-    if len(text) > MAX_REPLY:
-        text = json.dumps({"id": req["id"], "ok": False, "error": f"the result is {len(text)}"
-                           f" bytes of JSON; the limit is {MAX_REPLY}",
-                           "logs": buf.getvalue()[-65536:]})
-    if own_namespace:
-        kill_leftovers()
-    # A thread the job left would run on after it (and see later jobs): end this runtime instead.
-    ending = threading.active_count() > base_threads
-    if ending:
-        text = text[:-1] + ', "ending": true}'
-    out.write(text + "\n")
-    if ending:
-        out.flush()
-        os._exit(0)
-'''
 
 
 _ENCODER = msgspec.json.Encoder()  # the reply is read with json.loads: the child may write NaN
 
 
 class WarmProcess:
-    """One warm Python process serving one script version, one job at a time."""
+    """One warm process serving one script version, one job at a time."""
 
-    def __init__(self, code: str, ws: Workspace, env: dict[str, str], policy: Policy,
-                 cgroups: Cgroups | None, init_dir: Path | None,
-                 python: tuple[str, tuple[str, ...]] = (sys.executable, ())):
-        self.code = code
-        self.python = python  # the interpreter (the script's environment's) and its mounts
+    def __init__(self, launch: Launch, ws: Workspace, env: dict[str, str], policy: Policy,
+                 cgroups: Cgroups | None, init_dir: Path | None):
+        self.launch = launch
         self.ws = ws
         self.env = env
         self.policy = policy
@@ -125,24 +56,25 @@ class WarmProcess:
         self.tasks = 0
 
     async def start(self) -> dict[str, Any]:
-        files = {"script.py": self.code.encode()}
+        files = self.launch.files
         boxed = self.policy.kind == "bwrap"
         job_dir = None if boxed else self.ws.job_dir(self.name, files)
         read_fd, write_fd = os.pipe()
+        os.fchmod(write_fd, 0o622)  # servers that reopen it by path (/dev/fd/N) as the job's uid
         # Limits cover the runtime as a whole; CPU time is not capped per process here (it would
         # end a long-lived runtime), each job's timeout bounds it instead.
         self.cg = self.cgroups.create(self.name, self.policy.limits) if self.cgroups else None
         fds = sandbox_fds(files, network=self.policy.network) if boxed else {}
-        argv = [self.python[0], "-c", _SERVER, "script.py", self.policy.kind, str(write_fd)]
-        ro = (*sandbox.runtime_paths(), *self.python[1]) if self.python[1] else None
-        full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False, ro=ro,
+        argv = [*self.launch.argv, self.policy.kind, str(write_fd)]
+        full = sandbox.command(self.policy, argv, job_dir=job_dir, cpu_limit=False,
+                               ro=mounts(self.launch),
                                init_dir=self.init_dir,
                                procs_files=self.cg.procs_files if self.cg else (),
                                files={f: fd for f, fd in fds.items() if f != SECCOMP},
                                seccomp_fd=fds.get(SECCOMP))
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *full, cwd=str(job_dir or self.ws.root), env=self.env,
+                *full, cwd=str(job_dir or self.ws.root), env={**self.env, **self.launch.env},
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd, *fds.values()),
                 start_new_session=True,
@@ -234,21 +166,20 @@ class WarmPool:
         self.procs: dict[str, WarmProcess] = {}
         self.starts = 0
 
-    async def run(self, tag: str, code: str, args: dict[str, Any], env: dict[str, str],
+    async def run(self, tag: str, launch: Launch, args: dict[str, Any], env: dict[str, str],
                   timeout: float, base_env: dict[str, str], policy: Policy,
-                  init_dir: Path | None = None,
-                  python: tuple[str, tuple[str, ...]] = (sys.executable, ())) -> Outcome:
+                  init_dir: Path | None = None) -> Outcome:
         """Run one job; `env` is what changes per job, `base_env` the process's environment.
-        A runtime started under another policy (a hot-reloaded sandbox or limit) or with
-        another interpreter (a new lock) is replaced."""
+        A runtime started with another launch (new code, a new lock) or under another policy
+        (a hot-reloaded sandbox or limit) is replaced."""
         proc = self.procs.get(tag)
-        if proc is not None and (proc.code != code or not proc.alive() or proc.policy != policy
-                                 or proc.python != python):
+        if proc is not None and (proc.launch != launch or not proc.alive()
+                                 or proc.policy != policy):
             proc.stop()  # redeployed, crashed or reconfigured: the next job gets a fresh one
             proc = None
         if proc is None:
-            proc = WarmProcess(code, self.ws, {**base_env, **env}, policy, self.cgroups,
-                               init_dir, python)
+            proc = WarmProcess(launch, self.ws, {**base_env, **env}, policy, self.cgroups,
+                               init_dir)
             self.starts += 1
             hello = await proc.start()
             if not hello.get("ready"):

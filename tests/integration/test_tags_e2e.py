@@ -169,6 +169,34 @@ def test_dedicated_workers_keep_a_warm_runtime_per_script_and_restart_it_on_rede
     assert after[0] == 2 and after[1] != results[0][1]  # redeploy: a fresh process, new code
 
 
+def test_a_dedicated_deno_script_is_served_by_one_warm_runtime(extra_workers: Suite) -> None:
+    """deno has a warm mode too: one process imports the script once and serves every job,
+    with each job's console output as its logs and a thrown error as its failure."""
+    s = extra_workers
+    code = ("const STARTED = crypto.randomUUID();\n"
+            "export async function main(x: number, fail = false) {\n"
+            "  console.log(`job ${x}`);\n"
+            "  if (fail) throw new RangeError(`bad ${x}`);\n"
+            "  return [STARTED, x];\n}\n")
+    deploy(s, "ws1/f/warm-deno", code, language="deno")
+    out = cli("group", "set", "dedd", "--tags", "t-dedd-other", "--dedicated", "ws1:f/warm-deno",
+              cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    s.worker("dedd", WORKER_GROUP="dedd")
+    s.api.wait_workers(ready("dedd", tags={"t-dedd-other", "ws1:f/warm-deno"}))
+    views = [s.api.job(run(s, "ws1/f/warm-deno", args={"x": i})["id"]) for i in range(3)]
+    assert {v["tag"] for v in views} == {"ws1:f/warm-deno"}, views
+    assert all(v["status"] == "success" for v in views), views
+    assert [v["result"][1] for v in views] == [0, 1, 2]
+    assert len({v["result"][0] for v in views}) == 1, views  # one process served all three
+    assert [v["logs"] for v in views] == ["job 0\n", "job 1\n", "job 2\n"]
+    bad = s.api.job(run(s, "ws1/f/warm-deno", args={"x": 5, "fail": True})["id"])
+    assert bad["status"] == "failure" and bad["error"] == "RangeError: bad 5", bad
+    assert bad["logs"].startswith("job 5\n"), bad
+    again = s.api.job(run(s, "ws1/f/warm-deno", args={"x": 6})["id"])
+    assert again["result"] == [views[0]["result"][0], 6]  # the error did not end the runtime
+
+
 def test_higher_priority_tags_are_taken_first_from_a_backlog(extra_workers: Suite) -> None:
     s = extra_workers
     out = cli("group", "set", "prio", "--tags", "t-lo,t-hi", "--priority", "t-hi=10",

@@ -35,6 +35,61 @@ try {
   Deno.exit(1);
 }
 '''
+# The warm (dedicated) server: services/worker/warm.py has the protocol. Console output is kept
+# per job and sent with its answer; stdout and stderr themselves are not read.
+_SERVER = r'''
+const [kind, fdNumber] = Deno.args.slice(-2);
+const out = Deno.openSync(`/dev/fd/${fdNumber}`, { write: true });
+const encoder = new TextEncoder();
+const send = (value: unknown) => {
+  let text: string;
+  try { text = JSON.stringify(value); } catch (e) {
+    const v = value as { id?: string };
+    text = JSON.stringify({ id: v.id, ok: false, error: `result is not JSON: ${e}`, logs: "" });
+  }
+  let bytes = encoder.encode(text + "\n");
+  while (bytes.length) bytes = bytes.subarray(out.writeSync(bytes));
+};
+let logs: string[] = [];
+const keep = (...parts: unknown[]) => {
+  logs.push(parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" "));
+};
+console.log = console.info = console.warn = console.error = console.debug = keep;
+const text = () => { const t = logs.length ? logs.join("\n") + "\n" : ""; logs = []; return t.slice(-262144); };
+const failure = (e: unknown) => e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+let main: (...args: unknown[]) => unknown;
+let names: string[];
+try {
+  const mod = await import("./script.ts");
+  if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
+  main = mod.main;
+  const src = main.toString();
+  names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
+    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
+  send({ ready: true, logs: text() });
+} catch (e) {
+  send({ ready: false, error: failure(e), logs: text() + String((e as Error)?.stack ?? "") });
+  Deno.exit(1);
+}
+const decoder = new TextDecoder();
+let pending = "";
+for await (const chunk of Deno.stdin.readable) {
+  pending += decoder.decode(chunk, { stream: true });
+  let end;
+  while ((end = pending.indexOf("\n")) >= 0) {
+    const request = JSON.parse(pending.slice(0, end));
+    pending = pending.slice(end + 1);
+    logs = [];
+    try {
+      const result = await main(...names.map((n) => request.args[n]));
+      send({ id: request.id, ok: true, result: result === undefined ? null : result, logs: text() });
+    } catch (e) {
+      keep(String((e as Error)?.stack ?? e));
+      send({ id: request.id, ok: false, error: failure(e), logs: text() });
+    }
+  }
+}
+'''
 _ENV = {"DENO_DIR": ".deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
 
 
@@ -76,6 +131,14 @@ class Deno:
             argv=[ctx.runtime, "run", "--quiet", "--no-prompt", "--no-config", "--no-lock",
                   *self.permissions, "wrapper.ts"],
             files={"script.ts": job.code.encode(), "wrapper.ts": wrapper(job)}, env=dict(_ENV))
+
+    async def warm_launch(self, job: Job, ctx: Context) -> Launch:
+        """A dedicated script's long-lived server: loaded once, one `main` call per job."""
+        return Launch(
+            argv=[ctx.runtime, "run", "--quiet", "--no-prompt", "--no-config", "--no-lock",
+                  *self.permissions, "server.ts"],
+            files={"script.ts": job.code.encode(), "server.ts": _SERVER.encode()},
+            env=dict(_ENV))
 
 
 class NativeTs(Deno):

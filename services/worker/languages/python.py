@@ -40,6 +40,81 @@ out.close()
 sys.exit(0 if text.startswith('{"ok": true') else 1)
 '''
 
+# The warm (dedicated) server: services/worker/warm.py has the protocol.
+SERVER = r'''
+import contextlib, importlib.util, io, json, os, signal, sys, threading, traceback
+out = os.fdopen(int(sys.argv[-1]), "w", buffering=1)
+own_namespace = sys.argv[-2] == "bwrap"
+MAX_LOGS, MAX_REPLY = 256 * 1024, 8 * 1024 * 1024
+
+def kill_leftovers():
+    # In its own PID namespace every process but bwrap's init (1) and this one is something a
+    # job started: end it with the job, as a cold job's would be (and reap our own children).
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, os.getpid()):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+    reap()
+
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+spec = importlib.util.spec_from_file_location("main_script", "script.py")
+mod = importlib.util.module_from_spec(spec)
+buf = io.StringIO()
+try:
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        spec.loader.exec_module(mod)
+    if not hasattr(mod, "main"):
+        raise RuntimeError("the script defines no main() function")
+    out.write(json.dumps({"ready": True, "logs": buf.getvalue()[-MAX_LOGS:]}) + "\n")
+    base_threads = threading.active_count()
+except BaseException as exc:
+    out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
+                          "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]}) + "\n")
+    sys.exit(1)
+base_env = dict(os.environ)
+for line in sys.stdin:
+    req = json.loads(line)
+    os.environ.clear()  # what one job set in its environment is not the next job's
+    os.environ.update(base_env)
+    os.environ.update(req.get("env", {}))
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            result = mod.main(**req["args"])
+        logs = buf.getvalue()[-MAX_LOGS:]
+        try:
+            text = json.dumps({"id": req["id"], "ok": True, "result": result, "logs": logs},
+                              default=str)
+        except ValueError as exc:
+            text = json.dumps({"id": req["id"], "ok": False,
+                               "error": f"result is not JSON: {exc}", "logs": logs})
+    except BaseException as exc:
+        text = json.dumps({"id": req["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                           "logs": (buf.getvalue() + traceback.format_exc())[-MAX_LOGS:]})
+    if len(text) > MAX_REPLY:
+        text = json.dumps({"id": req["id"], "ok": False, "error": f"the result is {len(text)}"
+                           f" bytes of JSON; the limit is {MAX_REPLY}",
+                           "logs": buf.getvalue()[-65536:]})
+    if own_namespace:
+        kill_leftovers()
+    # A thread the job left would run on after it (and see later jobs): end this runtime instead.
+    ending = threading.active_count() > base_threads
+    if ending:
+        text = text[:-1] + ', "ending": true}'
+    out.write(text + "\n")
+    if ending:
+        out.flush()
+        os._exit(0)
+'''
+
 
 @functools.cache
 def _envs(cache: Path) -> PythonEnvs:
@@ -80,6 +155,11 @@ class Python:
         python, ro = await interpreter(job, ctx)
         return Launch(argv=[python, "-c", WRAPPER], ro=ro,
                       files={"script.py": job.code.encode(), "args.json": args_json(job)})
+
+    async def warm_launch(self, job: Job, ctx: Context) -> Launch:
+        """A dedicated script's long-lived server, in the script's environment."""
+        python, ro = await interpreter(job, ctx)
+        return Launch(argv=[python, "-c", SERVER], ro=ro, files={"script.py": job.code.encode()})
 
     async def resolve(self, job: Job, ctx: Context) -> dict[str, object]:
         """A dependency job: the lock of the script in `job.code` (its result)."""
