@@ -35,7 +35,7 @@ def run(tmp_path: Path, j: Job, kind: str = "bwrap", timeout: float = 20, **limi
     env = {"PATH": "/usr/bin:/bin", "HOME": "/job"}
     try:
         out = asyncio.run(run_job(j, ws=ws, policy=policy, env=env, timeout=timeout,
-                                  cgroups=cgroups))
+                                  cgroups=cgroups, cache=tmp_path / "cache"))
     finally:
         if cgroups is not None:
             cgroups.remove()
