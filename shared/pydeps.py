@@ -39,11 +39,13 @@ IMPORT_NAMES = {
 MAX_REQUIREMENTS = 100
 _BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_OP = r"(?:===|==|!=|~=|<=|>=|<|>)"
+_MARKER_TERM = r"(?:[a-z_]+|'[A-Za-z0-9._ -]*'|\"[A-Za-z0-9._ -]*\")"
+_MARKER_ATOM = rf"{_MARKER_TERM}\s*(?:{_OP}|not in|in)\s*{_MARKER_TERM}"
 _REQUIREMENT = re.compile(
     rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"  # name, extras
-    r"(?:\s*(?:===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+"  # first specifier
-    r"(?:\s*,\s*(?:===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?"  # more
-    r"(?:\s*;\s*[A-Za-z0-9_.'\" <>=!~()-]+)?$")  # a marker
+    rf"(?:\s*{_OP}\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*{_OP}\s*[A-Za-z0-9.*+!_-]+)*)?"  # versions
+    rf"(?:\s*;\s*{_MARKER_ATOM}(?:\s+(?:and|or)\s+{_MARKER_ATOM})*)?$")  # a marker
 
 
 def declared(code: str) -> list[str] | None:
