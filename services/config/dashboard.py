@@ -65,6 +65,7 @@ class WorkerView(msgspec.Struct, kw_only=True):
     sandbox: str
     network: bool
     sandbox_note: str | None
+    runtimes: list[str] = msgspec.field(default_factory=list)  # the languages it can run
 
 
 class QueueView(msgspec.Struct, kw_only=True):
@@ -135,6 +136,7 @@ def _worker_view(w: WorkerStatus, groups: dict[str, st.GroupConfig]) -> WorkerVi
         current_job=w.current_job, jobs_done=w.jobs_done, hostname=w.hostname, pid=w.pid,
         started_at=w.started_at, heartbeat_at=w.heartbeat_at, dedicated=list(w.dedicated),
         sandbox=w.sandbox, network=w.network, sandbox_note=w.sandbox_note,
+        runtimes=list(w.runtimes),
     )
 
 

@@ -300,6 +300,8 @@ JS = r"""
         h("td", { class: "nowrap" }, h("div", { class: "mono" }, w.id), h("div", { class: "muted small" }, w.hostname + " · pid " + w.pid)),
         h("td", {}, w.group === null ? h("span", { class: "muted" }, "none") : w.group),
         h("td", {}, chips(w.tags), h("div", { class: "muted small" }, "from " + w.tags_source)),
+        h("td", { class: "runtimes" }, w.runtimes.length ? chips(w.runtimes)
+          : h("span", { class: "muted" }, "not reported")),
         h("td", { class: "cfg" }, cfg),
         h("td", { class: "sandbox" }, box,
           w.sandbox_note ? h("div", { class: "muted small sandbox-note" }, w.sandbox_note) : null),
@@ -311,7 +313,7 @@ JS = r"""
         h("td", { class: "muted small" }, ago(data.now, w.heartbeat_at)));
     });
     $("workers-body").replaceChildren(table(
-      ["Worker", "Group", "Tags", "Config version", "Sandbox", "State", "Init", "Current job", "Jobs done", "Heartbeat"],
+      ["Worker", "Group", "Tags", "Runtimes", "Config version", "Sandbox", "State", "Init", "Current job", "Jobs done", "Heartbeat"],
       rows, "No live worker."));
   }
 

@@ -192,6 +192,9 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             native_worker = page.locator('#workers tr[data-group="native"]').first
             expect(native_worker.locator("td.cfg")).to_have_text(str(native_v))
             expect(native_worker).to_contain_text("ready")
+            # the languages each worker can run, from its heartbeat
+            expect(native_worker.locator("td.runtimes")).to_contain_text("nativets")
+            expect(native_worker.locator("td.runtimes")).to_contain_text("deno")
             expect(page.locator('#workers tr[data-group="default"]').first).to_contain_text("python3")
 
             # 3. waiting jobs per tag, flagged when nobody will take them.
