@@ -23,9 +23,10 @@ __all__ = ["Context", "Language", "Launch", "PrepareFailed", "Registry", "regist
 
 
 def _builtin() -> list[Language]:
-    from services.worker.languages import bash, deno, python
+    from services.worker.languages import bash, deno, graphql, python, sql
 
-    return [bash.Bash(), python.Python(), deno.Deno(), deno.NativeTs()]
+    return [bash.Bash(), python.Python(), deno.Deno(), deno.NativeTs(),
+            sql.Postgresql(), sql.Mysql(), graphql.GraphQL()]
 
 
 class Registry:
