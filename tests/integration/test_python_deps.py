@@ -60,6 +60,7 @@ def suite(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sui
         s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
                                           for w in ws))
         s.cache = cache  # type: ignore[attr-defined]
+        s.uv_env = env  # type: ignore[attr-defined]
         yield s
 
 
@@ -159,3 +160,21 @@ def test_deploying_a_script_queues_a_dependency_job_whose_lock_joins_the_history
     assert fixed["lock_error"] is None and "gocolors==0.3" in fixed["lock"]
     assert suite.api.job(_run(suite, "u/broken")["id"])["result"] == [
         "1.5 kB", "#f00"]
+
+
+def test_a_dedicated_script_runs_warm_in_its_locked_environment(suite: Suite) -> None:
+    """The warm runtime of a dedicated script imports from the same cached environment as its
+    cold runs: the environment is built once, whoever needs it first."""
+    code = ("# /// script\n# dependencies = [\"gohumane>=2\", \"gocolors\"]\n# ///\n"
+            "import os, gohumane, gocolors\nSTARTED = os.urandom(4).hex()\n\n"
+            "def main(n: int):\n    return [gohumane.size(n), gocolors.RED, STARTED]\n")
+    _deploy(suite, "u/warm", code)
+    wait_until(lambda: _script(suite, "u/warm")["lock"], "the lock", 60)
+    suite.api.set_group("pyded", dedicated=["main:u/warm"])
+    worker = suite.worker("pyded", WORKER_GROUP="pyded", **suite.uv_env)  # type: ignore
+    worker.wait_for('"worker_ready"', timeout=60)
+    views = [suite.api.job(_run(suite, "u/warm", {"n": 1000 * i})["id"]) for i in (1, 2)]
+    assert all(v["tag"] == "main:u/warm" and v["status"] == "success" for v in views), views
+    assert [v["result"][:2] for v in views] == [["1.0 kB", "#f00"], ["2.0 kB", "#f00"]]
+    assert views[0]["result"][2] == views[1]["result"][2]  # one warm process served both
+    worker.stop()
