@@ -844,3 +844,48 @@ def test_max_timeout_property(groups: list[tuple[str, list[str], float | None]],
     check_timeout(log.state, r, expected)
     with pytest.raises(InvalidInput):
         check_timeout(log.state, r, expected + 0.5)
+
+
+# --- dependency jobs and locks (shared/pydeps.py, services/config/locks.py) -----------------------
+
+
+def test_a_dependency_job_is_admin_only_and_goes_to_the_dependency_tag() -> None:
+    log = Log().script("f/deps", content="import yaml\n")
+    code = "import yaml\n"
+    got = route(log.state, workspace=WS, args={}, path="f/deps", kind="dependency",
+                language="python3", code=code, admin=True)
+    assert (got.tag, got.kind, got.code, got.lock) == ("dependency", "dependency", code, None)
+    # a router that has not folded the deploy yet still routes it: the code comes with it
+    unknown = route(ConfigState(), workspace=WS, args={}, path="f/new", kind="dependency",
+                    language="python3", code=code, admin=True)
+    assert unknown.tag == "dependency"
+    with pytest.raises(Forbidden):
+        route(log.state, workspace=WS, args={}, path="f/deps", kind="dependency",
+              language="python3", code=code, admin=False)
+
+
+def test_runs_carry_their_versions_lock_and_a_failed_lock_refuses_them() -> None:
+    from shared.errors import DependenciesFailed
+    from shared.state import record_lock
+
+    log = Log().script("f/deps", content="import yaml\n")
+    version = log.state.scripts[f"{WS}/f/deps"].version
+    log.append(record_lock(log.state, WS, "f/deps", version=version, requirements=("pyyaml",),
+                           lock="pyyaml==6.0\n", error=None, job_id="j1"))
+    assert route(log.state, workspace=WS, args={}, path="f/deps").lock == "pyyaml==6.0\n"
+    # a repeat of the same outcome records nothing; a lock of an older version changes nothing
+    assert record_lock(log.state, WS, "f/deps", version=version, requirements=("pyyaml",),
+                       lock="pyyaml==6.0\n", error=None, job_id="j1") == []
+    log.script("f/deps", content="import requests\n")
+    assert record_lock(log.state, WS, "f/deps", version=version, requirements=(),
+                       lock="x==1\n", error=None, job_id="j0") == []
+    assert route(log.state, workspace=WS, args={}, path="f/deps").lock is None  # not locked yet
+    new = log.state.scripts[f"{WS}/f/deps"].version
+    log.append(record_lock(log.state, WS, "f/deps", version=new, requirements=("requests",),
+                           lock=None, error="no solution: requests", job_id="j2"))
+    with pytest.raises(DependenciesFailed) as refused:
+        route(log.state, workspace=WS, args={}, path="f/deps")
+    assert "no solution: requests" in refused.value.message and "j2" in refused.value.message
+    with pytest.raises(InvalidInput):
+        record_lock(log.state, WS, "f/deps", version=new, requirements=(), lock=None, error=None,
+                    job_id=None)
