@@ -13,6 +13,11 @@ WORKDIR /app
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap \
     && rm -rf /var/lib/apt/lists/*
+# go and bun jobs (docs/languages.md): Debian's Go toolchain (go scripts compile on the worker,
+# cgo off), and bun from npm, whose package carries bun's own binary.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends golang-go npm \
+    && npm install -g bun && rm -rf /var/lib/apt/lists/* /root/.npm
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services

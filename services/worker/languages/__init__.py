@@ -24,9 +24,10 @@ __all__ = ["Context", "Language", "Launch", "PrepareFailed", "Registry", "regist
 
 def _builtin() -> list[Language]:
     from services.worker.languages import bash, deno, graphql, python, sql
+    from services.worker.languages import bun, go
 
     return [bash.Bash(), python.Python(), deno.Deno(), deno.NativeTs(),
-            sql.Postgresql(), sql.Mysql(), graphql.GraphQL()]
+            sql.Postgresql(), sql.Mysql(), graphql.GraphQL(), go.Go(), bun.Bun()]
 
 
 class Registry:
