@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import authz, coldbash, dedicated, endtoend, history, idle, reload, router, sandbox
+from bench import (authz, coldbash, dedicated, endtoend, history, idle, languages, reload, router,
+                   sandbox)
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -23,6 +24,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "idle": idle.run,
     "reload": reload.run,
     "sandbox": sandbox.run,
+    "languages": languages.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

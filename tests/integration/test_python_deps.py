@@ -5,40 +5,15 @@ The packages are wheels the test builds itself, so nothing here depends on PyPI 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from bench.wheels import make_wheel
 from cli.client import CliError
 from tests.integration.conftest import Suite, running_suite
 from tests.integration.harness import wait_until
-
-
-def make_wheel(folder: Path, name: str, version: str, module: str) -> Path:
-    """A pure-Python wheel of `name` whose module `name` holds `module` (RECORD with hashes)."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": module.encode(),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                         b"Tag: py3-none-any\n",
-    }
-
-    def record_line(path: str, data: bytes) -> str:
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        return f"{path},sha256={digest},{len(data)}"
-
-    record = "".join(record_line(p, d) + "\n" for p, d in files.items()) + f"{dist}/RECORD,,\n"
-    files[f"{dist}/RECORD"] = record.encode()
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for p, d in files.items():
-            zf.writestr(p, d)
-    return path
 
 
 @pytest.fixture(scope="module")
