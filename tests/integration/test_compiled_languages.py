@@ -8,7 +8,6 @@ sandbox; bun runs TypeScript as deno does. Both come from .ci/run (Debian's gola
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tests.integration.harness import HAS_SANDBOX
 
 _MISSING = [name for name, found in (("go", find_go()), ("bun", find_bun())) if not found]
 pytestmark = pytest.mark.skipif(
-    bool(_MISSING) and not os.environ.get("CI"),
+    bool(_MISSING) and not os.environ.get("GETOPERATE_REQUIRE_LANGUAGES"),
     reason=f"no {' or '.join(_MISSING)} here (.ci/run installs golang-go and npm's bun)")
 
 
@@ -98,7 +97,6 @@ def test_go_jobs_get_typed_arguments_and_are_compiled_once_per_script(suite: Sui
     """Arguments are decoded by name into main's types (a string, an int, a struct, a map);
     the result is JSON, stdout is the logs. The second run of the script reuses its binary;
     another script gets its own."""
-    started = time.monotonic()
     args = {"name": "gopher", "n": 21, "at": {"x": 2, "y": 3}, "tags": {"a": 1, "b": 2}}
     first = _run(suite, GO_TYPED, "go", args, timeout=120)  # compiles the standard library too
     assert first["status"] == "success", first
@@ -107,13 +105,10 @@ def test_go_jobs_get_typed_arguments_and_are_compiled_once_per_script(suite: Sui
     assert "hello from go, gopher" in first["logs"]
     builds = _builds(suite)
     assert len(builds) == 1, builds
-    cold = time.monotonic() - started
 
-    started = time.monotonic()
     again = _run(suite, GO_TYPED, "go", {**args, "n": 1})
     assert again["status"] == "success" and again["result"]["twice"] == 2, again
     assert _builds(suite) == builds  # no second build of the same script
-    assert time.monotonic() - started < cold
 
     other = _run(suite, GO_OTHER, "go", {"words": ["a", "bcd"]})
     assert other["status"] == "success" and other["result"] == [1, 3], other
