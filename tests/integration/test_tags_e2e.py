@@ -4,6 +4,7 @@ workers with warm runtimes, priorities, and refusing unserved tags."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -169,31 +170,38 @@ def test_dedicated_workers_keep_a_warm_runtime_per_script_and_restart_it_on_rede
     assert after[0] == 2 and after[1] != results[0][1]  # redeploy: a fresh process, new code
 
 
-def test_a_dedicated_deno_script_is_served_by_one_warm_runtime(extra_workers: Suite) -> None:
-    """deno has a warm mode too: one process imports the script once and serves every job,
-    with each job's console output as its logs and a thrown error as its failure."""
+@pytest.mark.parametrize("language", ["deno", "bun"])
+def test_a_dedicated_typescript_script_is_served_by_one_warm_runtime(
+        extra_workers: Suite, language: str) -> None:
+    """deno and bun have a warm mode too: one process imports the script once and serves every
+    job, with each job's console output as its logs and a thrown error as its failure."""
+    from services.worker.languages import registry
+
+    if language not in registry().found and not os.environ.get("GETOPERATE_REQUIRE_LANGUAGES"):
+        pytest.skip(f"no {language} runtime here (.ci/run installs it)")
     s = extra_workers
     code = ("const STARTED = crypto.randomUUID();\n"
             "export async function main(x: number, fail = false) {\n"
             "  console.log(`job ${x}`);\n"
             "  if (fail) throw new RangeError(`bad ${x}`);\n"
             "  return [STARTED, x];\n}\n")
-    deploy(s, "ws1/f/warm-deno", code, language="deno")
-    out = cli("group", "set", "dedd", "--tags", "t-dedd-other", "--dedicated", "ws1:f/warm-deno",
+    path, group = f"f/warm-{language}", f"ded-{language}"
+    deploy(s, f"ws1/{path}", code, language=language)
+    out = cli("group", "set", group, "--tags", f"t-{group}", "--dedicated", f"ws1:{path}",
               cwd=s.root)
     assert out.returncode == 0, out.stderr
-    s.worker("dedd", WORKER_GROUP="dedd")
-    s.api.wait_workers(ready("dedd", tags={"t-dedd-other", "ws1:f/warm-deno"}))
-    views = [s.api.job(run(s, "ws1/f/warm-deno", args={"x": i})["id"]) for i in range(3)]
-    assert {v["tag"] for v in views} == {"ws1:f/warm-deno"}, views
+    s.worker(group, WORKER_GROUP=group)
+    s.api.wait_workers(ready(group, tags={f"t-{group}", f"ws1:{path}"}))
+    views = [s.api.job(run(s, f"ws1/{path}", args={"x": i})["id"]) for i in range(3)]
+    assert {v["tag"] for v in views} == {f"ws1:{path}"}, views
     assert all(v["status"] == "success" for v in views), views
     assert [v["result"][1] for v in views] == [0, 1, 2]
     assert len({v["result"][0] for v in views}) == 1, views  # one process served all three
     assert [v["logs"] for v in views] == ["job 0\n", "job 1\n", "job 2\n"]
-    bad = s.api.job(run(s, "ws1/f/warm-deno", args={"x": 5, "fail": True})["id"])
+    bad = s.api.job(run(s, f"ws1/{path}", args={"x": 5, "fail": True})["id"])
     assert bad["status"] == "failure" and bad["error"] == "RangeError: bad 5", bad
     assert bad["logs"].startswith("job 5\n"), bad
-    again = s.api.job(run(s, "ws1/f/warm-deno", args={"x": 6})["id"])
+    again = s.api.job(run(s, f"ws1/{path}", args={"x": 6})["id"])
     assert again["result"] == [views[0]["result"][0], 6]  # the error did not end the runtime
 
 

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from services.worker.languages import tsserver
 from services.worker.languages.base import Context, Launch
 from shared.jobs import Job
 
@@ -35,10 +36,7 @@ try {
   const mod = await import("./script.ts");
   if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
   const args = JSON.parse(__ARGS__);
-  const src = mod.main.toString();
-  const names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
-    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
-  const result = await mod.main(...names.map((n: string) => args[n]));
+  const result = await mod.main(...paramNames(mod.main).map((n: string) => args[n]));
   await out(JSON.stringify({ ok: true, result: result === undefined ? null : result }));
 } catch (e) {
   console.error(e);
@@ -87,7 +85,23 @@ def find_bun() -> str | None:
 
 
 def wrapper(job: Job) -> bytes:
-    return _WRAPPER.replace("__ARGS__", json.dumps(json.dumps(job.args))).encode()
+    return (tsserver.PARAM_NAMES + _WRAPPER).replace(
+        "__ARGS__", json.dumps(json.dumps(job.args))).encode()
+
+
+# The warm server's I/O in bun (tsserver.py has the rest): the answer fd written directly.
+_SERVER_IO = r'''
+import { writeSync } from "node:fs";
+const answerFd = Number(process.argv[process.argv.length - 1]);
+const writeAll = (bytes: Uint8Array) => {
+  let done = 0;
+  while (done < bytes.length) done += writeSync(answerFd, bytes, done);
+};
+const inspect = (value: unknown) => Bun.inspect(value);
+const input = Bun.stdin.stream();
+const exit = (code: number) => process.exit(code);
+'''
+
 
 
 class Bun:
@@ -100,3 +114,9 @@ class Bun:
     async def launch(self, job: Job, ctx: Context) -> Launch:
         return Launch(argv=[ctx.runtime, "run", "wrapper.ts"], env=dict(_ENV),
                       files={"script.ts": job.code.encode(), "wrapper.ts": wrapper(job)})
+
+    async def warm_launch(self, job: Job, ctx: Context) -> Launch:
+        """A dedicated script's long-lived server: loaded once, one `main` call per job."""
+        return Launch(argv=[ctx.runtime, "run", "server.ts"], env=dict(_ENV),
+                      files={"script.ts": job.code.encode(),
+                             "server.ts": tsserver.server(_SERVER_IO)})

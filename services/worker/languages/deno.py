@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 
+from services.worker.languages import tsserver
 from services.worker.languages.base import Context, Launch
 from shared.jobs import Job
 
@@ -24,10 +25,7 @@ try {
   const mod = await import("./script.ts");
   if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
   const args = JSON.parse(__ARGS__);
-  const src = mod.main.toString();
-  const names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
-    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
-  const result = await mod.main(...names.map((n: string) => args[n]));
+  const result = await mod.main(...paramNames(mod.main).map((n: string) => args[n]));
   out(JSON.stringify({ ok: true, result: result === undefined ? null : result }));
 } catch (e) {
   console.error(e);
@@ -35,60 +33,16 @@ try {
   Deno.exit(1);
 }
 '''
-# The warm (dedicated) server: services/worker/warm.py has the protocol. Console output is kept
-# per job and sent with its answer; stdout and stderr themselves are not read.
-_SERVER = r'''
-const [kind, fdNumber] = Deno.args.slice(-2);
-const out = Deno.openSync(`/dev/fd/${fdNumber}`, { write: true });
-const encoder = new TextEncoder();
-const send = (value: unknown) => {
-  let text: string;
-  try { text = JSON.stringify(value); } catch (e) {
-    const v = value as { id?: string };
-    text = JSON.stringify({ id: v.id, ok: false, error: `result is not JSON: ${e}`, logs: "" });
-  }
-  let bytes = encoder.encode(text + "\n");
-  while (bytes.length) bytes = bytes.subarray(out.writeSync(bytes));
+# The warm server's I/O in deno (tsserver.py has the rest): the answer fd reopened by path.
+_SERVER_IO = r'''
+const fdNumber = Deno.args[Deno.args.length - 1];
+const answers = Deno.openSync(`/dev/fd/${fdNumber}`, { write: true });
+const writeAll = (bytes: Uint8Array) => {
+  while (bytes.length) bytes = bytes.subarray(answers.writeSync(bytes));
 };
-let logs: string[] = [];
-const keep = (...parts: unknown[]) => {
-  logs.push(parts.map((p) => typeof p === "string" ? p : Deno.inspect(p)).join(" "));
-};
-console.log = console.info = console.warn = console.error = console.debug = keep;
-const text = () => { const t = logs.length ? logs.join("\n") + "\n" : ""; logs = []; return t.slice(-262144); };
-const failure = (e: unknown) => e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-let main: (...args: unknown[]) => unknown;
-let names: string[];
-try {
-  const mod = await import("./script.ts");
-  if (typeof mod.main !== "function") throw new Error("the script exports no main() function");
-  main = mod.main;
-  const src = main.toString();
-  names = src.slice(src.indexOf("(") + 1, src.indexOf(")")).split(",")
-    .map((p: string) => p.trim().replace(/^\.\.\./, "").split(/[\s=:?]/)[0]).filter(Boolean);
-  send({ ready: true, logs: text() });
-} catch (e) {
-  send({ ready: false, error: failure(e), logs: text() + String((e as Error)?.stack ?? "") });
-  Deno.exit(1);
-}
-const decoder = new TextDecoder();
-let pending = "";
-for await (const chunk of Deno.stdin.readable) {
-  pending += decoder.decode(chunk, { stream: true });
-  let end;
-  while ((end = pending.indexOf("\n")) >= 0) {
-    const request = JSON.parse(pending.slice(0, end));
-    pending = pending.slice(end + 1);
-    logs = [];
-    try {
-      const result = await main(...names.map((n) => request.args[n]));
-      send({ id: request.id, ok: true, result: result === undefined ? null : result, logs: text() });
-    } catch (e) {
-      keep(String((e as Error)?.stack ?? e));
-      send({ id: request.id, ok: false, error: failure(e), logs: text() });
-    }
-  }
-}
+const inspect = (value: unknown) => Deno.inspect(value);
+const input = Deno.stdin.readable;
+const exit = (code: number) => Deno.exit(code);
 '''
 _ENV = {"DENO_DIR": ".deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
 
@@ -115,7 +69,8 @@ def find_deno() -> str | None:
 
 
 def wrapper(job: Job) -> bytes:
-    return _WRAPPER.replace("__ARGS__", json.dumps(json.dumps(job.args))).encode()
+    return (tsserver.PARAM_NAMES + _WRAPPER).replace(
+        "__ARGS__", json.dumps(json.dumps(job.args))).encode()
 
 
 class Deno:
@@ -137,7 +92,7 @@ class Deno:
         return Launch(
             argv=[ctx.runtime, "run", "--quiet", "--no-prompt", "--no-config", "--no-lock",
                   *self.permissions, "server.ts"],
-            files={"script.ts": job.code.encode(), "server.ts": _SERVER.encode()},
+            files={"script.ts": job.code.encode(), "server.ts": tsserver.server(_SERVER_IO)},
             env=dict(_ENV))
 
 
