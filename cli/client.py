@@ -21,6 +21,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN = 4  # a submission whose outcome is unknown: the job may have been queued
+EXIT_WAITING = 5  # --wait's --timeout passed with the job still queued or running
 
 
 class CliError(GetOperateError):

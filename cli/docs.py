@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from cli.client import EXIT_FAILED, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE
+from cli.client import EXIT_FAILED, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_WAITING
 
 HEAD = f"""# Command line reference
 
@@ -23,6 +23,7 @@ Every command and subcommand takes `--help`.
 | {EXIT_USAGE} | bad usage or invalid input (argparse errors, a malformed `--arg`, a field the service rejected) |
 | {EXIT_UNREACHABLE} | a service could not be reached (after retries for reads) |
 | {EXIT_UNKNOWN} | `run` only: the submission's outcome is unknown (the router took it and did not confirm, after `--retry-for` seconds of repeats); the job may run: the message names its key, and repeating the command with `--idempotency-key KEY` finds it and never queues a second one |
+| {EXIT_WAITING} | `run --wait` and `job --wait`: `--timeout` passed and the job has not ended (still queued or running); it goes on: `getoperate job ID --wait` waits again |
 
 Errors are one line on stderr, `getoperate: error: ...`; results go to stdout (`--json` where
 offered gives one JSON document).

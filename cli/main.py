@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from cli import output
-from cli.client import EXIT_FAILED, EXIT_USAGE, CliError, Endpoints, call, submit
+from cli.client import EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, CliError, Endpoints, call, submit
 from services.common.runtime import DEFAULT_DATA_DIR
 from shared.errors import InvalidInput
-
-TERMINAL = {"success", "failure", "cancelled"}
+from shared.jobs import TERMINAL
 
 
 def parse_arg(text: str) -> tuple[str, Any]:
@@ -117,7 +116,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         print(json.dumps(answer) if ns.json else answer["id"])
         return 0
     view = wait_for_job(ep, answer["id"], ns.timeout)
-    return _show_job(view, ns.json)
+    return _show_job(view, ns.json, waited=True)
 
 
 def _read(path: str, flag: str) -> str:
@@ -127,13 +126,17 @@ def _read(path: str, flag: str) -> str:
         raise CliError(f"cannot read {flag} {path}: {exc.strerror}", EXIT_USAGE) from exc
 
 
-def _show_job(view: dict[str, Any], as_json: bool) -> int:
+def _show_job(view: dict[str, Any], as_json: bool, waited: bool = False) -> int:
     if as_json:
         print(json.dumps(view))
     else:
         output.print_job(view)
     if view["status"] in ("failure", "cancelled"):
         return EXIT_FAILED
+    if waited and view["status"] not in TERMINAL:
+        print(f"getoperate: job {view['id']} is still {view['status']} after --timeout; it goes"
+              f" on: `getoperate job {view['id']} --wait` waits again", file=sys.stderr)
+        return EXIT_WAITING  # 0 means the job succeeded
     return 0
 
 
@@ -143,7 +146,7 @@ def cmd_job(ns: argparse.Namespace) -> int:
         view = wait_for_job(ep, ns.id, ns.timeout)
     else:
         view = call("GET", f"{ep.router_url}/jobs/{urllib.parse.quote(ns.id, safe='')}", ep.token())
-    return _show_job(view, ns.json)
+    return _show_job(view, ns.json, waited=ns.wait)
 
 
 def cmd_cancel(ns: argparse.Namespace) -> int:

@@ -92,6 +92,19 @@ def test_a_tag_nobody_serves_is_reported_not_silently_stuck(suite: Suite) -> Non
     assert view["status"] == "queued"
 
 
+def test_waiting_past_the_timeout_is_not_success(suite: Suite) -> None:
+    """0 means the job succeeded: a --wait whose --timeout passes with the job still queued
+    exits 5 and says how to wait again (issue 16, point 3)."""
+    run = cli("run", "--language", "bash", "--code", "echo x", "--tag", "nobody-serves-wait",
+              "--wait", "--timeout", "1", "--json", cwd=suite.root)
+    assert run.returncode == 5, (run.returncode, run.stderr)
+    view = json.loads(run.stdout)
+    assert view["status"] == "queued" and "still queued after --timeout" in run.stderr
+    again = cli("job", view["id"], "--wait", "--timeout", "1", cwd=suite.root)
+    assert again.returncode == 5 and f"getoperate job {view['id']} --wait" in again.stderr
+    assert cli("job", view["id"], cwd=suite.root).returncode == 0  # no --wait: just a look
+
+
 def test_group_commands(suite: Suite) -> None:
     root = suite.root
     (root / "init.sh").write_text("echo ready\n")
