@@ -40,12 +40,16 @@ MAX_REQUIREMENTS = 100
 _BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _OP = r"(?:===|==|!=|~=|<=|>=|<|>)"
+_S = r"[ \t]*"  # spaces and tabs only: no line breaks, nothing a requirements file splits on
 _MARKER_TERM = r"(?:[a-z_]+|'[A-Za-z0-9._ -]*'|\"[A-Za-z0-9._ -]*\")"
-_MARKER_ATOM = rf"{_MARKER_TERM}\s*(?:{_OP}|not in|in)\s*{_MARKER_TERM}"
+_MARKER_ATOM = rf"{_MARKER_TERM}{_S}(?:{_OP}|not in|in){_S}{_MARKER_TERM}"
 _REQUIREMENT = re.compile(
-    rf"^{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"  # name, extras
-    rf"(?:\s*{_OP}\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*{_OP}\s*[A-Za-z0-9.*+!_-]+)*)?"  # versions
-    rf"(?:\s*;\s*{_MARKER_ATOM}(?:\s+(?:and|or)\s+{_MARKER_ATOM})*)?$")  # a marker
+    rf"{_NAME}(?:{_S}\[{_S}{_NAME}(?:{_S},{_S}{_NAME})*{_S}\])?"  # name, extras
+    rf"(?:{_S}{_OP}{_S}[A-Za-z0-9.*+!_-]+(?:{_S},{_S}{_OP}{_S}[A-Za-z0-9.*+!_-]+)*)?"  # versions
+    rf"(?:{_S};{_S}{_MARKER_ATOM}(?:[ \t]+(?:and|or)[ \t]+{_MARKER_ATOM})*)?")  # a marker
+# A name uv would take for a file of its working directory (an archive, a wheel)
+_ARCHIVE = re.compile(r"\.(?:whl|zip|tar|tgz|tbz|txz|tar\.[a-z0-9]+)(?![A-Za-z0-9])",
+                      re.IGNORECASE)
 
 
 def declared(code: str) -> list[str] | None:
@@ -93,14 +97,14 @@ def requirements(code: str) -> tuple[str, ...]:
     if len(found) > MAX_REQUIREMENTS:
         raise InvalidInput(f"the script needs more than {MAX_REQUIREMENTS} packages",
                            field="code")
-    return tuple(check_requirement(d.strip()) for d in found)
+    return tuple(check_requirement(d.strip(" \t")) for d in found)
 
 
 def check_requirement(text: str) -> str:
-    if not _REQUIREMENT.match(text):
+    if not _REQUIREMENT.fullmatch(text) or _ARCHIVE.search(text.split(";")[0]):
         raise InvalidInput(
             f"dependency {text!r} is not a plain requirement (a name, extras, version"
-            " specifiers and a marker; URLs, paths and options are not accepted)",
+            " specifiers and a marker; URLs, paths, files and options are not accepted)",
             field="dependencies")
     return text
 

@@ -121,7 +121,7 @@ class Executor:
             # this tag (an inline job an admin sent there) runs cold, never inside it.
             per_job = {"GO_JOB_ID": job.id, "GO_WORKSPACE": job.workspace, "GO_TAG": job.tag}
             ctx = languages.Context(runtime=found.found[job.language], timeout=timeout,
-                                    cache=self.settings.cache_dir)
+                                    cache=self.settings.cache_dir, network=policy.network)
             try:
                 launch = await warm(job, ctx)
             except languages.PrepareFailed as exc:

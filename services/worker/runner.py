@@ -288,7 +288,8 @@ async def run_job(job: Job, *, ws: Workspace, policy: Policy, env: dict[str, str
     lang = found.get(job.language)
     if lang is None:
         return Outcome(status="failure", error=found.unavailable(job.language))
-    ctx = languages.Context(runtime=found.found[job.language], cache=cache, timeout=timeout)
+    ctx = languages.Context(runtime=found.found[job.language], cache=cache, timeout=timeout,
+                            network=policy.network)
     try:
         if job.kind == "dependency":
             return await _resolve(lang, job, ctx, started)

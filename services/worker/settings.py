@@ -83,6 +83,10 @@ def settings_from_env() -> WorkerSettings:
         if not pattern.startswith("/dev/"):
             raise InvalidInput(f"JOB_DEVICES entries must be paths under /dev/, got {pattern!r}",
                                field="JOB_DEVICES")
+    from services.worker.hosttools import SIZES, parse_size
+
+    for name, default in SIZES.items():  # host tools' bounds (hosttools.py)
+        parse_size(name, default)
     if concurrency < 1:
         raise InvalidInput("WORKER_CONCURRENCY must be at least 1", field="WORKER_CONCURRENCY")
     return WorkerSettings(

@@ -144,6 +144,23 @@ BUN_SCRIPT = '''export async function main(name: string, n: number = 2, shout?: 
 '''
 
 
+def test_a_go_build_for_a_group_without_network_fetches_nothing(suite: Suite) -> None:
+    """The compile runs on the host, but for a group with the network off it stays offline
+    (GOPROXY=off): an import path the script chose cannot make the host reach any server."""
+    suite.api.set_group("gonet", tags=["t-gonet"], network=False)
+    worker = suite.worker("gonet", WORKER_GROUP="gonet",
+                          WORKER_CACHE_DIR=str(suite.cache))  # type: ignore[attr-defined]
+    worker.wait_for('"worker_ready"', timeout=60)
+    code = ('package inner\n\nimport _ "leak-secret.example.com/x"\n\n'
+            "func main() (interface{}, error) { return 1, nil }\n")
+    job = suite.api.submit(code, language="go", tag="t-gonet")
+    view = suite.api.job(job["id"], timeout=60)
+    assert view["status"] == "failure", view
+    assert "module lookup disabled by GOPROXY=off" in view["error"], view["error"]
+    assert "dial tcp" not in view["error"] and "proxy.golang.org" not in view["error"]
+    worker.stop()
+
+
 def test_bun_jobs_get_arguments_by_name_with_defaults(suite: Suite) -> None:
     named = _run(suite, BUN_SCRIPT, "bun", {"shout": True, "name": "bun"})
     assert named["status"] == "success", named

@@ -23,6 +23,9 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_wheel(folder, "gohumane", "1.0", "def size(n):\n    return f'{n / 1000:.1f} kB (v1)'\n")
     make_wheel(folder, "gohumane", "2.0", "def size(n):\n    return f'{n / 1000:.1f} kB'\n")
     make_wheel(folder, "gocolors", "0.3", "RED = '#f00'\n")
+    make_wheel(folder, "gonew", "1.0", "V = 1\n")  # 2.0 is published during a test
+    # 16 MiB of zeros in a wheel of a few KiB: more than the workers' file cap below
+    make_wheel(folder, "gobomb", "1.0", "X = 1\n", data={"zeros.bin": bytes(16 << 20)})
     return folder
 
 
@@ -30,7 +33,8 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def suite(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     """`getoperate up` whose workers resolve against `index` only (UV_NO_INDEX: no PyPI)."""
     cache = tmp_path_factory.mktemp("cache")
-    env = {"UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1", "WORKER_CACHE_DIR": str(cache)}
+    env = {"UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1", "WORKER_CACHE_DIR": str(cache),
+           "WORKER_TOOL_FILE_BYTES": str(8 << 20)}
     with running_suite(tmp_path_factory.mktemp("suite"), env=env) as s:
         s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
                                           for w in ws))
@@ -153,3 +157,33 @@ def test_a_dedicated_script_runs_warm_in_its_locked_environment(suite: Suite) ->
     assert [v["result"][:2] for v in views] == [["1.0 kB", "#f00"], ["2.0 kB", "#f00"]]
     assert views[0]["result"][2] == views[1]["result"][2]  # one warm process served both
     worker.stop()
+
+
+def test_a_workspaces_cached_lock_never_decides_anothers_versions(suite: Suite, index: Path
+                                                                  ) -> None:
+    """Inline locks are cached per workspace: wsa's lock of gonew (made while only 1.0 was
+    published) is not what wsb gets once 2.0 is out, and a deploy's dependency job resolves
+    afresh rather than from any cache."""
+    code = "import gonew\n\ndef main():\n    return gonew.V\n"
+    first = suite.api.job(suite.api.submit(code, language="python3", workspace="wsa")["id"])
+    assert first["result"] == 1, first
+    make_wheel(index, "gonew", "2.0", "V = 2\n")
+    other = suite.api.job(suite.api.submit(code, language="python3", workspace="wsb")["id"])
+    assert other["result"] == 2, other
+    again = suite.api.job(suite.api.submit(code, language="python3", workspace="wsa")["id"])
+    assert again["result"] == 1, again  # its own cached lock (LOCK_TTL), not wsb's
+    suite.api.call("PUT", "config", "/scripts/wsa/u/new", {"language": "python3", "content": code})
+    locked = wait_until(lambda: (s := suite.api.call("GET", "config", "/scripts/wsa/u/new"))
+                        ["lock"] and s, "the lock", 60)
+    assert "gonew==2.0" in locked["lock"], locked
+
+
+def test_a_package_that_unpacks_too_large_a_file_is_refused(suite: Suite) -> None:
+    """uv runs on the host with every file it writes capped (WORKER_TOOL_FILE_BYTES): a wheel
+    that unpacks to more fails the job, and leaves no environment behind."""
+    before = _envs(suite)
+    code = "import gobomb\n\ndef main():\n    return gobomb.X\n"
+    view = suite.api.job(suite.api.submit(code, language="python3")["id"])
+    assert view["status"] == "failure", view
+    assert "larger than 8388608 bytes" in view["error"], view["error"]
+    assert _envs(suite) == before

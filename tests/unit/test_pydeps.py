@@ -34,7 +34,8 @@ def test_a_script_that_does_not_parse_needs_nothing_here() -> None:
 
 @pytest.mark.parametrize("bad", [
     "evil @ file:///etc/passwd", "pkg @ https://example.com/x.whl", "-e .", "--index-url=x",
-    "../local", "pkg>=1; os.system('x')", "", "a b",
+    "../local", "pkg>=1; os.system('x')", "", "a b", "secret-1.0-py3-none-any.whl",
+    "x.tar.gz", "x.zip", "pkg\\n-r other.txt", "pkg\\u2003>=1", "pkg>=1\\r",
 ])
 def test_only_plain_requirements_are_accepted(bad: str) -> None:
     code = f'# /// script\n# dependencies = ["{bad}"]\n# ///\n'

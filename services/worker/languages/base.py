@@ -38,12 +38,16 @@ class Launch(msgspec.Struct, kw_only=True):
 
 class Context(msgspec.Struct, kw_only=True):
     """What a language may use to prepare a launch: its runtime, the worker's cache folder
-    (lasting across jobs and restarts: virtual environments, builds), and the worker's log."""
+    (lasting across jobs and restarts: virtual environments, builds), the worker's log, the
+    job's timeout and whether its group has the network."""
 
     runtime: str
     cache: Path
     logger: Logger | None = None
     timeout: float = 300.0
+    # Whether the job's group lets it use the network: tools run on the host for the job (a
+    # resolver, a compiler) then stay offline too.
+    network: bool = True
 
 
 class Language(Protocol):

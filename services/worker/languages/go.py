@@ -10,8 +10,12 @@ no code of the package it builds: there are no build scripts, `go generate` is n
 with cgo off (CGO_ENABLED=0) no C compiler sees `#cgo` directives. GOTOOLCHAIN=local stops a
 `go`/`toolchain` line from downloading and running another toolchain. Modules the script
 imports come through the worker's own GOPROXY (GOFLAGS=-mod=mod resolves them) into GOPATH in
-the cache folder. Builds happen in a scratch folder renamed into place under a file lock
-(pyenv.py's), so workers sharing a cache never run half a binary.
+the cache folder; without one, proxy.golang.org only (never `direct`: an import path the script
+chose must not make the host fetch from any server it names), and for a group with the network
+off, nothing (GOPROXY=off). No go.work is looked for (GOWORK=off). Builds happen in a scratch
+folder renamed into place under a file lock (pyenv.py's), so workers sharing a cache never run
+half a binary, and they are bounded like every host tool (services/worker/hosttools.py: capped
+files, a time limit, the builds' folder pruned to its size).
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
+from services.worker import hosttools
 from services.worker.languages import gowrap
 from services.worker.languages.base import Context, Launch, PrepareFailed, args_json
-from services.worker.pyenv import _Guard as Guard  # one builder per name, across workers too
+from services.worker.pyenv import Guard  # one builder per name, across workers too
 from shared.jobs import Job
 
 DEBIAN_GO = "/usr/lib/go/bin/go"
@@ -85,11 +89,14 @@ def find_go() -> str | None:
     return None
 
 
-def _build_env(cache: Path) -> dict[str, str]:
+def _build_env(cache: Path, network: bool) -> dict[str, str]:
     env = {k: os.environ[k] for k in _PASSED if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("GOPROXY", "https://proxy.golang.org")
+    if not network:
+        env["GOPROXY"] = "off"
     env.update(CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=mod", GOENV="off",
-               GOCACHE=str(cache / "build-cache"), GOPATH=str(cache / "gopath"))
+               GOWORK="off", GOCACHE=str(cache / "build-cache"), GOPATH=str(cache / "gopath"))
     return env
 
 
@@ -100,7 +107,7 @@ class Builds:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def binary(self, go: str, code: str, timeout: float) -> Path:
+    async def binary(self, go: str, code: str, timeout: float, network: bool = True) -> Path:
         """The binary that runs `code`, compiled once; PrepareFailed with the compiler's
         message when it does not compile."""
         version = (await asyncio.to_thread(go_env, go)).get("GOVERSION", "")
@@ -111,6 +118,7 @@ class Builds:
         key = hashlib.sha256(json.dumps([version, files], sort_keys=True).encode()).hexdigest()
         final = self.root / "builds" / key
         if (final / "main").is_file():
+            hosttools.touch(final)
             return final / "main"
         async with Guard(self._locks.setdefault(key, asyncio.Lock()),
                          self.root / "guards" / key):
@@ -122,37 +130,32 @@ class Builds:
                 for name, text in files.items():
                     (scratch / "src" / name).parent.mkdir(parents=True, exist_ok=True)
                     (scratch / "src" / name).write_text(text)
-                await self._compile(go, scratch, timeout)
+                await self._compile(go, scratch, timeout, network)
                 shutil.rmtree(scratch / "src")
+                try:
+                    hosttools.check_entry(scratch, "the compiled binary")
+                except hosttools.ToolFailed as exc:
+                    raise PrepareFailed(f"the Go script did not compile: {exc}") from None
+                hosttools.touch(scratch)
                 os.chmod(scratch, 0o755)  # the job's uid runs it
                 os.chmod(scratch / "main", 0o755)
                 shutil.rmtree(final, ignore_errors=True)  # an unfinished one
                 os.rename(scratch, final)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            hosttools.prune(final.parent, keep=final)
             return final / "main"
 
-    async def _compile(self, go: str, scratch: Path, timeout: float) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            go, "build", "-trimpath", "-o", str(scratch / "main"), ".", cwd=str(scratch / "src"),
-            env=_build_env(self.root), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
+    async def _compile(self, go: str, scratch: Path, timeout: float, network: bool) -> None:
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the compiler and the tools it started
-            except ProcessLookupError:
-                pass
-            await proc.wait()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise PrepareFailed(f"the Go script did not compile within {timeout:g}s") from None
-        if proc.returncode != 0:
-            text = out.decode(errors="replace").replace(str(scratch / "src") + "/", "").strip()
+            await hosttools.run([go, "build", "-trimpath", "-o", str(scratch / "main"), "."],
+                                cwd=scratch / "src", env=_build_env(self.root, network),
+                                timeout=timeout)
+        except hosttools.ToolFailed as exc:
+            text = str(exc).replace(str(scratch / "src") + "/", "").strip()
             short = text if len(text) <= MAX_MESSAGE else "..." + text[-MAX_MESSAGE:]
-            raise PrepareFailed(f"the Go script did not compile:\n{short}", logs=text + "\n")
+            raise PrepareFailed(f"the Go script did not compile:\n{short}", logs=text + "\n"
+                                ) from None
 
 
 @functools.cache
@@ -169,6 +172,7 @@ class Go:
         return find_go()
 
     async def launch(self, job: Job, ctx: Context) -> Launch:
-        exe = await _builds(ctx.cache / "go").binary(ctx.runtime, job.code, ctx.timeout)
+        exe = await _builds(ctx.cache / "go").binary(ctx.runtime, job.code, ctx.timeout,
+                                                     ctx.network)
         return Launch(argv=[str(exe)], ro=(str(exe.parent),),
                       files={"args.json": args_json(job)})

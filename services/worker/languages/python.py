@@ -121,11 +121,16 @@ def _envs(cache: Path) -> PythonEnvs:
     return PythonEnvs(cache)
 
 
-async def lock_for(code: str, ctx: Context) -> tuple[tuple[str, ...], str | None]:
-    """(requirements, their lock) of a script; no lock when it needs nothing."""
+async def lock_for(job: Job, ctx: Context) -> tuple[tuple[str, ...], str | None]:
+    """(requirements, their lock) of a job's script; no lock when it needs nothing. Cached per
+    workspace, except for a dependency job, whose lock is resolved afresh."""
     try:
-        wanted = pydeps.requirements(code)
-        return wanted, (await _envs(ctx.cache).lock(wanted, ctx.timeout) if wanted else None)
+        wanted = pydeps.requirements(job.code)
+        if not wanted:
+            return wanted, None
+        return wanted, await _envs(ctx.cache).lock(
+            wanted, ctx.timeout, scope=job.workspace, fresh=job.kind == "dependency",
+            network=ctx.network)
     except (InvalidInput, ResolveFailed) as exc:
         raise PrepareFailed(f"the script's dependencies could not be resolved: {exc}") from exc
 
@@ -134,11 +139,11 @@ async def interpreter(job: Job, ctx: Context) -> tuple[str, tuple[str, ...]]:
     """The python to run `job` with, and the folder to mount for it (its environment)."""
     lock = job.lock
     if lock is None:
-        _, lock = await lock_for(job.code, ctx)
+        _, lock = await lock_for(job, ctx)
     if not lock:
         return ctx.runtime, ()
     try:
-        env = await _envs(ctx.cache).environment(lock, ctx.timeout)
+        env = await _envs(ctx.cache).environment(lock, ctx.timeout, network=ctx.network)
     except ResolveFailed as exc:
         raise PrepareFailed(f"the script's dependencies could not be installed: {exc}") from exc
     return str(env / "bin" / "python"), (str(env),)
@@ -163,5 +168,5 @@ class Python:
 
     async def resolve(self, job: Job, ctx: Context) -> dict[str, object]:
         """A dependency job: the lock of the script in `job.code` (its result)."""
-        wanted, lock = await lock_for(job.code, ctx)
+        wanted, lock = await lock_for(job, ctx)
         return {"requirements": list(wanted), "lock": lock}
