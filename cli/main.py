@@ -337,7 +337,14 @@ def cmd_tags(ns: argparse.Namespace) -> int:
         body: dict[str, Any] = {"spec": ns.spec}
         if ns.reason:
             body["reason"] = ns.reason
+        if ns.replace:
+            body["replace"] = True
+        before = {t["tag"]: t["spec"] for t in call("GET", f"{ep.config_url}/tags", token)}
         answer = call("POST", f"{ep.config_url}/tags", token, body)
+        tag = ns.spec.split("(")[0].strip()
+        if answer.get("seq") and tag in before and not ns.json:
+            print(f"{tag}: restriction changed from {before[tag]} to "
+                  f"{(answer.get('item') or {}).get('spec', ns.spec)}")
     else:
         answer = call("DELETE", f"{ep.config_url}/tags/{urllib.parse.quote(ns.tag, safe='')}", token)
     return _print(answer, ns.json, lambda a: print(
@@ -631,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print JSON instead of text")
     t = tsub.add_parser("add", parents=[common], help="TAG, TAG(ws1+ws2) or TAG(^ws1^ws2)")
     t.add_argument("spec")
+    t.add_argument("--replace", action="store_true",
+                   help="change the restriction of a tag that is already assignable (refused"
+                        " without it)")
     t.add_argument("--reason", help="recorded in the event log")
     t.add_argument("--json", action="store_true", help="print JSON instead of text")
     t = tsub.add_parser("remove", parents=[common], help="make a tag no longer assignable")

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 from shared.events import (
     AssignableTagRemoved,
     AssignableTagSet,
@@ -36,7 +36,7 @@ from shared.events import (
     TokenRevoked,
 )
 from shared.tags import (
-    PRESETS, parse_tag_spec, target_tag, validate_group_name, validate_path, validate_tag,
+    PRESETS, WORKSPACE_REF, format_tag_spec, parse_tag_spec, target_tag, validate_group_name, validate_path, validate_tag,
     validate_tags, validate_workspace,
 )
 
@@ -401,6 +401,19 @@ def _check_language(language: object, field: str = "language") -> str:
     return language
 
 
+def _check_deploy_tag(state: ConfigState, workspace: str, tag: str | None, field: str) -> None:
+    """A deployed tag closed to its own workspace would only ever be refused at run: refuse it
+    at deploy (docs/tags.md). A tag holding `$args[...]` is known only at run, checked then."""
+    if not tag or "$args[" in tag:
+        return
+    from shared.tagaccess import closed_reason  # tagaccess reads this module's state types
+
+    filled = tag.replace(WORKSPACE_REF, workspace)
+    why = closed_reason(state, filled, workspace)
+    if why is not None:
+        raise Forbidden(f"{field}: {why}: its runs would all be refused", field=field)
+
+
 def deploy_script(
     state: ConfigState, workspace: str, path: str, *, language: str, content: str,
     tag: str | None = None, expected_version: int | None = None, timeout: float | None = None,
@@ -412,9 +425,10 @@ def deploy_script(
     validate_path(path)
     old = state.scripts.get(key(workspace, path))
     _check_version(old.version if old else 0, expected_version, f"script {workspace}/{path}")
+    tag = validate_tag(tag) if tag else None
+    _check_deploy_tag(state, workspace, tag, "tag")
     return [ScriptDeployed(workspace=workspace, path=path, language=_check_language(language),
-                           content=_check_code(content, "content"),
-                           tag=validate_tag(tag) if tag else None, timeout=timeout)]
+                           content=_check_code(content, "content"), tag=tag, timeout=timeout)]
 
 
 def record_lock(
@@ -462,17 +476,28 @@ def deploy_flow(
             _check_code(step.content, f"{field}.content")
         if step.tag:
             validate_tag(step.tag, field=f"{field}.tag")
+            _check_deploy_tag(state, workspace, step.tag, f"{field}.tag")
+    if tag:
+        _check_deploy_tag(state, workspace, validate_tag(tag), "tag")
     return [FlowDeployed(workspace=workspace, path=path, steps=tuple(steps),
                          tag=validate_tag(tag) if tag else None,
                          preserve_step_tags=preserve_step_tags)]
 
 
-def set_assignable_tag(state: ConfigState, spec: str) -> list[ConfigEvent]:
-    """Add (or change the restriction of) an assignable custom tag from `gpu(ws1+ws2)` syntax."""
+def set_assignable_tag(state: ConfigState, spec: str, replace: bool = False
+                       ) -> list[ConfigEvent]:
+    """Add an assignable custom tag from `gpu(ws1+ws2)` syntax. Changing the restriction of one
+    that exists needs `replace`: `tags add gpu` after `gpu(ws1+ws2)` would otherwise open a
+    restricted tag to every workspace by accident."""
     tag, only, exclude = parse_tag_spec(spec)
     current = state.assignable.get(tag)
     if current is not None and (current.only, current.exclude) == (only, exclude):
         return []
+    if current is not None and not replace:
+        was = format_tag_spec(tag, current.only, current.exclude)
+        now = format_tag_spec(tag, only, exclude)
+        raise Conflict(f"tag {tag!r} is already assignable as {was!r}; adding {now!r} would"
+                       " change who may use it: say replace to do that", field="spec")
     return [AssignableTagSet(tag=tag, only=only, exclude=exclude)]
 
 

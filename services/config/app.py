@@ -93,10 +93,12 @@ class FlowDeploy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class TagAdd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /tags`: `gpu`, `gpu(ws1+ws2)` or `gpu(^ws1^ws2)`."""
+    """`POST /tags`: `gpu`, `gpu(ws1+ws2)` or `gpu(^ws1^ws2)`. Changing the restriction of a tag
+    that is already assignable needs `replace: true` (else 409)."""
 
     spec: str
     reason: str | None = None
+    replace: bool = False
 
 
 class GroupReset(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -297,7 +299,7 @@ async def add_tag(request: web.Request) -> web.Response:
     svc = request.app[SERVICE_KEY]
     body = await read_body(request, TagAdd)
     records, published = await svc.execute_and_publish(
-        st.set_assignable_tag, body.spec, actor=actor, reason=body.reason)
+        st.set_assignable_tag, body.spec, body.replace, actor=actor, reason=body.reason)
     tag = body.spec.split("(")[0].strip()
     item = svc.state.assignable.get(tag)
     return _deployed_answer(records, published, _tag_view(item) if item else None)

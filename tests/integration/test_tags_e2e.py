@@ -121,6 +121,20 @@ def test_restricted_tags_refuse_other_workspaces_even_for_admins(extra_workers: 
         s.api.submit("echo x", tag="$args[t]", workspace="ws3", args={"t": "gpu-r"})
     bad = cli("tags", "add", "gpu(ws1^ws2)", cwd=root)
     assert bad.returncode == 2 and "spec" in bad.stderr
+    # Re-adding without the restriction would open it to everyone: refused unless asked for.
+    for spec in ("gpu-r", " gpu-r", "gpu-r(ws1)"):
+        again = cli("tags", "add", spec, cwd=root)
+        assert again.returncode == 1 and "already assignable as 'gpu-r(ws1+ws2)'" in again.stderr
+    changed = cli("tags", "add", "gpu-r(ws1)", "--replace", cwd=root)
+    assert changed.returncode == 0, changed.stderr
+    assert "restriction changed from gpu-r(ws1+ws2) to gpu-r(ws1)" in changed.stdout
+    # A script deployed with a tag its workspace may not use is refused at deploy.
+    with pytest.raises(CliError, match="not available to workspace 'ws2'"):
+        s.api.call("PUT", "config", "/scripts/ws2/f/closed",
+                   {"language": "bash", "content": "echo", "tag": "gpu-r"})
+    with pytest.raises(CliError, match=r"steps\[0\]\.tag"):
+        s.api.call("PUT", "config", "/flows/ws2/f/closed",
+                   {"steps": [{"language": "bash", "content": "echo", "tag": "gpu-r"}]})
     assert cli("tags", "remove", "cpu-x", cwd=root).returncode == 0
     assert s.api.submit("echo x", tag="cpu-x", workspace="ws3")["tag"] == "cpu-x"
 

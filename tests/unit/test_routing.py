@@ -482,8 +482,10 @@ def test_restriction_property(tag: str, mode: str, names: list[str], workspace: 
 
 
 def test_restriction_binds_deployed_and_dedicated_tags() -> None:
-    log = Log().assignable("gpu(prod)").script(SCRIPT, tag="gpu")
+    """A restriction added after the deploy closes the deployed tags at run."""
+    log = Log().script(SCRIPT, tag="gpu")
     log.flow(FLOW, [FlowStep(language="bash", content="", tag="gpu")], preserve=True)
+    log.assignable("gpu(prod)")
     for path in (SCRIPT, FLOW):
         for admin in (True, False):
             err = forbidden(route, log.state, workspace=WS, args={}, path=path, admin=admin)
@@ -492,6 +494,35 @@ def test_restriction_binds_deployed_and_dedicated_tags() -> None:
     log = Log().script(SCRIPT).dedicate("pinned", f"{WS}:{SCRIPT}")
     log.assignable(f"{DED_SCRIPT}(^{WS})")
     forbidden(route, log.state, workspace=WS, args={}, path=SCRIPT, admin=True)
+
+
+def test_deploying_with_a_tag_closed_to_the_workspace_is_refused() -> None:
+    log = Log().assignable("gpu(prod)", "pool-$workspace(^dev)")
+    for tag in ("gpu", "pool-$workspace"):
+        err = forbidden(deploy_script, log.state, WS, SCRIPT, language="bash", content="", tag=tag)
+        assert err.field == "tag" and WS in err.message
+        step = FlowStep(language="bash", content="", tag=tag)
+        err = forbidden(deploy_flow, log.state, WS, FLOW, steps=[step])
+        assert err.field == "steps[0].tag"
+        err = forbidden(deploy_flow, log.state, WS, FLOW, steps=[FlowStep(script=None,
+                        language="bash", content="")], tag=tag)
+        assert err.field == "tag"
+    # open to prod; and a tag known only at run ($args) is checked then
+    assert deploy_script(log.state, "prod", SCRIPT, language="bash", content="", tag="gpu")
+    assert deploy_script(log.state, WS, SCRIPT, language="bash", content="", tag="$args[t]")
+
+
+def test_an_assignable_tags_restriction_changes_only_when_asked() -> None:
+    from shared.errors import Conflict
+
+    log = Log().assignable("gpu(ws1+ws2)")
+    assert set_assignable_tag(log.state, " gpu(ws1+ws2)") == []  # the same: nothing
+    for spec in ("gpu", " gpu", "gpu(^ws3)"):
+        with pytest.raises(Conflict) as refused:
+            set_assignable_tag(log.state, spec)
+        assert refused.value.field == "spec" and "gpu(ws1+ws2)" in refused.value.message
+    [event] = set_assignable_tag(log.state, "gpu", replace=True)
+    assert (event.only, event.exclude) == ((), ())
 
 
 def test_removing_an_assignable_tag_closes_it_to_tokens() -> None:
@@ -615,9 +646,10 @@ def test_open_workspace_template_serves_every_workspace(workspace: str) -> None:
 
 @pytest.mark.parametrize("admin", [True, False], ids=["admin", "token"])
 def test_restricted_workspace_template(admin: bool) -> None:
-    log = Log().assignable("normal-$workspace(dev+prod)")
-    for ws in ("dev", "prod", "staging"):
+    log = Log()
+    for ws in ("dev", "prod", "staging"):  # deployed before the restriction: checked at run
         log.script(SCRIPT, workspace=ws, tag="normal-$workspace")
+    log.assignable("normal-$workspace(dev+prod)")
     for ws in ("dev", "prod"):
         assert route(log.state, workspace=ws, args={}, override="normal-$workspace",
                      language="bash", code="", admin=admin).tag == f"normal-{ws}"
@@ -652,8 +684,8 @@ def test_token_cannot_reach_another_workspaces_instance() -> None:
 def test_restricted_workspace_template_covers_its_instances_however_reached(
     override: str | None, args: dict[str, Any], admin: bool, deployed_tag: str | None
 ) -> None:
-    state = Log().assignable("normal-$workspace(dev+prod)").script(
-        SCRIPT, workspace="staging", tag=deployed_tag).state
+    state = Log().script(SCRIPT, workspace="staging", tag=deployed_tag).assignable(
+        "normal-$workspace(dev+prod)").state  # deployed before the restriction: run-time check
     err = forbidden(route, state, workspace="staging", args=args, override=override, path=SCRIPT,
                     admin=admin)
     assert "normal-staging" in err.message and "staging" in err.message
