@@ -224,12 +224,11 @@ class RouterService:
         routing.check_timeout(self.config, route, sub.timeout, index)
         groups = list(index.get(tag, ()))
         listening = self.workers.serving(tag)
-        live = [w for w in listening if _can_run(w, route.language)]
+        live = [w for w in listening if _unable(w, route.language) is None]
         warning = None
         if not live and listening:
-            runs = sorted({r for w in listening for r in w.runtimes})
-            warning = (f"{len(listening)} live worker(s) listen to tag {tag!r} but none can run"
-                       f" {route.language!r} (they run {', '.join(runs)}: docs/languages.md)")
+            warning = (f"{len(listening)} live worker(s) listen to tag {tag!r} but "
+                       + _why_none(listening, route.language))
         elif not live:
             where = (f"groups configured with it: {', '.join(groups)}" if groups
                      else "no worker group is configured with it")
@@ -617,10 +616,40 @@ class RouterService:
                                workspace=None if who.admin else who.workspace, **ask)
 
 
-def _can_run(worker: WorkerStatus, language: str) -> bool:
-    """Whether a live worker has the job's runtime (its heartbeat's `runtimes`). A flow needs
-    none (its worker only orchestrates); a worker that reports no runtimes predates the field."""
-    return language == "flow" or not worker.runtimes or language in worker.runtimes
+def _unable(worker: WorkerStatus, language: str) -> str | None:
+    """Why a ready worker listening to the job's tag cannot take it now (None: it can). Its
+    init script must have succeeded (or there is none: until then it takes no job), and it
+    must have the job's runtime (its heartbeat's `runtimes`; a flow needs none, its worker only
+    orchestrates; a worker that reports no runtimes predates the field)."""
+    if worker.init_status == "running":
+        return "init_running"
+    if worker.init_status == "failed":
+        return "init_failed"
+    if language != "flow" and worker.runtimes and language not in worker.runtimes:
+        return "runtime"
+    return None
+
+
+def _why_none(listening: list[WorkerStatus], language: str) -> str:
+    """The warning's reasons, for workers that listen to a tag but cannot take the job."""
+    reasons = [(_unable(w, language), w) for w in listening]
+    parts = []
+    runtime = [w for why, w in reasons if why == "runtime"]
+    if runtime:
+        runs = sorted({r for w in runtime for r in w.runtimes})
+        parts.append(f"none can run {language!r} (they run {', '.join(runs)}:"
+                     " docs/languages.md)" if len(runtime) == len(listening) else
+                     f"{len(runtime)} cannot run {language!r} (docs/languages.md)")
+    running = [w for why, w in reasons if why == "init_running"]
+    if running:
+        parts.append(f"{len(running)} still running its init script")
+    failed = [w for why, w in reasons if why == "init_failed"]
+    if failed:
+        error = (failed[0].init_error or "").strip().splitlines()
+        parts.append(f"{len(failed)} whose init script failed"
+                     + (f" ({error[-1][:200]})" if error else "")
+                     + ": fix the group's init script (`getoperate group set --init-script`)")
+    return "; ".join(parts)
 
 
 def _refused(view: JobView) -> bool:

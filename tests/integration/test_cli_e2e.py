@@ -140,3 +140,26 @@ def test_workers_lists_live_workers(suite: Suite) -> None:
         assert {"id", "group", "tags", "config_version", "current_job", "heartbeat_at"} <= set(w)
     table = cli("workers", cwd=suite.root).stdout
     assert table.splitlines()[0].split()[:3] == ["WORKER", "GROUP", "STATE"]
+
+
+def test_workers_whose_init_script_runs_or_failed_are_not_counted_live(suite: Suite) -> None:
+    """A ready worker cannot take jobs until its init script succeeds: it is not a live worker
+    for the submission's answer, the warning says why, and --require-worker refuses (issue 16,
+    point 2)."""
+    suite.api.set_group("initfail", tags=["t-initfail"],
+                        init_script="echo 'no such driver' >&2; exit 3")
+    suite.api.set_group("initslow", tags=["t-initslow"], init_script="sleep 60")
+    failing = suite.worker("initfail", WORKER_GROUP="initfail")
+    slow = suite.worker("initslow", WORKER_GROUP="initslow")
+    try:
+        suite.api.wait_workers(lambda ws: {(w["group"], w["init_status"]) for w in ws}
+                               >= {("initfail", "failed"), ("initslow", "running")}, timeout=60)
+        answer = suite.api.submit("echo x", tag="t-initfail")
+        assert answer["live_workers"] == 0, answer
+        assert "1 whose init script failed (no such driver)" in answer["warning"], answer
+        refused = cli("run", "--language", "bash", "--code", "echo x", "--tag", "t-initslow",
+                      "--require-worker", cwd=suite.root)
+        assert refused.returncode == 1 and "1 still running its init script" in refused.stderr
+    finally:
+        failing.stop()
+        slow.stop()
