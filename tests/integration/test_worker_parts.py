@@ -162,6 +162,7 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
     await d.set_tags([TAG], {})
     d.start()
     await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
+    await eventually(lambda: not d.pulls.active[TAG].unsettled)  # the first sweep's pull ended
     async with slots.hold():  # a job runs: no slot is free
         # A request whose answer did not come within SETTLE (a NATS hiccup), and comes now.
         d.pulls.active[TAG]._due_until = time.monotonic() + 30
@@ -189,6 +190,9 @@ async def test_a_job_arriving_late_for_a_tag_let_go_is_returned(
     d.start()
     await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
     pull = d.pulls.active[TAG]
+    # The dispatcher's first sweep pulls the tag: let that request end first, or its answer
+    # (or its giving up) would race the one this test stages on the same inbox.
+    await eventually(lambda: not pull.unsettled and not pull.pending)
     pull._due_until = time.monotonic() + 30  # its last answer has not come yet...
     await d.set_tags([], {})  # ...when a hot reload lets the tag go
     assert d.pulls.retired == {TAG: pull}
