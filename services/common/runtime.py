@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
 import stat
 import tempfile
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
@@ -105,6 +106,42 @@ async def serve_http(app: web.Application, host: str, port: int, logger: Logger)
     await site.start()
     logger.info("http_listening", url=f"http://{host}:{port}")
     return runner
+
+
+def nats_url() -> str:
+    """NATS_URL, else the one `getoperate up` wrote in the data dir's endpoints.json (a service
+    started in its folder joins that deployment, as every CLI command does), else the default."""
+    if os.environ.get("NATS_URL"):
+        return os.environ["NATS_URL"]
+    try:
+        saved = json.loads((data_dir() / "endpoints.json").read_text())
+        if isinstance(saved, dict) and isinstance(saved.get("nats_url"), str):
+            return saved["nats_url"]
+    except (OSError, ValueError):
+        pass
+    return "nats://127.0.0.1:4222"
+
+
+T = TypeVar("T")
+
+
+async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None when a stop signal came first (then `work` is cancelled): a
+    service still connecting to an unreachable NATS must stop on SIGTERM at once."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # cancelled as asked, or it failed meanwhile: it is stopping either way
+        pass
+    return None
 
 
 def run(main: Callable[[], Awaitable[None]]) -> int:

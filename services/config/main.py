@@ -5,7 +5,15 @@ from __future__ import annotations
 from services.common import bus, natsauth
 from services.common.http import TokenCheck
 from services.common.log import Logger
-from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
+from services.common.runtime import (
+    admin_token,
+    data_dir,
+    env,
+    nats_url,
+    run,
+    serve_http,
+    stop_on_signals,
+)
 from services.config.app import create_app
 from services.config.authority import Authority
 from services.config.locks import Locker
@@ -18,7 +26,7 @@ async def amain() -> None:
     token = admin_token(directory, create=True)
     assert token is not None
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-config", logger, role="config")
+    nc = await bus.connect(nats_url(), "getoperate-config", logger, role="config")
     service = ConfigService(directory, nc, logger)
     await service.start()
     secret = natsauth.load_secret(directory)

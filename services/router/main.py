@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from services.common import bus
 from services.common.log import Logger
-from services.common.runtime import admin_token, data_dir, env, run, serve_http, stop_on_signals
+from services.common.runtime import (
+    admin_token,
+    data_dir,
+    env,
+    nats_url,
+    run,
+    serve_http,
+    stop_on_signals,
+)
 from services.common.signingkeys import load_verifier
 from services.router.app import create_app
 from services.router.keys import router_key
@@ -18,7 +26,7 @@ async def amain() -> None:
     verifier = load_verifier()  # before anything else: no public key, no start
     key = router_key(data_dir())  # a bad GETOPERATE_ROUTER_KEY stops us before NATS
     stop = stop_on_signals()
-    nc = await bus.connect(env("NATS_URL", bus.DEFAULT_NATS_URL), "getoperate-router", logger, role="router")
+    nc = await bus.connect(nats_url(), "getoperate-router", logger, role="router")
     service = RouterService(nc, logger, admin_token=token, key=key,
                             require_worker=env("ROUTER_REQUIRE_WORKER", "0") in ("1", "true", "yes"))
     await service.start(verifier)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 
 from aiohttp import web
-
 from nats.aio.client import Client as NATS
 
-from services.common import bus, natsauth
+from services.common import bus, natsauth, openapi
 from services.common.log import Logger
-from services.common import openapi
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
-from services.common.runtime import env, run, serve_http, stop_on_signals
+from services.common.runtime import env, nats_url, run, serve_http, stop_on_signals, until_stopped
 from services.worker import sandbox
 from services.worker.settings import settings_from_env
 from services.worker.worker import Worker, default_id
@@ -33,13 +32,10 @@ async def amain() -> None:
     guard_secrets()
     logger = Logger("worker")
     stop = stop_on_signals()
-    url = env("NATS_URL", bus.DEFAULT_NATS_URL)
+    url = nats_url()
     worker_id = os.environ.get("WORKER_ID") or default_id(settings.group)
     credentials = natsauth.credentials_for(settings.nats_user)  # read once: dropped below
-    nc = await bus.connect(url, "getoperate-worker", logger, role=settings.nats_user,
-                           credentials=credentials,
-                           declare={"worker": worker_id, "part": "control"})
-    drop_secrets()
+    opened: list[NATS] = []
 
     async def connect_jobs(seq: int) -> NATS:
         """The connection that pulls and acks jobs, with the rights of the tags of config
@@ -48,19 +44,47 @@ async def amain() -> None:
                                  credentials=credentials, attempts=20,
                                  declare={"worker": worker_id, "part": "jobs", "seq": str(seq)})
 
-    # Without credentials NATS has no auth (and no authority to create the tag consumers).
-    worker = Worker(nc, logger, settings, worker_id=worker_id, connect_jobs=connect_jobs,
-                    ensure_consumers=credentials[0] is None)
-    runner = None
-    if os.environ.get("METRICS_PORT"):  # before start(): probes answer "not ready" while joining
-        runner = await serve_http(probe_app(worker), env("HTTP_HOST", "127.0.0.1"),
-                                  int(env("METRICS_PORT", "0")), logger)
-    await worker.start()
+    async def starting() -> tuple[Worker, web.AppRunner | None]:
+        nc = await bus.connect(url, "getoperate-worker", logger, role=settings.nats_user,
+                               credentials=credentials,
+                               declare={"worker": worker_id, "part": "control"})
+        opened.append(nc)
+        drop_secrets()
+        # Without credentials NATS has no auth (and no authority to create the tag consumers).
+        worker = Worker(nc, logger, settings, worker_id=worker_id, connect_jobs=connect_jobs,
+                        ensure_consumers=credentials[0] is None)
+        runner = None
+        if os.environ.get("METRICS_PORT"):  # before start(): probes say "not ready" meanwhile
+            runner = await serve_http(probe_app(worker), env("HTTP_HOST", "127.0.0.1"),
+                                      int(env("METRICS_PORT", "0")), logger)
+        try:
+            await worker.start()
+        except BaseException:
+            worker.executor.stop()  # no init daemon or warm process may outlive a cut start
+            raise
+        return worker, runner
+
+    logger.info("worker_starting", nats=url, group=settings.group, worker=worker_id)
+    started = await until_stopped(stop, starting())
+    if started is None:  # a signal while NATS was unreachable, or while joining
+        logger.info("stopped_before_ready", nats=url)
+        for nc in opened:
+            await _closed(nc)
+        return
+    worker, runner = started
     await stop.wait()
     await worker.stop()
     if runner is not None:
         await runner.cleanup()
-    await nc.drain()
+    await _closed(opened[0], drain=True)
+
+
+async def _closed(nc: NATS, drain: bool = False) -> None:
+    """Close a connection without waiting long for a NATS that may be gone."""
+    try:
+        await asyncio.wait_for(nc.drain() if drain else nc.close(), 5)
+    except Exception:  # a timeout, or gone already: nothing left to flush
+        pass
 
 
 # Read once at start; no job may find them in the worker's environment afterwards.

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
+from pathlib import Path
 
+import pytest
+
+from services.common.natsserver import free_port
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli
+from tests.integration.harness import Deployment, Proc, cli
 
 
 def test_run_bash_with_wait_shows_output_tag_group_and_worker(suite: Suite) -> None:
@@ -163,3 +169,54 @@ def test_workers_whose_init_script_runs_or_failed_are_not_counted_live(suite: Su
     finally:
         failing.stop()
         slow.stop()
+
+
+def test_a_worker_started_in_ups_folder_joins_that_deployment(suite: Suite) -> None:
+    """No NATS_URL: the worker reads the folder's endpoints.json and credentials, as every other
+    command does (issue 16, point 1)."""
+    suite.api.set_group("infolder", tags=["t-infolder"])
+    worker = Proc(["worker"], cwd=suite.root, env={"WORKER_GROUP": "infolder"},
+                  name="worker-infolder")
+    try:
+        worker.wait_for('"worker_ready"', timeout=60)
+        assert f"127.0.0.1:{suite.base}" in worker.output()
+        view = suite.api.job(suite.api.submit("echo joined", tag="t-infolder")["id"])
+        assert view["result"] == "joined" and view["group"] == "infolder", view
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_that_cannot_reach_nats_stops_on_a_signal(suite: Suite, sig: int) -> None:
+    """While NATS is unreachable the worker keeps trying, and a signal stops it within seconds,
+    with no traceback."""
+    port = free_port()  # nothing listens there
+    worker = Proc(["worker"], cwd=suite.root, env={"NATS_URL": f"nats://127.0.0.1:{port}",
+                                                   "WORKER_GROUP": "default"},
+                  name=f"worker-unreachable-{int(sig)}")
+    worker.wait_for('"nats_error"', timeout=30)  # trying, and failing
+    started = time.monotonic()
+    code = worker.stop(sig)  # SIGKILL only if it did not stop within 20 s
+    out = worker.output()
+    assert code == 0 and "Traceback" not in out, out
+    assert '"stopped_before_ready"' in out
+    print(f"stopped {time.monotonic() - started:.2f}s after {signal.Signals(sig).name}")
+
+
+def test_a_running_worker_whose_nats_went_away_stops_on_sigterm(tmp_path: Path) -> None:
+    """NATS stops under a ready worker: SIGTERM still ends it within a few seconds (its goodbye
+    to the heartbeat bucket cannot be said, and is not waited for), with no traceback."""
+    d = Deployment(tmp_path, routers=1)
+    try:
+        d.start(group="default")
+        worker = d.start_worker("default")
+        d.nats.stop()
+        worker.wait_for('"nats_disconnected"', timeout=30)
+        started = time.monotonic()
+        code = worker.stop(signal.SIGTERM)
+        took = time.monotonic() - started
+        out = worker.output()
+        assert code == 0 and "Traceback" not in out, out  # 0: it stopped itself (no SIGKILL)
+        print(f"stopped {took:.2f}s after SIGTERM with NATS gone")
+    finally:
+        d.stop()
