@@ -7,8 +7,11 @@ sessionStorage), then polls `GET /ui/overview` every 2 s. That endpoint needs th
 each marked `stale` while it has not applied its group's latest version), waiting jobs per tag,
 and the newest config events. Groups carry their limits (set and effective), sandbox and
 network; workers their sandbox, network and `sandbox_note`, and the page warns in a banner while
-any live worker runs jobs without a sandbox. Editing a group's tags from the page is a plain
-`PUT /groups/{name}`.
+any live worker runs jobs without a sandbox. It also carries the assignable tags and the tag
+presets of the reset buttons, so the page can say what a reset removes before it asks. Every
+change the page makes is a plain call of the config API (`PUT /groups/{name}`,
+`POST /groups/{name}/reset`, `DELETE /groups/{name}`, `POST /tags`, `DELETE /tags/{tag}`), read
+back with `GET /events` and `GET /diff`: the page has no write path of its own.
 
 Every piece of data is put in the page with `textContent`/text nodes, never parsed as HTML, and the
 document is served with a Content-Security-Policy allowing only its own inline style and script
@@ -35,6 +38,7 @@ from shared.events import event_type
 from shared.history import summarize
 from shared.isolation import GroupView, group_view
 from shared.jobs import WorkerStatus
+from shared.tags import PRESETS, format_tag_spec
 
 RECENT_EVENTS = 20
 QUEUE_READ_TIMEOUT = 2.0
@@ -75,7 +79,19 @@ class QueueView(msgspec.Struct, kw_only=True):
     waiting: int
     running: int
     groups: list[str]
-    live_workers: int
+    live_workers: int  # ready, and not held back by a failed init script
+    assignable: bool = False  # made assignable (`POST /tags`): users may pick it for scripts
+    init_failed: int = 0  # live workers listening to it whose init script failed (they take nothing)
+
+
+class AssignableView(msgspec.Struct, kw_only=True):
+    """An assignable tag as `GET /tags` answers an admin: `spec` in the `POST /tags` syntax."""
+
+    tag: str
+    only: list[str]
+    exclude: list[str]
+    spec: str
+    restricted: bool
 
 
 class EventView(msgspec.Struct, kw_only=True):
@@ -98,6 +114,9 @@ class Overview(msgspec.Struct, kw_only=True):
     queues: list[QueueView]
     events: list[EventView]
     problems: list[str]
+    assignable: list[AssignableView] = msgspec.field(default_factory=list)
+    # the tags each reset button sets: "default" (all minus native), "native", "all"
+    presets: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class _Live:
@@ -160,12 +179,20 @@ async def overview(request: web.Request) -> web.Response:
     except (TimeoutError, nats_errors.Error) as exc:
         problems.append(f"queue counts unavailable: {str(exc) or type(exc).__name__}")
     by_tag = st.groups_by_tag(state)
-    queues = [
-        QueueView(tag=tag, waiting=counts.get(tag, {}).get("waiting", 0),
-                  running=counts.get(tag, {}).get("running", 0), groups=list(by_tag.get(tag, ())),
-                  live_workers=len(live.serving(tag)) if live else 0)
-        for tag in set(counts) | set(by_tag)
-    ]
+    # Every tag someone may wait on: with jobs, configured in a group, assignable, or served by a
+    # live worker (WORKER_TAGS workers have tags no group names).
+    served = {t for w in workers for t in w.tags}
+    # A template (`normal-$workspace`, `$args[x]`) is resolved per job: nobody waits on it as such.
+    assignable = {t for t in state.assignable if "$" not in t}
+    queues = []
+    for tag in set(counts) | set(by_tag) | assignable | served:
+        listening = live.serving(tag) if live else []
+        failed = sum(1 for w in listening if w.init_status == "failed")
+        queues.append(QueueView(
+            tag=tag, waiting=counts.get(tag, {}).get("waiting", 0),
+            running=counts.get(tag, {}).get("running", 0), groups=list(by_tag.get(tag, ())),
+            live_workers=len(listening) - failed, assignable=tag in state.assignable,
+            init_failed=failed))
     queues.sort(key=lambda q: (q.waiting == 0 and q.running == 0, q.tag))
 
     records = svc.log.query(since_seq=max(0, state.seq - RECENT_EVENTS), limit=RECENT_EVENTS)
@@ -178,7 +205,15 @@ async def overview(request: web.Request) -> web.Response:
         groups=[group_view(g) for g in sorted(state.groups.values(), key=lambda g: g.name)],
         workers=workers,
         queues=queues, events=events, problems=problems,
+        assignable=[_assignable_view(t) for _, t in sorted(state.assignable.items())],
+        presets={name: list(tags) for name, tags in PRESETS.items()},
     ))
+
+
+def _assignable_view(t: st.AssignableTag) -> AssignableView:
+    return AssignableView(tag=t.tag, only=list(t.only), exclude=list(t.exclude),
+                          spec=format_tag_spec(t.tag, t.only, t.exclude),
+                          restricted=bool(t.only or t.exclude))
 
 
 async def _stop_live(app: web.Application) -> None:

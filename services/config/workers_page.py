@@ -1,5 +1,7 @@
 """The Workers page itself: one HTML document with its inline style and script, and the
 Content-Security-Policy that allows exactly those (by SHA-256) and requests to its own origin.
+This module holds the markup, the style and the read-only half of the script (token, polling,
+tables); services/config/workers_page_manage.py the half that changes things (forms, dialogs).
 Kept apart from the endpoint code (services/config/dashboard.py) because it is markup, not logic;
 as Python constants it ships in every install, editable or not, with no package data to declare.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+
+from services.config.workers_page_manage import MANAGE_JS
 
 
 def _csp_hash(text: str) -> str:
@@ -27,7 +31,7 @@ h1 { font-size:18px; margin:0; font-weight:650; }
 h1 small { color:var(--muted); font-weight:400; margin-left:6px; }
 h2 { font-size:15px; margin:0 0 10px; font-weight:650; }
 h2 .note { font-weight:400; color:var(--muted); font-size:12px; margin-left:8px; }
-main { max-width:1280px; margin:0 auto; padding:16px 24px 40px; }
+main { max-width:1440px; margin:0 auto; padding:16px 24px 40px; }
 form.token { display:flex; gap:8px; align-items:center; }
 input[type=password], input[type=text] { font:inherit; padding:5px 8px; border:1px solid #cfd4dc;
   border-radius:6px; min-width:16em; background:#fff; }
@@ -36,7 +40,7 @@ button { font:inherit; padding:5px 12px; border-radius:6px; border:1px solid #cf
 button.primary { background:var(--accent); border-color:var(--accent); color:#fff; }
 button:disabled { opacity:.6; cursor:default; }
 .status { color:var(--muted); font-size:12px; }
-.banner { margin:16px auto 0; max-width:1232px; padding:10px 14px; border-radius:8px;
+.banner { margin:16px auto 0; max-width:1392px; padding:10px 14px; border-radius:8px;
   background:var(--badbg); color:var(--bad); border:1px solid #f5c2bd; }
 .banner.info { background:#eef2ff; color:#2f3f99; border-color:#cdd6fb; }
 .banner.sandbox { background:var(--bad); color:#fff; border-color:var(--bad); font-size:15px; }
@@ -46,7 +50,7 @@ button:disabled { opacity:.6; cursor:default; }
 .intro { max-width:640px; margin:60px auto; background:var(--card); border:1px solid var(--line);
   border-radius:10px; padding:24px 28px; }
 .intro code { background:var(--chip); padding:1px 5px; border-radius:4px; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(150px,1fr)); gap:12px;
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(128px,1fr)); gap:12px;
   margin-bottom:18px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:10px 14px; }
 .card .n { font-size:22px; font-weight:650; }
@@ -86,21 +90,66 @@ form.edit input { flex:1 1 22em; }
 .limits { display:grid; grid-template-columns:auto auto; gap:0 8px; font-size:12px; white-space:nowrap; }
 .limits .set { font-weight:650; }
 .limits .dflt { color:var(--muted); }
-.sandbox-note { max-width:260px; }
+.sandbox-note { max-width:200px; }
+.section-head { display:flex; flex-wrap:wrap; gap:8px; justify-content:space-between; align-items:center;
+  margin-bottom:10px; }
+.section-head h2 { margin:0; }
+td.actions button { display:block; width:100%; padding:3px 9px; margin:0 0 4px; }
+td.tags { min-width:190px; }
+button.danger { color:var(--bad); border-color:#f0b4ae; }
+button.primary.danger { background:var(--bad); border-color:var(--bad); color:#fff; }
+tr.init-failed td { background:#fff6f5; }
+td.runtimes { min-width:140px; max-width:200px; }
+td.init { min-width:170px; }
+code.job-id { display:inline-block; max-width:150px; word-break:break-all; }
+.change { background:var(--okbg); border:1px solid #b7e4c7; color:#14532d; border-radius:8px;
+  padding:8px 12px; margin:0 0 14px; }
+.change.failed { background:var(--badbg); border-color:#f5c2bd; color:var(--bad); }
+.change ul { margin:4px 0 0; padding-left:18px; }
+.change code { background:rgba(255,255,255,.6); padding:0 4px; border-radius:4px; }
+.change .dismiss { float:right; padding:0 8px; font-size:12px; }
+dialog { border:1px solid var(--line); border-radius:12px; padding:0; width:min(720px,94vw);
+  max-height:92vh; color:var(--fg); box-shadow:0 12px 40px rgba(16,24,40,.25); }
+dialog.wide { width:min(1040px,96vw); }
+dialog::backdrop { background:rgba(16,24,40,.45); }
+.dialog-form { padding:18px 22px; display:flex; flex-direction:column; gap:10px; }
+.dialog-form h2 { margin:0; font-size:16px; }
+.dialog-form p { margin:0; }
+.field { display:flex; flex-direction:column; gap:3px; border:none; margin:0; padding:0; }
+.field > label, .field legend { font-weight:600; font-size:13px; }
+.field.inline { flex-direction:row; align-items:center; gap:10px; }
+.hint { color:var(--muted); font-size:12px; font-weight:400; }
+textarea, select { font:inherit; padding:5px 8px; border:1px solid #cfd4dc; border-radius:6px;
+  background:#fff; }
+textarea { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; resize:vertical; }
+.resets { display:flex; flex-wrap:wrap; gap:6px; align-items:center; margin-top:4px; }
+.resets button { font-size:12.5px; padding:3px 9px; }
+.limits-form { display:grid; grid-template-columns:repeat(auto-fit,minmax(120px,1fr)); gap:6px; }
+.limits-form legend { margin-bottom:4px; }
+.limits-form label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); }
+.limits-form input[type=text] { min-width:0; width:100%; }
+label.check { display:flex; gap:4px; align-items:center; font-weight:400; }
+input.short[type=text] { min-width:9em; flex:0 1 11em; }
+.dialog-buttons { display:flex; gap:8px; justify-content:flex-end; }
+#confirm-body { margin:0; padding-left:20px; }
+#confirm-body li { white-space:pre-wrap; word-break:break-word; }
+.diff-lines { margin:6px 0 0; padding:6px 10px; background:var(--chip); border-radius:6px;
+  white-space:pre-wrap; word-break:break-word; }
+.scroll { max-height:46vh; overflow:auto; }
 [hidden] { display:none !important; }
 """
 
-JS = r"""
-"use strict";
-(function () {
+# The page's script is one function scope: VIEW_JS (token, polling, the tables and the shared
+# helpers) followed by MANAGE_JS (services/config/workers_page_manage.py: the forms and dialogs
+# that change things through the config API).
+VIEW_JS = r"""
   const TOKEN_KEY = "getoperate.adminToken";
   const REFRESH_MS = 2000;
   const $ = (id) => document.getElementById(id);
   let data = null;        // the last /ui/overview answer
-  let editing = null;     // {name, version, error, saving} while a group's tags are being edited
-  let notice = null;      // a short success line under the groups table
   let timer = null;
   let generation = 0;     // bumped when the token changes: answers of older polls are dropped
+  const shown = {};       // section id -> the JSON it was last rendered from (skip if unchanged)
 
   // Build elements from data without ever parsing it as HTML: strings become text nodes.
   function h(tag, attrs, ...kids) {
@@ -118,8 +167,16 @@ JS = r"""
     return el;
   }
 
-  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+  // replaceChildren() would write null as the text "null": leave out what is not there.
+  function put(el, ...kids) {
+    el.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+  }
 
+  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+  const enc = encodeURIComponent;
+
+  // One call of the config API with the tab's token; a refusal throws its message, status, field
+  // and error code (`conflict`, `invalid`, ...).
   async function api(method, path, body) {
     const headers = { "Authorization": "Bearer " + token() };
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -128,14 +185,16 @@ JS = r"""
     let payload = null;
     try { payload = await resp.json(); } catch (e) { payload = null; }
     if (!resp.ok) {
-      const msg = (payload && payload.message) || ("HTTP " + resp.status);
-      const err = new Error(msg);
+      const err = new Error((payload && payload.message) || ("HTTP " + resp.status));
       err.status = resp.status;
       err.field = payload && payload.field;
+      err.code = payload && payload.error;
       throw err;
     }
     return payload;
   }
+
+  const errorText = (err) => err.message + (err.field ? " (field: " + err.field + ")" : "");
 
   function showBanner(text, info) {
     const b = $("banner");
@@ -161,12 +220,15 @@ JS = r"""
 
   // Limits as the CLI writes them: sizes in the largest exact unit, times in seconds.
   const LIMIT_UNITS = [["T", 1024 ** 4], ["G", 1024 ** 3], ["M", 1024 ** 2], ["K", 1024]];
-  function limitText(name, value) {
+  const LIMITS = ["memory", "cpu_seconds", "processes", "file_size", "max_timeout"];
+  function limitValue(name, value) {
     if (name === "memory" || name === "file_size") {
       for (const [unit, size] of LIMIT_UNITS) if (value && value % size === 0) return (value / size) + unit;
-      return String(value);
     }
-    return (name === "cpu_seconds" || name === "max_timeout") ? value + " s" : String(value);
+    return String(value);
+  }
+  function limitText(name, value) {
+    return limitValue(name, value) + ((name === "cpu_seconds" || name === "max_timeout") ? " s" : "");
   }
 
   function limitsCell(g) {
@@ -189,9 +251,8 @@ JS = r"""
       " ", g.network ? badge("network", "none") : badge("no network", "ok"));
   }
 
-  function unsandboxed() {
-    return data.workers.filter((w) => w.sandbox === "none");
-  }
+  const unsandboxed = () => data.workers.filter((w) => w.sandbox === "none");
+  const initFailed = () => data.workers.filter((w) => w.init_status === "failed");
 
   function renderSandboxBanner() {
     const bare = unsandboxed();
@@ -217,12 +278,21 @@ JS = r"""
       h("tbody", {}, rows));
   }
 
+  // Re-render a section only when what it shows changed: buttons stay put under the pointer.
+  function renderIfChanged(id, basis, build) {
+    const key = JSON.stringify(basis);
+    if (shown[id] === key) return;
+    shown[id] = key;
+    build();
+  }
+
   function renderCards() {
     const waiting = data.queues.reduce((n, q) => n + q.waiting, 0);
     const running = data.queues.reduce((n, q) => n + q.running, 0);
     const stale = data.workers.filter((w) => w.stale).length;
     const unserved = data.queues.filter((q) => q.waiting > 0 && q.live_workers === 0).length;
     const bare = unsandboxed().length;
+    const failed = initFailed().length;
     const card = (n, label, id, alert) => h("div", { class: alert ? "card alert" : "card", id },
       h("div", { class: "n" }, n), h("div", { class: "l" }, label));
     $("cards").replaceChildren(
@@ -230,6 +300,7 @@ JS = r"""
       card(data.workers.length, "live workers", "card-workers"),
       card(stale, "stale workers", "card-stale", stale > 0),
       card(bare, "without sandbox", "card-unsandboxed", bare > 0),
+      card(failed, "init script failed", "card-init-failed", failed > 0),
       card(waiting, "waiting jobs", "card-waiting", unserved > 0),
       card(running, "running jobs", "card-running"),
       card(data.config_seq, "config seq", "card-seq"));
@@ -238,50 +309,40 @@ JS = r"""
   function groupRow(g) {
     const live = data.workers.filter((w) => w.group === g.name);
     const stale = live.filter((w) => w.stale).length;
-    const isEditing = editing && editing.name === g.name;
-    let tagsCell;
-    if (isEditing) {
-      const input = h("input", { type: "text", id: "edit-tags", "aria-label": "tags of " + g.name,
-        autocomplete: "off", spellcheck: "false" });
-      input.value = editing.draft;
-      input.addEventListener("input", () => { editing.draft = input.value; });
-      tagsCell = h("td", {},
-        h("form", { class: "edit", onsubmit: (e) => { e.preventDefault(); save(); } },
-          input,
-          h("button", { type: "submit", class: "primary", disabled: editing.saving }, editing.saving ? "Saving..." : "Save"),
-          h("button", { type: "button", onclick: () => { editing = null; renderGroups(); } }, "Cancel")),
-        h("div", { class: "muted small" }, "Comma-separated. Workers of the group apply the change in place."),
-        editing.error ? h("p", { class: "error", role: "alert", id: "edit-error" }, editing.error) : null);
-      setTimeout(() => { if (document.activeElement !== input) input.focus(); }, 0);
-    } else {
-      tagsCell = h("td", {}, chips(g.tags, g.priorities));
-    }
+    const failed = live.filter((w) => w.init_status === "failed").length;
     const script = g.init_script === null || g.init_script === undefined
       ? h("span", { class: "muted" }, "none")
       : h("pre", { class: "script mono", title: "init script" }, g.init_script);
+    const env = Object.keys(g.env || {});
     return h("tr", { "data-group": g.name },
       h("td", {}, h("strong", {}, g.name)),
-      tagsCell,
-      h("td", {}, script),
+      h("td", { class: "tags" }, chips(g.tags, g.priorities)),
+      h("td", { class: "init" }, script),
+      h("td", { class: "env" }, env.length ? h("div", { class: "chips" }, env.map((n) =>
+        h("code", { class: "chip", title: n + "=" + g.env[n] }, n))) : h("span", { class: "muted" }, "none")),
       limitsCell(g),
       isolationCell(g),
-      h("td", {}, g.dedicated.length ? h("div", { class: "chips" }, g.dedicated.map((d) => h("code", { class: "chip" }, d)))
+      h("td", { class: "dedicated" }, g.dedicated.length
+        ? h("div", { class: "chips" }, g.dedicated.map((d) => h("code", { class: "chip" }, d)))
         : h("span", { class: "muted" }, "none")),
-      h("td", { class: "num" }, g.version),
-      h("td", { class: "num" }, live.length, stale ? h("div", {}, badge(stale + " stale", "warn")) : null),
-      h("td", {}, isEditing ? null : h("button", { type: "button", class: "edit-btn",
-        "aria-label": "edit tags of " + g.name, disabled: editing !== null,
-        onclick: () => { editing = { name: g.name, version: g.version, draft: g.tags.join(", "), error: null, saving: false };
-                         notice = null; renderGroups(); } }, "Edit tags")));
+      h("td", { class: "num version" }, g.version),
+      h("td", { class: "num" }, live.length,
+        stale ? h("div", {}, badge(stale + " stale", "warn")) : null,
+        failed ? h("div", {}, badge(failed + " init failed", "bad", "see Live workers for the output")) : null),
+      h("td", { class: "actions" },
+        h("button", { type: "button", class: "edit-btn", "aria-label": "edit group " + g.name,
+          onclick: () => openEditor(g) }, "Edit"),
+        h("button", { type: "button", class: "history-btn", "aria-label": "history of group " + g.name,
+          onclick: () => openHistory(g.name) }, "History"),
+        h("button", { type: "button", class: "delete-btn danger", "aria-label": "delete group " + g.name,
+          onclick: () => deleteGroup(g) }, "Delete")));
   }
 
   function renderGroups() {
-    const rows = data.groups.map(groupRow);
-    $("groups-note").textContent = editing ? "updates paused while editing" : "";
-    $("groups-body").replaceChildren(
-      table(["Group", "Tags", "Init script", "Limits", "Sandbox", "Dedicated to", "Version", "Live workers", ""], rows,
-        "No worker group is configured."),
-      notice ? h("p", { class: "ok", role: "status", id: "edit-notice" }, notice) : "");
+    const basis = [data.groups, data.workers.map((w) => [w.group, w.stale, w.init_status])];
+    renderIfChanged("groups", basis, () => $("groups-body").replaceChildren(table(
+      ["Group", "Tags", "Init script", "Env", "Limits", "Sandbox", "Dedicated to", "Version", "Live workers", ""],
+      data.groups.map(groupRow), "No worker group is configured.")));
   }
 
   function renderWorkers() {
@@ -293,28 +354,36 @@ JS = r"""
         : [h("span", { class: "mono" }, w.config_version)];
       const stateKind = w.state === "ready" ? "ok" : w.state === "starting" ? "warn" : "none";
       const initKind = { ok: "ok", running: "warn", failed: "bad" }[w.init_status] || "none";
+      const failed = w.init_status === "failed";
       const box = w.sandbox === "none"
         ? badge("NONE", "bad", "jobs run without a sandbox")
         : badge(w.sandbox + (w.network ? "" : " · no network"), "ok");
-      return h("tr", { "data-worker": w.id, "data-group": w.group || "" },
+      return h("tr", { "data-worker": w.id, "data-group": w.group || "", class: failed ? "init-failed" : null },
         h("td", { class: "nowrap" }, h("div", { class: "mono" }, w.id), h("div", { class: "muted small" }, w.hostname + " · pid " + w.pid)),
         h("td", {}, w.group === null ? h("span", { class: "muted" }, "none") : w.group),
-        h("td", {}, chips(w.tags), h("div", { class: "muted small" }, "from " + w.tags_source)),
-        h("td", { class: "runtimes" }, w.runtimes.length ? chips(w.runtimes)
+        h("td", { class: "tags" }, chips(w.tags), h("div", { class: "muted small tags-source" }, "from " + w.tags_source)),
+        h("td", { class: "runtimes small" }, w.runtimes.length ? w.runtimes.join(", ")
           : h("span", { class: "muted" }, "not reported")),
         h("td", { class: "cfg" }, cfg),
         h("td", { class: "sandbox" }, box,
           w.sandbox_note ? h("div", { class: "muted small sandbox-note" }, w.sandbox_note) : null),
         h("td", {}, badge(w.state, stateKind)),
-        h("td", {}, badge(w.init_status, initKind, w.init_error),
-          w.init_error ? h("pre", { class: "script mono error" }, w.init_error) : null),
-        h("td", {}, w.current_job ? h("code", {}, w.current_job) : h("span", { class: "muted" }, "idle")),
+        h("td", { class: "init" }, badge(failed ? "init script failed" : w.init_status, initKind),
+          w.init_error ? h("pre", { class: "script mono error init-output", title: "its output" }, w.init_error) : null),
+        h("td", { class: "job" }, w.current_job ? h("code", { class: "job-id" }, w.current_job) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num" }, w.jobs_done),
         h("td", { class: "muted small" }, ago(data.now, w.heartbeat_at)));
     });
     $("workers-body").replaceChildren(table(
-      ["Worker", "Group", "Tags", "Runtimes", "Config version", "Sandbox", "State", "Init", "Current job", "Jobs done", "Heartbeat"],
+      ["Worker", "Group", "Tags", "Runtimes", "Config", "Sandbox", "State", "Init script", "Current job", "Done", "Heartbeat"],
       rows, "No live worker."));
+  }
+
+  // Why nobody takes a tag's jobs, or null when a live worker serves it.
+  function unservedReason(q) {
+    if (q.live_workers > 0) return null;
+    if (q.init_failed > 0) return "init script failed on its " + q.init_failed + " worker(s)";
+    return q.groups.length ? "no live worker" : "no group listens";
   }
 
   function renderQueues() {
@@ -322,35 +391,40 @@ JS = r"""
     const busy = data.queues.filter((q) => q.waiting > 0 || q.running > 0 || q.live_workers === 0);
     const idle = data.queues.filter((q) => !busy.includes(q));
     const rows = busy.map((q) => {
-      const unserved = q.waiting > 0 && q.live_workers === 0;
+      const why = unservedReason(q);
       return h("tr", { "data-tag": q.tag, class: q.waiting > 0 ? "waiting" : null },
-        h("td", {}, h("span", { class: "chip" }, q.tag)),
+        h("td", {}, h("span", { class: "chip" }, q.tag), q.assignable ? h("span", { class: "muted small" }, " assignable") : null),
         h("td", { class: "num waiting-count" }, q.waiting),
         h("td", { class: "num" }, q.running),
-        h("td", {}, q.groups.length ? q.groups.join(", ") : h("span", { class: "muted" }, "none")),
-        h("td", { class: "num" }, q.live_workers),
-        h("td", {}, unserved ? badge(q.groups.length ? "no live worker" : "no group listens", "bad",
-          "jobs on this tag wait until a worker listens to it") : null));
+        h("td", { class: "groups" }, q.groups.length ? q.groups.join(", ") : h("span", { class: "muted" }, "none")),
+        h("td", { class: "num live" }, q.live_workers),
+        h("td", { class: "warning" }, why ? badge(why, q.waiting > 0 ? "bad" : "warn",
+          q.waiting > 0 ? "jobs on this tag wait until a worker listens to it"
+            : "a job sent to this tag would wait until a worker listens to it") : null));
     });
     $("queues-body").replaceChildren(
       table(["Tag", "Waiting", "Running", "Groups", "Live workers", ""], rows,
-        "No job is waiting or running."),
+        "Every tag is served by a live worker and nothing is waiting."),
       idle.length ? h("div", { class: "idle" },
         h("span", { class: "muted small" }, "Idle (nothing waiting; served by a live worker):"),
         h("div", { class: "chips" }, idle.map((q) => h("span", { class: "chip", "data-tag": q.tag,
-          title: q.live_workers + " live worker(s); groups: " + q.groups.join(", ") }, q.tag))))
+          title: q.live_workers + " live worker(s); groups: " + (q.groups.join(", ") || "none") }, q.tag))))
         : "");
   }
 
-  function renderEvents() {
-    const rows = data.events.map((e) => h("tr", { "data-seq": e.seq },
+  function eventRows(events, withActions) {
+    return events.map((e) => h("tr", { "data-seq": e.seq },
       h("td", { class: "num mono" }, e.seq),
-      h("td", { class: "muted small", title: e.time }, e.time.replace("T", " ").slice(0, 19)),
-      h("td", {}, e.actor),
+      h("td", { class: "muted small nowrap", title: e.time }, e.time.replace("T", " ").slice(0, 19)),
+      h("td", { class: "actor" }, e.actor),
       h("td", {}, h("code", {}, e.type)),
-      h("td", {}, e.summary, e.reason ? h("div", { class: "muted small" }, "reason: " + e.reason) : null)));
-    $("events-body").replaceChildren(table(["Seq", "Time (UTC)", "Actor", "Type", "What"], rows,
-      "No event yet."));
+      h("td", { class: "what" }, e.summary, e.reason ? h("div", { class: "muted small reason" }, "reason: " + e.reason) : null),
+      withActions ? h("td", {}, withActions(e)) : null));
+  }
+
+  function renderEvents() {
+    renderIfChanged("events", data.events, () => $("events-body").replaceChildren(table(
+      ["Seq", "Time (UTC)", "Actor", "Type", "What"], eventRows(data.events), "No event yet.")));
   }
 
   function render() {
@@ -358,10 +432,11 @@ JS = r"""
     $("content").hidden = false;
     renderSandboxBanner();
     renderCards();
-    if (!editing) renderGroups();
+    renderGroups();
     renderWorkers();
     renderQueues();
     renderEvents();
+    renderTagsPanel();
     $("problems").replaceChildren(...data.problems.map((p) => h("p", { class: "error" }, p)));
   }
 
@@ -390,27 +465,6 @@ JS = r"""
     timer = setTimeout(refresh, REFRESH_MS);
   }
 
-  async function save() {
-    if (!editing || editing.saving) return;
-    const tags = editing.draft.split(/[,\n]/).map((t) => t.trim()).filter((t) => t.length);
-    editing.saving = true;
-    editing.error = null;
-    renderGroups();
-    try {
-      const answer = await api("PUT", "/groups/" + encodeURIComponent(editing.name),
-        { tags, expected_version: editing.version });
-      const changed = answer.seq === null ? "no change" : "saved at seq " + answer.seq;
-      notice = "Group " + editing.name + ": " + changed +
-        (answer.published ? "" : " (stored; workers get it when NATS is back)");
-      editing = null;
-      await refresh();
-    } catch (err) {
-      editing.saving = false;
-      editing.error = err.message + (err.field ? " (field: " + err.field + ")" : "");
-      renderGroups();
-    }
-  }
-
   function useToken(value) {
     generation += 1;
     if (value) sessionStorage.setItem(TOKEN_KEY, value); else sessionStorage.removeItem(TOKEN_KEY);
@@ -420,7 +474,8 @@ JS = r"""
     if (!value) {
       clearTimeout(timer);
       data = null;
-      editing = null;
+      for (const k of Object.keys(shown)) delete shown[k];
+      closeDialogs();
       $("content").hidden = true;
       $("sandbox-banner").hidden = true;
       $("intro").hidden = false;
@@ -439,10 +494,12 @@ JS = r"""
       if (value) useToken(value);
     });
     $("forget").addEventListener("click", () => useToken(""));
+    wireManage();
     useToken(token());
   });
-})();
 """
+
+JS = '"use strict";\n(function () {\n' + VIEW_JS + MANAGE_JS + "})();\n"
 
 HTML = f"""<!doctype html>
 <html lang="en">
@@ -476,11 +533,106 @@ HTML = f"""<!doctype html>
 <main id="content" hidden>
   <div class="cards" id="cards"></div>
   <div id="problems"></div>
-  <section id="groups"><h2>Worker groups<span class="note" id="groups-note"></span></h2><div id="groups-body"></div></section>
+  <div class="change" id="change" role="status" hidden></div>
+  <section id="groups">
+    <div class="section-head"><h2>Worker groups</h2>
+      <div class="tools"><button type="button" class="primary" id="new-group">New group</button>
+      <button type="button" id="open-tags">Assignable tags</button></div></div>
+    <div id="groups-body"></div></section>
   <section id="workers"><h2>Live workers</h2><div id="workers-body"></div></section>
-  <section id="queues"><h2>Queues (jobs per tag)</h2><div id="queues-body"></div></section>
+  <section id="queues"><h2>Queues (jobs per tag)<span class="note">tags with jobs, configured in a group, assignable, or served by a live worker</span></h2><div id="queues-body"></div></section>
   <section id="events"><h2>Recent config events</h2><div id="events-body"></div></section>
 </main>
+
+<dialog id="editor" aria-labelledby="editor-title">
+  <form id="editor-form" class="dialog-form" autocomplete="off" novalidate>
+    <h2 id="editor-title">Worker group</h2>
+    <p class="muted small" id="ed-version"></p>
+    <div class="field"><label for="ed-name">Name</label>
+      <input type="text" id="ed-name" spellcheck="false" placeholder="gpu">
+      <div class="hint">a-z, 0-9, - and _; workers join it with WORKER_GROUP=name.</div></div>
+    <div class="field"><label for="ed-tags">Tags</label>
+      <input type="text" id="ed-tags" spellcheck="false" placeholder="gpu, cuda">
+      <div class="hint">Comma-separated: the queues the group's workers listen to.</div>
+      <div class="resets" id="ed-resets">
+        <button type="button" id="reset-default">Reset to all tags minus native</button>
+        <button type="button" id="reset-native">Reset to native tags</button>
+        <button type="button" id="reset-all">Reset to all tags</button>
+        <span class="hint">each applies at once</span></div></div>
+    <div class="field"><label for="ed-init">Init script</label>
+      <textarea id="ed-init" rows="4" spellcheck="false" placeholder="bash, run by each worker before its first job"></textarea></div>
+    <div class="field"><label for="ed-dedicated">Dedicated to</label>
+      <input type="text" id="ed-dedicated" spellcheck="false" placeholder="ws:f/path, ws:flow/path">
+      <div class="hint">Deployed scripts (ws:path) or flows (ws:flow/path), comma-separated: the group's workers also take their jobs.</div></div>
+    <div class="field"><label for="ed-priorities">Priorities</label>
+      <input type="text" id="ed-priorities" spellcheck="false" placeholder="gpu=10, cuda=5">
+      <div class="hint">tag=1..255, comma-separated: higher is pulled first.</div></div>
+    <div class="field"><label for="ed-env">Static variables</label>
+      <textarea id="ed-env" rows="3" spellcheck="false" placeholder="NAME=value, one a line"></textarea>
+      <div class="hint">Set in the environment of the group's jobs.</div></div>
+    <fieldset class="field limits-form"><legend>Limits <span class="hint">(empty: the default)</span></legend>
+      <label>memory <input type="text" id="ed-limit-memory" placeholder="2G"></label>
+      <label>cpu_seconds <input type="text" id="ed-limit-cpu_seconds" placeholder="3600"></label>
+      <label>processes <input type="text" id="ed-limit-processes" placeholder="512"></label>
+      <label>file_size <input type="text" id="ed-limit-file_size" placeholder="1G"></label>
+      <label>max_timeout <input type="text" id="ed-limit-max_timeout" placeholder="86400"></label></fieldset>
+    <div class="field inline"><label for="ed-sandbox">Sandbox</label>
+      <select id="ed-sandbox"><option value="default">worker default (JOB_SANDBOX)</option>
+        <option value="bwrap">bwrap</option><option value="none">none</option></select>
+      <label class="check"><input type="checkbox" id="ed-network"> network</label></div>
+    <div class="field"><label for="ed-reason">Reason</label>
+      <input type="text" id="ed-reason" placeholder="recorded in the config log (optional)"></div>
+    <p class="error" id="ed-error" role="alert" hidden></p>
+    <div class="change" id="ed-change" role="status" hidden></div>
+    <div class="dialog-buttons"><button type="submit" class="primary" id="ed-save">Save</button>
+      <button type="button" id="ed-close">Close</button></div>
+  </form>
+</dialog>
+
+<dialog id="confirm" aria-labelledby="confirm-title">
+  <form id="confirm-form" class="dialog-form" autocomplete="off">
+    <h2 id="confirm-title"></h2>
+    <ul id="confirm-body"></ul>
+    <div class="field" id="confirm-reason-row"><label for="confirm-reason">Reason</label>
+      <input type="text" id="confirm-reason" placeholder="recorded in the config log (optional)"></div>
+    <div class="dialog-buttons"><button type="submit" class="primary danger" id="confirm-ok">Confirm</button>
+      <button type="button" id="confirm-cancel">Cancel</button></div>
+  </form>
+</dialog>
+
+<dialog id="tags-dialog" class="wide" aria-labelledby="tags-title">
+  <div class="dialog-form">
+    <h2 id="tags-title">Assignable tags</h2>
+    <p class="muted small">Custom tags users may pick for their scripts and flows.
+      <code>gpu</code>: every workspace; <code>gpu(ws1+ws2)</code>: only these;
+      <code>gpu(^ws1^ws2)</code>: all but these. <code>$workspace</code> in a tag is replaced by
+      the job's workspace.</p>
+    <div id="tags-list"></div>
+    <form id="tag-form" class="edit" autocomplete="off">
+      <input type="text" id="tag-spec" spellcheck="false" placeholder="gpu(ws1+ws2)" aria-label="tag spec">
+      <input type="text" id="tag-reason" placeholder="reason (optional)" aria-label="reason">
+      <button type="submit" class="primary" id="tag-add">Add</button></form>
+    <p class="error" id="tag-error" role="alert" hidden></p>
+    <div class="change" id="tag-change" role="status" hidden></div>
+    <div class="dialog-buttons"><button type="button" id="tags-close">Close</button></div>
+  </div>
+</dialog>
+
+<dialog id="history" class="wide" aria-labelledby="history-title">
+  <div class="dialog-form">
+    <h2 id="history-title">History</h2>
+    <div id="history-list"></div>
+    <form id="diff-form" class="edit" autocomplete="off">
+      <label for="diff-from">Diff from</label>
+      <input type="text" id="diff-from" class="short" spellcheck="false" placeholder="seq or ISO time">
+      <label for="diff-to">to</label>
+      <input type="text" id="diff-to" class="short" spellcheck="false" placeholder="now">
+      <button type="submit" class="primary" id="diff-show">Show diff</button></form>
+    <p class="error" id="diff-error" role="alert" hidden></p>
+    <div id="diff-out"></div>
+    <div class="dialog-buttons"><button type="button" id="history-close">Close</button></div>
+  </div>
+</dialog>
 <script>{JS}</script>
 </body>
 </html>

@@ -91,7 +91,8 @@ def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
     status, _, view = _http("GET", ep.config_url + "/ui/overview", token)
     assert status == 200
     assert set(view) == {"now", "config_seq", "published_seq", "groups", "workers", "queues",
-                         "events", "problems"}
+                         "events", "problems", "assignable", "presets"}
+    assert view["presets"]["native"][0] == "nativets" and "python3" in view["presets"]["default"]
     assert view["problems"] == []
     assert {g["name"] for g in view["groups"]} >= {"default", "native"}
     assert view["events"][0]["seq"] == view["config_seq"]  # newest first
@@ -211,33 +212,42 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             # 5. editing tags: the API's validation message is shown, nothing changes.
             native_row = groups.locator('tr[data-group="native"]')
             native_row.locator("button.edit-btn").click()
-            edit = page.locator("#edit-tags")
+            edit = page.locator("#ed-tags")
             expect(edit).to_have_value(", ".join(native_before["tags"]))
-            edit.fill("nativets, bad(tag)")
-            native_row.locator('form.edit button[type="submit"]').click()
-            expect(page.locator("#edit-error")).to_contain_text("are not allowed")
-            expect(page.locator("#edit-error")).to_contain_text("field: tags")
+            edit.fill(", ".join([*native_before["tags"], "bad(tag)"]))
+            page.click("#ed-save")
+            expect(page.locator("#ed-error")).to_contain_text("are not allowed")
+            expect(page.locator("#ed-error")).to_contain_text("field: tags")
             assert _group(suite, "native") == native_before
+            page.click("#ed-close")
 
             # ... and with a wrong token: the error is shown, nothing changes.
             page.fill("#token", "goa_wrong")
             page.click("#use-token")
             expect(page.locator("#banner")).to_contain_text("invalid or revoked token")
             new_tags = [*native_before["tags"], "reports"]
+            native_row.locator("button.edit-btn").click()
             edit.fill(", ".join(new_tags))
-            native_row.locator('form.edit button[type="submit"]').click()
-            expect(page.locator("#edit-error")).to_contain_text("invalid or revoked token")
+            page.click("#ed-save")
+            expect(page.locator("#ed-error")).to_contain_text("invalid or revoked token")
             assert _group(suite, "native") == native_before
+            page.click("#ed-close")
 
             # With the admin token again the same edit lands, and the native worker applies it.
             page.fill("#token", token)
             page.click("#use-token")
             expect(page.locator("#banner")).to_be_hidden()
-            expect(edit).to_have_value(", ".join(new_tags))  # the draft survived the refreshes
-            native_row.locator('form.edit button[type="submit"]').click()
-            expect(page.locator("#edit-notice")).to_contain_text("Group native: saved at seq")
+            native_row.locator("button.edit-btn").click()
+            edit.fill(", ".join(new_tags))
+            status = page.locator("#status").text_content()
+            expect(page.locator("#status")).not_to_have_text(status or "")  # a refresh went by
+            expect(edit).to_have_value(", ".join(new_tags))  # the draft survived it
+            page.click("#ed-save")
+            expect(page.locator("#change")).to_contain_text("Group native saved")
             after = _group(suite, "native")
             assert after["tags"] == new_tags and after["version"] > native_v
+            expect(page.locator("#change li[data-type='group.tags_set']")).to_contain_text(
+                f"seq {after['version']} group.tags_set")
             expect(native_row).to_contain_text("reports")
             expect(native_worker.locator("td.cfg")).to_have_text(str(after["version"]))
             suite.api.wait_workers(lambda ws: any(
@@ -253,12 +263,14 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             # A change made elsewhere while editing is not overwritten (expected_version).
             gpu_row.locator("button.edit-btn").click()
             suite.api.set_group("gpu", tags=["gpu", "cuda", "a100"])
-            edit.fill("gpu, h100")
-            gpu_row.locator('form.edit button[type="submit"]').click()
-            expect(page.locator("#edit-error")).to_contain_text("someone changed it first")
+            edit.fill("gpu, cuda, h100")
+            page.click("#ed-save")
+            expect(page.locator("#ed-error")).to_contain_text("Someone else changed group gpu")
+            expect(page.locator("#ed-error")).to_contain_text("someone changed it first")
             assert _group(suite, "gpu")["tags"] == ["gpu", "cuda", "a100"]
-            gpu_row.get_by_role("button", name="Cancel").click()
-            expect(gpu_row).to_contain_text("a100")  # refreshing again
+            expect(edit).to_have_value("gpu, cuda, a100")  # the form reloaded the group
+            page.click("#ed-close")
+            expect(gpu_row).to_contain_text("a100")
 
             page.mouse.move(0, 0)
             time.sleep(0.3)
