@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one group, with its limits (set and effective), sandbox and network")
     g.add_argument("name")
     g.add_argument("--json", action="store_true", help="print JSON instead of text")
-    for action, helptext in (("set", "create or change a group"), ("reset", "reset tags to a preset"),
+    for action, helptext in (("set", "create or change a group"), ("reset", "reset the tags of an existing group to a preset"),
                              ("delete", "delete a group's config")):
         g = gsub.add_parser(action, parents=[common], help=helptext)
         g.add_argument("name")

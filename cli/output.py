@@ -85,6 +85,15 @@ def print_group(g: dict[str, Any]) -> None:
     print(f"group        {g['name']}")
     print(f"version      {g['version']}")
     print(f"tags         {', '.join(g['tags']) or '-'}")
+    print(f"dedicated    {', '.join(g.get('dedicated') or []) or '-'}")
+    priorities = g.get("priorities") or {}
+    print("priorities   " + (", ".join(f"{t}={p}" for t, p in sorted(priorities.items(),
+                                                                     key=lambda i: -i[1]))
+                             or "-"))
+    env = g.get("env") or {}
+    print("env          " + ("-" if not env else ""))
+    for name, value in env.items():  # the group's static variables, as jobs get them
+        print(f"  {name}={value}")
     sandbox = g.get("sandbox")
     print(f"sandbox      {sandbox or 'default'}"
           + ("" if sandbox else " (each worker's JOB_SANDBOX)"))

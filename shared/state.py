@@ -36,8 +36,8 @@ from shared.events import (
     TokenRevoked,
 )
 from shared.tags import (
-    PRESETS, WORKSPACE_REF, format_tag_spec, parse_tag_spec, target_tag, validate_group_name, validate_path, validate_tag,
-    validate_tags, validate_workspace,
+    PRESETS, WORKSPACE_REF, format_tag_spec, parse_tag_spec, target_tag, validate_group_name,
+    validate_path, validate_tag, validate_tags, validate_workspace,
 )
 
 MAX_INIT_SCRIPT_BYTES = 64 * 1024
@@ -310,6 +310,7 @@ def set_group(
     if group is None:
         events.append(GroupCreated(group=name))
         group = GroupConfig(name=name)
+    new_tags = group.tags
     if tags is not _UNSET:
         new_tags = validate_tags(tags)
         if new_tags != group.tags:
@@ -318,12 +319,19 @@ def set_group(
         script = validate_init_script(init_script)
         if script != group.init_script:
             events.append(GroupInitScriptSet(group=name, init_script=script))
+    targets = group.dedicated
     if dedicated is not _UNSET:
         targets = validate_dedicated(state, dedicated)
         if targets != group.dedicated:
             events.append(GroupDedicatedSet(group=name, targets=targets))
     if priorities is not _UNSET:
         prio = validate_priorities(priorities)
+        served = set(new_tags) | {target_tag(t) for t in targets}
+        for tag in prio:
+            if tag not in served:
+                raise InvalidInput(f"priority for {tag!r}, which group {name!r} does not listen"
+                                   f" to (its tags: {', '.join(sorted(served)) or 'none'})",
+                                   field=f"priorities.{tag}")
         if prio != group.priorities:
             events.append(GroupPrioritiesSet(group=name, priorities=prio))
     if env is not _UNSET:
@@ -355,13 +363,19 @@ def validate_env(env: object) -> dict[str, str]:
 
 
 def reset_group(
-    state: ConfigState, name: str, preset: str, *, expected_version: int | None = None
+    state: ConfigState, name: str, preset: str, *, expected_version: int | None = None,
+    create: bool = False,
 ) -> list[ConfigEvent]:
-    """The product's reset buttons: `default` (all minus native), `native`, or `all`."""
+    """The product's reset buttons: `default` (all minus native), `native`, or `all`. They act
+    on a group that exists (a typo must not create one); `create` is the first start's seed."""
     if preset not in PRESETS:
         raise InvalidInput(
             f"preset {preset!r} is unknown; use one of {', '.join(PRESETS)}", field="preset"
         )
+    validate_group_name(name)
+    if not create and name not in state.groups:
+        raise NotFound(f"group {name!r} does not exist (create it with `getoperate group set"
+                       f" {name} --tags ...`)", field="group")
     return set_group(state, name, tags=list(PRESETS[preset]), expected_version=expected_version)
 
 
@@ -383,7 +397,7 @@ def seed(state: ConfigState) -> list[ConfigEvent]:
         return []
     events: list[ConfigEvent] = []
     for name in ("default", "native"):
-        events += reset_group(ConfigState(), name, name)
+        events += reset_group(ConfigState(), name, name, create=True)
     return events
 
 

@@ -386,7 +386,7 @@ async def get_state(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].actor(request)
     svc = request.app[SERVICE_KEY]
     at = _point(request, "at")
-    return json_response(svc.state_at(at) if at else svc.state)
+    return json_response(svc.state_at(at, "at") if at else svc.state)
 
 
 async def get_diff(request: web.Request) -> web.Response:
@@ -397,8 +397,8 @@ async def get_diff(request: web.Request) -> web.Response:
     if start is None:
         raise InvalidInput("give from=SEQ|TIME (and optionally to=SEQ|TIME)", field="from")
     end = _point(request, "to")
-    a = svc.state_at(start)
-    b = svc.state_at(end) if end else svc.state
+    a = svc.state_at(start, "from")
+    b = svc.state_at(end, "to") if end else svc.state
     return json_response({"from_seq": a.seq, "to_seq": b.seq, "changes": diff_states(a, b)})
 
 

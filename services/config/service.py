@@ -21,6 +21,7 @@ from services.config.verify import Report, verify
 from shared import state as st
 from shared.codec import decode
 from shared.events import ConfigEvent, RawRecorded, Recorded, decode_known, event_type
+from shared.errors import InvalidInput
 from shared.history import Point
 from shared.signing import Signer
 from shared.snapshots import SnapshotRejected, encode_snapshot, open_snapshot, seal_snapshot
@@ -67,8 +68,12 @@ class ConfigService:
                                     reason=exc.reason, error=exc.message)
         return st.ConfigState()
 
-    def state_at(self, point: Point) -> st.ConfigState:
-        """The whole configuration as it was at a sequence or a time."""
+    def state_at(self, point: Point, field: str = "at") -> st.ConfigState:
+        """The whole configuration as it was at a sequence or a time. A sequence past the log's
+        end is an error, not "now": `diff 100 118` on a 98-event log must say so."""
+        if point.seq is not None and point.seq > self.state.seq:
+            raise InvalidInput(f"{field}={point.seq} is past the end of the log, which ends at"
+                               f" seq {self.state.seq}", field=field)
         target = point.seq if point.seq is not None else self.log.seq_at_time(point.time or "")
         if target >= self.state.seq:
             return self.state

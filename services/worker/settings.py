@@ -65,6 +65,9 @@ def settings_from_env() -> WorkerSettings:
     group_raw = os.environ.get("WORKER_GROUP", "").strip()
     tags_raw = os.environ.get("WORKER_TAGS")
     env_tags = validate_tags(list(_csv(tags_raw)), field="WORKER_TAGS") if tags_raw else None
+    if tags_raw and tags_raw.strip() and not env_tags:
+        raise InvalidInput(f"WORKER_TAGS={tags_raw!r} lists no tag (comma-separated names;"
+                           " unset it to take the group's tags)", field="WORKER_TAGS")
     group = validate_group_name(group_raw, field="WORKER_GROUP") if group_raw else None
     if group is None and env_tags is None:
         group = "default"

@@ -184,6 +184,13 @@ class Worker:
         if first or old_script != new_script or (isolation_changed and new_script):
             self.init.schedule(new_script)
         self.config_applied_at = time.time()  # listening to the new tags from here on
+        if first and self.group is not None and new is None:
+            self.logger.warning(
+                "group_not_configured", group=self.group,
+                warning=f"group {self.group!r} does not exist in the config: this worker listens"
+                        f" to {'WORKER_TAGS only' if self.settings.env_tags is not None else 'no tag'}"
+                        f" until it is created (`getoperate group set {self.group} --tags ...`),"
+                        " then takes it up without a restart")
         if not first:
             if self.settings.env_tags is not None and any(c.startswith("tags") for c in changes):
                 changes.append("tags ignored: WORKER_TAGS takes precedence")

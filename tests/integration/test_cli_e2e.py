@@ -137,6 +137,27 @@ def test_group_commands(suite: Suite) -> None:
     assert bad.returncode == 2
 
 
+def test_rough_edges_of_group_commands_and_history(suite: Suite) -> None:
+    """Issue 16, point 4: a reset of a group that does not exist creates none; `group show`
+    shows dedicated targets, priorities and env; a priority for a tag the group does not have
+    is refused; a diff past the log's end says where it ends."""
+    root = suite.root
+    typo = cli("group", "reset", "nosuchgroup", "--preset", "all", cwd=root)
+    assert typo.returncode == 1 and "group 'nosuchgroup' does not exist" in typo.stderr
+    assert cli("group", "show", "nosuchgroup", cwd=root).returncode == 1
+    made = cli("group", "set", "edges", "--tags", "e1,e2", "--priority", "e2=7",
+               "--env", "REGION=eu", cwd=root)
+    assert made.returncode == 0, made.stderr
+    shown = cli("group", "show", "edges", cwd=root).stdout
+    assert "priorities   e2=7" in shown and "REGION=eu" in shown and "dedicated    -" in shown
+    wrong = cli("group", "set", "edges", "--priority", "notatag=5", cwd=root)
+    assert wrong.returncode == 2 and "'notatag', which group 'edges' does not listen" in wrong.stderr
+    end = json.loads(cli("events", "--json", "--limit", "1000", cwd=root).stdout.splitlines()[-1])
+    past = cli("diff", str(end["seq"] + 2), str(end["seq"] + 20), cwd=root)
+    assert past.returncode == 2, past.stdout
+    assert f"past the end of the log, which ends at seq {end['seq']}" in past.stderr
+
+
 def test_workers_lists_live_workers(suite: Suite) -> None:
     workers = json.loads(cli("workers", "--json", cwd=suite.root).stdout)
     by_group = {w["group"]: w for w in workers}
@@ -220,3 +241,15 @@ def test_a_running_worker_whose_nats_went_away_stops_on_sigterm(tmp_path: Path) 
         print(f"stopped {took:.2f}s after SIGTERM with NATS gone")
     finally:
         d.stop()
+
+
+def test_a_worker_of_a_group_that_does_not_exist_or_of_no_tags_says_so(suite: Suite) -> None:
+    ghost = Proc(["worker"], cwd=suite.root, env={"WORKER_GROUP": "ghost"}, name="worker-ghost")
+    try:
+        ghost.wait_for('"group_not_configured"', timeout=60)
+        assert "getoperate group set ghost --tags" in ghost.output()
+    finally:
+        ghost.stop()
+    blank = cli("worker", cwd=suite.root, env={"WORKER_TAGS": " , "})
+    assert blank.returncode == 2 and "WORKER_TAGS=' , ' lists no tag" in blank.stderr
+    assert len(blank.stderr.strip().splitlines()) == 1

@@ -274,9 +274,21 @@ def test_reset_group_presets() -> None:
     assert reset_group(log.state, "default", "native") == [
         GroupTagsSet(group="default", tags=PRESETS["native"])
     ]
-    assert reset_group(log.state, "gpu", "all") == [
+    with pytest.raises(NotFound) as missing:  # a typo creates no group
+        reset_group(log.state, "gpu", "all")
+    assert missing.value.field == "group" and "'gpu' does not exist" in missing.value.message
+    assert reset_group(log.state, "gpu", "all", create=True) == [
         GroupCreated(group="gpu"), GroupTagsSet(group="gpu", tags=PRESETS["all"])
     ]
+
+
+def test_priorities_name_tags_the_group_listens_to() -> None:
+    log = seeded()
+    with pytest.raises(InvalidInput) as refused:
+        set_group(log.state, "default", priorities={"notatag": 5})
+    assert refused.value.field == "priorities.notatag" and "does not listen" in refused.value.message
+    assert set_group(log.state, "default", priorities={"python3": 5})
+    assert set_group(log.state, "gpu", tags=["gpu"], priorities={"gpu": 9})  # in one change
 
 
 @pytest.mark.parametrize("preset", ["", "Default", "none", "gpu"])
@@ -433,12 +445,13 @@ def test_commands_match_a_simple_model(cmds: list[tuple[Any, ...]]) -> None:
         exists = name in model
         try:
             events = run_command(before, cmd)
-        except NotFound:
-            assert kind == "delete" and not exists
+        except NotFound:  # delete and reset act on a group that exists (a typo creates none)
+            assert kind in ("delete", "reset") and not exists
+            assert not (kind == "reset" and cmd[2] == "bogus")  # the preset is checked first
             continue
         except Conflict:
             assert how == "stale"
-            assert not (kind == "delete" and not exists)
+            assert not (kind in ("delete", "reset") and not exists)
             continue
         except InvalidInput as exc:
             assert (kind == "set" and cmd[2] == ["ok", "bad,tag"]) or (
