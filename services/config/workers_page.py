@@ -40,7 +40,7 @@ button { font:inherit; padding:5px 12px; border-radius:6px; border:1px solid #cf
 button.primary { background:var(--accent); border-color:var(--accent); color:#fff; }
 button:disabled { opacity:.6; cursor:default; }
 .status { color:var(--muted); font-size:12px; }
-.banner { margin:16px auto 0; max-width:1392px; padding:10px 14px; border-radius:8px;
+.banner { margin:16px auto 0; width:min(1392px, calc(100% - 48px)); padding:10px 14px; border-radius:8px;
   background:var(--badbg); color:var(--bad); border:1px solid #f5c2bd; }
 .banner.info { background:#eef2ff; color:#2f3f99; border-color:#cdd6fb; }
 .banner.sandbox { background:var(--bad); color:#fff; border-color:var(--bad); font-size:15px; }
@@ -59,9 +59,9 @@ button:disabled { opacity:.6; cursor:default; }
 section { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px;
   margin-bottom:18px; overflow-x:auto; }
 table { border-collapse:collapse; width:100%; }
-th { text-align:left; font-size:12px; color:var(--muted); font-weight:600; padding:6px 8px;
+th { text-align:left; font-size:12px; color:var(--muted); font-weight:600; padding:6px 6px;
   border-bottom:1px solid var(--line); white-space:nowrap; }
-td { padding:7px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
+td { padding:7px 6px; border-bottom:1px solid var(--line); vertical-align:top; }
 tr:last-child td { border-bottom:none; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
 .mono, code { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; }
@@ -90,7 +90,7 @@ form.edit input { flex:1 1 22em; }
 .limits { display:grid; grid-template-columns:auto auto; gap:0 8px; font-size:12px; white-space:nowrap; }
 .limits .set { font-weight:650; }
 .limits .dflt { color:var(--muted); }
-.sandbox-note { max-width:200px; }
+.sandbox-note { max-width:180px; }
 .section-head { display:flex; flex-wrap:wrap; gap:8px; justify-content:space-between; align-items:center;
   margin-bottom:10px; }
 .section-head h2 { margin:0; }
@@ -437,6 +437,7 @@ VIEW_JS = r"""
     renderQueues();
     renderEvents();
     renderTagsPanel();
+    noteEditorStale();
     $("problems").replaceChildren(...data.problems.map((p) => h("p", { class: "error" }, p)));
   }
 

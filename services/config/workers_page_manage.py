@@ -108,11 +108,28 @@ MANAGE_JS = r"""
     (g ? $("ed-tags") : $("ed-name")).focus();
   }
 
-  function fillEditor(g) {
-    $("editor-title").textContent = g ? "Edit group " + g.name : "New worker group";
+  function versionLine(g) {
+    $("ed-version").className = "muted small";
     $("ed-version").textContent = g
       ? "Version " + g.version + ": saving is refused if someone changes the group meanwhile."
       : "Created only if no group has this name yet.";
+  }
+
+  // Called on every refresh: warns before saving that the group changed under the open form.
+  function noteEditorStale() {
+    if (!editor || !editor.base || !data) return;
+    const now = data.groups.find((g) => g.name === editor.name);
+    if (now && now.version === editor.base.version) return;
+    $("ed-version").className = "error small";
+    $("ed-version").textContent = now
+      ? "Someone else changed this group meanwhile (it is at version " + now.version + ", this form shows " +
+        editor.base.version + "): saving will be refused and reload it."
+      : "Someone else deleted this group meanwhile.";
+  }
+
+  function fillEditor(g) {
+    $("editor-title").textContent = g ? "Edit group " + g.name : "New worker group";
+    versionLine(g);
     $("ed-name").value = g ? g.name : "";
     $("ed-name").readOnly = !!g;
     $("ed-resets").hidden = !g;
@@ -289,7 +306,7 @@ MANAGE_JS = r"""
       if (editor === ed && answer.group) {  // the reset is saved: the form keeps its other drafts
         ed.base = answer.group;
         $("ed-tags").value = answer.group.tags.join(", ");
-        $("ed-version").textContent = "Version " + answer.group.version + ": saving is refused if someone changes the group meanwhile.";
+        versionLine(answer.group);
       }
       await reportChange(["ed-change", "change"], "Group " + g.name + ": tags reset to " + PRESET_LABELS[preset], answer);
     } catch (err) {

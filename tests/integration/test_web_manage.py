@@ -226,6 +226,15 @@ def test_create_edit_and_delete_a_group(ui: Ui) -> None:
     expect(row.locator("td.dedicated")).to_have_text("wsweb:f/hellowsweb:f/other")
     ui.clean()
 
+    # Creating it again is "create only" (expected_version 0): refused, said, nothing written.
+    page.click("#new-group")
+    page.fill("#ed-name", g)
+    page.fill("#ed-tags", "other")
+    page.click("#ed-save")
+    expect(page.locator("#ed-error")).to_contain_text(f"A group named {g} already exists")
+    assert ui.group(g) == stored
+    page.click("#ed-close")
+
     # The editor shows what is stored; saving unchanged is refused by the page itself.
     ui.edit(g)
     expect(page.locator("#ed-env")).to_have_value(f"NOTE={env_value}\nREGION=eu")
@@ -262,7 +271,7 @@ def test_create_edit_and_delete_a_group(ui: Ui) -> None:
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         page.click("#ed-save")
         expect(page.locator("#confirm")).to_be_visible()
-        ui.shot("workers-confirm.png")
+        ui.shot("workers-confirm.png", height=1180)
         page.click("#confirm-cancel")
     page.click("#ed-save")
     ui.confirm(f"Removes tags: {g}-b")
@@ -365,7 +374,10 @@ def test_a_concurrent_change_is_a_409_and_the_form_reloads(ui: Ui) -> None:
 
     # Someone else (another admin token) changes the group while the form is open.
     ui.http("PUT", f"/groups/{g}", {"tags": ["a", "theirs"], "reason": "INC-7"}, token=ops["token"])
+    # The next refresh warns in the form, which keeps its draft and its version.
     page.fill("#ed-tags", "a, mine")
+    expect(page.locator("#ed-version")).to_contain_text("Someone else changed this group meanwhile")
+    expect(page.locator("#ed-tags")).to_have_value("a, mine")
     page.click("#ed-save")  # nothing removed from the version shown: no confirmation
     error = page.locator("#ed-error")
     expect(error).to_contain_text(f"Someone else changed group {g}")
