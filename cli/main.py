@@ -517,7 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("up", parents=[common], help="run NATS, config, router and the seeded workers locally")
+    s = sub.add_parser("up", parents=[common], help="run NATS, config, router and the seeded workers locally",
+                       description="Run NATS, the config service, a router and the seeded workers"
+                       " on loopback, with their data in the data dir. One `up` per data dir: a"
+                       " second one in the same folder refuses (exit 2) while the first runs.")
     s.add_argument("--nats-port", type=int, default=4222, help="NATS client port (default 4222)")
     s.add_argument("--config-port", type=int, default=8001, help="config service HTTP port (default 8001)")
     s.add_argument("--router-port", type=int, default=8002, help="router HTTP port (default 8002)")

@@ -12,6 +12,7 @@ system temp dir (docs/security.md, "Secrets at rest").
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -89,6 +90,27 @@ def _own_private_dir(path: Path) -> Path:
     return path
 
 
+UP_LOCK = "up.lock"
+
+
+def _hold_folder(data_dir: Path) -> int:
+    """One `up` per data dir: a second one would rewrite endpoints.json and nats.conf under the
+    first and break it. The lock is an flock on `<data dir>/up.lock`, held until this process
+    ends (the kernel drops it even on SIGKILL, so a crash leaves nothing to clean up)."""
+    fd = os.open(data_dir / UP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CliError(f"`getoperate up` already runs with this data dir ({data_dir}, pid"
+                       f" {holder}); stop it first, or use another --data-dir", EXIT_USAGE
+                       ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,6 +171,7 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     # user's own umask back (they write no secret, and jobs' files are none of our business).
     user_umask = os.umask(PRIVATE_UMASK)
     private_dir(data_dir, recursive=False)
+    _hold_folder(data_dir)  # before anything in it is written
     for port, what in ((nats_port, "--nats-port"), (config_port, "--config-port"),
                        (router_port, "--router-port")):
         if port_open(port):

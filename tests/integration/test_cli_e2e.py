@@ -253,3 +253,16 @@ def test_a_worker_of_a_group_that_does_not_exist_or_of_no_tags_says_so(suite: Su
     blank = cli("worker", cwd=suite.root, env={"WORKER_TAGS": " , "})
     assert blank.returncode == 2 and "WORKER_TAGS=' , ' lists no tag" in blank.stderr
     assert len(blank.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_up_in_the_same_folder_refuses_and_leaves_the_first_alone(suite: Suite) -> None:
+    """Issue 16, point 8: it would rewrite endpoints.json and nats.conf under the first."""
+    from tests.integration.harness import free_port_base
+
+    endpoints = (suite.root / ".getoperate" / "endpoints.json").read_text()
+    second = cli("up", "--port-base", str(free_port_base()), cwd=suite.root, timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert "`getoperate up` already runs with this data dir" in second.stderr
+    assert f"pid {suite.up.p.pid}" in second.stderr
+    assert (suite.root / ".getoperate" / "endpoints.json").read_text() == endpoints
+    assert suite.api.job(suite.api.submit("echo still one")["id"])["result"] == "still one"
