@@ -18,9 +18,27 @@ from shared import pydeps
 from shared.errors import InvalidInput
 from shared.jobs import Job
 
+# What both the wrapper and the warm server call main with: the job's arguments, less a flow's
+# `previous_result` where main does not take it (services/worker/flows.py passes it to every
+# step from the second on).
+_ACCEPTED = r'''
+def accepted(fn, args):
+    # A flow step gets `previous_result`; a main that does not take it is called without it.
+    if "previous_result" not in args:
+        return args
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return args
+    if any(p.name == "previous_result" or p.kind == p.VAR_KEYWORD for p in params):
+        return args
+    return {k: v for k, v in args.items() if k != "previous_result"}
+'''
+
 # Runs the user's module; writes {"ok", "result"|"error"} as JSON to the inherited fd argv[1].
 WRAPPER = r'''
-import importlib.util, json, os, sys, traceback
+import importlib.util, inspect, json, os, sys, traceback
+''' + _ACCEPTED + r'''
 out = os.fdopen(int(sys.argv[1]), "w")
 spec = importlib.util.spec_from_file_location("main_script", "script.py")
 try:
@@ -30,7 +48,7 @@ try:
         args = json.load(fh)
     if not hasattr(mod, "main"):
         raise RuntimeError("the script defines no main() function")
-    result = mod.main(**args)
+    result = mod.main(**accepted(mod.main, args))
     text = json.dumps({"ok": True, "result": result}, default=str)
 except BaseException as exc:
     traceback.print_exc()
@@ -42,7 +60,8 @@ sys.exit(0 if text.startswith('{"ok": true') else 1)
 
 # The warm (dedicated) server: services/worker/warm.py has the protocol.
 SERVER = r'''
-import contextlib, importlib.util, io, json, os, signal, sys, threading, traceback
+import contextlib, importlib.util, inspect, io, json, os, signal, sys, threading, traceback
+''' + _ACCEPTED + r'''
 out = os.fdopen(int(sys.argv[-1]), "w", buffering=1)
 own_namespace = sys.argv[-2] == "bwrap"
 MAX_LOGS, MAX_REPLY = 256 * 1024, 8 * 1024 * 1024
@@ -88,7 +107,7 @@ for line in sys.stdin:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            result = mod.main(**req["args"])
+            result = mod.main(**accepted(mod.main, req["args"]))
         logs = buf.getvalue()[-MAX_LOGS:]
         try:
             text = json.dumps({"id": req["id"], "ok": True, "result": result, "logs": logs},
