@@ -442,6 +442,24 @@ def cmd_verify(ns: argparse.Namespace) -> int:
 
 def cmd_jobs(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
+    if ns.action == "requeue":
+        if not ns.tag or not ns.to:
+            raise CliError("jobs requeue needs --tag (where the jobs wait) and --to (where they"
+                           " go)", EXIT_USAGE)
+        from cli.requeue import requeue
+
+        moved = requeue(ep, ns.tag, ns.to)
+        if ns.json:
+            print(json.dumps(moved))
+        else:
+            print(f"moved {len(moved['moved'])} waiting job(s) from {ns.tag} to {ns.to}")
+            for line in moved["refused"]:
+                print(f"  not moved: {line}")
+            if moved["in_flight"]:
+                print(f"  left: {moved['in_flight']} job(s) already handed to a worker")
+        return EXIT_FAILED if moved["refused"] else 0
+    if ns.to:
+        raise CliError("--to is for `jobs requeue`", EXIT_USAGE)
     query = {k: v for k, v in (("tag", ns.tag), ("group", ns.group), ("workspace", ns.workspace),
                                 ("status", ns.status), ("limit", ns.limit)) if v is not None}
     jobs = call("GET", f"{ep.router_url}/jobs?{urllib.parse.urlencode(query)}", ep.token())
@@ -694,8 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("jobs", parents=[common], help="recent jobs from the job history")
-    s.add_argument("--tag", help="only jobs routed to this tag")
+    s = sub.add_parser("jobs", parents=[common], help="recent jobs from the job history; `jobs"
+                       " requeue --tag T --to T2` moves the jobs waiting on T to T2")
+    s.add_argument("action", nargs="?", choices=["list", "requeue"], default="list",
+                   help="list (default), or requeue: move the jobs waiting on --tag to --to"
+                        " (a tag no worker serves any more; refused while one still does)")
+    s.add_argument("--to", help="requeue: the tag the waiting jobs move to")
+    s.add_argument("--tag", help="only jobs routed to this tag (requeue: the tag they wait on)")
     s.add_argument("--group", help="only jobs run by this worker group")
     s.add_argument("--workspace", help="only jobs of this workspace")
     s.add_argument("--status", choices=["queued", "running", "success", "failure", "cancelled"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -114,6 +115,8 @@ def print_group(g: dict[str, Any]) -> None:
 
 
 def print_write(name: str, answer: dict[str, Any]) -> None:
+    for warning in answer.get("warnings") or []:  # tags the change left with waiting jobs
+        print(f"getoperate: warning: {warning}", file=sys.stderr)
     events = answer.get("events") or []
     if not events:
         print(f"group {name}: no change")

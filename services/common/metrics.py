@@ -51,6 +51,10 @@ class RouterMetrics:
                              "taken yet (JetStream consumer info)", ["tag"], registry=r)
         self.running = Gauge("getoperate_jobs_running", "Jobs taken by a worker and not yet "
                              "acknowledged, by tag (JetStream consumer info)", ["tag"], registry=r)
+        self.unserved = Gauge("getoperate_jobs_unserved", "Jobs waiting on a tag that no group "
+                              "is configured with and no live worker listens to: they wait "
+                              "until one does (move them: getoperate jobs requeue)", ["tag"],
+                              registry=r)
         self.workers = Gauge("getoperate_workers_live", "Live workers, by group",
                              ["group"], registry=r)
         self.worker_config = Gauge("getoperate_worker_config_version", "Config version each live "
@@ -71,12 +75,17 @@ class RouterMetrics:
         for stream in full:
             self.storage_full.labels(stream).set(1)
 
-    def observe_queues(self, queues: dict[str, dict[str, int]]) -> None:
+    def observe_queues(self, queues: dict[str, dict[str, int]],
+                       served: set[str] | None = None) -> None:
+        """`served`: the tags some group is configured with or a live worker listens to."""
         self.waiting.clear()
         self.running.clear()
+        self.unserved.clear()
         for tag, counts in queues.items():
             self.waiting.labels(tag).set(counts["waiting"])
             self.running.labels(tag).set(counts["running"])
+            if served is not None and tag not in served and counts["waiting"]:
+                self.unserved.labels(tag).set(counts["waiting"])
 
     def observe_workers(self, workers: list[WorkerStatus]) -> None:
         """Replace the per-worker series with the live set, so a gone worker's series ends."""

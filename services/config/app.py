@@ -9,16 +9,24 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
-from services.common.http import (
-    MAX_BODY_BYTES, Handler, TokenCheck, error_middleware, hash_token, json_response, query_int,
-    query_range, read_body,
-)
 from services.common import openapi
+from services.common.http import (
+    MAX_BODY_BYTES,
+    Handler,
+    TokenCheck,
+    error_middleware,
+    hash_token,
+    json_response,
+    query_int,
+    query_range,
+    read_body,
+)
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
 from services.config.dashboard import Overview, add_dashboard
 from services.config.keys import SERVICE_KEY, TOKENS_KEY
 from services.config.service import ConfigService
+from services.config.unserved import stranded
 from services.config.verify import Report
 from shared import isolation
 from shared import state as st
@@ -28,7 +36,6 @@ from shared.history import Point, diff_states, summarize
 from shared.limits import FIELDS
 from shared.subjects import group_subject
 from shared.tags import format_tag_spec
-
 
 
 class LimitsUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -110,15 +117,29 @@ class GroupReset(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _write_answer(records: list[Recorded], published: bool,
-                  group: st.GroupConfig | None) -> web.Response:
+                  group: st.GroupConfig | None, warnings: list[str] | None = None
+                  ) -> web.Response:
     return json_response(
         {
             "group": isolation.group_view(group) if group is not None else None,
             "events": [{"seq": r.seq, "id": r.id, "type": r.event.__struct_config__.tag} for r in records],
             "seq": records[-1].seq if records else None,
             "published": published,
+            "warnings": warnings or [],
         }
     )
+
+
+async def _group_write(request: web.Request, name: str | None, decide: Any, *args: Any,
+                       **kwargs: Any) -> web.Response:
+    """Apply a group change; its answer warns about tags it leaves with waiting jobs and no
+    group to serve them (services/config/unserved.py)."""
+    svc = request.app[SERVICE_KEY]
+    before = svc.state
+    records, published = await svc.execute_and_publish(decide, *args, **kwargs)
+    warnings = await stranded(svc.js, before, svc.state) if records else []
+    return _write_answer(records, published, svc.state.groups.get(name) if name else None,
+                         warnings)
 
 
 async def list_groups(request: web.Request) -> web.Response:
@@ -139,7 +160,6 @@ async def get_group(request: web.Request) -> web.Response:
 
 async def put_group(request: web.Request) -> web.Response:
     actor = request.app[TOKENS_KEY].actor(request)
-    svc = request.app[SERVICE_KEY]
     name = request.match_info["name"]
     body = await _read_group_update(request)
     kwargs: dict[str, object] = {}
@@ -159,11 +179,9 @@ async def put_group(request: web.Request) -> web.Response:
         kwargs["sandbox"] = body.sandbox
     if body.network is not msgspec.UNSET:
         kwargs["network"] = body.network
-    records, published = await svc.execute_and_publish(
-        isolation.set_group, name, actor=actor, reason=body.reason,
-        expected_version=body.expected_version, **kwargs,
-    )
-    return _write_answer(records, published, svc.state.groups.get(name))
+    return await _group_write(request, name, isolation.set_group, name, actor=actor,
+                              reason=body.reason, expected_version=body.expected_version,
+                              **kwargs)
 
 
 _UNKNOWN_LIMIT = re.compile(r"unknown field `([^`]*)` - at `\$\.limits`")
@@ -185,24 +203,18 @@ async def _read_group_update(request: web.Request) -> GroupUpdate:
 
 async def reset_group(request: web.Request) -> web.Response:
     actor = request.app[TOKENS_KEY].actor(request)
-    svc = request.app[SERVICE_KEY]
     name = request.match_info["name"]
     body = await read_body(request, GroupReset)
-    records, published = await svc.execute_and_publish(
-        st.reset_group, name, body.preset, actor=actor, reason=body.reason,
-        expected_version=body.expected_version,
-    )
-    return _write_answer(records, published, svc.state.groups.get(name))
+    return await _group_write(request, name, st.reset_group, name, body.preset, actor=actor,
+                              reason=body.reason, expected_version=body.expected_version)
 
 
 async def delete_group(request: web.Request) -> web.Response:
     actor = request.app[TOKENS_KEY].actor(request)
-    svc = request.app[SERVICE_KEY]
-    records, published = await svc.execute_and_publish(
-        st.delete_group, request.match_info["name"], actor=actor,
+    return await _group_write(
+        request, None, st.delete_group, request.match_info["name"], actor=actor,
         reason=request.query.get("reason"), expected_version=query_int(request, "expected_version"),
     )
-    return _write_answer(records, published, None)
 
 
 def _deployed_answer(records: list[Recorded], published: bool, item: Any) -> web.Response:

@@ -436,7 +436,8 @@ class RouterService:
         """Before a scrape: waiting jobs per tag from JetStream, live workers from heartbeats."""
         self.metrics.observe_workers(self.workers.all())
         self.metrics.observe_storage(await self.storage.full(self.js))
-        self.metrics.observe_queues(await waiting_per_tag(self.js))
+        served = set(self._groups_by_tag()) | {t for w in self.workers.all() for t in w.tags}
+        self.metrics.observe_queues(await waiting_per_tag(self.js), served)
 
     def _overlapping(self, answer: Callable[[Msg], Coroutine[Any, Any, None]],
                      bound: asyncio.Semaphore) -> Callable[[Msg], Awaitable[None]]:

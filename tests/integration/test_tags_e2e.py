@@ -281,3 +281,33 @@ def test_workspace_tokens_use_defaults_and_open_assignable_tags_only(extra_worke
     assert cli("token", "revoke", "team-a", cwd=root).returncode == 0
     revoked = run_as_team("--workspace", "teama")
     assert revoked.returncode == 1 and "invalid or revoked token" in revoked.stderr
+
+
+def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
+        extra_workers: Suite) -> None:
+    """Issue 16, point 6: the change that stops the last group serving a tag with waiting jobs
+    warns, the router's metrics count them, and `jobs requeue` moves them to a served tag."""
+    from tests.integration.test_metrics import scrape
+
+    s = extra_workers
+    deploy(s, "ws1/f/strand", 'echo "moved $1"\n')
+    s.api.set_group("strand", dedicated=["ws1:f/strand"])
+    ids = [run(s, "ws1/f/strand", args={"n": str(i)})["id"] for i in range(3)]
+    assert {s.api.job(i, wait=False)["tag"] for i in ids} == {"ws1:f/strand"}
+    answer = s.api.call("PUT", "config", "/groups/strand", {"dedicated": []})
+    assert answer["warnings"] == [
+        "tag 'ws1:f/strand' has 3 waiting job(s) and no group serves it any more: they wait"
+        " until one does; move them with `getoperate jobs requeue --tag ws1:f/strand --to"
+        " OTHER_TAG`"], answer
+    metrics = scrape(s.base + 2)
+    assert metrics[("getoperate_jobs_unserved", (("tag", "ws1:f/strand"),))] == 3
+    busy = cli("jobs", "requeue", "--tag", "bash", "--to", "t-elsewhere", cwd=s.root)
+    assert busy.returncode == 1 and "live worker(s) still take jobs from tag 'bash'" in busy.stderr
+    moved = cli("jobs", "requeue", "--tag", "ws1:f/strand", "--to", "t-strand-new", cwd=s.root)
+    assert moved.returncode == 0, moved.stderr
+    assert "moved 3 waiting job(s) from ws1:f/strand to t-strand-new" in moved.stdout
+    s.api.set_group("strand", tags=["t-strand-new"])
+    s.worker("strand", WORKER_GROUP="strand")
+    views = [s.api.job(i) for i in ids]
+    assert [v["result"] for v in views] == ["moved 0", "moved 1", "moved 2"], views
+    assert {v["group"] for v in views} == {"strand"}
