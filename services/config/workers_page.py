@@ -463,6 +463,7 @@ VIEW_JS = r"""
       }
       showBanner("Cannot load the overview: " + err.message + " (retrying)");
     }
+    clearTimeout(timer);  // a refresh asked for meanwhile (after a change) set one too: keep one loop
     timer = setTimeout(refresh, REFRESH_MS);
   }
 

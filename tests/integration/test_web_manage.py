@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -359,6 +360,20 @@ def test_reset_buttons(ui: Ui) -> None:
     page.click("#ed-save")
     assert [t for _, t in ui.wait_change(f"Group {g} saved")] == ["group.tags_set"]
     assert ui.group(g)["tags"] == [*presets["default"], "extra"]  # type: ignore[index]
+
+    # After all these changes the page still polls once every 2 s, not once per change made.
+    polls: list[float] = []
+
+    def listener(request: Any) -> None:
+        if request.url.endswith("/ui/overview"):
+            polls.append(time.monotonic())
+
+    page.on("request", listener)
+    try:
+        page.wait_for_timeout(4200)
+    finally:
+        page.remove_listener("request", listener)
+    assert 1 <= len(polls) <= 3, polls
 
 
 def test_a_concurrent_change_is_a_409_and_the_form_reloads(ui: Ui) -> None:
