@@ -571,7 +571,9 @@ HTML = f"""<!doctype html>
       <div class="hint">tag=1..255, comma-separated: higher is pulled first.</div></div>
     <div class="field"><label for="ed-env">Static variables</label>
       <textarea id="ed-env" rows="3" spellcheck="false" placeholder="NAME=value, one a line"></textarea>
-      <div class="hint">Set in the environment of the group's jobs.</div></div>
+      <div class="hint">Set in the environment of the group's jobs.</div>
+      <div class="hint" id="ed-env-note" hidden>A value spans several lines: the variables are
+        kept as they are here; change them with <code>getoperate group set</code> or the API.</div></div>
     <fieldset class="field limits-form"><legend>Limits <span class="hint">(empty: the default)</span></legend>
       <label>memory <input type="text" id="ed-limit-memory" placeholder="2G"></label>
       <label>cpu_seconds <input type="text" id="ed-limit-cpu_seconds" placeholder="3600"></label>

@@ -137,6 +137,10 @@ MANAGE_JS = r"""
     $("ed-init").value = g && g.init_script ? g.init_script : "";
     $("ed-dedicated").value = g ? g.dedicated.join(", ") : "";
     $("ed-priorities").value = g ? Object.entries(g.priorities).map(([t, p]) => t + "=" + p).join(", ") : "";
+    // A value over several lines cannot be one NAME=value line: such env is kept as it is.
+    editor.envLocked = !!g && Object.values(g.env).some((v) => /[\r\n]/.test(v));
+    $("ed-env").readOnly = editor.envLocked;
+    $("ed-env-note").hidden = !editor.envLocked;
     $("ed-env").value = g ? Object.entries(g.env).map(([k, v]) => k + "=" + v).join("\n") : "";
     const limits = {};
     for (const n of LIMITS) {
@@ -190,7 +194,7 @@ MANAGE_JS = r"""
       init_script: script.trim() ? script : null,
       dedicated: splitList($("ed-dedicated").value),
       priorities: parsePriorities($("ed-priorities").value),
-      env: parseEnv($("ed-env").value),
+      env: editor.envLocked ? editor.base.env : parseEnv($("ed-env").value),
       limits,
       sandbox: $("ed-sandbox").value,
       network: $("ed-network").checked,

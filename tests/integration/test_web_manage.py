@@ -610,6 +610,30 @@ def test_history_and_diff(ui: Ui) -> None:
     expect(dialog).to_be_hidden()
 
 
+def test_a_multi_line_variable_is_kept(ui: Ui) -> None:
+    """Static variables are one NAME=value line each in the form: a value over several lines
+    (set through the API) makes them read-only there, and other edits keep them."""
+    from playwright.sync_api import expect
+
+    g = name("cert")
+    env = {"CERT": "-----BEGIN-----\nabc\n-----END-----", "X": "1"}
+    ui.http("PUT", f"/groups/{g}", {"tags": ["a"], "env": env})
+    expect(ui.row(g)).to_be_visible()
+    ui.edit(g)
+    expect(ui.page.locator("#ed-env")).not_to_be_editable()
+    expect(ui.page.locator("#ed-env-note")).to_be_visible()
+    ui.page.fill("#ed-tags", "a, b")
+    ui.page.click("#ed-save")
+    assert [t for _, t in ui.wait_change(f"Group {g} saved")] == ["group.tags_set"]
+    assert ui.group(g)["env"] == env  # type: ignore[index]
+    one_line = ui.http("PUT", f"/groups/{g}", {"env": {"X": "2"}})["group"]
+    expect(ui.row(g).locator("td.version")).to_have_text(str(one_line["version"]))
+    ui.edit(g)
+    expect(ui.page.locator("#ed-env")).to_be_editable()
+    expect(ui.page.locator("#ed-env-note")).to_be_hidden()
+    ui.page.click("#ed-close")
+
+
 def test_editor_screenshot(ui: Ui) -> None:
     """The editor of a group with every field set (docs/workers-edit.png)."""
     from playwright.sync_api import expect
