@@ -59,6 +59,9 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
         where = (f"on worker {view['worker']}" if view["status"] == "running"
                  else f"on tag {view['tag']!r}")
         line = f"job {job_id} is {view['status']} {where}"
+        if view["status"] == "running" and view.get("worker") and not _alive(ep, view["worker"]):
+            line = (f"job {job_id}: worker {view['worker']} was lost; waiting for the job's"
+                    " redelivery to another worker")
         if line != shown:
             print(f"getoperate: {line} ({time.monotonic() - started:.0f}s)...", file=sys.stderr,
                   flush=True)
@@ -66,6 +69,15 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
 
 
 PROGRESS_AFTER = 2.0
+
+
+def _alive(ep: Endpoints, worker: str) -> bool:
+    """Whether a worker still beats (its heartbeat is in GET /workers). A failed look is taken
+    as alive: the progress line only changes on evidence."""
+    try:
+        return any(w["id"] == worker for w in call("GET", f"{ep.router_url}/workers", ep.token()))
+    except CliError:
+        return True
 
 
 def _progress(line: str) -> None:

@@ -266,3 +266,34 @@ def test_a_second_up_in_the_same_folder_refuses_and_leaves_the_first_alone(suite
     assert f"pid {suite.up.p.pid}" in second.stderr
     assert (suite.root / ".getoperate" / "endpoints.json").read_text() == endpoints
     assert suite.api.job(suite.api.submit("echo still one")["id"])["result"] == "still one"
+
+
+def test_the_wait_line_says_when_the_running_worker_was_lost(suite: Suite) -> None:
+    """Issue 16, point 9: `--wait` names the worker running the job; once that worker's
+    heartbeat is gone (it was SIGKILLed), the line says so instead of naming a dead worker."""
+    import subprocess
+    import sys
+
+    from tests.integration.harness import cli_env, wait_until
+
+    suite.api.set_group("lost", tags=["t-lost"])
+    worker = suite.worker("lost", WORKER_GROUP="lost")
+    worker.wait_for('"worker_ready"', timeout=60)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", "--language", "bash", "--code", "sleep 120",
+         "--tag", "t-lost", "--wait", "--timeout", "90"], cwd=suite.root, env=cli_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stderr is not None
+        lines: list[str] = []
+        wait_until(lambda: (lines.append(waiting.stderr.readline()) or "is running on worker"
+                            in lines[-1]), "the running line", 60)
+        worker.stop(signal.SIGKILL)
+        wait_until(lambda: (lines.append(waiting.stderr.readline()) or "was lost" in lines[-1]),
+                   "the lost line", 60)
+        assert "waiting for the job's redelivery to another worker" in lines[-1], lines
+    finally:
+        waiting.kill()
+        waiting.wait()
+        if waiting.stderr is not None:
+            waiting.stderr.close()

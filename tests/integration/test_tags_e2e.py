@@ -311,3 +311,27 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
     views = [s.api.job(i) for i in ids]
     assert [v["result"] for v in views] == ["moved 0", "moved 1", "moved 2"], views
     assert {v["group"] for v in views} == {"strand"}
+
+
+def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite) -> None:
+    """Issue 16, point 9: it no longer counts as waiting (Workers page, metrics), even on a
+    tag no worker serves."""
+    from tests.integration.test_metrics import scrape
+
+    s = extra_workers
+
+    def waiting() -> int:
+        queues = s.api.call("GET", "config", "/ui/overview")["queues"]
+        return sum(q["waiting"] for q in queues if q["tag"] == "t-cancel-queued")
+
+    ids = [s.api.submit("echo never", tag="t-cancel-queued")["id"] for _ in range(3)]
+    assert waiting() == 3
+    out = cli("cancel", ids[1], cwd=s.root)
+    assert out.returncode == 0, out.stderr
+    assert waiting() == 2
+    metrics = scrape(s.base + 2)
+    assert metrics[("getoperate_jobs_waiting", (("tag", "t-cancel-queued"),))] == 2
+    assert s.api.job(ids[1], wait=False)["status"] == "cancelled"
+    s.api.set_group("cancelq", tags=["t-cancel-queued"])
+    s.worker("cancelq", WORKER_GROUP="cancelq")
+    assert [s.api.job(i)["status"] for i in ids] == ["success", "cancelled", "success"]
