@@ -262,6 +262,9 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     current_job: str | None = None
     init_status: InitStatus = "none"
     init_error: str | None = None
+    # The end of the init script's output when it succeeded (its error when it failed is
+    # init_error): admins see it on the Workers page; workspace tokens never.
+    init_output: str | None = None
     state: Literal["starting", "ready", "stopping"] = "starting"
     hostname: str
     pid: int

@@ -58,6 +58,7 @@ class WorkerView(msgspec.Struct, kw_only=True):
     state: str
     init_status: str
     init_error: str | None
+    init_output: str | None = None  # the end of a successful init script's output
     current_job: str | None
     jobs_done: int
     hostname: str
@@ -152,6 +153,7 @@ def _worker_view(w: WorkerStatus, groups: dict[str, st.GroupConfig]) -> WorkerVi
         config_version=w.config_version, group_version=expected,
         stale=expected is not None and w.config_version < expected,
         state=w.state, init_status=w.init_status, init_error=w.init_error,
+        init_output=w.init_output,
         current_job=w.current_job, jobs_done=w.jobs_done, hostname=w.hostname, pid=w.pid,
         started_at=w.started_at, heartbeat_at=w.heartbeat_at, dedicated=list(w.dedicated),
         sandbox=w.sandbox, network=w.network, sandbox_note=w.sandbox_note,

@@ -369,7 +369,10 @@ VIEW_JS = r"""
           w.sandbox_note ? h("div", { class: "muted small sandbox-note" }, w.sandbox_note) : null),
         h("td", {}, badge(w.state, stateKind)),
         h("td", { class: "init" }, badge(failed ? "init script failed" : w.init_status, initKind),
-          w.init_error ? h("pre", { class: "script mono error init-output", title: "its output" }, w.init_error) : null),
+          w.init_error ? h("pre", { class: "script mono error init-output", title: "its output" }, w.init_error) : null,
+          !w.init_error && w.init_output ? h("details", { class: "init-ok-output" },
+            h("summary", { class: "muted small" }, "output"),
+            h("pre", { class: "script mono init-output" }, w.init_output)) : null),
         h("td", { class: "job" }, w.current_job ? h("code", { class: "job-id" }, w.current_job) : h("span", { class: "muted" }, "idle")),
         h("td", { class: "num" }, w.jobs_done),
         h("td", { class: "muted small" }, ago(data.now, w.heartbeat_at)));

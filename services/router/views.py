@@ -69,7 +69,7 @@ def worker_view(w: WorkerStatus, visible: Callable[[str], bool], own_job: bool) 
     return msgspec.structs.replace(
         w, tags=[t for t in w.tags if visible(t)], dedicated=[t for t in w.dedicated if visible(t)],
         priorities={t: p for t, p in w.priorities.items() if visible(t)},
-        current_job=w.current_job if own_job else None, init_error=None)
+        current_job=w.current_job if own_job else None, init_error=None, init_output=None)
 
 
 async def workers_for(who: Identity, workers: list[WorkerStatus], config: ConfigState,

@@ -26,6 +26,7 @@ JOB_BEAT_GAP = 0.5
 def build_status(*, worker_id: str, group: str | None, tags: list[str], tags_source: str,
                  config_version: int, current: Iterable[str], init_status: str,
                  init_error: str | None, state: str, started_at: float, jobs_done: int,
+                 init_output: str | None = None,
                  priorities: dict[str, int], dedicated: Iterable[str],
                  config_applied_at: float | None, isolation: tuple[str, bool, str | None],
                  now: float | None = None) -> WorkerStatus:
@@ -34,7 +35,8 @@ def build_status(*, worker_id: str, group: str | None, tags: list[str], tags_sou
     return WorkerStatus(
         id=worker_id, group=group, tags=tags, tags_source=tags_source,  # type: ignore[arg-type]
         config_version=config_version, current_job=next(iter(current), None),
-        init_status=init_status, init_error=init_error, state=state,  # type: ignore[arg-type]
+        init_status=init_status, init_error=init_error, init_output=init_output,
+        state=state,  # type: ignore[arg-type]
         hostname=socket.gethostname(), pid=os.getpid(), started_at=started_at,
         heartbeat_at=time.time() if now is None else now, jobs_done=jobs_done,
         priorities=priorities, dedicated=sorted(dedicated), config_applied_at=config_applied_at,

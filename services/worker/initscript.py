@@ -32,6 +32,7 @@ class InitScript:
         self.on_change = on_change  # status changed: beat at once
         self.ok = asyncio.Event()
         self.error: str | None = None
+        self.output: str | None = None  # the end of a successful run's output
         self.status = "none"
         self._task: asyncio.Task[None] | None = None
 
@@ -49,7 +50,7 @@ class InitScript:
         self.stop()
         self.ok.clear()
         if script is None:
-            self.status, self.error = "none", None
+            self.status, self.error, self.output = "none", None, None
             self.ok.set()
             return
         self._task = asyncio.create_task(self._run(script), name="init-script")
@@ -68,13 +69,13 @@ class InitScript:
             started = time.monotonic()
             ok, logs = await self.executor.run_init(script)
             if ok:
-                self.status, self.error = "ok", None
+                self.status, self.error, self.output = "ok", None, logs[-2000:] or None
                 self.logger.info("init_script_ok",
                                  duration_ms=round((time.monotonic() - started) * 1000))
                 self.ok.set()
                 self.on_change()
                 return
-            self.status, self.error = "failed", logs[-2000:]
+            self.status, self.error, self.output = "failed", logs[-2000:], None
             self.logger.error("init_script_failed", retry_in=delay, output=logs[-500:])
             self.on_change()
             await asyncio.sleep(delay)

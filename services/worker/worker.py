@@ -106,7 +106,8 @@ class Worker:
         return build_status(
             worker_id=self.id, group=self.group, tags=self.tags(), tags_source=self.tags_source(),
             config_version=self.config_version, current=self.attempts.current,
-            init_status=self.init.status, init_error=self.init.error, state=self.state,
+            init_status=self.init.status, init_error=self.init.error,
+            init_output=self.init.output, state=self.state,
             started_at=self.started_at, jobs_done=self.jobs_done, priorities=self.priorities,
             dedicated=self.dedicated_tags, config_applied_at=self.config_applied_at,
             isolation=self.executor.isolation())

@@ -410,7 +410,8 @@ def test_workers_show_a_workspace_token_neither_other_jobs_nor_init_output(
     fakes = [fake_status("id-fake-failed", tags=["bash"], init_status="failed",
                          init_error=secret, **env),
              fake_status("id-fake-ded", tags=["python3", "ws1:f/secret"],
-                         dedicated=["ws1:f/secret"], priorities={"ws1:f/secret": 5}, **env)]
+                         dedicated=["ws1:f/secret"], priorities={"ws1:f/secret": 5},
+                         init_status="ok", init_output=secret + "-ok", **env)]
     with FakeWorkers(s.nats_url, *fakes):
         s.api.wait_workers(lambda ws: {"id-fake-failed", "id-fake-ded"} <= {w["id"] for w in ws})
         as_ws2 = json.loads(http(s, "GET", "router", "/workers", tokens.ws2)[1])
@@ -426,6 +427,7 @@ def test_workers_show_a_workspace_token_neither_other_jobs_nor_init_output(
     assert "idgpu" in {w["group"] for w in as_ws1}
     assert any(w["current_job"] == job_id for w in admin)
     assert any(w.get("init_error") == secret for w in admin)
+    assert any(w.get("init_output") == secret + "-ok" for w in admin)
 
 
 def test_metrics_show_a_workspace_token_only_its_tags(suite: Suite, tokens: Tokens) -> None:

@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = ROOT / "docs" / "workers-page.png"
 INIT_SCRIPT = 'echo "<img src=x onerror=window.__xss=1>" >/tmp/motd\necho "installing CUDA drivers"\n'
+INIT_OUTPUT = '<img src=x onerror=window.__xss=3>drivers 550.54 installed\n'
 SANDBOX_NOTE = '<img src=x onerror=window.__xss=2>bwrap: setting up uid map: Permission denied'
 WAIT = 15_000  # ms, for each expectation on the page
 
@@ -125,7 +126,8 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
 
     # Two workers that only heartbeat: one without a sandbox (its note holds markup), one boxed.
     bare = fake_status("fake-bare", sandbox="none", sandbox_note=SANDBOX_NOTE)
-    boxed = fake_status("fake-boxed", sandbox="bwrap", network=False)
+    boxed = fake_status("fake-boxed", sandbox="bwrap", network=False, init_status="ok",
+                        init_output=INIT_OUTPUT)
     problems: list[str] = []
     with FakeWorkers(suite.nats_url, bare, boxed), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -185,6 +187,10 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             expect(bare_row.locator(".sandbox-note")).to_have_text(SANDBOX_NOTE)
             expect(page.locator('#workers tr[data-worker="fake-boxed"] td.sandbox')).to_have_text(
                 "bwrap · no network")
+            # a successful init script's output, as text, folded under "output"
+            init_cell = page.locator('#workers tr[data-worker="fake-boxed"] td.init')
+            init_cell.locator("summary").click()
+            assert init_cell.locator("pre.init-output").text_content() == INIT_OUTPUT
             assert page.locator("#sandbox-banner img, #workers img").count() == 0
             assert page.evaluate("window.__xss") is None
 
