@@ -171,11 +171,11 @@ def up(data_dir: Path, nats_port: int, config_port: int, router_port: int,
     # user's own umask back (they write no secret, and jobs' files are none of our business).
     user_umask = os.umask(PRIVATE_UMASK)
     private_dir(data_dir, recursive=False)
-    _hold_folder(data_dir)  # before anything in it is written
     for port, what in ((nats_port, "--nats-port"), (config_port, "--config-port"),
                        (router_port, "--router-port")):
         if port_open(port):
             raise CliError(f"port {port} ({what}) is already in use on 127.0.0.1", EXIT_USAGE)
+    _hold_folder(data_dir)  # before anything in it is written
     private_dir(data_dir)  # a data dir of an older version was 0755 with 0644 files
     jobs = _own_private_dir(jobs_dir(data_dir))
     worker_dirs = {(group, i): _own_private_dir(jobs / f"{group}-{i}")

@@ -31,7 +31,8 @@ from shared import state as st
 from shared import subjects
 from shared.codec import decode, encode
 from shared.errors import (
-    Conflict, Forbidden, GetOperateError, InvalidInput, NotFound, OutcomeUnknown, StorageFull,
+    Conflict, DependenciesFailed, Forbidden, GetOperateError, InvalidInput, NotFound,
+    OutcomeUnknown, StorageFull,
     TooBusy, Unauthorized, Unavailable,
 )
 from shared.admission import Gate, Rejected, Sampled
@@ -49,6 +50,7 @@ from shared.identity import Identity, authorize_submit
 
 MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
+CATCH_UP_WITHIN = 2.0  # a submission naming what the config stream has and this router not yet
 UNQUEUE_SCAN = 10_000  # queued messages of a tag looked at to take a cancelled job off its queue
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
@@ -110,6 +112,7 @@ class RouterService:
         self.metrics = RouterMetrics(lambda: self.config.seq)
         self.storage = StorageWatch()
         self._repeats = Sampled()
+        self._config_stream_seq = 0  # the config stream's last message this router has seen
 
     async def start(self, verifier: Verifier | None = None) -> None:
         # Every config event is checked before it is folded (shared/admission.py); without a
@@ -124,6 +127,7 @@ class RouterService:
                 self.config = open_snapshot(snap, self._config_gate.verifier)
                 self._config_gate.start_at(snap.seq, snap.hash)
                 start_seq = snap.stream_seq + 1
+                self._config_stream_seq = snap.stream_seq
             except SnapshotRejected as exc:  # a cache: replay the stream instead
                 self.logger.warning("snapshot_rejected", source=bus.SNAPSHOT_BUCKET,
                                     reason=exc.reason, error=exc.message)
@@ -158,6 +162,7 @@ class RouterService:
 
     async def _on_config(self, msg: Msg) -> None:
         """Fold the next signed event of the log; log and skip anything else (never stop)."""
+        self._config_stream_seq = max(self._config_stream_seq, msg.metadata.sequence.stream)
         try:
             rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
         except Rejected as exc:
@@ -214,11 +219,14 @@ class RouterService:
                     return self._replay(first, [])
         else:
             job_id = new_job_id()
-        route = routing.route(
-            self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
-            language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=who.admin,
-            planned=planned,
-        )
+        try:
+            route = self._route(sub, who, planned)
+        except (NotFound, DependenciesFailed):
+            # Read your writes: a script deployed (or fixed) a moment ago may not be folded
+            # here yet. Catch up with the config stream, then decide once more.
+            if not await self._catch_up(CATCH_UP_WITHIN):
+                raise
+            route = self._route(sub, who, planned)
         if first is not None and route.tag != first.tag:  # the config changed: leave it be
             return self._replay(first, [])
         tag = route.tag
@@ -284,6 +292,28 @@ class RouterService:
                          live_workers=len(live))
         return SubmitAnswer(id=job.id, tag=tag, groups=groups, live_workers=len(live),
                             warning=warning, steps=steps)
+
+    def _route(self, sub: JobSubmit, who: Identity, planned: bool) -> routing.Route:
+        return routing.route(
+            self.config, workspace=sub.workspace, args=sub.args, override=sub.tag,
+            language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=who.admin,
+            planned=planned,
+        )
+
+    async def _catch_up(self, within: float) -> bool:
+        """Wait (up to `within`) until this router has folded every message the config stream
+        held when asked; True when that took folding something new (worth routing again)."""
+        try:
+            info = await self.js.stream_info(subjects.CONFIG_STREAM)
+        except (nats_errors.Error, APIError, asyncio.TimeoutError):
+            return False
+        target = info.state.last_seq
+        if self._config_stream_seq >= target:
+            return False
+        deadline = time.monotonic() + within
+        while self._config_stream_seq < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return True
 
     async def _connected(self, until: float) -> None:
         """Wait (until `until`) for a NATS connection that is failing over to another node or

@@ -64,6 +64,15 @@ def wait_until(predicate: Any, what: str = "condition", timeout: float = 60.0,
         time.sleep(interval)
 
 
+def wait_router_seq(s: Any, seq: int) -> None:
+    """Until the router of suite `s` has folded config event `seq` (a token revoked, a tag
+    restricted, a script redeployed): what runs next sees it."""
+    deadline = time.monotonic() + 20
+    while s.api.call("GET", "router", "/healthz")["config_seq"] < seq:
+        assert time.monotonic() < deadline, f"the router never folded seq {seq}"
+        time.sleep(0.05)
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKER_", "GETOPERATE_"))}
     env["PYTHONPATH"] = str(ROOT)

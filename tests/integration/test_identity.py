@@ -31,7 +31,7 @@ from shared.codec import decode, encode
 from shared.jobs import DeadLetter, Job
 from tests.conftest import eventually
 from tests.integration.conftest import Suite
-from tests.integration.harness import FakeWorkers, fake_status
+from tests.integration.harness import FakeWorkers, fake_status, wait_router_seq
 from tests.integration.test_routing_e2e import ready
 
 RESTRICTED = "t-id-gpu"
@@ -87,14 +87,6 @@ def http(s: Suite, method: str, service: str, path: str, token: str | None,
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def wait_router_seq(s: Suite, seq: int) -> None:
-    """Until the router has folded config event `seq` (a token revoked, a tag restricted)."""
-    deadline = time.monotonic() + 20
-    while s.api.call("GET", "router", "/healthz")["config_seq"] < seq:
-        assert time.monotonic() < deadline, f"the router never folded seq {seq}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +361,7 @@ async def test_a_job_queued_before_its_tag_closed_is_refused_with_its_reason(
     wait_router_seq(s, s.api.call("GET", "config", "/healthz")["seq"])
     answer = await submit_as(s, "worker", {"language": "bash", "code": "echo late", "tag": tag},
                              s.auth(tokens.ws2))
-    closed = s.api.call("POST", "config", "/tags", {"spec": f"{tag}(ws1)"})
+    closed = s.api.call("POST", "config", "/tags", {"spec": f"{tag}(ws1)", "replace": True})
     s.api.set_group("idlater", tags=[tag])
     s.worker("idlater", WORKER_GROUP="idlater")
     view = s.api.job(answer["id"], timeout=30)

@@ -10,7 +10,7 @@ import pytest
 
 from cli.client import CliError
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli
+from tests.integration.harness import cli, wait_router_seq
 from tests.integration.test_routing_e2e import ready
 
 
@@ -179,7 +179,7 @@ def test_dedicated_workers_keep_a_warm_runtime_per_script_and_restart_it_on_rede
     assert len({r[1] for r in results}) == 1  # one process served all three
     other = s.api.job(run(s, "ws1/f/warm-b", args={"x": 7})["id"])["result"]
     assert other[0] == 100 and other[1] != results[0][1]  # every dedicated script is served
-    deploy(s, "ws1/f/warm-a", code.format(v=2), language="python3")
+    wait_router_seq(s, deploy(s, "ws1/f/warm-a", code.format(v=2), language="python3")["seq"])
     after = s.api.job(run(s, "ws1/f/warm-a", args={"x": 9})["id"])["result"]
     assert after[0] == 2 and after[1] != results[0][1]  # redeploy: a fresh process, new code
 
@@ -335,3 +335,13 @@ def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite
     s.api.set_group("cancelq", tags=["t-cancel-queued"])
     s.worker("cancelq", WORKER_GROUP="cancelq")
     assert [s.api.job(i)["status"] for i in ids] == ["success", "cancelled", "success"]
+
+
+def test_a_script_can_be_run_the_moment_its_deploy_answers(extra_workers: Suite) -> None:
+    """Read your writes: a router that has not folded the deploy yet catches up with the config
+    stream before it answers 404 (or runs a version the deploy replaced)."""
+    s = extra_workers
+    for i in range(10):
+        deploy(s, f"ws1/f/ryw-{i}", f"echo ryw-{i}\n")
+        answer = run(s, f"ws1/f/ryw-{i}")  # no wait in between
+        assert s.api.job(answer["id"])["result"] == f"ryw-{i}"
