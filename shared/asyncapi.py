@@ -174,6 +174,7 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             config_version=2, state="ready", hostname="vm", pid=23067,
             started_at=1795926576.821796, heartbeat_at=1795926651.856682, jobs_done=3))],
         "CancelRequest": [_example("router", "cancelled by admin")],
+        "CancelledQueuedMark": [_example("a job cancelled while it waited", "")],
         "ConfigSnapshot": [_example("seeded state (shown as JSON, `state` in base64)", seal_snapshot(
             _EXAMPLE_SIGNER, ConfigState(seq=2, groups={"default": GroupConfig(
                 name="default", tags=("bash", "python3"), version=2)}), second.hash, 2))],
@@ -289,6 +290,15 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                           "contentType": "text/plain",
                           "payload": {"type": "string", "description": "who asked, e.g."
                                       " `cancelled by <token name>` or `flow <id> cancelled`"}},
+        "CancelledQueuedMark": {
+            "title": "Cancelled, still queued",
+            "summary": "Empty; the key names the tag and the job. Routers put it when they cancel"
+                       " a job that waits, the worker that drops the job deletes it"
+                       " (`KV-Operation: DEL`); waiting counts leave marked jobs out.",
+            "contentType": "text/plain",
+            "payload": {"type": "string", "maxLength": 0},
+            "headers": _headers(KV_Operation="`DEL` when the worker dropped the job"),
+        },
         "ConfigSnapshot": {
             "title": "Config snapshot",
             "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration, signed, as"
@@ -474,6 +484,15 @@ def _channels() -> dict[str, dict[str, Any]]:
             " `GETOPERATE_JOB_HISTORY_SECONDS`, history 1): a key asks for that job to be"
             " cancelled. Every worker watches the whole bucket.",
             ["CancelRequest"], f"KV_{CANCELS_BUCKET}", jobId=job_id),
+        "cancelledQueued": channel(
+            f"{kv_cancels}.{subjects.CANCELLED_QUEUED}.{{tag}}.{{jobId}}",
+            "Cancelled jobs still on their queue",
+            f"Keys `{subjects.CANCELLED_QUEUED}.<token(tag)>.<token(job id)>` of bucket"
+            f" `{CANCELS_BUCKET}`: a job cancelled while it waited stays on its tag's queue until"
+            " a worker of the tag drops it (no service deletes queued messages); the mark keeps it"
+            " out of waiting counts (metrics, the Workers page) meanwhile. A worker may delete"
+            " the marks of its own tags only.",
+            ["CancelledQueuedMark"], f"KV_{CANCELS_BUCKET}", tag=tag, jobId=job_id),
         "snapshots": channel(
             f"$O.{SNAPSHOT_BUCKET}.C.{{chunk}}", "Config snapshot (object store)",
             f"Object store `{SNAPSHOT_BUCKET}` (stream `OBJ_{SNAPSHOT_BUCKET}`): one object,"
@@ -506,6 +525,8 @@ _OPERATIONS: list[tuple[Any, ...]] = [
      "fold job views (`GET /jobs`, cancel)"),
     ("router", "receive", "workers", ["workerStatus"], "list live workers"),
     ("router", "send", "cancels", ["cancelRequest"], "`POST /jobs/{id}/cancel`"),
+    ("router", "send", "cancelledQueued", ["cancelledQueuedMark"],
+     "mark a job cancelled while it waited (out of waiting counts until it is dropped)"),
     ("worker", "receive", "configGroup", ["recorded"], "replay then follow its group (hot reload)"),
     ("router", "send", "jobWake", ["wakeUp"], "after each enqueue: wake the tag's workers"),
     ("worker", "receive", "jobWake", ["wakeUp"],
@@ -525,6 +546,8 @@ _OPERATIONS: list[tuple[Any, ...]] = [
     ("worker", "send", "routerSubmit", ["jobSubmit"], "a flow submits each step as its own job",
      "routerSubmitReply", ["submitAnswer", "submitError"]),
     ("worker", "send", "workers", ["workerStatus"], "heartbeat; delete the key on shutdown"),
+    ("worker", "send", "cancelledQueued", ["cancelledQueuedMark"],
+     "delete the mark of a cancelled job it dropped (its own tags' marks only)"),
     ("worker", "receive", "cancels", ["cancelRequest"],
      "watch the whole bucket: kill a running job (or a flow's step, when its flow is"
      " cancelled), skip a later one"),

@@ -119,6 +119,16 @@ def tag_consumer(tag: str) -> str:
     return "tagh_" + hashlib.sha256(tag.encode("utf-8")).hexdigest()
 
 
+CANCELLED_QUEUED = "queued"  # GO_CANCELS keys `queued.<tag>.<job id>`: cancelled, still queued
+
+
+def cancelled_queued_key(tag: str, job_id: str) -> str:
+    """GO_CANCELS key marking a job cancelled before it started that still sits on its tag's
+    queue (nobody may delete a queued message but the worker that takes it): waiting counts
+    leave it out until that worker drops it and removes the mark."""
+    return f"{CANCELLED_QUEUED}.{encode_token(tag)}.{encode_token(job_id)}"
+
+
 def wake_subject(tag: str) -> str:
     """Where the routers announce that a job of `tag` was enqueued (no body)."""
     return f"{WAKE_PREFIX}.{encode_token(tag)}"

@@ -79,13 +79,6 @@ def _streams(template: str, names: Iterable[str] = STREAMS) -> list[str]:
 # Destroying history or queued jobs is no service's business (an operator does it as admin).
 _DESTROY = (f"{_JS}.STREAM.DELETE.>", f"{_JS}.STREAM.PURGE.>", f"{_JS}.STREAM.MSG.DELETE.>",
             f"{_JS}.CONSUMER.DELETE.{subjects.JOBS_STREAM}.>")
-# Removing one queued message of GO_JOBS (a cancelled job's), never a purge: routers only.
-_UNQUEUE = (f"{_JS}.STREAM.MSG.GET.{subjects.JOBS_STREAM}",
-            f"{_JS}.STREAM.MSG.DELETE.{subjects.JOBS_STREAM}")
-_ROUTER_DESTROY = (f"{_JS}.STREAM.DELETE.>", f"{_JS}.STREAM.PURGE.>",
-                   *_streams(_JS + ".STREAM.MSG.DELETE.{s}",
-                             [s for s in STREAMS if s != subjects.JOBS_STREAM]),
-                   f"{_JS}.CONSUMER.DELETE.{subjects.JOBS_STREAM}.>")
 # Declaring the suite's streams and buckets (config service and routers do, in any start order).
 _DECLARE = (f"{_JS}.INFO", f"{_JS}.STREAM.NAMES", f"{_JS}.STREAM.LIST", *_streams(_JS + ".STREAM.CREATE.{s}"),
             *_streams(_JS + ".STREAM.UPDATE.{s}"), *_streams(_JS + ".STREAM.INFO.{s}"))
@@ -139,11 +132,8 @@ def static(role: str, inbox: str | None = None) -> Perms:
             pub_allow=(f"{_JS}.INFO", f"{_JS}.STREAM.NAMES", *_streams(_JS + ".STREAM.INFO.{s}"),
                        *_READ, *_QUEUE_STATE, subjects.JOBS_SUBJECTS,
                        subjects.JOB_EVENTS_SUBJECTS, f"{subjects.WAKE_PREFIX}.*",
-                       "$KV.GO_CANCELS.>",
-                       # a job cancelled before it started leaves its queue at once (found by
-                       # its tag's subject): the power to cancel any job, which routers have
-                       *_UNQUEUE),
-            pub_deny=(*_ROUTER_DESTROY, "$O.GO_SNAPSHOTS.>"),
+                       "$KV.GO_CANCELS.>"),
+            pub_deny=(*_DESTROY, "$O.GO_SNAPSHOTS.>"),
             # submissions only in the routers' queue group: one router takes each, none copies
             sub_allow=(own_inbox, f"{subjects.SUBMIT_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}",
                        f"{subjects.JOB_SUBJECT} {subjects.ROUTER_QUEUE_GROUP}",
@@ -192,11 +182,15 @@ def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
     if jobs:
         if inbox is None:  # the table's pattern
             pub += [f"{_JS}.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.<its tags' consumers>",
-                    f"$JS.ACK.{subjects.JOBS_STREAM}.<its tags' consumers>.>"]
+                    f"$JS.ACK.{subjects.JOBS_STREAM}.<its tags' consumers>.>",
+                    f"$KV.GO_CANCELS.{subjects.CANCELLED_QUEUED}.<its tags>.>"]
             sub += [f"{subjects.WAKE_PREFIX}.<its tags>"]
         else:
             pub += [f"{_JS}.CONSUMER.MSG.NEXT.{subjects.JOBS_STREAM}.{c}" for c in consumers]
             pub += [f"$JS.ACK.{subjects.JOBS_STREAM}.{c}.>" for c in consumers]
+            # the marks of its tags' cancelled queued jobs, removed as it drops them
+            pub += [f"$KV.GO_CANCELS.{subjects.CANCELLED_QUEUED}.{subjects.encode_token(t)}.>"
+                    for t in tag_list]
             sub += [subjects.wake_subject(t) for t in tag_list]
     return Perms(pub_allow=tuple(pub), sub_allow=tuple(sub))
 

@@ -3,18 +3,54 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 
+from services.common.bus import CANCELS_BUCKET
 from shared import subjects
 from shared.errors import InvalidInput
 
 
 async def waiting_per_tag(js: JetStreamContext) -> dict[str, dict[str, int]]:
-    """tag -> {"waiting": jobs no worker has taken, "running": taken and not yet acked}.
+    """tag -> {"waiting": jobs no worker has taken, "running": taken and not yet acked,
+    "cancelled": jobs cancelled while they waited, still on the queue (not in "waiting")}.
 
     Every tag a worker ever listened to has a durable consumer filtered on its subject; a tag no
     worker ever served has none, and its jobs are counted from the stream's subjects instead.
+    A job cancelled while it waits stays on its queue until a worker of its tag drops it (no
+    service may delete a queued message): its router marks it in GO_CANCELS, and the marks are
+    taken off the waiting count.
     """
+    out = await _queued(js)
+    for tag, cancelled in (await _cancelled_marks(js)).items():
+        counts = out.get(tag)
+        if counts is not None:
+            counts["cancelled"] = min(cancelled, counts["waiting"])
+            counts["waiting"] -= counts["cancelled"]
+    return out
+
+
+async def _cancelled_marks(js: JetStreamContext) -> dict[str, int]:
+    """tag -> marks of cancelled jobs still queued (GO_CANCELS keys `queued.<tag>.<job>`)."""
+    marks: dict[str, int] = {}
+    try:
+        kv = await js.key_value(CANCELS_BUCKET)
+        keys = await kv.keys()  # (nats-py's key filters matched nothing here: filtered below)
+    except (NotFoundError, NoKeysError):
+        return marks
+    prefix = subjects.CANCELLED_QUEUED + "."
+    for key in keys:
+        if not key.startswith(prefix) or key.count(".") != 2:
+            continue
+        _, token, _ = key.split(".", 2)
+        try:
+            tag = subjects.decode_token(token)
+        except InvalidInput:
+            continue
+        marks[tag] = marks.get(tag, 0) + 1
+    return marks
+
+
+async def _queued(js: JetStreamContext) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     consumers = []
     try:

@@ -51,7 +51,6 @@ from shared.identity import Identity, authorize_submit
 MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
 CATCH_UP_WITHIN = 2.0  # a submission naming what the config stream has and this router not yet
-UNQUEUE_SCAN = 10_000  # queued messages of a tag looked at to take a cancelled job off its queue
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
@@ -566,30 +565,11 @@ class RouterService:
                 job_id=job_id, time=time.time(), status="cancelled",
                 error=f"cancelled by {by} before it started", worker="router"),
                 f"{job_id}:cancel:finished")
-            if view.tag:
-                await self._unqueue(job_id, view.tag)
+            if view.tag:  # left out of waiting counts until a worker drops it (queues.py)
+                await kv.put(subjects.cancelled_queued_key(view.tag, job_id), b"")
+                await self.nc.publish(subjects.wake_subject(view.tag), b"")  # drop it now
         self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
-
-    async def _unqueue(self, job_id: str, tag: str) -> None:
-        """Take a job cancelled before it started off its tag's queue, so nobody counts it as
-        waiting (the Workers page, metrics). Best effort: a job further than UNQUEUE_SCAN into
-        its queue, or one a worker took meanwhile, is dropped by the worker that takes it (it
-        sees the cancellation)."""
-        subject = subjects.job_subject(tag)
-        seq = 1
-        try:
-            for _ in range(UNQUEUE_SCAN):
-                msg = await self.js.get_msg(subjects.JOBS_STREAM, seq=seq, subject=subject,
-                                            next=True)
-                seq = (msg.seq or seq) + 1
-                if _queued_id(msg.data or b"") == job_id:
-                    await self.js.delete_msg(subjects.JOBS_STREAM, msg.seq)
-                    self.logger.info("job_unqueued", job_id=job_id, tag=tag)
-                    return
-        except (nats_errors.Error, APIError) as exc:  # none left, or NATS away: best effort
-            if not isinstance(exc, NotFoundError):
-                self.logger.warning("job_unqueue_failed", job_id=job_id, error=repr(exc))
 
     async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str,
                       within: float = 20.0, expect_last: int | None = None) -> object:
@@ -705,21 +685,6 @@ def _why_none(listening: list[WorkerStatus], language: str) -> str:
                      + (f" ({error[-1][:200]})" if error else "")
                      + ": fix the group's init script (`getoperate group set --init-script`)")
     return "; ".join(parts)
-
-
-class _JobId(msgspec.Struct):
-    id: str = ""
-
-
-_JOB_ID = msgspec.json.Decoder(_JobId)
-
-
-def _queued_id(body: bytes) -> str | None:
-    """The id of a queued job's body, without decoding the rest (its code and arguments)."""
-    try:
-        return _JOB_ID.decode(body).id
-    except msgspec.DecodeError:
-        return None
 
 
 def _refused(view: JobView) -> bool:

@@ -253,6 +253,13 @@ class Attempts:
         if refused is not None or not hold:  # without a hold key, no history to record in
             await self.results.dead_letter(tag, job, msg, attempt, reason=refused)
             return None
+        if attempt == 1 and self.cancels.asked(job.id):
+            # Cancelled while it waited: a router recorded that (it saw it queued, and nobody
+            # can have started it before this first delivery). Drop it now, and its mark.
+            await msg.ack()
+            await _unmark_cancelled(msg, tag, job.id)
+            self.logger.info("job_cancelled_before_start_dropped", job_id=job.id, tag=tag)
+            return None
         if job.kind == "flow":  # orchestration waits on other jobs: it must not hold a slot
             slot.release()
         last_seq = 0
@@ -271,6 +278,8 @@ class Attempts:
             if isinstance(last, JobFinished):
                 self.logger.info("job_result_already_stored", job_id=job.id, attempt=attempt)
                 await msg.ack()
+                if last.status == "cancelled" and last.worker == "router":
+                    await _unmark_cancelled(msg, tag, job.id)
                 return None
         if attempt > bus.MAX_DELIVER:
             await self.results.dead_letter(tag, job, msg, attempt, hold=hold)
@@ -395,3 +404,17 @@ async def _quietly(coro: Any) -> None:
         await coro
     except Exception:
         pass
+
+
+async def _unmark_cancelled(msg: Msg, tag: str, job_id: str) -> None:
+    """Remove the GO_CANCELS mark that kept a cancelled queued job out of waiting counts (its
+    message is gone now). Sent on the connection the job came on (`msg._client`, as nats-py's
+    own ack does): its rights follow this worker's tags, and cover their marks only. Best
+    effort: a mark left behind only keeps a count one lower until the bucket forgets it."""
+    key = subjects.cancelled_queued_key(tag, job_id)
+    try:
+        await msg._client.publish(f"$KV.{bus.CANCELS_BUCKET}.{key}", b"",
+                                  headers={"KV-Operation": "DEL"})
+    except Exception:  # NATS away: see above
+        pass
+

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
+from shared import subjects
 
 
 class CancelWatch:
@@ -71,4 +72,6 @@ class CancelWatch:
         async for entry in self._watch:
             if entry is None or entry.operation in ("DEL", "PURGE"):
                 continue
+            if entry.key.startswith(subjects.CANCELLED_QUEUED + "."):
+                continue  # a mark for waiting counts (shared/subjects.py), not a job id
             self.on_request(entry.key)

@@ -3,6 +3,7 @@ workers with warm runtimes, priorities, and refusing unserved tags."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -10,7 +11,7 @@ import pytest
 
 from cli.client import CliError
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli, wait_router_seq
+from tests.integration.harness import cli, wait_router_seq, wait_until
 from tests.integration.test_routing_e2e import ready
 
 
@@ -335,6 +336,19 @@ def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite
     s.api.set_group("cancelq", tags=["t-cancel-queued"])
     s.worker("cancelq", WORKER_GROUP="cancelq")
     assert [s.api.job(i)["status"] for i in ids] == ["success", "cancelled", "success"]
+
+    async def marks() -> list[str]:
+        import nats
+
+        nc = await nats.connect(s.nats_url)
+        try:
+            keys = await (await nc.jetstream().key_value("GO_CANCELS")).keys()
+        finally:
+            await nc.close()
+        return [k for k in keys if k.startswith("queued.")]
+
+    # the worker that dropped it removed its mark (with its own, tag-scoped rights)
+    wait_until(lambda: asyncio.run(marks()) == [], "the mark removed", 30)
 
 
 def test_a_script_can_be_run_the_moment_its_deploy_answers(extra_workers: Suite) -> None:

@@ -119,6 +119,8 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
             assert value in queues, where
         elif name.endswith("_HEADER"):
             assert value in headers, where
+        elif name == "CANCELLED_QUEUED":  # a key prefix in the cancels bucket
+            assert any(a.startswith(f"$KV.GO_CANCELS.{value}.") for a in addresses), where
         else:
             assert name == "PREFIX", (f"subjects.{name} is new: document it in shared/asyncapi.py"
                                       " and tell this test which kind of name it is")
