@@ -461,6 +461,9 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
         from cli.requeue import requeue
 
         moved = requeue(ep, ns.tag, ns.to)
+        if moved["moved"] and not moved["serving"]:
+            print(f"getoperate: warning: no group is configured with tag {ns.to!r} and no live"
+                  " worker listens to it: the jobs wait there until one does", file=sys.stderr)
         if ns.json:
             print(json.dumps(moved))
         else:
@@ -523,6 +526,15 @@ def cmd_asyncapi(ns: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: `group set gpu --tag cuda` must not be taken for `--tags`
+    (which replaces the group's whole tag list)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     def common_options(top: bool) -> argparse.ArgumentParser:
         # Subcommands repeat the options with SUPPRESS defaults so `getoperate --data-dir X group
@@ -538,12 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         return opts
 
     common = common_options(top=False)
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="getoperate", parents=[common_options(top=True)],
         description="Worker groups and tags over NATS JetStream.",
         epilog="Exit codes: 0 ok, 1 job failed or request refused, 2 bad usage, 3 service"
                " unreachable, 4 a submission's outcome is unknown (repeat it with the same"
-               " --idempotency-key).",
+               " --idempotency-key), 5 --wait's --timeout passed with the job still going.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -118,6 +118,10 @@ def print_write(name: str, answer: dict[str, Any]) -> None:
     for warning in answer.get("warnings") or []:  # tags the change left with waiting jobs
         print(f"getoperate: warning: {warning}", file=sys.stderr)
     events = answer.get("events") or []
+    group = answer.get("group") or {}
+    if any(e["type"] == "group.tags_set" for e in events) and not group.get("tags"):
+        print(f"getoperate: warning: group {name} now listens to no tag: its workers take no"
+              " job until it has some (`getoperate group set NAME --tags ...`)", file=sys.stderr)
     if not events:
         print(f"group {name}: no change")
         return

@@ -24,7 +24,7 @@ from cli.client import EXIT_FAILED, CliError, Endpoints, call
 from shared import subjects, tagaccess
 from shared.codec import decode, encode
 from shared.jobs import Job
-from shared.state import ConfigState
+from shared.state import ConfigState, groups_by_tag
 from shared.tags import validate_tag
 
 
@@ -40,7 +40,10 @@ def requeue(ep: Endpoints, tag: str, to: str) -> dict[str, Any]:
                        f" ({', '.join(busy[:3])}): stop them or change their group first",
                        EXIT_FAILED)
     state = msgspec.convert(call("GET", f"{ep.config_url}/state", token), ConfigState)
-    return asyncio.run(_move(ep, state, tag, to))
+    moved = asyncio.run(_move(ep, state, tag, to))
+    moved["serving"] = to in groups_by_tag(state) or any(
+        to in w["tags"] for w in call("GET", f"{ep.router_url}/workers", token))
+    return moved
 
 
 async def _move(ep: Endpoints, state: ConfigState, tag: str, to: str) -> dict[str, Any]:

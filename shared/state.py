@@ -324,9 +324,13 @@ def set_group(
         targets = validate_dedicated(state, dedicated)
         if targets != group.dedicated:
             events.append(GroupDedicatedSet(group=name, targets=targets))
+    served = set(new_tags) | {target_tag(t) for t in targets}
+    if priorities is _UNSET and group.priorities and not set(group.priorities) <= served:
+        # A priority outlives no tag: the tags it named are gone from the group.
+        kept = {t: p for t, p in group.priorities.items() if t in served}
+        events.append(GroupPrioritiesSet(group=name, priorities=kept))
     if priorities is not _UNSET:
         prio = validate_priorities(priorities)
-        served = set(new_tags) | {target_tag(t) for t in targets}
         for tag in prio:
             if tag not in served:
                 raise InvalidInput(f"priority for {tag!r}, which group {name!r} does not listen"
@@ -505,13 +509,15 @@ def set_assignable_tag(state: ConfigState, spec: str, replace: bool = False
     restricted tag to every workspace by accident."""
     tag, only, exclude = parse_tag_spec(spec)
     current = state.assignable.get(tag)
-    if current is not None and (current.only, current.exclude) == (only, exclude):
-        return []
+    if current is not None and (set(current.only), set(current.exclude)) == (set(only),
+                                                                              set(exclude)):
+        return []  # the same restriction, however its workspaces are ordered
     if current is not None and not replace:
         was = format_tag_spec(tag, current.only, current.exclude)
         now = format_tag_spec(tag, only, exclude)
         raise Conflict(f"tag {tag!r} is already assignable as {was!r}; adding {now!r} would"
-                       " change who may use it: say replace to do that", field="spec")
+                       " change who may use it: add --replace (HTTP: \"replace\": true) to do"
+                       " that", field="spec")
     return [AssignableTagSet(tag=tag, only=only, exclude=exclude)]
 
 

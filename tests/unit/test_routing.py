@@ -921,3 +921,8 @@ def test_runs_carry_their_versions_lock_and_a_failed_lock_refuses_them() -> None
     with pytest.raises(InvalidInput):
         record_lock(log.state, WS, "f/deps", version=new, requirements=(), lock=None, error=None,
                     job_id=None)
+
+
+def test_the_same_restriction_in_another_order_is_no_change() -> None:
+    log = Log().assignable("gpu(ws1+ws2)")
+    assert set_assignable_tag(log.state, "gpu(ws2+ws1)") == []

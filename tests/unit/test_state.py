@@ -18,6 +18,7 @@ from shared.events import (
     GroupCreated,
     GroupDeleted,
     GroupInitScriptSet,
+    GroupPrioritiesSet,
     GroupTagsSet,
     Recorded,
     seal,
@@ -483,3 +484,12 @@ def test_commands_match_a_simple_model(cmds: list[tuple[Any, ...]]) -> None:
         if kind != "delete":
             again = (cmd[0], cmd[1], *cmd[2:-1], "none")
             assert run_command(log.state, again) == []
+
+
+def test_priorities_of_tags_a_change_removes_go_with_them() -> None:
+    log = seeded()
+    log.append(set_group(log.state, "gpu", tags=["gpu", "cuda"], priorities={"gpu": 5, "cuda": 2}))
+    events = set_group(log.state, "gpu", tags=["cuda"])
+    assert GroupPrioritiesSet(group="gpu", priorities={"cuda": 2}) in events
+    log.append(events)
+    assert log.state.groups["gpu"].priorities == {"cuda": 2}
