@@ -177,7 +177,11 @@ class Python:
 
     async def launch(self, job: Job, ctx: Context) -> Launch:
         python, ro = await interpreter(job, ctx)
-        return Launch(argv=[python, "-c", WRAPPER], ro=ro,
+        # A script that needs no package gets the standard library only (-S: no site-packages,
+        # no .pth start-up work, about 20 ms less per job; -I: nothing from the environment or
+        # the working directory on its path). One that needs packages gets its environment's.
+        flags = ["-I", "-S"] if not ro else ["-I"]
+        return Launch(argv=[python, *flags, "-c", WRAPPER], ro=ro,
                       files={"script.py": job.code.encode(), "args.json": args_json(job)})
 
     async def warm_launch(self, job: Job, ctx: Context) -> Launch:
