@@ -39,12 +39,13 @@ JobsConnector = Callable[[int], Awaitable[NATS]]
 
 
 def order_tags(tags: list[str], priorities: dict[str, int], hot: set[str], rotation: int,
-               sweep: bool) -> list[str]:
+               sweep: bool, unswept: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Tags to try, best first: by priority (higher first, unlisted 0), then those known to have
-    work (`hot`), then round-robin from `rotation`. Outside a sweep only hot tags are tried."""
+    work (`hot`), then round-robin from `rotation`. Outside a sweep only hot tags are tried, and
+    the tags a sweep under way has not tried yet (`unswept`)."""
     n = max(len(tags), 1)
     order = {t: (i - rotation) % n for i, t in enumerate(tags)}
-    pool = [t for t in tags if sweep or t in hot]
+    pool = [t for t in tags if sweep or t in hot or t in unswept]
     return sorted(pool, key=lambda t: (-priorities.get(t, 0), t not in hot, order[t]))
 
 
@@ -76,6 +77,7 @@ class Dispatcher:
         self.pulls = TagPulls(nc, self.js, logger, ensure=ensure_consumers)
         self._rotation = 0
         self._next_sweep = 0.0
+        self.unswept: set[str] = set()  # tags the sweep under way has not tried yet
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -217,14 +219,18 @@ class Dispatcher:
 
     def candidates(self) -> list[str]:
         """Between sweeps only tags that signalled a job, just delivered one, or hold a late
-        answer are tried."""
+        answer are tried, and those a sweep has not reached yet: a sweep stops at the first job
+        it finds (a slot is free for one), and goes on with the next free slot, so a worker
+        that starts on eight tags with a backlog each drains them back to back, not one tag
+        per sweep interval."""
         now = time.monotonic()
-        sweep = now >= self._next_sweep
-        if sweep:
+        if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_EVERY
+            self.unswept = set(self.wake_subs)
         self._rotation += 1
         hot = self.hinted | self.recent | self.pulls.with_late()
-        return order_tags(list(self.wake_subs), self.priorities, hot, self._rotation, sweep)
+        return order_tags(list(self.wake_subs), self.priorities, hot, self._rotation,
+                          sweep=False, unswept=self.unswept)
 
     async def _take_next(self) -> tuple[str, Msg] | None:
         if self.pulls.retired:
@@ -237,6 +243,7 @@ class Dispatcher:
             # A signalled job may not be stored yet: wait briefly for it. Otherwise, ask once.
             wait = SOON if tag in self.hinted else NOW
             behind = tag in self.backlog
+            self.unswept.discard(tag)
             self.hinted.discard(tag)
             self.recent.discard(tag)
             self.backlog.discard(tag)

@@ -33,3 +33,13 @@ def test_equal_tags_take_turns() -> None:
 
 def test_no_tags() -> None:
     assert order_tags([], {"a": 1}, {"a"}, rotation=3, sweep=True) == []
+
+
+def test_a_sweep_under_way_keeps_its_untried_tags() -> None:
+    """A sweep stops at the first job it finds; its untried tags stay candidates for the next
+    free slot, after the hot ones (issue 17: eight tags with a backlog each drained back to
+    back, not one tag per sweep interval)."""
+    assert order_tags(TAGS, {}, {"a"}, rotation=0, sweep=False, unswept={"c", "d"}) == [
+        "a", "c", "d"]
+    assert order_tags(TAGS, {"d": 3}, set(), rotation=0, sweep=False, unswept={"b", "d"}) == [
+        "d", "b"]
