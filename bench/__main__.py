@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import (authz, coldbash, dedicated, drain, endtoend, history, idle, languages, reload,
-                   router, sandbox)
+from bench import (authz, coldbash, dedicated, drain, endtoend, history, idle, languages, reads,
+                   reload, router, sandbox)
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -26,6 +26,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "sandbox": sandbox.run,
     "languages": languages.run,
     "drain": drain.run,
+    "reads": reads.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
