@@ -37,10 +37,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rss = _rss_mb(pid)
     return [
         {"name": "idle worker on 30 tags: CPU", "value": round(share, 2), "unit": "% of a core",
-         "baseline": 1.0, "baseline_name": "the 1% target", "ratio": round(share / 1.0, 2),
+         "baseline": 1.0, "baseline_name": "the 1% target", "same_run": False, "ratio": round(share / 1.0, 2),
          "target": "< 1%", "met": share < 1.0,
          "bound": "one 0.9 ms pull per tag every 5 s (sweep) and a heartbeat every 5 s"},
         {"name": "idle worker on 30 tags: memory (RSS)", "value": round(rss, 1), "unit": "MB",
-         "baseline": 50, "baseline_name": "the 50 MB target", "ratio": round(rss / 50, 2),
+         "baseline": 50, "baseline_name": "the 50 MB target", "same_run": False, "ratio": round(rss / 50, 2),
          "target": "<= 50 MB", "met": rss <= 50, "bound": "CPython + nats-py + aiohttp imports"},
     ]
