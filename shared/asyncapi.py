@@ -245,7 +245,12 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                           " the same workspace answers with the job it first queued"
                           " (`replayed: true`) for as long as job history is kept, and never"
                           " queues a second one, across routers and router restarts; the same"
-                          " key with a different request is `idempotency_conflict`"})},
+                          " key with a different request is `idempotency_conflict`",
+                          subjects.BATCH_HEADER.replace("-", "_"):
+                          "`1`: the body is a batch, `{\"jobs\": [JobSubmit, ...]}` (at most"
+                          " 500), answered with `{\"jobs\": [...]}`: each job's SubmitAnswer or"
+                          " error, with its `index`, in order; with an Idempotency-Key K, job i"
+                          " is submitted under K:i"})},
         "SubmitAnswer": {"title": "Submit answer",
                          "summary": "The job is durably queued (the reply has `id`).",
                          "payload": schema["SubmitAnswer"]},

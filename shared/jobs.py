@@ -38,6 +38,24 @@ class JobSubmit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step: int | None = None
 
 
+MAX_BATCH = 500  # submissions in one `POST /jobs/batch` (or batched `go.router.submit`)
+
+
+class JobBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /jobs/batch` (and `go.router.submit` with header `Go-Batch: 1`): many submissions in
+    one request, each routed and answered on its own (`BatchAnswer`): one refused job does not
+    refuse the others. With an `Idempotency-Key` K, job i is submitted under key `K:i`."""
+
+    jobs: list[JobSubmit]
+
+
+class BatchAnswer(msgspec.Struct, kw_only=True):
+    """One answer per submitted job, in order: a `SubmitAnswer`, or an error object (`error`,
+    `message`, `field`) for a job that was refused (nothing queued for it)."""
+
+    jobs: list[dict[str, Any]]
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     """A routed job as it sits on its tag's work-queue subject."""
 
@@ -220,6 +238,15 @@ def job_view(job_id: str, events: Iterable[JobEvent]) -> JobView:
     for event in events:
         view = evolve_job(view, event)
     return view
+
+
+def validate_batch(batch: JobBatch) -> JobBatch:
+    if not batch.jobs:
+        raise InvalidInput("jobs must hold at least one submission", field="jobs")
+    if len(batch.jobs) > MAX_BATCH:
+        raise InvalidInput(f"a batch holds at most {MAX_BATCH} jobs, not {len(batch.jobs)}",
+                           field="jobs")
+    return batch
 
 
 def validate_submit(sub: JobSubmit) -> JobSubmit:

@@ -50,6 +50,7 @@ SUBMIT_SUBJECT = f"{PREFIX}.router.submit"
 ROUTER_QUEUE_GROUP = "routers"
 # Headers of a submission: a token, as on HTTP; or, for a flow's step, the flow's grant.
 AUTHORIZATION_HEADER = "Authorization"
+BATCH_HEADER = "Go-Batch"  # `1` on go.router.submit: the body is a JobBatch
 FLOW_GRANT_HEADER = "Go-Flow-Grant"
 # Request/reply: read one job (its view, optionally its history) from any router, with a token,
 # a flow's grant (its steps) or the job's hold key (its holder): see shared/seals.py.

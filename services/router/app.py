@@ -10,13 +10,13 @@ from services.common.http import (
 from services.router.history import not_found, recent_jobs
 from services.common.metrics import SeriesFilter, metrics_handler, readiness
 from services.router import views
-from services.router.service import MAX_WAIT, RouterService
+from services.router.service import MAX_WAIT, RouterService, read_batch
 from shared import idempotency
 from shared.codec import decode
 from shared.identity import authorize_submit
 from services.common import openapi
 from services.common.openapi import Op
-from shared.jobs import JobSubmit, JobView, SubmitAnswer, WorkerStatus
+from shared.jobs import BatchAnswer, JobBatch, JobSubmit, JobView, SubmitAnswer, WorkerStatus
 
 SERVICE_KEY = web.AppKey("service", RouterService)
 TOKENS_KEY = web.AppKey("tokens", TokenCheck)
@@ -34,6 +34,15 @@ async def submit_job(request: web.Request) -> web.Response:
     if answer.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    """Many submissions in one request, each answered on its own (shared/jobs.py: JobBatch)."""
+    who = request.app[TOKENS_KEY].identity(request)
+    items = read_batch(await request.read())
+    answer = await request.app[SERVICE_KEY].submit_batch(
+        items, who, request.headers.get(idempotency.HEADER))
+    return json_response(answer)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -117,6 +126,9 @@ OPS = [
        errors={429: "too many submissions at once", 503: "NATS unavailable (nothing queued),"
                " or outcome_unknown: the body names the job id to look up",
                507: "storage_full: JetStream has no room; nothing queued"}),
+    Op(method="POST", path="/jobs/batch", summary="submit many jobs, each answered on its own",
+       body=JobBatch, response=BatchAnswer,
+       headers={idempotency.HEADER: "K: job i is submitted under key K:i"}),
     Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],
        query={"tag": "", "group": "", "workspace": "", "status": "", "limit": "1..1000"}),
     Op(method="GET", path="/jobs/{id}", summary="a job, optionally waiting for it to end",
@@ -138,6 +150,7 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     app.router.add_get("/metrics", metrics_handler(service.metrics.registry,
                                                    service.refresh_metrics, _series))
     app.router.add_post("/jobs", submit_job)
+    app.router.add_post("/jobs/batch", submit_batch)
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)
     app.router.add_post("/jobs/{id}/cancel", cancel_job)

@@ -29,7 +29,7 @@ from services.router.history import Genuine, not_found, read_job
 from shared import grants, idempotency, seals
 from shared import state as st
 from shared import subjects
-from shared.codec import decode, encode
+from shared.codec import decode, encode, to_builtins
 from shared.errors import (
     Conflict, DependenciesFailed, Forbidden, GetOperateError, InvalidInput, NotFound,
     OutcomeUnknown, StorageFull,
@@ -40,8 +40,11 @@ from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
     TERMINAL,
+    BatchAnswer,
+    JobBatch,
     JobFinished,
     Job, JobQuery, JobQueued, JobRecord, JobSubmit, JobView, SubmitAnswer, WorkerStatus,
+    validate_batch,
     validate_submit,
 )
 from shared import routing
@@ -50,6 +53,7 @@ from shared.identity import Identity, authorize_submit
 
 MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
+BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
 CATCH_UP_WITHIN = 2.0  # a submission naming what the config stream has and this router not yet
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
@@ -489,6 +493,17 @@ class RouterService:
 
     async def _answer_submit(self, msg: Msg) -> None:
         answer: object
+        if _header(msg, subjects.BATCH_HEADER) == "1":
+            try:
+                who = self.tokens.identify(_header(msg, subjects.AUTHORIZATION_HEADER))
+                items = read_batch(msg.data)
+            except GetOperateError as exc:
+                self.metrics.refused.labels(exc.code).inc()
+                answer = exc.to_dict()
+            else:
+                answer = await self.submit_batch(items, who, _header(msg, idempotency.HEADER))
+            await self._respond(msg, answer)
+            return
         try:
             sub, who, planned = self._authorize(msg)
         except GetOperateError as exc:
@@ -510,6 +525,34 @@ class RouterService:
                 self.logger.warning("reply_refused", subject=msg.subject, reply=msg.reply[:120])
                 return
             await msg.respond(encode(answer))
+
+    async def submit_batch(self, subs: list[tuple[JobSubmit | GetOperateError, bool]],
+                           who: Identity, key: str | None) -> BatchAnswer:
+        """Route many submissions at once, each answered on its own, in order. An item is a
+        submission (and whether its body named its workspace) or the error its reading gave.
+        Overlapping them overlaps their JetStream round trips (BATCH_OVERLAP at a time)."""
+        if key is not None:
+            idempotency.check_key(key)
+        bound = asyncio.Semaphore(BATCH_OVERLAP)
+
+        async def one(i: int, item: JobSubmit | GetOperateError, given: bool) -> dict[str, Any]:
+            if isinstance(item, GetOperateError):
+                self.metrics.refused.labels(item.code).inc()
+                return {"index": i, **item.to_dict()}
+            async with bound:
+                try:
+                    sub = authorize_submit(who, item, workspace_given=given)
+                except GetOperateError as exc:
+                    self.metrics.refused.labels(exc.code).inc()
+                    return {"index": i, **exc.to_dict()}
+                answer = await self._submit_answer(sub, who, False,
+                                                   f"{key}:{i}" if key is not None else None)
+            return {"index": i, **(to_builtins(answer) if isinstance(answer, SubmitAnswer)
+                                   else answer)}  # type: ignore[dict-item]
+
+        answers = await asyncio.gather(*(one(i, item, given)
+                                         for i, (item, given) in enumerate(subs)))
+        return BatchAnswer(jobs=list(answers))
 
     async def _submit_answer(self, sub: JobSubmit, who: Identity, planned: bool,
                              key: str | None) -> object:
@@ -685,6 +728,24 @@ def _why_none(listening: list[WorkerStatus], language: str) -> str:
                      + (f" ({error[-1][:200]})" if error else "")
                      + ": fix the group's init script (`getoperate group set --init-script`)")
     return "; ".join(parts)
+
+
+def read_batch(body: bytes) -> list[tuple[JobSubmit | GetOperateError, bool]]:
+    """A batch's items: each a submission (and whether it named its workspace), or the error
+    reading it gave, so one bad item is answered on its own."""
+    raw = decode(body, dict)
+    jobs = raw.get("jobs")
+    validate_batch(JobBatch(jobs=jobs if isinstance(jobs, list) else []))
+    if set(raw) - {"jobs"}:
+        raise InvalidInput(f"unknown field {sorted(set(raw) - {'jobs'})[0]!r}", field="jobs")
+    items: list[tuple[JobSubmit | GetOperateError, bool]] = []
+    for i, item in enumerate(jobs):  # type: ignore[union-attr]
+        try:
+            sub = msgspec.convert(item, JobSubmit)
+            items.append((sub, isinstance(item, dict) and "workspace" in item))
+        except (msgspec.ValidationError, TypeError) as exc:
+            items.append((InvalidInput(f"jobs[{i}]: {exc}", field=f"jobs[{i}]"), False))
+    return items
 
 
 def _refused(view: JobView) -> bool:

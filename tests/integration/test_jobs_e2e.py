@@ -176,3 +176,36 @@ def test_nativets_runs_many_at_once_with_the_network_and_nothing_else(suite: Sui
     most = max(sum(v["started_at"] <= t["started_at"] < v["finished_at"] for v in views)
                for t in views)
     assert most >= 6, [(v["started_at"], v["finished_at"]) for v in views]
+
+
+async def test_a_batch_of_submissions_is_answered_job_by_job(suite: Suite) -> None:
+    """`POST /jobs/batch` and `go.router.submit` with `Go-Batch: 1`: every job routed and
+    answered on its own, in order; a bad one refused alone; under an idempotency key K job i
+    is K:i, so repeating the batch queues nothing new."""
+    good = [{"language": "bash", "code": f"echo b{i}"} for i in range(3)]
+    batch = {"jobs": [*good, {"language": "bash"}, {"language": "bash", "code": "echo x",
+                                                     "tag": "bad,tag"}]}
+    answer = suite.api.call("POST", "router", "/jobs/batch", batch)
+    jobs = answer["jobs"]
+    assert [j["index"] for j in jobs] == [0, 1, 2, 3, 4]
+    assert all("id" in j and j["tag"] == "bash" for j in jobs[:3]), jobs
+    assert jobs[3]["error"] == "invalid" and jobs[3]["field"] == "code", jobs[3]
+    assert jobs[4]["error"] == "invalid" and "tag" in jobs[4]["field"], jobs[4]
+    assert [suite.api.job(j["id"])["result"] for j in jobs[:3]] == ["b0", "b1", "b2"]
+
+    nc = await nats.connect(suite.nats_url)
+    try:
+        headers = {**suite.auth(), subjects.BATCH_HEADER: "1", "Idempotency-Key": "batch-1"}
+        body = json.dumps({"jobs": good}).encode()
+        first = json.loads((await nc.request(subjects.SUBMIT_SUBJECT, body, timeout=15,
+                                             headers=headers)).data)["jobs"]
+        again = json.loads((await nc.request(subjects.SUBMIT_SUBJECT, body, timeout=15,
+                                             headers=headers)).data)["jobs"]
+        too_many = json.loads((await nc.request(
+            subjects.SUBMIT_SUBJECT, json.dumps({"jobs": good * 200}).encode(), timeout=15,
+            headers=headers)).data)
+    finally:
+        await nc.close()
+    assert [j["id"] for j in again] == [j["id"] for j in first]
+    assert all(j["replayed"] for j in again) and not any(j["replayed"] for j in first)
+    assert too_many["error"] == "invalid" and "at most 500" in too_many["message"]
