@@ -102,10 +102,11 @@ class Gate:
         if kind in KNOWN_TYPES:
             try:
                 rec = decode(body, Recorded)
-            except InvalidInput as exc:
+                where = subject_for(rec.event)
+            except GetOperateError as exc:  # a field no subject can be made of
                 raise Rejected(f"seq {raw.seq}: {exc.message}", reason="malformed",
                                seq=raw.seq) from None
-            if subject_for(rec.event) != subject:
+            if where != subject:
                 raise Rejected(f"seq {raw.seq} is a {kind} event published on {subject}",
                                reason="wrong_subject", seq=raw.seq)
         if self.subject is not None and subject != self.subject:
@@ -132,14 +133,15 @@ def admit_many(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
     """`gate.admit` for a run of messages of the whole stream (a replay), checking one
     signature instead of one per event where it can: each event's hash is recomputed from its
     fields and must chain to the one before, so the last event's signature, over its hash,
-    vouches for every event of the run (forging any of them would change that hash). If that
-    signature does not verify, each event is checked on its own, as `admit` would, and the run
-    folds up to the first bad one exactly as before. Followers of one subject (a worker's group)
-    have no chain across their events: they take each event on its own."""
+    vouches for every event of the run (forging any of them would change that hash). Nothing of
+    an event is decoded before that signature holds. If it does not verify, each event is
+    checked on its own, as `admit` would, and the run folds up to the first bad one exactly as
+    before. Followers of one subject (a worker's group) have no chain across their events:
+    they take each event on its own."""
     if gate.subject is not None or len(items) < 2:
         return [_one(gate, item) for item in items]
     seq, last_hash = gate.seq, gate.hash
-    out: list[Recorded | None | Rejected] = []
+    out: list[RawRecorded | Rejected] = []
     last_ok = -1
     for i, (subject, headers, body) in enumerate(items):
         try:
@@ -154,22 +156,30 @@ def admit_many(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
             if raw.seq != seq + 1 or raw.prev_hash != last_hash:
                 raise Rejected(f"seq {raw.seq} does not follow seq {seq} in the chain",
                                reason="gap", seq=raw.seq)
-            rec = _record(raw, subject, body)
         except Rejected as exc:
             out.append(exc)
             continue
         seq, last_hash = raw.seq, raw.hash
-        out.append(rec)
+        out.append(raw)
         last_ok = i
     if last_ok < 0:
-        return out
+        return list(out)  # type: ignore[arg-type]  # every item a Rejected
     subject, headers, body = items[last_ok]
     try:
         check_signed(decode_raw(body), subject, headers, body, gate.verifier)
     except Rejected:  # not all of them genuine: take each on its own, signature and all
         return [_one(gate, item) for item in items]
     gate.seq, gate.hash = seq, last_hash
-    return out
+    results: list[Recorded | None | Rejected] = []
+    for (subject, _, body), checked in zip(items, out):
+        if isinstance(checked, Rejected):
+            results.append(checked)
+            continue
+        try:  # genuine (signed, through the chain): a record this version may not read
+            results.append(_record(checked, subject, body))
+        except Rejected as exc:
+            results.append(exc)
+    return results
 
 
 def _one(gate: Gate, item: Item) -> Recorded | None | Rejected:
@@ -190,10 +200,11 @@ def _record(raw: RawRecorded, subject: str, body: bytes) -> Recorded | None:
         return None
     try:
         rec = decode(body, Recorded)
-    except InvalidInput as exc:
+        where = subject_for(rec.event)
+    except GetOperateError as exc:  # a field no subject can be made of (an empty group name)
         raise Rejected(f"seq {raw.seq}: {exc.message}", reason="malformed",
                        seq=raw.seq) from None
-    if subject_for(rec.event) != subject:
+    if where != subject:
         raise Rejected(f"seq {raw.seq} is a {kind} event published on {subject}",
                        reason="wrong_subject", seq=raw.seq)
     return rec

@@ -142,6 +142,7 @@ class RouterService:
         )
         await self.workers.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
+        self._fold_run()  # a run still waiting for more: ready means folded
         for subject, answer, bound in (
                 (subjects.SUBMIT_SUBJECT, self._answer_submit, self._inflight),
                 (subjects.JOB_SUBJECT, self._answer_job, self._reads_inflight)):
@@ -187,8 +188,19 @@ class RouterService:
         if not self._config_run or (first is not None and self._config_run[0] is not first):
             return
         run, self._config_run = self._config_run, []
-        results = admit_many(self._config_gate,
-                             [(m.subject, m.headers, m.data) for m in run])
+        items = [(m.subject, m.headers, m.data) for m in run]
+        try:
+            results = admit_many(self._config_gate, items)
+        except Exception as exc:  # a bug must not lose a run: take each message on its own
+            self.logger.error("config_run_failed", error=repr(exc), messages=len(run))
+            results = []
+            for item in items:
+                try:
+                    results.append(self._config_gate.admit(*item))
+                except Rejected as rejected:
+                    results.append(rejected)
+                except Exception as one:
+                    results.append(Rejected(repr(one), reason="malformed"))
         records = []
         for m, result in zip(run, results):
             stream_seq = m.metadata.sequence.stream

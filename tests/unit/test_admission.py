@@ -15,7 +15,7 @@ from shared.admission import REASONS, Gate, Rejected, admit_many
 from shared.codec import encode, encode_compact
 from shared.events import (
     GENESIS_HASH, ConfigEvent, GroupCreated, GroupInitScriptSet, GroupTagsSet, Recorded,
-    TokenCreated, chain_hash, seal, subject_for,
+    TokenCreated, TokenRevoked, chain_hash, seal, subject_for,
 )
 from shared.signing import (
     SIGNATURE_HEADER, SUBJECT_PREV_HEADER, BadKey, Signer, Verifier, new_private_key,
@@ -266,3 +266,38 @@ def test_followers_of_one_subject_take_each_event_on_its_own() -> None:
 
 def decode_raw_record(body: bytes) -> Recorded:
     return msgspec.json.decode(body, type=Recorded)
+
+
+def _forge(seq: int, prev_hash: str, event: dict[str, object]) -> tuple[str, dict[str, str], bytes]:
+    """An unsigned message that chains: a self-consistent hash, the last genuine event's as its
+    prev_hash (what a stolen config credential could publish)."""
+    raw = json.dumps(event, separators=(",", ":")).encode()
+    h = chain_hash(prev_hash=prev_hash, seq=seq, id="x", time="t", actor="evil", reason=None,
+                   event_bytes=raw)
+    body = (b'{"seq":%d,"id":"x","time":"t","actor":"evil","reason":null,"prev_hash":"%s",'
+            b'"hash":"%s","event":%s}' % (seq, prev_hash.encode(), h.encode(), raw))
+    return subjects.group_subject("g"), {}, body
+
+
+def test_a_chained_poison_message_cannot_stop_the_replay() -> None:
+    """Red-team finding: an unsigned, chained event whose fields make no subject (an empty group
+    name) raised out of the run and froze the router's config (a revoked token stayed valid).
+    Nothing of an event is decoded before its run's signature holds, and such an event is
+    rejected as malformed: the genuine events around it fold, the revoke included."""
+    log = Log()
+    msgs = [log.append(GroupCreated(group="g")),
+            log.append(TokenCreated(name="stolen", workspace="w", token_hash="h"))]
+    poison = _forge(3, log.hash, {"type": "group.created", "v": 1, "group": ""})
+    gate = Gate(VERIFIER)
+    first = admit_many(gate, msgs)
+    then = admit_many(gate, [poison, log.append(TokenRevoked(name="stolen")),
+                             log.append(GroupCreated(group="h"))])
+    assert isinstance(then[0], Rejected) and gate.seq == 4
+    state = _results_fold(first + then)
+    assert "stolen" not in state.tokens and "h" in state.groups
+    # one by one, a genuine event whose fields make no subject is malformed, never an error
+    one = Gate(VERIFIER)
+    signed = Log()
+    bad = signed.append(GroupCreated(group="g"))
+    body = bad[2].replace(b'"group":"g"', b'"group":""')
+    assert rejected(one, (bad[0], bad[1], body)) in ("bad_signature", "malformed")
