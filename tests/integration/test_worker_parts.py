@@ -143,6 +143,21 @@ async def test_an_idle_dispatcher_sweeps_once_and_sleeps(js_ready: NATS,
     await d.stop()
 
 
+def _count_pulls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Tags whose pull has returned, in order (the dispatcher's own pulls)."""
+    done: list[str] = []
+    real_pull = TagPull.pull
+
+    async def counting(self: TagPull, wait: float) -> Msg | None:
+        try:
+            return await real_pull(self, wait)
+        finally:
+            done.append(self.tag)
+
+    monkeypatch.setattr(TagPull, "pull", counting)
+    return done
+
+
 async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
         js_ready: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
     nc = js_ready
@@ -154,6 +169,7 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
         taken.append(msg)
         slot.hand_to(asyncio.ensure_future(msg.ack()))
 
+    pulled = _count_pulls(monkeypatch)
     ready = asyncio.Event()
     ready.set()
     slots = Slots(1)
@@ -161,8 +177,7 @@ async def test_a_job_arriving_late_while_no_slot_is_free_is_returned(
     d = Dispatcher(nc, slots, ready, on_job, logger)
     await d.set_tags([TAG], {})
     d.start()
-    await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
-    await eventually(lambda: not d.pulls.active[TAG].unsettled)  # the first sweep's pull ended
+    await eventually(lambda: pulled and not d.pulls.active[TAG].unsettled)  # first sweep done
     async with slots.hold():  # a job runs: no slot is free
         # A request whose answer did not come within SETTLE (a NATS hiccup), and comes now.
         d.pulls.active[TAG]._due_until = time.monotonic() + 30
@@ -182,17 +197,17 @@ async def test_a_job_arriving_late_for_a_tag_let_go_is_returned(
     nc = js_ready
     js = nc.jetstream()
     monkeypatch.setattr(dispatcher_module, "STRAY_CHECK", 0.2)
+    pulled = _count_pulls(monkeypatch)
     ready = asyncio.Event()
     ready.set()
     logger = quiet()
     d = Dispatcher(nc, Slots(1), ready, lambda *a: None, logger)
     await d.set_tags([TAG], {})
     d.start()
-    await eventually(lambda: TAG in d.pulls.active and d.pulls.active[TAG]._sub is not None)
+    # The dispatcher's first sweep pulls the tag: let that pull return and its request settle
+    # first, or its end (which clears what is due) would race the answer this test stages.
+    await eventually(lambda: pulled and not d.pulls.active[TAG].unsettled)
     pull = d.pulls.active[TAG]
-    # The dispatcher's first sweep pulls the tag: let that request end first, or its answer
-    # (or its giving up) would race the one this test stages on the same inbox.
-    await eventually(lambda: not pull.unsettled and not pull.pending)
     pull._due_until = time.monotonic() + 30  # its last answer has not come yet...
     await d.set_tags([], {})  # ...when a hot reload lets the tag go
     assert d.pulls.retired == {TAG: pull}
