@@ -352,10 +352,14 @@ def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite
 
 
 def test_a_script_can_be_run_the_moment_its_deploy_answers(extra_workers: Suite) -> None:
-    """Read your writes: a router that has not folded the deploy yet catches up with the config
-    stream before it answers 404 (or runs a version the deploy replaced)."""
+    """Read your writes: once a deploy answers `published: true` (its event is on the config
+    stream), a router that has not folded it yet catches up with the stream before it answers
+    404 (or runs a version the deploy replaced). `published: false` (the stream took longer
+    than the answer's 2 s, as on a loaded machine) promises nothing yet: then the test waits."""
     s = extra_workers
     for i in range(10):
-        deploy(s, f"ws1/f/ryw-{i}", f"echo ryw-{i}\n")
+        deployed = deploy(s, f"ws1/f/ryw-{i}", f"echo ryw-{i}\n")
+        if not deployed["published"]:
+            wait_router_seq(s, deployed["seq"])
         answer = run(s, f"ws1/f/ryw-{i}")  # no wait in between
         assert s.api.job(answer["id"])["result"] == f"ryw-{i}"
