@@ -38,7 +38,7 @@ SCRIPTS = {
     "bun": "export function main(x: number) { return x; }\n",
     "go": "package inner\n\nfunc main(x int) (interface{}, error) {\n\treturn x, nil\n}\n",
 }
-WARM = ("python3", "deno")
+WARM = ("python3", "deno", "bun")
 
 
 def _bare(language: str, runtime: str, folder: Path) -> list[str] | None:

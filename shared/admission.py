@@ -139,7 +139,7 @@ def admit_many(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
     before. Followers of one subject (a worker's group) have no chain across their events:
     they take each event on its own."""
     if gate.subject is not None or len(items) < 2:
-        return [_one(gate, item) for item in items]
+        return admit_each(gate, items)
     seq, last_hash = gate.seq, gate.hash
     out: list[RawRecorded | Rejected] = []
     last_ok = -1
@@ -168,7 +168,7 @@ def admit_many(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
     try:
         check_signed(decode_raw(body), subject, headers, body, gate.verifier)
     except Rejected:  # not all of them genuine: take each on its own, signature and all
-        return [_one(gate, item) for item in items]
+        return admit_each(gate, items)
     gate.seq, gate.hash = seq, last_hash
     results: list[Recorded | None | Rejected] = []
     for (subject, _, body), checked in zip(items, out):
@@ -182,11 +182,18 @@ def admit_many(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
     return results
 
 
-def _one(gate: Gate, item: Item) -> Recorded | None | Rejected:
-    try:
-        return gate.admit(*item)
-    except Rejected as exc:
-        return exc
+def admit_each(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected]:
+    """Each message on its own, as `gate.admit` takes it, the outcome in place of a raise: a
+    follower never stops, so even an error no check foresaw rejects one message, not a run."""
+    out: list[Recorded | None | Rejected] = []
+    for item in items:
+        try:
+            out.append(gate.admit(*item))
+        except Rejected as exc:
+            out.append(exc)
+        except Exception as exc:  # a message this version cannot take at all
+            out.append(Rejected(f"not admitted: {exc!r}", reason="malformed"))
+    return out
 
 
 def _record(raw: RawRecorded, subject: str, body: bytes) -> Recorded | None:

@@ -35,7 +35,7 @@ from shared.errors import (
     OutcomeUnknown, StorageFull,
     TooBusy, Unauthorized, Unavailable,
 )
-from shared.admission import Gate, Rejected, Sampled, admit_many
+from shared.admission import Gate, Rejected, Sampled, admit_each, admit_many
 from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
@@ -193,14 +193,7 @@ class RouterService:
             results = admit_many(self._config_gate, items)
         except Exception as exc:  # a bug must not lose a run: take each message on its own
             self.logger.error("config_run_failed", error=repr(exc), messages=len(run))
-            results = []
-            for item in items:
-                try:
-                    results.append(self._config_gate.admit(*item))
-                except Rejected as rejected:
-                    results.append(rejected)
-                except Exception as one:
-                    results.append(Rejected(repr(one), reason="malformed"))
+            results = admit_each(self._config_gate, items)
         records = []
         for m, result in zip(run, results):
             stream_seq = m.metadata.sequence.stream

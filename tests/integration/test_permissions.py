@@ -94,6 +94,9 @@ async def _published_seen(s: Suite, conn: Conn, subject: str, wait: float = 1.0)
                                      "$SYS.REQ.SERVER.PING",
                                      "$SYS.REQ.USER.AUTH",
                                      "$KV.GO_CANCELS.someone-elses-job",
+                                     # the mark of a cancelled queued job of a tag it lacks
+                                     "$KV.GO_CANCELS."
+                                     + subjects.cancelled_queued_key("gpu", "a" * 32),
                                      "anything.else"])
 def test_a_worker_cannot_publish_outside_its_work(suite: Suite, subject: str) -> None:
     async def attempt() -> tuple[bool, Conn]:

@@ -84,6 +84,16 @@ def test_a_workers_rights_follow_its_tags_and_its_key() -> None:
     for create in ("CREATE", "DURABLE.CREATE"):
         assert not allowed(f"$JS.API.CONSUMER.{create}.{subjects.JOBS_STREAM}.tag_gpu",
                            perms.pub_allow)
+    # A stolen worker credential and the marks of cancelled queued jobs: its own tags' marks
+    # only (a count on its own tags' page rows), never another tag's, never a cancel request.
+    job = "01a22aa369855cf4c6401b0d61c311d0"
+    assert allowed(f"$KV.GO_CANCELS.{subjects.cancelled_queued_key('gpu', job)}",
+                   perms.pub_allow)
+    assert not allowed(f"$KV.GO_CANCELS.{subjects.cancelled_queued_key('bash', job)}",
+                       perms.pub_allow)
+    assert not allowed(f"$KV.GO_CANCELS.{job}", perms.pub_allow)
+    assert not allowed(f"$KV.GO_CANCELS.{subjects.cancelled_queued_key('gpu', job)}",
+                       control.pub_allow)
 
 
 @given(hs.text(min_size=1, max_size=12))
