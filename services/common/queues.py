@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from services.common.bus import CANCELS_BUCKET
 from shared import subjects
@@ -34,12 +34,22 @@ async def _cancelled_marks(js: JetStreamContext) -> dict[str, int]:
     marks: dict[str, int] = {}
     try:
         kv = await js.key_value(CANCELS_BUCKET)
-        keys = await kv.keys()  # (nats-py's key filters matched nothing here: filtered below)
-    except (NotFoundError, NoKeysError):
+        # Only the marks' subjects (the bucket also holds every cancel request): headers only,
+        # the live keys, until the watch says it has shown them all.
+        watch = await kv.watch(f"{subjects.CANCELLED_QUEUED}.>", headers_only=True,
+                               ignore_deletes=True)
+    except NotFoundError:
         return marks
-    prefix = subjects.CANCELLED_QUEUED + "."
+    keys: list[str] = []
+    try:
+        async for entry in watch:
+            if entry is None:
+                break
+            keys.append(entry.key)
+    finally:
+        await watch.stop()
     for key in keys:
-        if not key.startswith(prefix) or key.count(".") != 2:
+        if key.count(".") != 2:
             continue
         _, token, _ = key.split(".", 2)
         try:
