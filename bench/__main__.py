@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import (authz, batch, coldbash, dedicated, drain, endtoend, history, idle, languages,
-                   reads, reload, router, sandbox)
+from bench import (authz, batch, coldbash, dedicated, drain, endtoend, flows, history, idle,
+                   languages, reads, reload, router, sandbox)
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -29,6 +29,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "drain": drain.run,
     "reads": reads.run,
     "batch": batch.run,
+    "flows": flows.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

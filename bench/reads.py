@@ -3,8 +3,9 @@
 1,000 jobs are queued on a tag nobody serves (so every read finds a job and none changes); 50
 clients then read them over HTTP, each id in turn, for several rounds. The baseline is the same
 clients calling the router's `/healthz` (the same HTTP stack, no job read) in the same run: the
-difference is what a job read costs (a JetStream message get or two). Errors are counted: a read
-that creates a JetStream consumer per call answered 503 at this load (issue 17).
+difference is what a job read costs (from the router's job board in memory, or, for a job the
+board does not hold, a JetStream message get per event). Errors are counted: a read that
+created a JetStream consumer per call answered 503 at this load (issue 17).
 """
 
 from __future__ import annotations
@@ -68,6 +69,6 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         "baseline_name": f"p50 of GET /healthz from the same {CLIENTS} clients",
         "ratio": round(p50 / h50, 2), "target": "no error; p50 <= 1 ms over the baseline",
         "met": errors == 0 and p50 - h50 <= 1,
-        "bound": "the router's event loop: a JetStream message get (or two) per read, in one"
-                 " Python process",
+        "bound": "the router's HTTP handling in one Python process (the job comes from its"
+                 " job board in memory: services/router/board.py)",
     }]

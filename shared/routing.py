@@ -122,6 +122,11 @@ def route(
                                field="language" if not language else "code")
         template = override or default_tag(language)
         tag = _resolve(state, template, workspace, args, admin=admin, trusted=planned)
+        script = _dedicated_step(state, workspace, tag, language, code) if planned else None
+        if script is not None:
+            return Route(tag=tag, kind="script", language=language, code=code,
+                         path=script.path, version=script.version, timeout=script.timeout,
+                         lock=script.lock)
         return Route(tag=tag, kind="inline", language=language, code=code)
     if kind == "dependency":
         return _route_dependency(state, workspace, path, language, code, override, args, admin)
@@ -143,6 +148,24 @@ def route(
         return Route(tag=tag, kind="script", language=found.language, code=found.content,
                      path=path, version=found.version, timeout=found.timeout, lock=found.lock)
     return _route_flow(state, found, workspace, args, override, dedicated, admin)
+
+
+def _dedicated_step(state: ConfigState, workspace: str, tag: str, language: str,
+                    code: str) -> Script | None:
+    """The deployed script a flow's step runs when the step goes to that script's dedicated tag
+    with exactly its code: the step is then that script's job (kind `script`), so a dedicated
+    worker runs it in the script's warm runtime instead of a process per step. Anything else
+    (other code on the tag, a script whose dependencies failed to lock) stays inline and runs
+    cold, never inside the warm runtime."""
+    for target in dedicated_targets(state):
+        ws, path = target.split(":", 1)
+        if ws != workspace or path.startswith("flow/") or target_tag(target) != tag:
+            continue
+        script = state.scripts.get(key(workspace, path))
+        if (script is not None and script.language == language and script.content == code
+                and script.lock_error is None):
+            return script
+    return None
 
 
 def _route_dependency(state: ConfigState, workspace: str, path: str, language: str | None,

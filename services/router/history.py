@@ -34,13 +34,16 @@ class Genuine:
         self.router_key = router_key
         self.logger = logger
 
-    def event(self, subject_job: str, data: bytes, headers: Mapping[str, str] | None
-              ) -> JobEvent | None:
-        """The event, if it is sealed for the job its subject names and says it is about it."""
+    def event(self, subject_job: str, data: bytes, headers: Mapping[str, str] | None,
+              quiet: bool = False) -> JobEvent | None:
+        """The event, if it is sealed for the job its subject names and says it is about it.
+        `quiet`: skip a forgery without a log line (the job board hears every message; a read
+        of the job logs it)."""
         given = (headers or {}).get(subjects.SEAL_HEADER)
         if not seals.sealed(seals.hold_key(self.router_key, subject_job), data, given):
-            self.logger.warning("job_event_unsealed_skipped", job_id=subject_job[:128],
-                                sealed=given is not None)
+            if not quiet:
+                self.logger.warning("job_event_unsealed_skipped", job_id=subject_job[:128],
+                                    sealed=given is not None)
             return None
         try:
             event: JobEvent = decode(data, JobEvent)
@@ -70,7 +73,7 @@ async def _get_next(js: JetStreamContext, subject: str, seq: int) -> RawStreamMs
             delay = min(delay * 2, 1.0)
 
 
-def _without_output(event: JobEvent) -> JobEvent:
+def without_output(event: JobEvent) -> JobEvent:
     if isinstance(event, JobFinished):
         return msgspec.structs.replace(event, logs="", result=None)
     return event
@@ -149,7 +152,7 @@ async def _catch_up(js: JetStreamContext, job_id: str, subject: str, genuine: Ge
             record.view = evolve_job(record.view, event)
             record.last_seq = found
             if record.history is not None:
-                record.history.append(_without_output(event))
+                record.history.append(without_output(event))
         seq = found + 1
     return seq
 

@@ -25,7 +25,8 @@ from services.common.metrics import RouterMetrics
 from services.common.queues import waiting_per_tag
 from services.common.storage import StorageWatch
 from services.common.signingkeys import load_verifier
-from services.router.history import Genuine, not_found, read_job
+from services.router.board import Board, board_bytes
+from services.router.history import LAST_POLL, Genuine, not_found, read_job
 from shared import grants, idempotency, seals
 from shared import state as st
 from shared import subjects
@@ -56,6 +57,9 @@ MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NA
 CONFIG_RUN = 512  # config messages of a replay checked (one signature) and folded at once
 BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
 CATCH_UP_WITHIN = 5.0  # a submission naming what the config stream has and this router not yet
+FOLLOW_GRACE = 0.5  # how long a catch-up leaves to the follow before reading the stream itself
+FOLLOW_CHECK = 5.0  # how often the router checks that its follow of the config stream moves
+MAX_READ_BEHIND = 1000  # past this gap a catch-up waits for the follow (a replay, not a stall)
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
@@ -102,6 +106,7 @@ class RouterService:
         self.genuine = Genuine(key, logger)
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self.board = Board(self.js, self.genuine, logger, board_bytes())
         self.logger = logger
         self.config = st.ConfigState()
         self.config_ready = asyncio.Event()
@@ -118,6 +123,8 @@ class RouterService:
         self._repeats = Sampled()
         self._config_stream_seq = 0  # the config stream's last message this router has seen
         self._config_run: list[Msg] = []  # a replay's messages not folded yet
+        self._read_lock = asyncio.Lock()  # one reader of missing config messages at a time
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, verifier: Verifier | None = None) -> None:
         # Every config event is checked before it is folded (shared/admission.py); without a
@@ -141,6 +148,7 @@ class RouterService:
                              self._on_config, self.config_ready, start_seq=start_seq)
         )
         await self.workers.start()
+        await self.board.start()
         await asyncio.wait_for(self.config_ready.wait(), 30)
         self._fold_run()  # a run still waiting for more: ready means folded
         for subject, answer, bound in (
@@ -149,9 +157,13 @@ class RouterService:
             self._subs.append(await self.nc.subscribe(
                 subject, queue=subjects.ROUTER_QUEUE_GROUP,
                 cb=self._overlapping(answer, bound)))
+        self._watcher = asyncio.create_task(self._watch_follow())
         self.logger.info("router_ready", config_seq=self.config.seq)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.board.stop()
         await self.workers.stop()
         for sub in self._subs:
             try:
@@ -188,15 +200,23 @@ class RouterService:
         if not self._config_run or (first is not None and self._config_run[0] is not first):
             return
         run, self._config_run = self._config_run, []
-        items = [(m.subject, m.headers, m.data) for m in run]
+        self._fold([(m.subject, m.headers, m.data, m.metadata.sequence.stream) for m in run])
+
+    def _fold(self, run: list[tuple[str, dict[str, str] | None, bytes, int]]) -> None:
+        """Admit and fold config messages (subject, headers, data, stream sequence) in stream
+        order. Messages at or below the sequence folded already are skipped: a catch-up may have
+        read them from the stream before the follow delivered them."""
+        run = [item for item in run if item[3] > self._config_stream_seq]
+        if not run:
+            return
+        items = [(subject, headers, data) for subject, headers, data, _ in run]
         try:
             results = admit_many(self._config_gate, items)
         except Exception as exc:  # a bug must not lose a run: take each message on its own
             self.logger.error("config_run_failed", error=repr(exc), messages=len(run))
             results = admit_each(self._config_gate, items)
         records = []
-        for m, result in zip(run, results):
-            stream_seq = m.metadata.sequence.stream
+        for (subject, _, _, stream_seq), result in zip(run, results):
             if isinstance(result, Rejected):
                 exc = result
                 if exc.reason == "repeat" and (exc.seq or 0) <= self._config_gate.snapshot_seq:
@@ -204,7 +224,7 @@ class RouterService:
                 if exc.reason == "repeat" and not self._repeats.worth_logging():
                     continue  # a republished log (the config service repairing its stream)
                 self.logger.warning("config_event_rejected", seq=exc.seq, reason=exc.reason,
-                                    stream_seq=stream_seq, subject=m.subject,
+                                    stream_seq=stream_seq, subject=subject,
                                     error=exc.message, repeats=self._repeats.count or None)
             elif result is None:
                 self.logger.warning("config_event_unknown_type_skipped", stream_seq=stream_seq)
@@ -212,8 +232,7 @@ class RouterService:
                 records.append(result)
         if records:
             self.config = st.fold(records, self.config)
-        self._config_stream_seq = max(self._config_stream_seq,
-                                      run[-1].metadata.sequence.stream)
+        self._config_stream_seq = max(self._config_stream_seq, run[-1][3])
 
     async def submit(self, sub: JobSubmit, who: Identity, *, planned: bool = False,
                      key: str | None = None) -> SubmitAnswer:
@@ -336,8 +355,11 @@ class RouterService:
         )
 
     async def _catch_up(self, within: float) -> bool:
-        """Wait (up to `within`) until this router has folded every message the config stream
-        held when asked; True when that took folding something new (worth routing again)."""
+        """Fold (within `within` seconds) every message the config stream held when asked; True
+        when that folded something new (worth routing again). The follow gets FOLLOW_GRACE to
+        deliver them; then the router reads what is missing from the stream itself, so a follow
+        that stalls (an ordered consumer being recreated on a loaded machine) costs a
+        submission half a second, not a wrong 404."""
         try:
             info = await self.js.stream_info(subjects.CONFIG_STREAM)
         except (nats_errors.Error, APIError, asyncio.TimeoutError):
@@ -346,9 +368,62 @@ class RouterService:
         if self._config_stream_seq >= target:
             return False
         deadline = time.monotonic() + within
+        grace = time.monotonic() + min(FOLLOW_GRACE, within)
+        while self._config_stream_seq < target and time.monotonic() < grace:
+            await asyncio.sleep(0.01)
+        if self._config_stream_seq < target:
+            await self._read_missing(target, "catch_up", deadline)
         while self._config_stream_seq < target and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return True
+
+    async def _read_missing(self, target: int, why: str, deadline: float) -> None:
+        """Read the config stream's messages after the last one folded, up to `target`, one
+        message get each (the gaps of deleted messages skipped by `next`), and fold them."""
+        async with self._read_lock:
+            self._fold_run()  # a run the follow took already goes first, in order
+            behind = target - self._config_stream_seq
+            if behind <= 0 or behind > MAX_READ_BEHIND:
+                return
+            start = self._config_stream_seq
+            read: list[tuple[str, dict[str, str] | None, bytes, int]] = []
+            seq = start + 1
+            try:
+                while seq <= target and time.monotonic() < deadline:
+                    raw = await self.js.get_msg(subjects.CONFIG_STREAM, seq,
+                                                subject=subjects.CONFIG_SUBJECTS, next=True)
+                    if raw.seq is None or raw.seq > target:
+                        break
+                    read.append((raw.subject or "", raw.headers, raw.data or b"", raw.seq))
+                    seq = raw.seq + 1
+            except NotFoundError:
+                pass  # nothing after `seq`: the rest was deleted
+            except (nats_errors.Error, APIError, asyncio.TimeoutError) as exc:
+                self.logger.warning("config_read_failed", why=why, error=repr(exc),
+                                    from_seq=seq, target=target)
+            self._fold(read)
+            self.logger.warning("config_follow_behind", why=why, from_seq=start + 1,
+                                target=target, read=len(read),
+                                folded_to=self._config_stream_seq)
+
+    async def _watch_follow(self) -> None:
+        """Every FOLLOW_CHECK seconds: when the follow has not moved while the stream holds
+        newer messages, read them (a revoked token must not stay valid because a consumer
+        stalled)."""
+        last_seen = -1
+        while True:
+            await asyncio.sleep(FOLLOW_CHECK)
+            try:
+                info = await self.js.stream_info(subjects.CONFIG_STREAM)
+                seen = self._config_stream_seq
+                if seen < info.state.last_seq and seen == last_seen:
+                    await self._read_missing(info.state.last_seq, "stalled",
+                                             time.monotonic() + FOLLOW_CHECK)
+            except (nats_errors.Error, APIError, asyncio.TimeoutError):
+                pass  # NATS away: the next check tries again
+            except Exception as exc:  # a bug must not end the watch
+                self.logger.error("config_watch_failed", error=repr(exc))
+            last_seen = self._config_stream_seq
 
     async def _connected(self, until: float) -> None:
         """Wait (until `until`) for a NATS connection that is failing over to another node or
@@ -662,29 +737,51 @@ class RouterService:
 
     async def read(self, job_id: str, *, reader: str, workspace: str | None = None,
                    parent: str | None = None, wait: bool = False, timeout: float = 30.0,
-                   history: bool = False) -> JobRecord:
+                   history: bool = False, fresh: bool = False) -> JobRecord:
         """A job for `reader`, who may see it only in `workspace` or only as a step of flow
         `parent` when given (else: any job). A job it may not see is not_found, with the same
         message as a missing one, and is never waited on: its existence is not revealed. One
-        reader may have MAX_WAITS_PER_READER waiting reads at a time (TooBusy beyond)."""
+        reader may have MAX_WAITS_PER_READER waiting reads at a time (TooBusy beyond).
+
+        From the job board (services/router/board.py) when it holds the job, else from the
+        stream; `fresh` (a holder's read, which decides a conditional append) always from the
+        stream."""
         timeout = min(max(timeout, 0.0), MAX_WAIT)
         wait = wait and timeout > 0
-        restricted = workspace is not None or parent is not None
-        if restricted or not wait:  # one plain read: the answer, or the look before waiting
+        board = None if fresh else self.board
+        first = board.get(job_id, history) if board is not None else None
+        if first is None:
             first = await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0,
                                    history=history)
-            if ((workspace is not None and first.view.workspace != workspace)
-                    or (parent is not None and first.view.parent != parent)):
-                raise not_found(job_id)
-            if not wait or first.view.status in TERMINAL:
-                return first
+        if ((workspace is not None and first.view.workspace != workspace)
+                or (parent is not None and first.view.parent != parent)):
+            raise not_found(job_id)
+        if not wait or first.view.status in TERMINAL:
+            return first
         if self._waits[reader] >= MAX_WAITS_PER_READER:
             raise TooBusy(f"{reader!r} already waits for {MAX_WAITS_PER_READER} jobs; wait for"
                           " fewer at a time, or read without waiting", field="wait")
         self._waits[reader] += 1
         try:
-            return await read_job(self.nc, job_id, self.genuine, wait=True, timeout=timeout,
-                                  history=history)
+            deadline = time.monotonic() + timeout
+            while board is not None:
+                # Between looks at the stream (LAST_POLL apart, as a read that waits on the
+                # stream does), in case the board's follow is stalled for a moment.
+                remaining = deadline - time.monotonic()
+                record = await board.wait(job_id, min(remaining, LAST_POLL), history)
+                if record is None:
+                    break  # forgotten meanwhile: wait on the stream
+                if record.view.status in TERMINAL or remaining <= LAST_POLL:
+                    return record
+                try:
+                    record = await read_job(self.nc, job_id, self.genuine, wait=False,
+                                            timeout=5.0, history=history)
+                except NotFound:
+                    continue  # its history was dropped for room: the board still follows it
+                if record.view.status in TERMINAL:
+                    return record
+            return await read_job(self.nc, job_id, self.genuine, wait=True,
+                                  timeout=max(deadline - time.monotonic(), 0.0), history=history)
         finally:
             self._waits[reader] -= 1
             if not self._waits[reader]:
@@ -716,7 +813,7 @@ class RouterService:
             if not seals.holds(self.key, query.id, hold):
                 raise Forbidden(f"the hold key is not job {query.id!r}'s",
                                 field=subjects.HOLD_HEADER)
-            return await self.read(query.id, reader=f"holder of {query.id}", **ask)
+            return await self.read(query.id, reader=f"holder of {query.id}", fresh=True, **ask)
         if grant_text is not None:
             grant = grants.verify(self.key, grant_text)
             return await self.read(query.id, reader=f"flow {grant.flow}", parent=grant.flow,

@@ -725,7 +725,9 @@ async def test_many_waiting_reads_of_one_token_leave_the_others_served(
         assert len(busy) == 30 and {b["error"] for b in busy} == {"too_busy"}, busy[:3]
         consumers = (await admin.jetstream().stream_info(
             subjects.JOB_EVENTS_STREAM)).state.consumer_count
-        assert consumers == consumers_before
+        # A consumer per wait would add 100; the routers' job boards hold one each, which
+        # nats-py may be recreating at this moment (one more or one fewer for a while).
+        assert abs(consumers - consumers_before) <= 2, (consumers_before, consumers)
         theirs = await _read_as(s, "client", other["id"], s.auth(tokens.ws2), wait=True,
                                 timeout=20)
         assert theirs["view"]["result"] == "other", theirs

@@ -363,3 +363,32 @@ def test_a_script_can_be_run_the_moment_its_deploy_answers(extra_workers: Suite)
             wait_router_seq(s, deployed["seq"])
         answer = run(s, f"ws1/f/ryw-{i}")  # no wait in between
         assert s.api.job(answer["id"])["result"] == f"ryw-{i}"
+
+
+def test_a_stalled_config_follow_does_not_answer_404(extra_workers: Suite) -> None:
+    """The routers' follows of the config stream are deleted (as when an ordered consumer is
+    being recreated on a loaded machine): a submission naming a script deployed since reads the
+    missing events from the stream itself rather than answering 404, and says so in the log."""
+    s = extra_workers
+
+    async def delete_config_consumers() -> int:
+        import nats
+
+        nc = await nats.connect(s.nats_url)
+        try:
+            jsm = nc.jetstream()
+            names = [c.name for c in await jsm.consumers_info("GO_CONFIG")]
+            for name in names:
+                await jsm.delete_consumer("GO_CONFIG", name)
+        finally:
+            await nc.close()
+        return len(names)
+
+    behind_before = len(s.up.log_events("config_follow_behind"))
+    assert asyncio.run(delete_config_consumers()) >= 1
+    deployed = deploy(s, "ws1/f/stalled", "echo stalled\n")
+    assert deployed["published"]
+    answer = run(s, "ws1/f/stalled")  # the follow delivers nothing until nats-py recreates it
+    assert s.api.job(answer["id"])["result"] == "stalled"
+    behind = s.up.log_events("config_follow_behind")[behind_before:]
+    assert any(r["why"] == "catch_up" and r["read"] >= 1 for r in behind), behind

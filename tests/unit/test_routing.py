@@ -926,3 +926,35 @@ def test_runs_carry_their_versions_lock_and_a_failed_lock_refuses_them() -> None
 def test_the_same_restriction_in_another_order_is_no_change() -> None:
     log = Log().assignable("gpu(ws1+ws2)")
     assert set_assignable_tag(log.state, "gpu(ws2+ws1)") == []
+
+
+# --- flow steps on a dedicated tag run as the script's own jobs (warm) -------------------------
+
+
+def _step_route(state: ConfigState, step_index: int) -> Route:
+    """Route the flow, then submit its planned step as the flow runner does (inline, planned)."""
+    flow = route(state, workspace=WS, args={}, path=FLOW, kind="flow")
+    step = flow.steps[step_index]
+    return route(state, workspace=WS, args={}, override=step.tag, language=step.language,
+                 code=step.code, planned=True)
+
+
+def test_a_step_on_its_scripts_dedicated_tag_is_that_scripts_job() -> None:
+    state = build(dedicated_script=True)
+    step = _step_route(state, 0)
+    assert (step.tag, step.kind, step.path) == (DED_SCRIPT, "script", SCRIPT)
+    assert step.version == state.scripts[f"{WS}/{SCRIPT}"].version
+
+
+def test_steps_stay_inline_unless_dedicated_and_the_same_code() -> None:
+    plain = _step_route(build(), 0)
+    assert (plain.kind, plain.path) == ("inline", None)
+    inline_step = _step_route(build(dedicated_script=True), 1)  # inline bash on its own tag
+    assert (inline_step.kind, inline_step.path) == ("inline", None)
+    state = build(dedicated_script=True)
+    other = route(state, workspace=WS, args={}, override=DED_SCRIPT, language="python3",
+                  code="other code", planned=True)
+    assert (other.kind, other.path) == ("inline", None)  # other code never joins the runtime
+    unplanned = route(state, workspace=WS, args={}, override=DED_SCRIPT, language="python3",
+                      code="lib code")
+    assert (unplanned.kind, unplanned.path) == ("inline", None)  # an admin's inline job
