@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile
+from bench.stats import machine_cpu_seconds, percentile
 
 PEERS = ("celery", "dramatiq")
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,13 +183,14 @@ def _answers_ping(proc: subprocess.Popen[bytes], port: int, timeout: float = 10)
 
 
 @contextmanager
-def _redis(tmp: Path, durable: bool = False) -> Iterator[str]:
-    """A private redis-server on a free loopback port; yields its URL. Not persistent, as the
-    peers are usually run; `durable` turns on the append-only file fsynced on every write
-    (`appendfsync always`), the durability our suite gives every acknowledged job."""
+def _redis(tmp: Path, fsync: str | None = None) -> Iterator[str]:
+    """A private redis-server on a free loopback port; yields its URL. Not persistent (`fsync`
+    None), as the peers are usually run; `fsync` `always` turns on the append-only file fsynced
+    on every write, the durability our suite gives every acknowledged job as shipped;
+    `everysec` fsyncs it once a second (ours with GETOPERATE_NATS_SYNC=1s)."""
     log = tmp / "redis.log"
-    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else [
-        "--appendonly", "no"]
+    persistence = (["--appendonly", "yes", "--appendfsync", fsync] if fsync else
+                   ["--appendonly", "no"])
     for _ in range(3):  # the port can be taken between our check and redis binding it
         port = _free_port()
         proc = _start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -274,14 +275,14 @@ def _wait_ready(client: _Client, worker: subprocess.Popen[bytes], log: Path) -> 
 
 
 @contextmanager
-def _peer(peer: str, workers: int, durable: bool = False) -> Iterator[_Client]:
+def _peer(peer: str, workers: int, fsync: str | None = None) -> Iterator[_Client]:
     """A private Redis and a warmed-up worker for `peer`, torn down on exit."""
     if peer not in PEERS:
         raise ValueError(f"unknown peer {peer!r}; expected one of {PEERS}")
     if reason := unavailable():
         raise RuntimeError(f"peers unavailable: {reason}")
     with tempfile.TemporaryDirectory(prefix=f"bench-{peer}-") as tmpdir, \
-            _redis(Path(tmpdir), durable) as url:
+            _redis(Path(tmpdir), fsync) as url:
         tmp = Path(tmpdir)
         module = f"bench_peer_{peer}"
         (tmp / f"{module}.py").write_text(WORKER_MODULES[peer])
@@ -308,14 +309,20 @@ def _peer(peer: str, workers: int, durable: bool = False) -> Iterator[_Client]:
                 progress(f"peers: {peer}: worker exited {worker.returncode}: {_tail(log)}")
 
 
-def throughput(peer: str, n: int, workers: int = 2) -> float:
+def throughput(peer: str, n: int, workers: int = 2, fsync: str | None = None,
+               cpu: list[float] | None = None) -> float:
     """Jobs/s end to end (first enqueue to last result) for n no-op jobs enqueued all at once:
-    the peer's best case, as all of its per-job costs can overlap."""
-    with _peer(peer, workers) as client:
-        progress(f"peers: {peer}: {n} tasks, enqueue all then collect all results")
+    the peer's best case, as all of its per-job costs can overlap. `fsync`: Redis's
+    `appendfsync` (None: no persistence). `cpu`: gets the machine's CPU seconds spent meanwhile."""
+    with _peer(peer, workers, fsync) as client:
+        progress(f"peers: {peer}: {n} tasks, enqueue all then collect all results"
+                 + (f" (Redis appendfsync {fsync})" if fsync else ""))
+        cpu_before = machine_cpu_seconds()
         started = time.perf_counter()
         results = client.batch(n)
         elapsed = time.perf_counter() - started
+        if cpu is not None:
+            cpu.append(machine_cpu_seconds() - cpu_before)
     if results != list(range(n)):
         raise RuntimeError(f"{peer}: wrong results")
     rate = n / elapsed
@@ -323,12 +330,12 @@ def throughput(peer: str, n: int, workers: int = 2) -> float:
     return rate
 
 
-def roundtrip(peer: str, n: int, durable: bool = False) -> list[float]:
+def roundtrip(peer: str, n: int, fsync: str | None = None) -> list[float]:
     """Seconds from enqueue to result for n jobs sent one at a time on an idle worker: the peer's
-    dispatch latency, with nothing to overlap it. `durable`: Redis fsyncs every write."""
-    with _peer(peer, 2, durable) as client:
+    dispatch latency, with nothing to overlap it. `fsync`: Redis's `appendfsync`."""
+    with _peer(peer, 2, fsync) as client:
         progress(f"peers: {peer}: {n} round trips, one at a time"
-                 + (" (Redis appendfsync always)" if durable else ""))
+                 + (f" (Redis appendfsync {fsync})" if fsync else ""))
         latencies = []
         for i in range(n):
             started = time.perf_counter()

@@ -90,8 +90,25 @@ def imported(code: str) -> list[str]:
     return sorted(IMPORT_NAMES.get(n, n) for n in outside)
 
 
+_KNOWN: dict[bytes, tuple[str, ...]] = {}  # by the code's digest: a warm worker asks per job
+_KNOWN_MAX = 256
+
+
 def requirements(code: str) -> tuple[str, ...]:
-    """What the script needs installed, checked: declared, else guessed from imports."""
+    """What the script needs installed, checked: declared, else guessed from imports.
+    Remembered by the code's SHA-256 (parsing the script cost a dedicated worker more than its
+    job did); a script whose requirements are refused is parsed again each time."""
+    digest = hashlib.sha256(code.encode()).digest()
+    known = _KNOWN.get(digest)
+    if known is None:
+        known = _requirements(code)
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[digest] = known
+    return known
+
+
+def _requirements(code: str) -> tuple[str, ...]:
     deps = declared(code)
     found = imported(code) if deps is None else deps
     if len(found) > MAX_REQUIREMENTS:

@@ -7,6 +7,7 @@ Its folder (config with the password hashes, log, JetStream store) is its owner'
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -36,13 +37,35 @@ def store_bytes() -> int:
     return value
 
 
-def jetstream_block(store_dir: Path, sync_always: bool) -> list[str]:
-    """The `jetstream { }` block of every nats-server config this module writes."""
+SYNC_ENV = "GETOPERATE_NATS_SYNC"
+_DURATION = re.compile(r"^[1-9][0-9]{0,6}(ms|s|m)$")
+
+
+def sync_interval(value: str | None = None) -> str | None:
+    """nats-server's `sync_interval` from `GETOPERATE_NATS_SYNC` (or `value`): `always` (the
+    default: every JetStream write fsynced before it is acknowledged), `interval` (None: the
+    server's own default, every 2 minutes), or a duration such as `1s` or `200ms` (the
+    equivalent of Redis's `appendfsync everysec` at `1s`)."""
+    raw = (os.environ.get(SYNC_ENV, "always") if value is None else value).strip()
+    if raw == "always":
+        return "always"
+    if raw == "interval":
+        return None
+    if _DURATION.match(raw):
+        return raw
+    raise NatsServerError(f"{SYNC_ENV} must be always, interval or a duration such as 1s or"
+                          f" 200ms, not {raw!r}")
+
+
+def jetstream_block(store_dir: Path, sync_always: bool | None = None) -> list[str]:
+    """The `jetstream { }` block of every nats-server config this module writes. `sync_always`
+    None: as GETOPERATE_NATS_SYNC says; True/False: always / the server's default."""
     budget = store_bytes()
+    sync = sync_interval() if sync_always is None else ("always" if sync_always else None)
     return [
         "jetstream {",
         f'  store_dir: "{store_dir}"',
-        "  sync_interval: always" if sync_always else "",
+        f"  sync_interval: {sync}" if sync else "",
         f"  max_file_store: {budget}" if budget else "",
         "}",
     ]
@@ -82,7 +105,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool = True,
+def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool | None = True,
                  http_port: int | None = None, auth: str | None = None) -> Path:
     """nats-server config for local runs.
 
@@ -114,8 +137,8 @@ class NatsServer:
     def __init__(self, data_dir: Path, port: int | None = None, sync_always: bool | None = None,
                  auth: str | None = None):
         self.auth = auth
-        if sync_always is None:  # GETOPERATE_NATS_SYNC=interval trades power-loss safety for speed
-            sync_always = os.environ.get("GETOPERATE_NATS_SYNC", "always") != "interval"
+        if sync_always is None:  # GETOPERATE_NATS_SYNC trades power-loss safety for speed
+            sync_interval()  # a bad value stops the start here, naming the variable
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.sync_always = sync_always
@@ -187,12 +210,11 @@ class NatsCluster:
         node = private_dir(self.data_dir / f"n{i}")
         routes = ", ".join(f"nats-route://127.0.0.1:{r}" for j, r in enumerate(self.routes) if j != i)
         conf = node / "nats.conf"
-        sync_always = os.environ.get("GETOPERATE_NATS_SYNC", "always") != "interval"
         write_private(conf, "\n".join(line for line in [
             f"listen: 127.0.0.1:{self.ports[i]}",
             f"server_name: n{i}",
             "max_payload: 1MB",
-            *jetstream_block(node / "jetstream", sync_always),
+            *jetstream_block(node / "jetstream"),
             "cluster {",
             "  name: getoperate",
             f"  listen: 127.0.0.1:{self.routes[i]}",

@@ -106,11 +106,13 @@ class Lease:
         return self.renewed + self.length
 
     async def keep(self) -> None:
-        """Ack at once, then every ack_wait/3 (at most half the lease; a third of that after a
-        failure) until cancelled, or until the lease runs out."""
+        """Ack every ack_wait/3 (at most half the lease; a third of that after a failure) from
+        when the delivery was taken, until cancelled, or until the lease runs out."""
         interval = min(self.ack_wait / 3, self.length / 2)
         retry = interval / 3
-        due = lease_clock()
+        # The lease counts from when the delivery was taken, so the first in-progress ack can
+        # wait an interval: most jobs end before it, and save a request each (issue 17).
+        due = self.renewed + interval
         while True:
             now = lease_clock()
             if now >= self.expires:

@@ -60,9 +60,13 @@ def retry(fn: Callable[[], Any], within: float = 60) -> Any:
             time.sleep(0.3)
 
 
-def pid_of(pattern: str) -> int:
-    ps = subprocess.run(["ps", "-eo", "pid,args", "-ww"], capture_output=True, text=True).stdout
-    return int(next(line.split()[0] for line in ps.splitlines() if pattern in line))
+def pid_of(pattern: str, parent: int | None = None) -> int:
+    """The process whose command line holds `pattern` (a child of `parent` when given): other
+    tests run their own services on this machine at the same time, and must be left alone."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args", "-ww"], capture_output=True,
+                        text=True).stdout
+    return int(next(line.split()[0] for line in ps.splitlines()[1:] if pattern in line
+                    and (parent is None or int(line.split()[1]) == parent)))
 
 
 @pytest.fixture
@@ -73,7 +77,9 @@ def chaos_suite(tmp_path: Path) -> Iterator[Suite]:
 
 def test_chaos(chaos_suite: Suite) -> None:
     s = chaos_suite
-    rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
+    seed = int(os.environ.get("CHAOS_SEED", "7"))
+    rng = random.Random(seed)  # the killer's choices
+    tags_rng = random.Random(seed + 1)  # the submitter's, in its own thread: each reproducible
     s.api.set_group("chaos-a", tags=["c1", "c2"])
     s.api.set_group("chaos-b", tags=["c2", "c3"])
     workers: dict[str, Proc] = {}
@@ -88,7 +94,7 @@ def test_chaos(chaos_suite: Suite) -> None:
 
     def submit() -> None:
         for i in range(JOBS):
-            tag = rng.choice(["c1", "c2", "c3"])
+            tag = tags_rng.choice(["c1", "c2", "c3"])
             ids.append(keyed(f"sleep 0.{i % 4 + 1}; echo {i}", tag, f"chaos-{i}")["id"])
             time.sleep(SECONDS / JOBS)
         stop.set()
@@ -120,7 +126,7 @@ def test_chaos(chaos_suite: Suite) -> None:
             retry(lambda: s.api.set_group("chaos-a", tags=["c1", "c2", "c3"]))
             moved = True
         if not config_killed and elapsed > SECONDS * 0.5:
-            os.kill(pid_of("cli.main config"), signal.SIGKILL)  # `up` restarts it
+            os.kill(pid_of("cli.main config", parent=s.up.p.pid), signal.SIGKILL)  # `up` restarts it
             config_killed = True
         if not nats_restarted and elapsed > SECONDS * 0.7:
             os.kill(pid_of(f"{s.root}/.getoperate/nats/nats.conf"), signal.SIGKILL)  # and NATS
