@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import (authz, batch, coldbash, dedicated, drain, endtoend, flows, history, idle,
-                   languages, reads, reload, router, sandbox)
+                   languages, reads, reload, router, sandbox, scale)
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -30,6 +30,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "reads": reads.run,
     "batch": batch.run,
     "flows": flows.run,
+    "scale": scale.run,
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
