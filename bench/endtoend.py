@@ -29,20 +29,26 @@ from bench.suite import LocalSuite, progress, run_jobs
 NOOP = "def main(x):\n    return x\n"
 
 
+def noop_workers(suite: LocalSuite) -> dict[str, object]:
+    """The no-op script, its dedicated group and two warmed-up workers; the job to submit."""
+    cfg = suite.config_url
+    suite.http("PUT", f"{cfg}/scripts/bench/f/noop", {"language": "python3", "content": NOOP})
+    suite.http("PUT", f"{cfg}/groups/bench-e2e", {"dedicated": ["bench:f/noop"]})
+    suite.worker(WORKER_GROUP="bench-e2e")
+    suite.worker(WORKER_GROUP="bench-e2e")
+    suite.wait_workers(lambda ws: sum(w["group"] == "bench-e2e" and w["state"] == "ready"
+                                      for w in ws) >= 2)
+    job = {"workspace": "bench", "path": "f/noop", "args": {"x": 1}}
+    asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * 200))  # warm: runtimes, conns
+    return job
+
+
 def _ours(n: int, trips: int, sync: str | None = None,
           cpu: list[float] | None = None) -> tuple[float, list[float]]:
     """Throughput and round trips of ours; `sync`: GETOPERATE_NATS_SYNC for this suite; `cpu`
     gets the machine's CPU seconds spent during the throughput run."""
     with LocalSuite(**({"GETOPERATE_NATS_SYNC": sync} if sync else {})) as suite:
-        cfg = suite.config_url
-        suite.http("PUT", f"{cfg}/scripts/bench/f/noop", {"language": "python3", "content": NOOP})
-        suite.http("PUT", f"{cfg}/groups/bench-e2e", {"dedicated": ["bench:f/noop"]})
-        suite.worker(WORKER_GROUP="bench-e2e")
-        suite.worker(WORKER_GROUP="bench-e2e")
-        suite.wait_workers(lambda ws: sum(w["group"] == "bench-e2e" and w["state"] == "ready"
-                                          for w in ws) >= 2)
-        job = {"workspace": "bench", "path": "f/noop", "args": {"x": 1}}
-        asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * 200))  # warm: runtimes, conns
+        job = noop_workers(suite)
         progress(f"endtoend: ours: {n} jobs on 2 dedicated workers")
         cpu_before = machine_cpu_seconds()
         started = time.perf_counter()

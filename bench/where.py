@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 
-from bench.endtoend import NOOP
+from bench.endtoend import noop_workers
 from bench.suite import LocalSuite, progress, run_jobs
 
 
@@ -49,15 +49,7 @@ def _name(cmd: str) -> str:
 
 def main(n: int = 4000) -> None:
     with LocalSuite() as suite:
-        cfg = suite.config_url
-        suite.http("PUT", f"{cfg}/scripts/bench/f/noop", {"language": "python3", "content": NOOP})
-        suite.http("PUT", f"{cfg}/groups/bench-e2e", {"dedicated": ["bench:f/noop"]})
-        suite.worker(WORKER_GROUP="bench-e2e")
-        suite.worker(WORKER_GROUP="bench-e2e")
-        suite.wait_workers(lambda ws: sum(w["group"] == "bench-e2e" and w["state"] == "ready"
-                                          for w in ws) >= 2)
-        job = {"workspace": "bench", "path": "f/noop", "args": {"x": 1}}
-        asyncio.run(run_jobs(suite.nats_url, suite.token, [job] * 200))  # warm
+        job = noop_workers(suite)
         progress(f"where: {n} jobs, 500 in flight")
         before = _cpu_by_process()
         mine = resource.getrusage(resource.RUSAGE_SELF)
