@@ -44,6 +44,9 @@ JOB_MSG_ID = ("`<tag>`: the first 16 hex digits of HMAC-SHA256 of the id before 
 JOB_SEAL = ("hex HMAC-SHA256 of the message body under the job's hold key (shared/seals.py):"
             " written by the router or the job's holder; routers skip an event whose seal does"
             " not match")
+ROUTER_SEAL = ("hex HMAC-SHA256 of the body under the routers' key itself (shared/seals.py"
+               " router_seal), on the router's job.queued only: no holder can write it; a router's"
+               " job board starts following a job only from such an event")
 TOKEN_RULE = (
     "Each parameter is one subject token made by `encode_token` (shared/subjects.py): characters"
     " in `[A-Za-z0-9-]` are kept, every other character (`_` included) becomes `_XX` per byte of"
@@ -101,6 +104,7 @@ def _headers(**fields: str) -> dict[str, Any]:
 
 # The examples' signing key: a fixed, published seed so that the document is the same on every
 # call (Ed25519 signatures are deterministic). Never a real deployment's key.
+EXAMPLE_ROUTER_KEY = b"example router key, never a real one"
 _EXAMPLE_SIGNER = Signer(parse_private_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
                                            field="example key"))
 
@@ -127,7 +131,7 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
     finished = JobFinished(job_id=job_id, time=1795926784.142324, status="success",
                            result="hello world", logs="hello world\n", worker=worker,
                            group="default", duration_ms=4.763)
-    hold = seals.hold_key(b"example router key, never a real one", job_id)
+    hold = seals.hold_key(EXAMPLE_ROUTER_KEY, job_id)
 
     def sealed(event: Any) -> str:
         return seals.seal(hold, encode(event))
@@ -161,7 +165,9 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             error="forbidden", message="tag 'gpu' is not available to workspace 'ws9'",
             field="tag"))],
         "JobQueued": [_example("queued", queued, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:queued"),
-                                                  subjects.SEAL_HEADER: sealed(queued)})],
+                                                  subjects.SEAL_HEADER: sealed(queued),
+                                                  subjects.ROUTER_SEAL_HEADER: seals.router_seal(
+                                                      EXAMPLE_ROUTER_KEY, encode(queued))})],
         "JobStarted": [_example("started", started, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:1:started"),
                                                      subjects.SEAL_HEADER: sealed(started)})],
         "JobFinished": [_example("success", finished, {"Nats-Msg-Id": seals.msg_id(hold, f"{job_id}:1:finished"),
@@ -260,7 +266,8 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "JobQueued": {"title": "job.queued", "summary": "The router queued the job.",
                       "payload": schema["JobQueued"],
                       "headers": _headers(Nats_Msg_Id=f"`<job id>:queued:<tag>`. {JOB_MSG_ID}",
-                                          Go_Job_Seal=JOB_SEAL)},
+                                          Go_Job_Seal=JOB_SEAL,
+                                          Go_Router_Seal=ROUTER_SEAL)},
         "JobStarted": {"title": "job.started", "summary": "A worker took the job.",
                        "payload": schema["JobStarted"],
                        "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started:<tag>`."

@@ -24,6 +24,7 @@ import hmac
 _HOLD_CONTEXT = b"getoperate job hold v1\0"
 _SEAL_CONTEXT = b"getoperate job event seal v1\0"
 _MSG_ID_CONTEXT = b"getoperate job event msg id v1\0"
+_ROUTER_CONTEXT = b"getoperate job queued by a router v1\0"
 
 
 def hold_key(router_key: bytes, job_id: str) -> str:
@@ -57,3 +58,18 @@ def holds(router_key: bytes, job_id: str, given: str | None) -> bool:
     if not given:
         return False
     return hmac.compare_digest(hold_key(router_key, job_id), given.strip())
+
+
+def router_seal(router_key: bytes, body: bytes) -> str:
+    """A `job.queued` body sealed with the router key itself (header `Go-Router-Seal`): what
+    only a router can write, not the job's holder. The job board (services/router/board.py)
+    starts following a job only from such an event: a holder could otherwise write a second
+    `job.queued` (moving its job to another workspace) where the board never saw the first."""
+    return hmac.new(router_key, _ROUTER_CONTEXT + body, hashlib.sha256).hexdigest()
+
+
+def router_sealed(router_key: bytes, body: bytes, given: str | None) -> bool:
+    """Whether `given` is the router seal of `body` (constant time)."""
+    if not given or len(given) > 128:
+        return False
+    return hmac.compare_digest(router_seal(router_key, body), given.strip())

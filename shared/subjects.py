@@ -58,6 +58,7 @@ JOB_SUBJECT = f"{PREFIX}.router.job"
 # A queued job's hold key (only its holder sees it) and each job event's seal (shared/seals.py).
 HOLD_HEADER = "Go-Job-Hold"
 SEAL_HEADER = "Go-Job-Seal"
+ROUTER_SEAL_HEADER = "Go-Router-Seal"  # a router's job.queued: shared/seals.py router_seal
 # A message parked on GO_DEAD as it came (it was not a Job): why (a DeadLetter has `reason`).
 DEAD_REASON_HEADER = "Go-Dead-Reason"
 

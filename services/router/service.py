@@ -106,7 +106,7 @@ class RouterService:
         self.genuine = Genuine(key, logger)
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
-        self.board = Board(self.js, self.genuine, logger, board_bytes())
+        self.board = Board(nc, self.genuine, key, logger, board_bytes())
         self.logger = logger
         self.config = st.ConfigState()
         self.config_ready = asyncio.Event()
@@ -726,10 +726,12 @@ class RouterService:
         """Store a job event the router writes, sealed like a holder's, under a message id only
         a holder can compute (shared/seals.py)."""
         body = encode(event)
+        headers = {subjects.SEAL_HEADER: seals.seal(hold, body)}
+        if isinstance(event, JobQueued):  # what no holder can write: the job board starts here
+            headers[subjects.ROUTER_SEAL_HEADER] = seals.router_seal(self.key, body)
         return await bus.publish(self.js, subjects.job_events_subject(event.job_id), body,
                                  seals.msg_id(hold, msg_id), within=within,
-                                 expect_last=expect_last,
-                                 headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
+                                 expect_last=expect_last, headers=headers)
 
     async def job(self, job_id: str, *, wait: bool = False, timeout: float = 30.0) -> JobView:
         """The job's view from its lifecycle events; with `wait`, until it ends or `timeout`."""

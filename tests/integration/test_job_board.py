@@ -105,3 +105,120 @@ def test_a_bad_board_size_stops_the_router_naming_the_variable(tmp_path: Path) -
         up.stop()
     assert up.p.returncode != 0
     assert "ROUTER_JOB_BOARD_BYTES must be a whole number of bytes, not 'lots'" in up.output()
+
+
+# --- what a stolen worker credential (or a job's holder) tried against the board -------------
+
+
+def _router_rss_kib(s: Suite) -> int:
+    """Resident memory of this suite's router (a child of its `up`)."""
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args", "-ww"], capture_output=True,
+                        text=True).stdout
+    pid = next(int(line.split()[0]) for line in ps.splitlines()[1:]
+               if "cli.main router" in line and int(line.split()[1]) == s.up.p.pid)
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def test_a_stored_fake_heartbeat_makes_no_router_publish(suite: Suite) -> None:
+    """The red team's attack: with a worker's credentials, a job event with an empty body and
+    the headers of a JetStream idle heartbeat naming a 'stalled' reply subject: nats-py's push
+    consumers publish to that subject with the router's rights (here: a cancel of another
+    job). The board pulls on its own and takes a stored message for a stored message."""
+    import asyncio
+    import uuid
+
+    from tests.integration.test_identity import connect_as
+
+    s = suite
+    victim = s.api.submit("sleep 2; echo survived", workspace="main")["id"]
+
+    async def plant() -> None:
+        nc = await connect_as(s, "worker")
+        try:
+            await nc.jetstream().publish(f"go.jobev.{uuid.uuid4().hex}", b"", timeout=10, headers={
+                "Status": "100", "Description": "Idle Heartbeat",
+                "Nats-Consumer-Stalled": f"$KV.GO_CANCELS.{victim}"})
+        finally:
+            await nc.close()
+
+    asyncio.run(plant())
+    view = s.api.job(victim)
+    assert (view["status"], view["result"]) == ("success", "survived"), view
+    later = s.api.submit("echo after", workspace="main")["id"]
+    assert s.api.job(later)["result"] == "after"  # the board's follow went past it
+    assert s.api.call("GET", "router", f"/jobs/{later}")["status"] == "success"
+
+
+def test_headers_and_fake_jobs_do_not_grow_the_routers_memory(suite: Suite) -> None:
+    """The red team's attack: 1,000 fake `job.queued` events with 60 KB of headers each (60 MB)
+    raised a router's memory by what it received, outside the board's bound. Only a router's
+    own job.queued starts a job on the board now, and no header but the seal is kept."""
+    import asyncio
+    import uuid
+
+    from shared.codec import encode
+    from shared.jobs import JobQueued
+    from tests.integration.test_identity import connect_as
+
+    s = suite
+    before = _router_rss_kib(s)
+
+    async def flood() -> None:
+        nc = await connect_as(s, "worker")
+        try:
+            js = nc.jetstream()
+            for _ in range(1000):
+                job = uuid.uuid4().hex
+                body = encode(JobQueued(job_id=job, time=0.0, tag="t", workspace="main",
+                                        language="bash"))
+                await js.publish(f"go.jobev.{job}", body, timeout=10,
+                                 headers={"X-Pad": "p" * 60_000, subjects.SEAL_HEADER: "f" * 64})
+        finally:
+            await nc.close()
+
+    asyncio.run(flood())
+    job = s.api.submit("echo still", workspace="main")["id"]
+    assert s.api.job(job)["result"] == "still"
+    grown_mib = (_router_rss_kib(s) - before) / 1024
+    assert grown_mib < 30, f"the router grew by {grown_mib:.0f} MiB for 60 MB of fake events"
+
+
+@pytest.fixture(scope="module")
+def tiny_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    with running_suite(tmp_path_factory.mktemp("tiny-board"),
+                       env={"ROUTER_JOB_BOARD_BYTES": "2500"}) as s:
+        yield s
+
+
+def test_a_holder_cannot_move_its_job_where_the_board_forgot_it(tiny_board: Suite) -> None:
+    """The red team's attack: the board forgot a job (evicted for room), then the job's holder
+    wrote a second `job.queued`, sealed with its hold key, naming another workspace; the board
+    took it for the job's first. A board entry starts only from a router's job.queued now."""
+    import asyncio
+
+    from shared.codec import encode
+    from shared.jobs import JobQueued
+
+    s = tiny_board
+    job = s.api.submit("true", workspace="main", tag="nobody-serves-this")["id"]
+    for _ in range(6):  # more jobs than the 2,500 bytes hold: the first is forgotten
+        s.api.submit("true", workspace="main", tag="nobody-serves-this")
+    key = (s.root / ".getoperate" / "router.key").read_text().strip().encode()
+    hold = seals.hold_key(key, job)
+    moved = encode(JobQueued(job_id=job, time=0.0, tag="nobody-serves-this", workspace="other",
+                             language="bash"))
+
+    async def write() -> None:
+        nc = await nats.connect(s.nats_url)
+        try:
+            await nc.jetstream().publish(subjects.job_events_subject(job), moved, timeout=10,
+                                         headers={subjects.SEAL_HEADER: seals.seal(hold, moved)})
+        finally:
+            await nc.close()
+
+    asyncio.run(write())
+    for _ in range(3):
+        assert s.api.call("GET", "router", f"/jobs/{job}")["workspace"] == "main"
