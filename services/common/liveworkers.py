@@ -1,4 +1,4 @@
-"""A live view of worker heartbeats (the GO_WORKERS bucket), kept current by a KV watch.
+"""A live view of worker heartbeats (the GO_WORKERS bucket), kept current by following it.
 
 A heartbeat is believed only as far as its key allows: the authority lets a worker write one
 key, `<its NATS user>.<its id>.<nonce>` (subjects.heartbeat_key), so an entry whose status claims another
@@ -13,16 +13,21 @@ import asyncio
 import time
 from typing import Callable
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus, natsauth
 from services.common.log import Logger
+from services.common.streamreads import Follow, client_of
 from shared.codec import decode
 from shared.errors import InvalidInput
 from shared import state as st
 from shared import subjects
 from shared.jobs import WorkerStatus
 from shared.state import ConfigState
+
+
+_KEYS = f"$KV.{subjects.WORKERS_BUCKET}."
 
 
 class LiveWorkers:
@@ -38,36 +43,38 @@ class LiveWorkers:
         # key -> (config seq, status) it was judged at, and the verdict: judged when read, so a
         # beat that arrived before the config it reflects counts once the config is folded
         self._judged: dict[str, tuple[int, WorkerStatus, bool]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
+        self._follow: Follow | None = None
+        self.ready = asyncio.Event()  # the heartbeats there were at the start are read
 
     async def start(self) -> None:
-        kv = await bus.workers_bucket(self.js)
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._run(watcher), name="live-workers")
+        await bus.workers_bucket(self.js)  # declared if it is not yet
+        # Our own pulls, not a nats-py KV watch: each worker writes its own heartbeat, headers
+        # included, and a push consumer obeys headers dressed as a server's
+        # (services/common/streamreads.py).
+        self._follow = Follow(client_of(self.js), f"KV_{subjects.WORKERS_BUCKET}",
+                              f"{_KEYS}>", self._on_message, self.logger,
+                              last_per_subject=True, caught_up=self.ready, name="live-workers")
+        self._follow.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        if self._follow is not None:
+            await self._follow.stop()
+            self._follow = None
 
-    async def _run(self, watcher: object) -> None:
-        async for entry in watcher:  # type: ignore[attr-defined]
-            if entry is None:  # end of the initial values
-                self.ready.set()
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._workers.pop(entry.key, None)
-                self._seen.pop(entry.key, None)
-                self._judged.pop(entry.key, None)
-                continue
-            try:
-                status = decode(entry.value, WorkerStatus)
-            except InvalidInput as exc:
-                self.logger.warning("bad_heartbeat_skipped", key=entry.key, error=str(exc))
-                continue
-            self._workers[entry.key] = status
-            self._seen[entry.key] = min(time.time(), status.heartbeat_at)
-            self.ready.set()
+    def _on_message(self, msg: Msg) -> None:
+        key = msg.subject[len(_KEYS):]
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            self._workers.pop(key, None)
+            self._seen.pop(key, None)
+            self._judged.pop(key, None)
+            return
+        try:
+            status = decode(msg.data, WorkerStatus)
+        except InvalidInput as exc:
+            self.logger.warning("bad_heartbeat_skipped", key=key, error=str(exc))
+            return
+        self._workers[key] = status
+        self._seen[key] = min(time.time(), status.heartbeat_at)
 
     def _live(self) -> list[WorkerStatus]:
         cutoff = time.time() - bus.WORKER_TTL

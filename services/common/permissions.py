@@ -171,8 +171,8 @@ def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
         *(f"{_JS}.CONSUMER.CREATE.{subjects.CONFIG_STREAM}.*.{s}" for s in config_subjects),
         f"{_JS}.CONSUMER.MSG.NEXT.{subjects.CONFIG_STREAM}.*",
         f"{_JS}.CONSUMER.INFO.{subjects.CONFIG_STREAM}.*",
-        f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS", f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS.>",
-        f"{_JS}.CONSUMER.INFO.KV_GO_CANCELS.>", "$JS.FC.KV_GO_CANCELS.>",
+        # following the cancels with its own pulls (services/common/streamreads.py)
+        f"{_JS}.CONSUMER.CREATE.KV_GO_CANCELS", f"{_JS}.CONSUMER.MSG.NEXT.KV_GO_CANCELS.*",
         f"$KV.{subjects.WORKERS_BUCKET}.{heartbeat_key or '<its key>'}",
         # job events: written (sealed, shared/seals.py), never read; a job is read from a router
         subjects.JOB_EVENTS_SUBJECTS, subjects.DEAD_SUBJECTS, subjects.SUBMIT_SUBJECT,

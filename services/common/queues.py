@@ -6,6 +6,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common.bus import CANCELS_BUCKET
+from services.common.streamreads import client_of, read_all
 from shared import subjects
 from shared.errors import InvalidInput
 
@@ -32,22 +33,18 @@ async def waiting_per_tag(js: JetStreamContext) -> dict[str, dict[str, int]]:
 async def _cancelled_marks(js: JetStreamContext) -> dict[str, int]:
     """tag -> marks of cancelled jobs still queued (GO_CANCELS keys `queued.<tag>.<job>`)."""
     marks: dict[str, int] = {}
+    # Only the marks' subjects (the bucket also holds every cancel request), headers only, the
+    # last message of each key, read with our own pulls: workers write (delete) marks, so a
+    # mark's headers are a worker's to choose (services/common/streamreads.py).
+    prefix = f"$KV.{CANCELS_BUCKET}."
     try:
-        kv = await js.key_value(CANCELS_BUCKET)
-        # Only the marks' subjects (the bucket also holds every cancel request): headers only,
-        # the live keys, until the watch says it has shown them all.
-        watch = await kv.watch(f"{subjects.CANCELLED_QUEUED}.>", headers_only=True,
-                               ignore_deletes=True)
+        found = await read_all(client_of(js), f"KV_{CANCELS_BUCKET}",
+                               f"{prefix}{subjects.CANCELLED_QUEUED}.>", last_per_subject=True,
+                               headers_only=True)
     except NotFoundError:
         return marks
-    keys: list[str] = []
-    try:
-        async for entry in watch:
-            if entry is None:
-                break
-            keys.append(entry.key)
-    finally:
-        await watch.stop()
+    keys = [m.subject[len(prefix):] for m in found
+            if (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE")]
     for key in keys:
         if key.count(".") != 2:
             continue

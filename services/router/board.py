@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import os
-import time
 from dataclasses import dataclass, field
 
 import msgspec
-from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
 
 from services.common.log import Logger
+from services.common.streamreads import Follow
 from services.router.history import Genuine, without_output
 from shared import seals, subjects
 from shared.errors import InvalidInput
@@ -48,9 +45,6 @@ ENTRY_OVERHEAD = 400  # bytes a job costs beyond its events' bodies and its id (
 MESSAGE_OVERHEAD = 120  # bytes a kept message costs beyond its body (a tuple, its seal)
 _QUEUED = b'"type":"job.queued"'  # how msgspec writes the tags: a cheap look, no decoding
 _FINISHED = b'"type":"job.finished"'
-_ACK_PREFIX = "$JS.ACK."  # a stored message's reply subject; the server's status messages have none
-BATCH = 256  # messages asked for per pull
-PULL_EXPIRES = 5.0  # seconds a pull waits for messages before the server ends it (408)
 
 
 def board_bytes() -> int:
@@ -88,12 +82,9 @@ class _Entry:
 class Board:
     """Recent jobs' views, from their genuine events, bounded by `max_bytes`.
 
-    It follows GO_JOB_EVENTS with its own pulls on an ephemeral pull consumer, not nats-py's
-    push or fetch machinery: anyone who may write a job event chooses its headers, and nats-py
-    takes a stored message with `Status: 100` for a server heartbeat (and publishes to its
-    `Nats-Consumer-Stalled` subject: a forged one made routers cancel jobs) or with another
-    status for an error. Here a message with a `$JS.ACK.` reply subject is a stored message,
-    whatever its headers say; only a message without one is the server speaking."""
+    It follows GO_JOB_EVENTS with its own pulls (services/common/streamreads.py), not nats-py's
+    push consumers: anyone who may write a job event chooses its headers, and a stored message
+    dressed as a heartbeat made a push consumer publish where its writer said."""
 
     def __init__(self, nc: NATS, genuine: Genuine, router_key: bytes, logger: Logger,
                  max_bytes: int = DEFAULT_BYTES) -> None:
@@ -105,98 +96,29 @@ class Board:
         self.bytes = 0
         self._jobs: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._prefix = subjects.JOB_EVENTS_PREFIX + "."
-        self._task: asyncio.Task[None] | None = None
-        self.next_seq = 0  # the stream sequence the follow resumes from
+        self._follow: Follow | None = None
 
     async def start(self) -> None:
         if self.max_bytes <= 0:
             return
         info = await self.nc.jetstream().stream_info(subjects.JOB_EVENTS_STREAM)
-        self.next_seq = int(info.state.last_seq) + 1  # what happens from now on
-        self._task = asyncio.create_task(self._follow(), name="job board")
+        self._follow = Follow(self.nc, subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS_SUBJECTS,
+                              self._on_message, self.logger, name="job board",
+                              start_seq=int(info.state.last_seq) + 1)  # from now on
+        self._follow.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        if self._follow is not None:
+            await self._follow.stop()
+            self._follow = None
 
     def __len__(self) -> int:
         return len(self._jobs)
 
-    async def _follow(self) -> None:
-        """Pull the stream's new messages for ever: a consumer from `next_seq`, pulls of BATCH,
-        a new consumer after a gap, a lost consumer or a reconnect."""
-        delay = 0.1
-        while True:
-            inbox = self.nc.new_inbox()
-            sub = await self.nc.subscribe(inbox)
-            try:
-                name = await self._consumer()
-                await self._pull_until_broken(sub, inbox, name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a gap, a lost consumer, NATS away: start over
-                self.logger.warning("job_board_resubscribing", from_seq=self.next_seq,
-                                    error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            else:
-                delay = 0.1
-            finally:
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
-
-    async def _consumer(self) -> str:
-        info = await self.nc.jetstream().add_consumer(
-            subjects.JOB_EVENTS_STREAM, config=api.ConsumerConfig(
-                filter_subject=subjects.JOB_EVENTS_SUBJECTS, ack_policy=api.AckPolicy.NONE,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.next_seq,
-                inactive_threshold=60.0, mem_storage=True, num_replicas=1))
-        return str(info.name)
-
-    async def _pull_until_broken(self, sub: object, inbox: str, name: str) -> None:
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOB_EVENTS_STREAM}.{name}"
-        request = json.dumps({"batch": BATCH, "expires": int(PULL_EXPIRES * 1e9)}).encode()
-        consumer_seq = 0
-        silent = 0
-        while True:
-            await self.nc.publish(next_subject, request, reply=inbox)
-            got = 0
-            deadline = time.monotonic() + PULL_EXPIRES + 2.0
-            answered = False
-            while got < BATCH:
-                try:
-                    msg = await sub.next_msg(  # type: ignore[attr-defined]
-                        timeout=max(deadline - time.monotonic(), 0.01))
-                except (asyncio.TimeoutError, nats_errors.TimeoutError):
-                    break
-                answered = True
-                if not (msg.reply or "").startswith(_ACK_PREFIX):
-                    status = (msg.headers or {}).get("Status", "")
-                    if status in ("404", "408"):
-                        break  # this pull is over: nothing (more) came in time
-                    if status in ("409", "503"):  # consumer deleted, no responders...
-                        raise RuntimeError(f"the pull was refused ({status})")
-                    continue  # a heartbeat
-                meta = msg.metadata
-                if meta.sequence.consumer != consumer_seq + 1:
-                    raise RuntimeError(f"consumer sequence {meta.sequence.consumer} after"
-                                       f" {consumer_seq}")
-                consumer_seq = meta.sequence.consumer
-                self.next_seq = meta.sequence.stream + 1
-                self._keep(msg.subject, msg.data, (msg.headers or {}).get(subjects.SEAL_HEADER),
-                           (msg.headers or {}).get(subjects.ROUTER_SEAL_HEADER),
-                           meta.sequence.stream)
-                got += 1
-            silent = 0 if answered else silent + 1
-            if silent >= 2:  # two pulls without any answer: the consumer is gone
-                raise RuntimeError("no answer to two pulls")
+    def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        self._keep(msg.subject, msg.data, headers.get(subjects.SEAL_HEADER),
+                   headers.get(subjects.ROUTER_SEAL_HEADER), msg.metadata.sequence.stream)
 
     def _keep(self, subject: str, data: bytes, seal: str | None, router_seal: str | None,
               seq: int) -> None:

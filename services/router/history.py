@@ -16,11 +16,12 @@ from typing import Mapping
 import msgspec
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from services.common.log import Logger
+from services.common.streamreads import client_of, read_all
 from shared import seals, subjects
 from shared.codec import decode
 from shared.errors import InvalidInput, NotFound
@@ -167,34 +168,24 @@ async def recent_jobs(
     if info.state.messages == 0:
         return []
     start = max(int(info.state.first_seq), int(info.state.last_seq) - scan + 1)
-    sub = await js.pull_subscribe(
-        subjects.JOB_EVENTS_SUBJECTS, durable=None, stream=subjects.JOB_EVENTS_STREAM,
-        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, max_ack_pending=-1,
-                                  deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=start, inactive_threshold=30.0),
-    )
+    # Our own pulls (services/common/streamreads.py): an event's headers are its writer's, and
+    # nats-py's fetch raises on one dressed as a server status, which would fail every listing.
+    found = await read_all(client_of(js), subjects.JOB_EVENTS_STREAM,
+                           subjects.JOB_EVENTS_SUBJECTS, start_seq=start, timeout=30.0)
     views: dict[str, JobView] = {}
     prefix = subjects.JOB_EVENTS_PREFIX + "."
-    try:
-        done = False
-        while not done:
-            try:
-                batch = await sub.fetch(1000, timeout=1.0)
-            except (asyncio.TimeoutError, nats_errors.TimeoutError):
-                break
-            for msg in batch:
-                done = msg.metadata.sequence.stream >= info.state.last_seq
-                try:
-                    job_id = subjects.decode_token(msg.subject[len(prefix):])
-                except InvalidInput:
-                    continue
-                event = genuine.event(job_id, msg.data, msg.headers)
-                if event is None:
-                    continue
-                view = views.get(job_id) or JobView(id=job_id)
-                views[job_id] = evolve_job(view, event)
-    finally:
-        await sub.unsubscribe()
+    for msg in found:
+        if msg.metadata.sequence.stream > info.state.last_seq:
+            break
+        try:
+            job_id = subjects.decode_token(msg.subject[len(prefix):])
+        except InvalidInput:
+            continue
+        event = genuine.event(job_id, msg.data, msg.headers)
+        if event is None:
+            continue
+        view = views.get(job_id) or JobView(id=job_id)
+        views[job_id] = evolve_job(view, event)
     out = [v for v in views.values()
            if (tag is None or v.tag == tag) and (group is None or v.group == group)
            and (workspace is None or v.workspace == workspace)

@@ -1,7 +1,9 @@
 """Cancellation requests (GO_CANCELS): kill a job that runs here, skip one that comes later.
 
-The whole bucket is watched from the start (existing keys included) and every id seen is kept,
-so a job taken after its cancel is never run. A flow's step is cancelled with its flow: the
+The whole bucket is followed from the start (the last message of each key, then what comes) and
+every id seen is kept, so a job taken after its cancel is never run. It is read with our own
+pulls, not a nats-py KV watch: workers write (delete) the bucket's cancelled-queued marks, so a
+message's headers may be a hostile worker's (services/common/streamreads.py). A flow's step is cancelled with its flow: the
 step's worker kills it when its parent's cancel comes, so no worker needs to write cancels
 (only routers may: a stolen worker credential cannot cancel other people's jobs).
 """
@@ -12,11 +14,16 @@ import asyncio
 import contextlib
 from typing import Any, Iterator
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.log import Logger
+from services.common.streamreads import Follow, client_of
 from shared import subjects
+
+
+_KEYS = f"$KV.{bus.CANCELS_BUCKET}."
 
 
 class CancelWatch:
@@ -27,17 +34,19 @@ class CancelWatch:
         self.logger = logger
         self.requested: set[str] = set()
         self.running: dict[str, list[asyncio.Future[Any]]] = {}
-        self._watch: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._follow: Follow | None = None
 
     async def start(self) -> None:
-        cancels = await bus.cancels_bucket(self.js)
-        self._watch = await cancels.watchall()
-        self._task = asyncio.create_task(self._follow(), name="cancels")
+        await bus.cancels_bucket(self.js)  # declared if it is not yet
+        self._follow = Follow(client_of(self.js), f"KV_{bus.CANCELS_BUCKET}", f"{_KEYS}>",
+                              self._on_message, self.logger, last_per_subject=True,
+                              name="cancels")
+        self._follow.start()
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._follow is not None:
+            asyncio.ensure_future(self._follow.stop())
+            self._follow = None
 
     def asked(self, job_id: str, parent: str | None = None) -> bool:
         """Was this job (or the flow it is a step of) asked to cancel (before it starts here)?"""
@@ -68,10 +77,10 @@ class CancelWatch:
                 self.logger.info("job_cancel_requested", job_id=job_id)
                 run.cancel()
 
-    async def _follow(self) -> None:
-        async for entry in self._watch:
-            if entry is None or entry.operation in ("DEL", "PURGE"):
-                continue
-            if entry.key.startswith(subjects.CANCELLED_QUEUED + "."):
-                continue  # a mark for waiting counts (shared/subjects.py), not a job id
-            self.on_request(entry.key)
+    def _on_message(self, msg: Msg) -> None:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return
+        key = msg.subject[len(_KEYS):]
+        if key.startswith(subjects.CANCELLED_QUEUED + "."):
+            return  # a mark for waiting counts (shared/subjects.py), not a job id
+        self.on_request(key)

@@ -13,6 +13,7 @@ import pytest
 from cli.client import CliError
 from shared import seals, subjects
 from tests.integration.conftest import Suite, running_suite
+from tests.integration.harness import wait_until
 
 
 def _hold_read(s: Suite, job_id: str) -> dict[str, Any]:
@@ -222,3 +223,102 @@ def test_a_holder_cannot_move_its_job_where_the_board_forgot_it(tiny_board: Suit
     asyncio.run(write())
     for _ in range(3):
         assert s.api.call("GET", "router", f"/jobs/{job}")["workspace"] == "main"
+
+
+def test_a_fake_heartbeat_among_the_cancel_marks_cancels_nothing(suite: Suite) -> None:
+    """The same trick on GO_CANCELS, where a worker's jobs connection may write (delete) its
+    tags' cancelled-queued marks: every worker's cancel watch and the router's waiting counts
+    read that bucket, and a push consumer would have published where the mark said (here: a
+    cancel of a running job) and stalled. They pull on their own now: nothing is published,
+    and a real cancel still reaches the job's worker."""
+    import asyncio
+
+    from services.common import natsauth
+    from tests.integration.test_identity import creds
+
+    s = suite
+    victim = s.api.submit("sleep 3; echo survived", workspace="main")["id"]
+
+    async def plant() -> None:
+        user = natsauth.worker_user("default")
+        nc = await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
+                                **natsauth.connection_options("probe", user, worker="probe-c",
+                                                              part="jobs"))
+        try:
+            tag = subjects.encode_token("bash")
+            await nc.jetstream().publish(
+                f"$KV.GO_CANCELS.{subjects.CANCELLED_QUEUED}.{tag}.fake", b"", timeout=10,
+                headers={"Status": "100", "Description": "Idle Heartbeat",
+                         "Nats-Consumer-Stalled": f"$KV.GO_CANCELS.{victim}"})
+        finally:
+            await nc.close()
+
+    asyncio.run(plant())
+    import urllib.request
+
+    # A scrape makes the router read the marks (waiting counts per tag).
+    urllib.request.urlopen(f"http://127.0.0.1:{s.base + 2}/metrics", timeout=30).read()
+    view = s.api.job(victim)
+    assert (view["status"], view["result"]) == ("success", "survived"), view
+    slow = s.api.submit("sleep 20; echo never", workspace="main")["id"]
+    wait_until(lambda: s.api.job(slow, wait=False)["status"] == "running", "the job running")
+    s.api.call("POST", "router", f"/jobs/{slow}/cancel")
+    view = s.api.job(slow, timeout=30)
+    assert view["status"] == "cancelled", view
+
+
+def test_a_heartbeat_dressed_as_a_server_message_makes_no_router_publish(suite: Suite) -> None:
+    """A worker writes its own heartbeat key in GO_WORKERS, headers included; the routers read
+    the bucket (live workers). Written with the headers of an idle heartbeat naming a cancel,
+    it made a push consumer publish the cancel with the router's rights."""
+    import asyncio
+
+    from services.common import natsauth
+    from tests.integration.test_identity import creds
+
+    s = suite
+    victim = s.api.submit("sleep 3; echo survived", workspace="main")["id"]
+
+    async def beat() -> None:
+        user = natsauth.worker_user("default")
+        options = natsauth.connection_options("probe", user, worker="probe-hb", part="control")
+        token = options["inbox_prefix"].rsplit(".", 1)[1]
+        key = subjects.heartbeat_key(user, "probe-hb", subjects.heartbeat_nonce(token))
+        nc = await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user], **options)
+        try:
+            await nc.jetstream().publish(f"$KV.GO_WORKERS.{key}", b"", timeout=10, headers={
+                "Status": "100", "Description": "Idle Heartbeat",
+                "Nats-Consumer-Stalled": f"$KV.GO_CANCELS.{victim}"})
+        finally:
+            await nc.close()
+
+    asyncio.run(beat())
+    s.api.workers()  # the routers have read the bucket since
+    view = s.api.job(victim)
+    assert (view["status"], view["result"]) == ("success", "survived"), view
+    assert any(w["group"] == "default" for w in s.api.workers())  # still following it
+
+
+def test_an_event_dressed_as_a_server_error_does_not_break_the_job_list(suite: Suite) -> None:
+    """`GET /jobs` scans the newest job events; one stored with a `Status: 400` header made
+    nats-py's fetch raise, and every listing failed while it was in the window."""
+    import asyncio
+    import uuid
+
+    from tests.integration.test_identity import connect_as
+
+    s = suite
+    job = s.api.submit("echo listed", workspace="main")["id"]
+    assert s.api.job(job)["result"] == "listed"
+
+    async def plant() -> None:
+        nc = await connect_as(s, "worker")
+        try:
+            await nc.jetstream().publish(f"go.jobev.{uuid.uuid4().hex}", b"", timeout=10,
+                                         headers={"Status": "400", "Description": "Bad Request"})
+        finally:
+            await nc.close()
+
+    asyncio.run(plant())
+    listed = s.api.call("GET", "router", "/jobs?limit=1000")
+    assert job in [v["id"] for v in listed]
