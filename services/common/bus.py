@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from services.common.log import Logger
+from services.common.streamreads import Follow, client_of
 from services.common.natsauth import connection_options, credentials_for
 from services.common.natsserver import store_bytes
 from shared.errors import GetOperateError
@@ -348,106 +349,20 @@ async def follow(
     )
 
 
-class PulledFollow:
-    """Replay then follow one subject through a pull consumer created by name with the subject
-    in the API request's own subject (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>`).
+async def follow_pulled(js: JetStreamContext, stream: str, subject: str,
+                        handler: Callable[[Msg], Awaitable[None]], caught_up: asyncio.Event,
+                        log: Logger) -> Follow:
+    """Replay every message on `subject`, then keep delivering, through a pull consumer created
+    by name with the subject in the API request's own subject.
 
     Why not an ordered push consumer (`follow`): nats-server checks permissions on the request
     subject only, and an ordered consumer's create request (`CONSUMER.CREATE.<stream>`) carries
     its filter in the body, so whoever may follow one subject may follow them all. A worker may
     create consumers only with its group's subject in the request subject (permissions.py), so
-    it reads no other group's config (static variables included). Like an ordered consumer,
-    this one needs no acks and recreates itself from the next stream sequence after a gap or a
-    lost consumer (a NATS restart), so no event is missed or folded twice.
-    """
-
-    def __init__(self, js: JetStreamContext, stream: str, subject: str,
-                 handler: Callable[[Msg], Awaitable[None]], caught_up: asyncio.Event,
-                 log: Logger, poll: float = 5.0) -> None:
-        self.js, self.stream, self.subject = js, stream, subject
-        self.handler, self.caught_up, self.log, self.poll = handler, caught_up, log, poll
-        self.next_seq = 1  # the stream sequence to resume from
-        self._sub: Any = None
-        self._consumer_seq = 0
-        self._pending = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._subscribe()
-        self._task = asyncio.create_task(self._run(), name=f"follow {self.subject}")
-
-    async def unsubscribe(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self._drop()
-
-    async def _subscribe(self) -> None:
-        start = ({"deliver_policy": api.DeliverPolicy.ALL} if self.next_seq <= 1 else
-                 {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
-                  "opt_start_seq": self.next_seq})
-        self._sub = await self.js.pull_subscribe(
-            self.subject, durable=None, stream=self.stream,
-            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
-                                      mem_storage=True, num_replicas=1, **start))
-        self._consumer_seq = 0
-        info = await self._sub.consumer_info()
-        self._pending = int(info.num_pending or 0)
-        if self._pending == 0:
-            self.caught_up.set()
-
-    async def _drop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
-            self._sub = None
-
-    async def _run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                if self._sub is None:
-                    await self._subscribe()
-                batch = min(max(self._pending, 1), 256)  # that many wait: no lingering pull
-                try:
-                    msgs = await self._sub.fetch(batch, timeout=self.poll)
-                except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                    continue
-                for msg in msgs:
-                    meta = msg.metadata
-                    if meta.sequence.consumer != self._consumer_seq + 1:
-                        raise _Gap(f"consumer sequence {meta.sequence.consumer} after"
-                                   f" {self._consumer_seq}")
-                    self._consumer_seq = meta.sequence.consumer
-                    await self.handler(msg)
-                    self.next_seq = meta.sequence.stream + 1
-                    self._pending = int(meta.num_pending or 0)
-                    if self._pending == 0:
-                        self.caught_up.set()
-                delay = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a gap, a consumer lost with a NATS restart, a reconnect
-                self.log.warning("follow_resubscribing", subject=self.subject,
-                                 from_seq=self.next_seq, error=str(exc) or type(exc).__name__)
-                await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-
-class _Gap(Exception):
-    """A pull consumer skipped a message (lost in transit): start over from the last one."""
-
-
-async def follow_pulled(js: JetStreamContext, stream: str, subject: str,
-                        handler: Callable[[Msg], Awaitable[None]], caught_up: asyncio.Event,
-                        log: Logger) -> PulledFollow:
-    """`PulledFollow`, started: replay every message on `subject`, then keep delivering."""
-    follow = PulledFollow(js, stream, subject, handler, caught_up, log)
-    await follow.start()
+    it reads no other group's config (static variables included). No acks; after a gap or a
+    lost consumer (a NATS restart) it goes on from the next stream sequence, so no event is
+    missed or folded twice (services/common/streamreads.py)."""
+    follow = Follow(client_of(js), stream, subject, handler, log, caught_up=caught_up,
+                    name=f"follow {subject}", named=True)
+    follow.start()
     return follow

@@ -160,7 +160,7 @@ def worker(tags: Iterable[str], heartbeat_key: str | None, inbox: str | None,
     tag_list = sorted(set(tags))
     consumers = [subjects.tag_consumer(t) for t in tag_list]
     # Config is read only through consumers whose create request names the subject (bus.py:
-    # PulledFollow): the server checks the request's subject, so no other group's config.
+    # follow_pulled): the server checks the request's subject, so no other group's config.
     config_subjects = [subjects.CONFIG_TAGS_SUBJECT]
     if group is not None:
         config_subjects.append(subjects.group_subject(group))

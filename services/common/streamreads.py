@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from typing import Awaitable, Callable
 
@@ -43,8 +44,13 @@ def stored(msg: Msg) -> bool:
 
 
 async def _consumer(nc: NATS, stream: str, subject: str, start_seq: int | None,
-                    last_per_subject: bool, headers_only: bool) -> tuple[str, int]:
-    """A new ephemeral consumer: its name, and how many messages it holds for us now."""
+                    last_per_subject: bool, headers_only: bool,
+                    named: bool = False) -> tuple[str, int]:
+    """A new ephemeral consumer: its name, and how many messages it holds for us now. `named`:
+    created by name, with the subject in the API request's own subject
+    (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>`): nats-server checks permissions on
+    the request subject only, so that is how a worker may follow its group's config subject and
+    no other (services/common/permissions.py)."""
     if last_per_subject:
         start = {"deliver_policy": api.DeliverPolicy.LAST_PER_SUBJECT}
     elif start_seq is None or start_seq <= 1:
@@ -53,7 +59,8 @@ async def _consumer(nc: NATS, stream: str, subject: str, start_seq: int | None,
         start = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start_seq}
     info = await nc.jetstream().add_consumer(stream, config=api.ConsumerConfig(
         filter_subject=subject, ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
-        mem_storage=True, num_replicas=1, headers_only=headers_only or None, **start))
+        mem_storage=True, num_replicas=1, headers_only=headers_only or None,
+        name=secrets.token_hex(8) if named else None, **start))
     return str(info.name), int(info.num_pending or 0)
 
 
@@ -97,11 +104,13 @@ class Follow:
     def __init__(self, nc: NATS, stream: str, subject: str,
                  handler: Callable[[Msg], Awaitable[None] | None], log: Logger, *,
                  start_seq: int | None = None, last_per_subject: bool = False,
-                 caught_up: asyncio.Event | None = None, name: str = "follow") -> None:
+                 caught_up: asyncio.Event | None = None, name: str = "follow",
+                 named: bool = False) -> None:
         self.nc, self.stream, self.subject = nc, stream, subject
         self.handler, self.log, self.name = handler, log, name
         self.next_seq = start_seq
         self.last_per_subject = last_per_subject
+        self.named = named
         self.caught_up = caught_up or asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -127,7 +136,7 @@ class Follow:
                 # delivered by then).
                 name, pending = await _consumer(
                     self.nc, self.stream, self.subject, self.next_seq,
-                    self.last_per_subject and self.next_seq is None, False)
+                    self.last_per_subject and self.next_seq is None, False, self.named)
                 if not pending:
                     self.caught_up.set()
                 await self._pull(sub, inbox, name)

@@ -80,7 +80,7 @@ class ConfigFollower:
         the call is folded (a worker without a group follows the tag rules only)."""
         tags_caught_up = asyncio.Event()
         # Pulled, with the subject in the consumer's create request: the only way the worker's
-        # permissions let it read config (services/common/bus.py: PulledFollow).
+        # permissions let it read config (services/common/bus.py: follow_pulled).
         self._tags_sub = await bus.follow_pulled(self.js, subjects.CONFIG_STREAM,
                                                  subjects.CONFIG_TAGS_SUBJECT, self._on_tags_msg,
                                                  tags_caught_up, self.logger)
@@ -95,10 +95,7 @@ class ConfigFollower:
     async def stop(self) -> None:
         for sub in (self._sub, self._tags_sub):
             if sub is not None:
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
+                await sub.stop()
 
     async def _on_msg(self, msg: Msg) -> None:
         assert self.gate is not None
