@@ -292,7 +292,8 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
 
     s = extra_workers
     deploy(s, "ws1/f/strand", 'echo "moved $1"\n')
-    s.api.set_group("strand", dedicated=["ws1:f/strand"])
+    dedicated = s.api.set_group("strand", dedicated=["ws1:f/strand"])
+    wait_router_seq(s, dedicated["seq"])  # routed by a router that knows the dedication
     ids = [run(s, "ws1/f/strand", args={"n": str(i)})["id"] for i in range(3)]
     assert {s.api.job(i, wait=False)["tag"] for i in ids} == {"ws1:f/strand"}
     answer = s.api.call("PUT", "config", "/groups/strand", {"dedicated": []})
