@@ -199,11 +199,14 @@ async def ensure_streams(js: JetStreamContext) -> None:
 
 async def _limit_bucket(js: JetStreamContext, stream: str) -> None:
     """A bucket's stream gets its share and discard policy (nats-py creates buckets with
-    discard new and cannot set it), also when it was created before there were limits."""
+    discard new and cannot set it), also when it was created before there were limits, and no
+    rollups: nats-py allows `Nats-Rollup` headers on a bucket, and a worker, which may write
+    its own heartbeat and its tags' cancelled-queued marks, purged the whole bucket with one
+    (every cancel request gone: a cancelled job ran). Nothing here purges a key."""
     cfg = (await js.stream_info(stream)).config
     limit, discard = max_bytes(stream), STREAM_SHARES[stream][1]
-    if (cfg.max_bytes, cfg.discard) != (limit, discard):
-        cfg.max_bytes, cfg.discard = limit, discard
+    if (cfg.max_bytes, cfg.discard, bool(cfg.allow_rollup_hdrs)) != (limit, discard, False):
+        cfg.max_bytes, cfg.discard, cfg.allow_rollup_hdrs = limit, discard, False
         await js.update_stream(cfg)
 
 

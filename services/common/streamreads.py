@@ -30,6 +30,8 @@ from services.common.log import Logger
 
 ACK_PREFIX = "$JS.ACK."
 BATCH = 256
+PULL_BYTES = 8 * 1024 * 1024  # at most this much per pull: a writer's 1 MB messages times BATCH
+# would overrun the client's buffer (nats-server cuts a slow consumer, messages in flight lost)
 EXPIRES = 5.0  # seconds a pull waits before the server ends it (408)
 
 
@@ -66,14 +68,14 @@ async def _consumer(nc: NATS, stream: str, subject: str, start_seq: int | None,
 
 async def read_all(nc: NATS, stream: str, subject: str, *, last_per_subject: bool = False,
                    headers_only: bool = False, start_seq: int | None = None,
-                   timeout: float = 5.0) -> list[Msg]:
-    """The stored messages on `subject` now (from `start_seq`; the last of each subject with
-    `last_per_subject`), in stream order."""
+                   until_seq: int | None = None, timeout: float = 5.0) -> list[Msg]:
+    """The stored messages on `subject` now (from `start_seq`, up to `until_seq`; the last of
+    each subject with `last_per_subject`), in stream order."""
     name, _ = await _consumer(nc, stream, subject, start_seq, last_per_subject, headers_only)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     out: list[Msg] = []
-    request = json.dumps({"batch": BATCH, "no_wait": True}).encode()
+    request = json.dumps({"batch": BATCH, "no_wait": True, "max_bytes": PULL_BYTES}).encode()
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -82,10 +84,12 @@ async def read_all(nc: NATS, stream: str, subject: str, *, last_per_subject: boo
             while got < BATCH:
                 msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
                 if not stored(msg):
-                    break  # 404: nothing more now (or 408)
+                    break  # 404: nothing more now (408, 409: the pull's byte limit reached)
+                if until_seq is not None and msg.metadata.sequence.stream > until_seq:
+                    return out
                 out.append(msg)
                 got += 1
-            if got < BATCH:
+            if got == 0:
                 return out
     finally:
         await sub.unsubscribe()
@@ -157,7 +161,8 @@ class Follow:
 
     async def _pull(self, sub: object, inbox: str, name: str) -> None:
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{name}"
-        request = json.dumps({"batch": BATCH, "expires": int(EXPIRES * 1e9)}).encode()
+        request = json.dumps({"batch": BATCH, "expires": int(EXPIRES * 1e9),
+                              "max_bytes": PULL_BYTES}).encode()
         consumer_seq = 0
         silent = 0
         while True:
@@ -176,6 +181,9 @@ class Follow:
                     if status in ("404", "408"):
                         self.caught_up.set()
                         break  # this pull is over: nothing (more) came in time
+                    if status == "409" and "maxbytes" in (msg.headers or {}).get(
+                            "Description", "").replace(" ", "").lower():
+                        break  # this pull is over: it got its bytes; the next goes on
                     if status in ("409", "503"):  # the consumer is gone, no responders
                         raise RuntimeError(f"the pull was refused ({status})")
                     continue  # a heartbeat

@@ -158,6 +158,9 @@ async def _catch_up(js: JetStreamContext, job_id: str, subject: str, genuine: Ge
     return seq
 
 
+SCAN_BYTES = 64 * 1024 * 1024  # the most of the newest job events one listing reads
+
+
 async def recent_jobs(
     js: JetStreamContext, genuine: Genuine, *, scan: int = 20_000, tag: str | None = None,
     group: str | None = None, workspace: str | None = None, status: str | None = None,
@@ -167,16 +170,26 @@ async def recent_jobs(
     info = await js.stream_info(subjects.JOB_EVENTS_STREAM)
     if info.state.messages == 0:
         return []
-    start = max(int(info.state.first_seq), int(info.state.last_seq) - scan + 1)
+    last = int(info.state.last_seq)
+    start = max(int(info.state.first_seq), last - scan + 1)
     # Our own pulls (services/common/streamreads.py): an event's headers are its writer's, and
     # nats-py's fetch raises on one dressed as a server status, which would fail every listing.
-    found = await read_all(client_of(js), subjects.JOB_EVENTS_STREAM,
-                           subjects.JOB_EVENTS_SUBJECTS, start_seq=start, timeout=30.0)
+    # The window is the newest `scan` events, and no more than SCAN_BYTES of them: a worker
+    # writing 1 MB junk events made each listing read gigabytes (sizes first, headers only).
+    nc = client_of(js)
+    sizes = await read_all(nc, subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS_SUBJECTS,
+                           start_seq=start, until_seq=last, headers_only=True, timeout=30.0)
+    total = 0
+    for msg in reversed(sizes):
+        total += int((msg.headers or {}).get("Nats-Msg-Size") or 0)
+        if total > SCAN_BYTES:
+            start = msg.metadata.sequence.stream + 1
+            break
+    found = await read_all(nc, subjects.JOB_EVENTS_STREAM, subjects.JOB_EVENTS_SUBJECTS,
+                           start_seq=start, until_seq=last, timeout=30.0) if start <= last else []
     views: dict[str, JobView] = {}
     prefix = subjects.JOB_EVENTS_PREFIX + "."
     for msg in found:
-        if msg.metadata.sequence.stream > info.state.last_seq:
-            break
         try:
             job_id = subjects.decode_token(msg.subject[len(prefix):])
         except InvalidInput:

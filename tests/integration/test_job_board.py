@@ -322,3 +322,72 @@ def test_an_event_dressed_as_a_server_error_does_not_break_the_job_list(suite: S
     asyncio.run(plant())
     listed = s.api.call("GET", "router", "/jobs?limit=1000")
     assert job in [v["id"] for v in listed]
+
+
+def test_a_worker_cannot_roll_up_the_cancel_requests(suite: Suite) -> None:
+    """The second red team: a worker may write its tags' cancelled-queued marks, and one mark
+    written with `Nats-Rollup: all` purged GO_CANCELS whole (a cancelled queued job then ran),
+    one heartbeat GO_WORKERS whole. The buckets refuse rollups now, and the cancel stays."""
+    import asyncio
+
+    from nats.js.errors import APIError
+
+    from services.common import natsauth
+    from tests.integration.test_identity import creds
+
+    s = suite
+    job = s.api.submit("echo never", workspace="main", tag="t-rollup-unserved")["id"]
+    s.api.call("POST", "router", f"/jobs/{job}/cancel")
+
+    async def roll_up() -> tuple[bool, bool]:
+        user = natsauth.worker_user("default")
+        nc = await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
+                                **natsauth.connection_options("probe", user, worker="probe-r",
+                                                              part="jobs"))
+        refused = False
+        try:
+            tag = subjects.encode_token("bash")
+            await nc.jetstream().publish(
+                f"$KV.GO_CANCELS.{subjects.CANCELLED_QUEUED}.{tag}.x", b"", timeout=10,
+                headers={"Nats-Rollup": "all"})
+        except APIError:
+            refused = True
+        finally:
+            await nc.close()
+        admin = await nats.connect(s.nats_url)
+        try:
+            kv = await admin.jetstream().key_value("GO_CANCELS")
+            kept = (await kv.get(job)).value is not None
+        finally:
+            await admin.close()
+        return refused, kept
+
+    refused, kept = asyncio.run(roll_up())
+    assert refused and kept
+
+
+def test_junk_events_of_a_megabyte_do_not_stall_the_job_list(suite: Suite) -> None:
+    """The second red team: 300 junk events of about 1 MB made every `GET /jobs` read the whole
+    window (20,000 events) and answer 503 after 30 s. A listing reads at most the newest 64 MiB
+    of events now, sized first from their headers."""
+    import asyncio
+    import uuid
+
+    from tests.integration.test_identity import connect_as
+
+    s = suite
+
+    async def junk() -> None:
+        nc = await connect_as(s, "worker")
+        try:
+            js = nc.jetstream()
+            for _ in range(80):
+                await js.publish(f"go.jobev.{uuid.uuid4().hex}", b"j" * 900_000, timeout=10)
+        finally:
+            await nc.close()
+
+    asyncio.run(junk())
+    job = s.api.submit("echo newest", workspace="main")["id"]
+    assert s.api.job(job)["result"] == "newest"
+    listed = s.api.call("GET", "router", "/jobs?limit=10", timeout=20)
+    assert job in [v["id"] for v in listed]
