@@ -23,7 +23,7 @@ import pytest
 
 from cli.client import Endpoints
 from tests.integration.conftest import Suite
-from tests.integration.harness import ROOT
+from tests.integration.harness import ROOT, wait_until
 from tests.integration.test_web import CHROMIUM, CHROMIUM_ARGS, WAIT, _browser_or_fail, _http
 
 DOCS = ROOT / "docs"
@@ -522,6 +522,10 @@ def test_workers_and_tags_views(ui: Ui, extra_workers: Suite) -> None:
     expect(worker.locator("td.sandbox .badge")).to_be_visible()
     expect(ui.row(g)).to_contain_text("1 init failed")
     expect(page.locator("#card-init-failed")).to_have_class("card alert")
+    # The router follows the heartbeats on its own: it may see the failed beat a moment later.
+    wait_until(lambda: next(w for w in ui.suite.api.workers()
+                            if w["group"] == g)["init_status"] == "failed",
+               "the router sees the failed init", 30)
     heartbeat = next(w for w in ui.suite.api.workers() if w["group"] == g)
     assert heartbeat["init_status"] == "failed" and "cannot fetch drivers" in heartbeat["init_error"]
 
