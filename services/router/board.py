@@ -70,6 +70,7 @@ class _Entry:
     and decoding are paid by reads (once per message). No other header is kept: headers are
     the writer's to choose, and only the body and the seal are counted against the bound."""
 
+    job_id: str
     unread: list[tuple[bytes, str | None, int]] = field(default_factory=list)
     view: JobView | None = None  # the genuine events folded so far (None: none yet)
     history: list[JobEvent] = field(default_factory=list)
@@ -94,6 +95,7 @@ class Board:
         self.logger = logger
         self.max_bytes = max_bytes
         self.bytes = 0
+        # by the job's subject token: a message's own, not decoded unless it starts a job
         self._jobs: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._prefix = subjects.JOB_EVENTS_PREFIX + "."
         self._follow: Follow | None = None
@@ -112,9 +114,6 @@ class Board:
             await self._follow.stop()
             self._follow = None
 
-    def __len__(self) -> int:
-        return len(self._jobs)
-
     def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
         self._keep(msg.subject, msg.data, headers.get(subjects.SEAL_HEADER),
@@ -122,20 +121,22 @@ class Board:
 
     def _keep(self, subject: str, data: bytes, seal: str | None, router_seal: str | None,
               seq: int) -> None:
-        try:
-            job_id = subjects.decode_token(subject[len(self._prefix):])
-        except InvalidInput:
-            return
+        token = subject[len(self._prefix):]
         if seal is not None and len(seal) > 128:
             seal = None  # no seal is that long: a forgery's padding is not kept
-        entry = self._jobs.get(job_id)
+        entry = self._jobs.get(token)
         if entry is None:
             # Only a router's job.queued starts a job here (shared/seals.py router_seal): a
             # holder's own job.queued must not stand for the first where the board missed it.
             if _QUEUED not in data or not seals.router_sealed(self.router_key, data,
                                                               router_seal):
                 return
-            entry = self._jobs[job_id] = _Entry(size=ENTRY_OVERHEAD + len(job_id))
+            try:
+                job_id = subjects.decode_token(token)
+            except InvalidInput:
+                return
+            entry = self._jobs[token] = _Entry(job_id=job_id,
+                                               size=ENTRY_OVERHEAD + 2 * len(token))
             self.bytes += entry.size
         elif entry.ended:
             return  # as history.read_job: nothing after the end counts
@@ -151,8 +152,9 @@ class Board:
             if oldest.woken is not None:
                 oldest.woken.set()  # a waiter reads the stream instead (the entry is gone)
 
-    def _fold(self, job_id: str, entry: _Entry) -> None:
+    def _fold(self, entry: _Entry) -> None:
         """Check and fold the messages that came since the last read."""
+        job_id = entry.job_id
         unread, entry.unread = entry.unread, []
         for data, seal, seq in unread:
             if entry.ended:
@@ -170,13 +172,20 @@ class Board:
             entry.last_seq = seq
             entry.ended = entry.view.status in TERMINAL
 
+    def _entry(self, job_id: str) -> _Entry | None:
+        try:
+            subject = subjects.job_events_subject(job_id)
+        except InvalidInput:
+            return None
+        return self._jobs.get(subject[len(self._prefix):])
+
     def get(self, job_id: str, history: bool) -> JobRecord | None:
         """The job's record as `history.read_job` would give it, or None (not on the board)."""
-        entry = self._jobs.get(job_id)
+        entry = self._entry(job_id)
         if entry is None:
             return None
         if entry.unread:
-            self._fold(job_id, entry)
+            self._fold(entry)
         if entry.view is None:
             return None
         if history:
@@ -191,7 +200,7 @@ class Board:
         deadline = asyncio.get_running_loop().time() + max(timeout, 0.0)
         while True:
             record = self.get(job_id, history)
-            entry = self._jobs.get(job_id)
+            entry = self._entry(job_id)
             if record is None or entry is None or entry.ended:
                 return record
             remaining = deadline - asyncio.get_running_loop().time()

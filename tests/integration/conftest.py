@@ -50,13 +50,17 @@ class Suite:
 
 @contextlib.contextmanager
 def running_suite(root: Path, env: dict[str, str] | None = None,
-                  kill_extra: bool = False) -> Iterator[Suite]:
-    """`getoperate up` in `root` (with `env` for every child), stopped with Ctrl-C afterwards."""
+                  kill_extra: bool = False, ready: tuple[str, ...] = ()) -> Iterator[Suite]:
+    """`getoperate up` in `root` (with `env` for every child), stopped with Ctrl-C afterwards;
+    yielded once a worker of each group in `ready` is ready."""
     base = free_port_base()
     up = Proc(["up", "--port-base", str(base)], cwd=root, env=dict(env or {}), name="up")
     s = Suite(root, base, up)
     try:
         up.wait_for("Ctrl-C stops everything", timeout=60)
+        if ready:
+            s.api.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"}
+                               >= set(ready))
         yield s
     finally:
         for proc in s.extra:
@@ -82,8 +86,7 @@ def permission_violations(data_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    with running_suite(tmp_path_factory.mktemp("suite")) as s:
-        s.api.wait_workers(lambda ws: {w["group"] for w in ws if w["state"] == "ready"} >= {"default", "native"})
+    with running_suite(tmp_path_factory.mktemp("suite"), ready=("default", "native")) as s:
         yield s
 
 

@@ -29,9 +29,7 @@ pytestmark = pytest.mark.skipif(
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     cache = tmp_path_factory.mktemp("cache")
     with running_suite(tmp_path_factory.mktemp("suite"),
-                       env={"WORKER_CACHE_DIR": str(cache)}) as s:
-        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                          for w in ws))
+                       env={"WORKER_CACHE_DIR": str(cache)}, ready=("default",)) as s:
         s.cache = cache  # type: ignore[attr-defined]
         yield s
 

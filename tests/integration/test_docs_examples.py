@@ -83,9 +83,7 @@ def last_result(output: str) -> object:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    with running_suite(tmp_path_factory.mktemp("docs"), kill_extra=False) as s:
-        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                          for w in ws))
+    with running_suite(tmp_path_factory.mktemp("docs"), kill_extra=False, ready=("default",)) as s:
         yield s
 
 

@@ -108,9 +108,7 @@ def test_a_read_of_a_followed_job_needs_no_stream(suite: Suite) -> None:
 @pytest.fixture(scope="module")
 def boardless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     with running_suite(tmp_path_factory.mktemp("boardless"),
-                       env={"ROUTER_JOB_BOARD_BYTES": "0"}) as s:
-        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                          for w in ws))
+                       env={"ROUTER_JOB_BOARD_BYTES": "0"}, ready=("default",)) as s:
         yield s
 
 

@@ -61,9 +61,7 @@ def _wheel(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    with running_suite(tmp_path_factory.mktemp("suite")) as s:
-        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                          for w in ws))
+    with running_suite(tmp_path_factory.mktemp("suite"), ready=("default",)) as s:
         yield s
 
 

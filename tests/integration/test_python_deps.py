@@ -35,9 +35,7 @@ def suite(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sui
     cache = tmp_path_factory.mktemp("cache")
     env = {"UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1", "WORKER_CACHE_DIR": str(cache),
            "WORKER_TOOL_FILE_BYTES": str(8 << 20)}
-    with running_suite(tmp_path_factory.mktemp("suite"), env=env) as s:
-        s.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                          for w in ws))
+    with running_suite(tmp_path_factory.mktemp("suite"), env=env, ready=("default",)) as s:
         s.cache = cache  # type: ignore[attr-defined]
         s.uv_env = env  # type: ignore[attr-defined]
         yield s

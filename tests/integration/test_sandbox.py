@@ -25,9 +25,8 @@ pytestmark = needs_sandbox
 
 @pytest.fixture(scope="module")
 def s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    with running_suite(tmp_path_factory.mktemp("sandbox"), kill_extra=True) as suite:
-        suite.api.wait_workers(lambda ws: any(w["group"] == "default" and w["state"] == "ready"
-                                              for w in ws))
+    with running_suite(tmp_path_factory.mktemp("sandbox"), kill_extra=True,
+                       ready=("default",)) as suite:
         yield suite
 
 
