@@ -45,6 +45,8 @@ async def _flow_times(nats_url: str, token: str, path: str, n: int) -> list[floa
             job.setdefault("started", event["time"])
         elif event["type"] == "job.finished":
             job.setdefault("finished", event["time"])
+            # a run shorter than the worker's WORKER_STARTED_AFTER has no job.started
+            job.setdefault("started", event.get("started_at") or event["time"])
             job["ok"] = float(event["status"] == "success")
             ended.setdefault(event["job_id"], asyncio.Event()).set()
 

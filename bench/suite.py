@@ -178,6 +178,8 @@ class Backlog:
                 self.started.setdefault(event["job_id"], event["time"])
             elif event["type"] == "job.finished":
                 self.finished.setdefault(event["job_id"], event)
+                # a job shorter than the worker's WORKER_STARTED_AFTER has no job.started
+                self.started.setdefault(event["job_id"], event.get("started_at") or event["time"])
 
         self.sub = await self.nc.subscribe(f"{subjects.JOB_EVENTS_PREFIX}.>", cb=on_event)
         return self

@@ -148,7 +148,8 @@ def _examples() -> dict[str, list[dict[str, Any]]]:
             _example("group tags set (seq 2)", second, _signed_headers(second, 1, 1)),
         ],
         "Job": [_example("inline bash job", job, {"Nats-Msg-Id": job_id,
-                                                   subjects.HOLD_HEADER: hold})],
+                                                   subjects.HOLD_HEADER: hold,
+                                                   subjects.QUEUED_SEQ_HEADER: "1"})],
         "JobQuery": [_example("wait up to 30 s for a job to end", JobQuery(
             id=job_id, wait=True, timeout=30.0), {subjects.AUTHORIZATION_HEADER: "Bearer gow_..."})],
         "JobRecord": [_example("ended", JobRecord(view=JobView(
@@ -219,7 +220,12 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "the job's hold key (hex HMAC-SHA256 of the job id under the routers' key):"
                     " whoever pulls the job writes its events with it (`"
                     f"{subjects.SEAL_HEADER}`) and proves it holds the job with it on"
-                    f" `{subjects.JOB_SUBJECT}`. A worker refuses a job without one."})},
+                    f" `{subjects.JOB_SUBJECT}`. A worker refuses a job without one.",
+                    subjects.QUEUED_SEQ_HEADER.replace("-", "_"):
+                    "the GO_JOB_EVENTS sequence of the job's `job.queued` (absent when that"
+                    " event could not be stored): a worker whose job ends before it writes"
+                    " `job.started` stores `job.finished` alone, expecting this as the last"
+                    " sequence of the job's subject"})},
         "JobQuery": {"title": "Job read", "summary": "Read one job from a router.",
                      "payload": schema["JobQuery"],
                      "headers": _headers(**{
@@ -268,7 +274,10 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                       "headers": _headers(Nats_Msg_Id=f"`<job id>:queued:<tag>`. {JOB_MSG_ID}",
                                           Go_Job_Seal=JOB_SEAL,
                                           Go_Router_Seal=ROUTER_SEAL)},
-        "JobStarted": {"title": "job.started", "summary": "A worker took the job.",
+        "JobStarted": {"title": "job.started", "summary": "A worker took the job and it has run for the worker's"
+                       " WORKER_STARTED_AFTER (0.25 s); written before the run on a redelivery."
+                       " A job that ends sooner has no job.started: its job.finished carries"
+                       " `started_at`.",
                        "payload": schema["JobStarted"],
                        "headers": _headers(Nats_Msg_Id=f"`<job id>:<attempt>:started:<tag>`."
                                            f" {JOB_MSG_ID}",

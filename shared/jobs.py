@@ -129,7 +129,9 @@ class JobQueued(_JobEvent, tag="job.queued", kw_only=True):
 
 
 class JobStarted(_JobEvent, tag="job.started", kw_only=True):
-    """Published by the worker that took the job, before it runs it."""
+    """Published by the worker that took the job: on a first delivery once it has run for the
+    worker's STARTED_AFTER (a job that ends sooner records only job.finished, with
+    `started_at`); on a redelivery before it runs."""
 
     worker: str
     group: str | None = None
@@ -149,6 +151,9 @@ class JobFinished(_JobEvent, tag="job.finished", kw_only=True):
     duration_ms: float = 0.0
     steps: list[StepSummary] = msgspec.field(default_factory=list)
     dead_letter: bool = False
+    # When the worker began the run. A job that ends within the worker's STARTED_AFTER has no
+    # job.started (services/worker/attempt.py): this is then its only start time.
+    started_at: float | None = None
 
 
 JobEvent = Union[JobQueued, JobStarted, JobFinished]
@@ -227,7 +232,7 @@ def evolve_job(view: JobView, event: JobEvent) -> JobView:
                 view, status=event.status, result=event.result, error=event.error, logs=event.logs,
                 worker=event.worker, group=event.group, attempts=max(view.attempts, event.attempt),
                 finished_at=event.time, duration_ms=event.duration_ms, steps=event.steps,
-                dead_letter=event.dead_letter,
+                dead_letter=event.dead_letter, started_at=view.started_at or event.started_at,
             )
     return view
 

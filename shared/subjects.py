@@ -59,10 +59,14 @@ JOB_SUBJECT = f"{PREFIX}.router.job"
 HOLD_HEADER = "Go-Job-Hold"
 SEAL_HEADER = "Go-Job-Seal"
 ROUTER_SEAL_HEADER = "Go-Router-Seal"  # a router's job.queued: shared/seals.py router_seal
+# On a queued job: the stream sequence of its job.queued. A holder whose job ends quickly writes
+# only job.finished, conditional on that sequence (services/worker/attempt.py, STARTED_AFTER).
+QUEUED_SEQ_HEADER = "Go-Queued-Seq"
 # A message parked on GO_DEAD as it came (it was not a Job): why (a DeadLetter has `reason`).
 DEAD_REASON_HEADER = "Go-Dead-Reason"
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9-]+")
 _TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
 
 
@@ -70,6 +74,8 @@ def encode_token(text: str) -> str:
     """Map any non-empty string to a subject token made of [A-Za-z0-9_-] only."""
     if not text:
         raise InvalidInput("an empty string cannot be a subject token", field="tag")
+    if _ALL_SAFE.fullmatch(text):  # job ids and most tags: nothing to escape
+        return text
     out: list[str] = []
     for ch in text:
         if _SAFE.fullmatch(ch):

@@ -56,7 +56,7 @@ MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
 CONFIG_RUN = 512  # config messages of a replay checked (one signature) and folded at once
 BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
-CATCH_UP_WITHIN = 5.0  # a submission naming what the config stream has and this router not yet
+CATCH_UP_WITHIN = 10.0  # a submission naming what the config stream has and this router not yet
 FOLLOW_GRACE = 0.5  # how long a catch-up leaves to the follow before reading the stream itself
 FOLLOW_CHECK = 5.0  # how often the router checks that its follow of the config stream moves
 MAX_READ_BEHIND = 1000  # past this gap a catch-up waits for the follow (a replay, not a stall)
@@ -280,7 +280,13 @@ class RouterService:
             # here yet. Catch up with the config stream, then decide once more.
             if not await self._catch_up(CATCH_UP_WITHIN):
                 raise
-            route = self._route(sub, who, planned)
+            try:
+                route = self._route(sub, who, planned)
+            except (NotFound, DependenciesFailed) as exc:
+                self.logger.info("route_refused_after_catch_up", error=exc.message,
+                                 config_seq=self.config.seq,
+                                 stream_seq=self._config_stream_seq)
+                raise
         if first is not None and route.tag != first.tag:  # the config changed: leave it be
             return self._replay(first, [])
         tag = route.tag
@@ -322,8 +328,8 @@ class RouterService:
             # 409 when its request differs), whichever stream each publish reached first.
             hold = seals.hold_key(self.key, job.id)
             try:
-                await self._record(hold, queued, f"{job.id}:queued", expect_last=0,
-                                   within=max(deadline - time.monotonic(), 0.5))
+                claimed = await self._record(hold, queued, f"{job.id}:queued", expect_last=0,
+                                             within=max(deadline - time.monotonic(), 0.5))
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -333,7 +339,7 @@ class RouterService:
                                    " wrote; use another key", field=idempotency.HEADER) from exc
                 idempotency.check_repeat(key, found[0].request, request or "")
                 return self._replay(found[0], steps)
-            enqueued = await self._enqueue(job, body, None, deadline)
+            enqueued = await self._enqueue(job, body, None, deadline, claimed)
         else:
             enqueued = await self._enqueue(job, body, queued, deadline)
         if first is not None:  # a repeat inside the duplicate window: completed if need be
@@ -359,29 +365,41 @@ class RouterService:
         when that folded something new (worth routing again). The follow gets FOLLOW_GRACE to
         deliver them; then the router reads what is missing from the stream itself, so a follow
         that stalls (an ordered consumer being recreated on a loaded machine) costs a
-        submission half a second, not a wrong 404."""
-        try:
-            info = await self.js.stream_info(subjects.CONFIG_STREAM)
-        except (nats_errors.Error, APIError, asyncio.TimeoutError):
-            return False
-        target = info.state.last_seq
-        if self._config_stream_seq >= target:
-            return False
+        submission half a second, not a wrong 404. If the stream's info does not come (a
+        loaded server), everything after the last folded message is read instead."""
+        before = self._config_stream_seq
         deadline = time.monotonic() + within
+        target: int | None
+        try:
+            info = await self.js.stream_info(subjects.CONFIG_STREAM)  # 5 s at most (nats-py)
+            target = info.state.last_seq
+        except (nats_errors.Error, APIError, asyncio.TimeoutError) as exc:
+            self.logger.warning("config_catch_up_no_info", error=repr(exc))
+            target = None
+        if target is not None and before >= target:
+            return False
         grace = time.monotonic() + min(FOLLOW_GRACE, within)
-        while self._config_stream_seq < target and time.monotonic() < grace:
+        while (target is None or self._config_stream_seq < target) \
+                and time.monotonic() < grace:
             await asyncio.sleep(0.01)
-        if self._config_stream_seq < target:
+        if target is None or self._config_stream_seq < target:
             await self._read_missing(target, "catch_up", deadline)
-        while self._config_stream_seq < target and time.monotonic() < deadline:
+        while target is not None and self._config_stream_seq < target \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        return True
+        if target is not None and self._config_stream_seq < target:
+            self.logger.warning("config_catch_up_incomplete", target=target,
+                                folded_to=self._config_stream_seq, within_s=within)
+        return self._config_stream_seq > before
 
-    async def _read_missing(self, target: int, why: str, deadline: float) -> None:
-        """Read the config stream's messages after the last one folded, up to `target`, one
-        message get each (the gaps of deleted messages skipped by `next`), and fold them."""
+    async def _read_missing(self, target: int | None, why: str, deadline: float) -> None:
+        """Read the config stream's messages after the last one folded, up to `target` (None:
+        to the end, at most MAX_READ_BEHIND), one message get each (the gaps of deleted
+        messages skipped by `next`), and fold them."""
         async with self._read_lock:
             self._fold_run()  # a run the follow took already goes first, in order
+            if target is None:
+                target = self._config_stream_seq + MAX_READ_BEHIND
             behind = target - self._config_stream_seq
             if behind <= 0 or behind > MAX_READ_BEHIND:
                 return
@@ -436,10 +454,11 @@ class RouterService:
             await asyncio.sleep(0.05)
 
     async def _enqueue(self, job: Job, body: bytes, queued: JobQueued | None,
-                       deadline: float) -> Any:
-        """History first, then the queue: both go out back to back on one connection (the server
-        takes them in order), then we wait for both acks, until `deadline` (ANSWER_WITHIN
-        seconds after the submission arrived).
+                       deadline: float, claimed: Any = None) -> Any:
+        """History first, then the queue, once the history's ack gives its sequence (the job
+        carries it, so a worker whose job ends quickly writes one event, not two:
+        `_queue_after`); we wait for both acks until `deadline` (ANSWER_WITHIN seconds after
+        the submission arrived). `claimed`: a keyed job's job.queued ack (stored already).
 
         Past that bound the answer is OutcomeUnknown (with the job's id), and the publishes go
         on in the background, with the same message ids, until JetStream confirms or the
@@ -452,10 +471,8 @@ class RouterService:
         within = idempotency.DUPLICATE_WINDOW - ANSWER_WITHIN - 10.0
         history = (asyncio.ensure_future(self._record(hold, queued, f"{job.id}:queued",
                                                       within=within))
-                   if queued is not None else _stored())  # a keyed job's: claimed already
-        enqueue = asyncio.ensure_future(bus.publish(
-            self.js, subjects.job_subject(job.tag), body, job.id, within=within,
-            headers={subjects.HOLD_HEADER: hold}))
+                   if queued is not None else _stored(claimed))  # a keyed job's: claimed already
+        enqueue = asyncio.ensure_future(self._queue_after(history, job, body, hold, within))
         both = asyncio.ensure_future(asyncio.gather(history, enqueue, return_exceptions=True))
         try:
             results = await asyncio.wait_for(asyncio.shield(both),
@@ -468,6 +485,24 @@ class RouterService:
                 f" repeat the submission with the same {idempotency.HEADER}, which never"
                 " queues it twice", job_id=job.id) from None
         return await self._settled(job, hold, results, started)
+
+    async def _queue_after(self, history: "asyncio.Future[Any]", job: Job, body: bytes,
+                           hold: str, within: float) -> Any:
+        """Publish the job once its job.queued is stored, naming that event's sequence
+        (QUEUED_SEQ_HEADER). If the history failed the job is queued all the same, without the
+        sequence: its worker then writes job.started as it begins, as before."""
+        headers = {subjects.HOLD_HEADER: hold}
+        try:
+            ack = await asyncio.shield(history)
+            seq = getattr(ack, "seq", None)
+            if seq:
+                headers[subjects.QUEUED_SEQ_HEADER] = str(seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # logged by _settled; the job still runs
+            pass
+        return await bus.publish(self.js, subjects.job_subject(job.tag), body, job.id,
+                                 within=within, headers=headers)
 
     async def _settled(self, job: Job, hold: str, results: list[Any], started: float) -> Any:
         """The enqueue's ack; a refusal recorded where it is definite (see _enqueue)."""
@@ -885,8 +920,8 @@ def _refused(view: JobView) -> bool:
             and (view.error or "").startswith("not enqueued"))
 
 
-async def _stored() -> None:
-    return None
+async def _stored(ack: Any = None) -> Any:
+    return ack
 
 
 def _header(msg: Msg, name: str) -> str | None:

@@ -58,6 +58,9 @@ LEASE_MARGIN = 0.2  # of ack_wait
 LEASE_SLACK = 1.25  # seconds, at least
 RESULT_RETRY_FIRST = 0.5  # seconds before an event that could not be stored is written again
 RESULT_RETRY_MAX = 5.0  # the backoff doubles up to this
+# A first attempt writes job.started only once the job has run this long (WORKER_STARTED_AFTER):
+# most jobs end sooner and then store one event, not two (issue 17). Shown as "running" after it.
+STARTED_AFTER = 0.25
 T = TypeVar("T")
 # Counts while the machine sleeps, as JetStream's clock does on the NATS host (CLOCK_MONOTONIC
 # stops: a worker's laptop waking up would believe it still held a job given away meanwhile).
@@ -197,7 +200,8 @@ class Attempts:
 
     def __init__(self, nc: NATS, executor: Executor, results: Results, cancels: CancelWatch,
                  metrics: WorkerMetrics, logger: Logger, on_current: Callable[[], None],
-                 stopping: Callable[[], bool], config: Callable[[], ConfigState]) -> None:
+                 stopping: Callable[[], bool], config: Callable[[], ConfigState],
+                 started_after: float = STARTED_AFTER) -> None:
         self.nc = nc
         self.executor = executor
         self.results = results
@@ -209,6 +213,7 @@ class Attempts:
         self.config = config  # the folded config the worker checks each job against
         self.current: set[str] = set()
         self.jobs_done = 0
+        self.started_after = started_after
 
     async def run(self, tag: str, msg: Msg, slot: Slot) -> None:
         """One delivery, from the pulled message to its ack (or nak, or term)."""
@@ -294,15 +299,19 @@ class Attempts:
         self.on_current()
         keepalive = asyncio.create_task(lease.keep())
         # On a first attempt the started event is stored while the job runs (awaited before the
-        # result, so the history stays in order) to keep it off the critical path. A redelivered
-        # job already lost a worker once: its start is recorded before it runs.
-        started = asyncio.ensure_future(self._stored(lease, "job.started", lambda: (
-            self.results.started(job, hold, attempt, last_seq or None))))
-        started.add_done_callback(_retrieve)
+        # result, so the history stays in order), and only once the job has run STARTED_AFTER:
+        # a job that ends sooner records job.finished alone, conditional on its job.queued
+        # (the router put that event's sequence on the job). A redelivered job already lost a
+        # worker once: its start is recorded before it runs.
+        queued_seq = _queued_seq(msg) if attempt == 1 else None
+        begun = time.time()
+        started = Start(lambda: self._stored(lease, "job.started", lambda: (
+            self.results.started(job, hold, attempt, last_seq or None, at=begun))),
+            after=self.started_after if queued_seq is not None else 0.0)
         try:
             if attempt > 1:
                 try:
-                    await started
+                    await started.settle()
                 except APIError as exc:
                     if exc.err_code != WRONG_LAST_SEQUENCE:
                         raise
@@ -315,14 +324,15 @@ class Attempts:
             outcome, steps = await self._execute(tag, job, lease)
             slot.release()  # execution is over: the next job may start while this result is stored
             lease.phase = "storing its result"
-            started_ack = await started
+            started_ack = await started.settle()
+            after = started_ack.seq if started_ack is not None else queued_seq
             result = JobFinished(
                 job_id=job.id, time=time.time(), status=outcome.status, result=outcome.result,
                 error=outcome.error, logs=outcome.logs, worker=self.results.worker_id,
                 group=self.results.group, attempt=attempt,
-                duration_ms=round(outcome.duration_ms, 3), steps=steps)
+                duration_ms=round(outcome.duration_ms, 3), steps=steps, started_at=begun)
             await self._stored(lease, "job.finished", lambda: (
-                self.results.finished(job, hold, result, started_ack.seq)))
+                self.results.finished(job, hold, result, after)))
             await msg.ack()  # only once the result is durable
             self.jobs_done += 1
             self.metrics.finished.labels(tag, outcome.status).inc()
@@ -339,6 +349,7 @@ class Attempts:
         except Exception as exc:
             self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
         finally:
+            started.drop()
             keepalive.cancel()
             self.current.discard(job.id)
             self.on_current()
@@ -393,6 +404,43 @@ class Attempts:
                                     reason=reason, error=repr(exc)[:500], retry_in_s=delay)
             await lease.unless_lost(asyncio.sleep(delay))
             delay = min(delay * 2, RESULT_RETRY_MAX)
+
+
+class Start:
+    """The job.started write of one attempt, `after` seconds from now (0: at once).
+
+    `settle()` decides: a write already begun is awaited (its ack: the sequence the result is
+    conditional on); one still waiting is called off, and None says no job.started exists."""
+
+    def __init__(self, write: Callable[[], Awaitable[Any]], after: float) -> None:
+        self._write = write
+        self.writing = after <= 0  # at once: awaited even if settled before the task begins
+        self.task = asyncio.ensure_future(self._run(after))
+        self.task.add_done_callback(_retrieve)
+
+    async def _run(self, after: float) -> Any:
+        if after > 0:
+            await asyncio.sleep(after)
+        self.writing = True  # from here on the event may be stored: it is awaited, not dropped
+        return await self._write()
+
+    async def settle(self) -> Any:
+        if not self.writing:
+            self.task.cancel()
+            return None
+        return await self.task
+
+    def drop(self) -> None:
+        """The attempt ended another way (lease lost, error): a write not begun never is."""
+        if not self.writing:
+            self.task.cancel()
+
+
+def _queued_seq(msg: Msg) -> int | None:
+    """The sequence of the job's job.queued as its router gave it (QUEUED_SEQ_HEADER), or None
+    (a job queued before routers gave it, or whose history could not be stored)."""
+    raw = (msg.headers or {}).get(subjects.QUEUED_SEQ_HEADER, "")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 2**63 else None
 
 
 def _retrieve(future: "asyncio.Future[Any]") -> None:

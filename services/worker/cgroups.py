@@ -108,8 +108,9 @@ class RunCgroup:
         """Threads of every process of the run: what a warm runtime must not grow across jobs."""
         name = "cgroup.threads" if self.v2 else "tasks"
         for d in self.dirs:
-            try:
-                return len((d / name).read_text().split())
+            try:  # one id per line; read raw: this runs after every warm job (issue 17)
+                with open(os.path.join(d, name), "rb", buffering=0) as fh:
+                    return fh.read().count(b"\n")
             except OSError:
                 continue
         return 0

@@ -119,9 +119,12 @@ class Results:
                                  within=60.0, expect_last=expect_last,
                                  headers={subjects.SEAL_HEADER: seals.seal(hold, body)})
 
-    async def started(self, job: Job, hold: str, attempt: int, expect_last: int | None) -> Any:
+    async def started(self, job: Job, hold: str, attempt: int, expect_last: int | None,
+                      at: float | None = None) -> Any:
+        """`at`: when the run began (a deferred job.started is written later than that)."""
         return await self.publish(
-            JobStarted(job_id=job.id, time=time.time(), worker=self.worker_id, group=self.group,
+            JobStarted(job_id=job.id, time=time.time() if at is None else at,
+                       worker=self.worker_id, group=self.group,
                        attempt=attempt), hold, f"{job.id}:{attempt}:started",
             expect_last=expect_last)
 

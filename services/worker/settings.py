@@ -30,6 +30,9 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     # WORKER_CACHE_DIR: what lasts across jobs and restarts (Python environments, locks, builds);
     # workers of one host may share it.
     cache_dir: Path = Path.home() / ".cache" / "getoperate"
+    # WORKER_STARTED_AFTER: a job shows as running (job.started is written) once it has run this
+    # long; one that ends sooner stores job.finished alone. 0: at once, for every job.
+    started_after: float = 0.25
 
     @property
     def nats_user(self) -> str:
@@ -43,6 +46,19 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _seconds(name: str, default: str, most: float) -> float:
+    """A number of seconds from 0 to `most`, or InvalidInput naming the variable."""
+    raw = env(name, default).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= most:
+        raise InvalidInput(f"{name} must be a number of seconds from 0 to {most:g}, got {raw!r}",
+                           field=name)
+    return value
 
 
 NATIVE_GROUP = "native"
@@ -77,6 +93,7 @@ def settings_from_env() -> WorkerSettings:
         init_timeout = float(env("INIT_SCRIPT_TIMEOUT", "300"))
     except ValueError as exc:
         raise InvalidInput(f"bad numeric worker setting: {exc}") from exc
+    started_after = _seconds("WORKER_STARTED_AFTER", "0.25", most=60.0)
     sandbox = env("JOB_SANDBOX", "bwrap").strip().lower()
     if sandbox not in SANDBOXES:
         raise InvalidInput(f"JOB_SANDBOX must be one of {', '.join(SANDBOXES)}, got {sandbox!r}",
@@ -101,6 +118,7 @@ def settings_from_env() -> WorkerSettings:
         env_allowlist=_csv(os.environ.get("WORKER_ENV_ALLOWLIST", "")),
         sandbox=sandbox,
         devices=devices,
+        started_after=started_after,
         cache_dir=Path(os.environ.get("WORKER_CACHE_DIR")
                        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                        / "getoperate"),

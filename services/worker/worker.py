@@ -70,7 +70,8 @@ class Worker:
         self.attempts = Attempts(nc, self.executor, self.results, self.cancels, self.metrics,
                                  self.logger, on_current=self.heartbeat.soon,
                                  stopping=lambda: self.state == "stopping",
-                                 config=lambda: self.follower.access)
+                                 config=lambda: self.follower.access,
+                                 started_after=settings.started_after)
         self.dispatcher = Dispatcher(nc, self.slots, self.init.ok, self._on_job, self.logger,
                                      connect_jobs, ensure_consumers)
         self.metrics.config_version.set_function(lambda: self.config_version)

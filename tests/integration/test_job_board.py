@@ -89,8 +89,9 @@ def test_the_board_answers_as_the_stream_does(suite: Suite) -> None:
     for job_id, view in views.items():
         held = _hold_read(s, job_id)
         assert held["view"] == {**view, "logs": "", "result": None}, (held, view)
-        assert [e["type"] for e in held["history"]] == ["job.queued", "job.started",
-                                                       "job.finished"]
+        types = [e["type"] for e in held["history"]]  # job.started only past 0.25 s of run
+        assert types in (["job.queued", "job.finished"],
+                         ["job.queued", "job.started", "job.finished"]), types
 
 
 def test_a_read_of_a_followed_job_needs_no_stream(suite: Suite) -> None:

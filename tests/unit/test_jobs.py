@@ -6,6 +6,7 @@ import itertools
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,18 @@ def test_new_job_view_is_queued_and_empty() -> None:
     assert view == JobView(id="j1")
     assert view.status == "queued"
     assert view.attempts == 0
+
+
+def test_a_job_that_ended_before_its_start_was_written_takes_the_start_of_its_end() -> None:
+    """A quick job stores job.queued and job.finished only (services/worker/attempt.py,
+    STARTED_AFTER): its start time and worker come from the finished event; where a
+    job.started exists, its time stands."""
+    quick = msgspec.structs.replace(FINISHED, started_at=12.25)
+    view = job_view("j1", [QUEUED, quick])
+    assert (view.status, view.worker, view.attempts) == ("success", "w1", 1)
+    assert (view.queued_at, view.started_at, view.finished_at) == (10.0, 12.25, 12.5)
+    assert job_view("j1", [QUEUED, STARTED, quick]).started_at == 11.0
+    assert job_view("j1", [QUEUED, FINISHED]).started_at is None  # a router's end: no start
 
 
 def test_queued_started_finished() -> None:
