@@ -73,8 +73,14 @@ def main() -> int:
     repeats = ns.repeats or (1 if ns.quick else 3)
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
+    failed = False
     for name in ns.only or BENCHES:
-        rows += median_rows([BENCHES[name](quick=ns.quick) for _ in range(repeats)])
+        try:
+            rows += median_rows([BENCHES[name](quick=ns.quick) for _ in range(repeats)])
+        except Exception as exc:  # the other groups' results still count, and this shows
+            failed = True
+            print(f"[bench] {name}: FAILED: {exc!r}", file=sys.stderr, flush=True)
+            rows.append(failed_row(name, exc))
     if ns.json:
         print(json.dumps({"quick": ns.quick, "seconds": round(time.monotonic() - started, 1),
                           "commit": commit(), "rows": rows}))
@@ -82,7 +88,14 @@ def main() -> int:
         print(table(rows))
     if not ns.quick and not ns.only:
         write_doc(rows)
-    return 0
+    return 1 if failed else 0
+
+
+def failed_row(name: str, exc: BaseException) -> dict[str, Any]:
+    """A group that raised: a row that says so, in the table and the JSON (met: false)."""
+    return {"name": f"{name}: the benchmark failed", "value": 0, "unit": "", "baseline": "-",
+            "baseline_name": f"error: {exc!r}"[:300], "ratio": 0, "target": "-", "met": False,
+            "bound": "see the run's output"}
 
 
 def commit() -> str:

@@ -57,6 +57,8 @@ MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NA
 CONFIG_RUN = 512  # config messages of a replay checked (one signature) and folded at once
 BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
 CATCH_UP_WITHIN = 10.0  # a submission naming what the config stream has and this router not yet
+REPLAY_PROGRESS = 5.0  # seconds between the progress lines of a long config replay at start
+REPLAY_STALL = 30.0  # a start whose config replay has not moved for this long fails
 FOLLOW_GRACE = 0.5  # how long a catch-up leaves to the follow before reading the stream itself
 FOLLOW_CHECK = 5.0  # how often the router checks that its follow of the config stream moves
 MAX_READ_BEHIND = 1000  # past this gap a catch-up waits for the follow (a replay, not a stall)
@@ -149,7 +151,7 @@ class RouterService:
         )
         await self.workers.start()
         await self.board.start()
-        await asyncio.wait_for(self.config_ready.wait(), 30)
+        await self._replayed()
         self._fold_run()  # a run still waiting for more: ready means folded
         for subject, answer, bound in (
                 (subjects.SUBMIT_SUBJECT, self._answer_submit, self._inflight),
@@ -159,6 +161,26 @@ class RouterService:
                 cb=self._overlapping(answer, bound)))
         self._watcher = asyncio.create_task(self._watch_follow())
         self.logger.info("router_ready", config_seq=self.config.seq)
+
+    async def _replayed(self) -> None:
+        """Wait until the follow has delivered the config stream as it was at start: as long as
+        the replay moves (a log of a million events without a snapshot takes half a minute or
+        more), logging its progress every REPLAY_PROGRESS s; TimeoutError once it has not moved
+        for REPLAY_STALL s."""
+        moved_at, seen = time.monotonic(), self._config_stream_seq
+        while True:
+            try:
+                await asyncio.wait_for(self.config_ready.wait(), REPLAY_PROGRESS)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if self._config_stream_seq > seen:
+                moved_at, seen = now, self._config_stream_seq
+                self.logger.info("config_replay_progress", folded_to=seen)
+            elif now - moved_at > REPLAY_STALL:
+                raise TimeoutError(f"the config replay has not moved for {REPLAY_STALL:g} s"
+                                   f" (folded to stream sequence {seen})")
 
     async def stop(self) -> None:
         if self._watcher is not None:
