@@ -145,7 +145,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 THROUGHPUT_BOUND = ("CPU on 2 cores shared by the client, the router, nats-server and 2 workers; "
                     "per job 3 fsynced JetStream writes (history, queue, result; a job.started"
                     " only past 0.25 s of run)")
-CPU_BOUND = ("per job about 25 NATS messages (submit and reply, 4 JetStream writes and their"
+CPU_BOUND = ("per job about 20 NATS messages (submit and reply, 3 JetStream writes and their"
              " acks, wake-up, pull, ack, and every job event to each router's board and the"
              " client), each parsed by nats-py in a Python process and by nats-server")
 EVERYSEC_BOUND = ("CPU on 2 cores shared by the client, the router, nats-server and 2 workers:"

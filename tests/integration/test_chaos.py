@@ -203,7 +203,7 @@ async def _dead_reasons(url: str, tag: str) -> int:
                 for msg in await sub.fetch(100, timeout=2):
                     header = (msg.headers or {}).get(subjects.DEAD_REASON_HEADER)
                     n += bool(header or json.loads(msg.data).get("reason"))
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # nats-py raises either
             return n
     finally:
         await nc.close()
