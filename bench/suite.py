@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,8 @@ class LocalSuite:
             self.up.wait(60)
         except subprocess.TimeoutExpired:
             self.up.kill()
+        if exc[0] is None:  # kept after a failure: its logs say why
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def worker(self, **env: str) -> None:
         log = open(self.dir / f"worker-{len(self.procs)}.log", "wb")

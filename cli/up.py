@@ -32,8 +32,8 @@ from services.common.natsserver import NatsServer, port_open, store_bytes
 from services.common.runtime import PRIVATE_UMASK, admin_token, private_dir, write_private
 from services.common.signingkeys import load_signer
 from services.worker import sandbox
+from shared.state import SEEDED_GROUPS
 
-SEEDED_GROUPS = ("default", "native")
 WORKER_UNNEEDED = ("GETOPERATE_ADMIN_TOKEN", "GETOPERATE_TOKEN", "GETOPERATE_NATS_SECRET",
                    "GETOPERATE_ROUTER_KEY")
 

@@ -31,12 +31,9 @@ from shared.state import ConfigState, GroupConfig
 TITLE = "getoperate NATS API"
 VERSION = "0.1.0"  # pyproject.toml's version; the test keeps them equal
 REF = "#/components/schemas/{name}"
-# services/common/bus.py owns these (it does I/O, so shared/ cannot import it); the test keeps
-# them equal to bus.DEFAULT_NATS_URL, bus.CANCELS_BUCKET, bus.SNAPSHOT_BUCKET and bus.SNAPSHOT_NAME.
+# services/common/bus.py owns the default URL (it does I/O, so shared/ cannot import it); the
+# test keeps this equal to bus.DEFAULT_NATS_URL. Bucket names come from shared/subjects.py.
 SERVER_HOST = "127.0.0.1:4222"
-CANCELS_BUCKET = "GO_CANCELS"
-SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
-SNAPSHOT_NAME = "config"
 
 JOB_MSG_ID = ("`<tag>`: the first 16 hex digits of HMAC-SHA256 of the id before it under the job's"
               " hold key (shared/seals.py: msg_id), so nobody but the holder can take the id"
@@ -322,11 +319,11 @@ def _messages(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         },
         "ConfigSnapshot": {
             "title": "Config snapshot",
-            "summary": f"The object `{SNAPSHOT_NAME}`: the folded configuration, signed, as"
+            "summary": f"The object `{subjects.SNAPSHOT_NAME}`: the folded configuration, signed, as"
                        " MessagePack.",
             "description": "Read and written with a JetStream object-store client, which splits"
             " the object into chunks on this channel and keeps its metadata on"
-            f" `$O.{SNAPSHOT_BUCKET}.M.<base64url(name)>`. The reassembled bytes are MessagePack"
+            f" `$O.{subjects.SNAPSHOT_BUCKET}.M.<base64url(name)>`. The reassembled bytes are MessagePack"
             " with the shape of this schema; `state` is itself MessagePack of `ConfigState`"
             " (#/components/schemas/ConfigState). Written by the config service only; use it"
             " only once `signature` verifies. A cache only: the stream stays the source of"
@@ -372,7 +369,7 @@ def _channels() -> dict[str, dict[str, Any]]:
     job_id = param("token(job id); job ids are lowercase hex, so the token is the id itself",
                    ["01a22593f8861a6aa49c992a90db7daf"])
     kv_workers = f"$KV.{subjects.WORKERS_BUCKET}"
-    kv_cancels = f"$KV.{CANCELS_BUCKET}"
+    kv_cancels = f"$KV.{subjects.CANCELS_BUCKET}"
 
     def channel(address: str | None, title: str, description: str, messages: list[str],
                 stream: str | None, **params: dict[str, Any]) -> dict[str, Any]:
@@ -501,25 +498,25 @@ def _channels() -> dict[str, dict[str, Any]]:
                         ["9f2c41d07a3b5e6811c02d4a"])),
         "cancels": channel(
             f"{kv_cancels}.{{jobId}}", "Cancellation requests",
-            f"KV bucket `{CANCELS_BUCKET}` (stream `KV_{CANCELS_BUCKET}`, TTL"
+            f"KV bucket `{subjects.CANCELS_BUCKET}` (stream `KV_{subjects.CANCELS_BUCKET}`, TTL"
             " `GETOPERATE_JOB_HISTORY_SECONDS`, history 1): a key asks for that job to be"
             " cancelled. Every worker watches the whole bucket.",
-            ["CancelRequest"], f"KV_{CANCELS_BUCKET}", jobId=job_id),
+            ["CancelRequest"], f"KV_{subjects.CANCELS_BUCKET}", jobId=job_id),
         "cancelledQueued": channel(
             f"{kv_cancels}.{subjects.CANCELLED_QUEUED}.{{tag}}.{{jobId}}",
             "Cancelled jobs still on their queue",
             f"Keys `{subjects.CANCELLED_QUEUED}.<token(tag)>.<token(job id)>` of bucket"
-            f" `{CANCELS_BUCKET}`: a job cancelled while it waited stays on its tag's queue until"
+            f" `{subjects.CANCELS_BUCKET}`: a job cancelled while it waited stays on its tag's queue until"
             " a worker of the tag drops it (no service deletes queued messages); the mark keeps it"
             " out of waiting counts (metrics, the Workers page) meanwhile. A worker may delete"
             " the marks of its own tags only.",
-            ["CancelledQueuedMark"], f"KV_{CANCELS_BUCKET}", tag=tag, jobId=job_id),
+            ["CancelledQueuedMark"], f"KV_{subjects.CANCELS_BUCKET}", tag=tag, jobId=job_id),
         "snapshots": channel(
-            f"$O.{SNAPSHOT_BUCKET}.C.{{chunk}}", "Config snapshot (object store)",
-            f"Object store `{SNAPSHOT_BUCKET}` (stream `OBJ_{SNAPSHOT_BUCKET}`): one object,"
-            f" `{SNAPSHOT_NAME}`, written by the config service only. A router starts from it once"
+            f"$O.{subjects.SNAPSHOT_BUCKET}.C.{{chunk}}", "Config snapshot (object store)",
+            f"Object store `{subjects.SNAPSHOT_BUCKET}` (stream `OBJ_{subjects.SNAPSHOT_BUCKET}`): one object,"
+            f" `{subjects.SNAPSHOT_NAME}`, written by the config service only. A router starts from it once"
             " its signature verifies, then follows the config stream from its `stream_seq + 1`.",
-            ["ConfigSnapshot"], f"OBJ_{SNAPSHOT_BUCKET}", chunk={
+            ["ConfigSnapshot"], f"OBJ_{subjects.SNAPSHOT_BUCKET}", chunk={
                 "description": "the chunk's NUID, chosen by the object-store client"}),
     }
     return channels

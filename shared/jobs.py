@@ -7,8 +7,13 @@ from typing import Any, Iterable, Literal, Union
 import msgspec
 
 from shared.errors import InvalidInput
+from shared.limits import MAX_TIMEOUT
 from shared.routing import PlannedStep
 from shared.tags import validate_workspace
+
+# A job, or one of its events, travels as one NATS message (max_payload 1 MB): this leaves room
+# for the headers. The router refuses a bigger job; a worker cuts a result's logs to fit.
+MAX_MESSAGE_BYTES = 900 * 1024
 
 MAX_CODE_BYTES = 256 * 1024
 MAX_ARGS_BYTES = 256 * 1024
@@ -274,8 +279,9 @@ def validate_submit(sub: JobSubmit) -> JobSubmit:
         raise InvalidInput(f"args are {args_size} bytes of JSON; the limit is {MAX_ARGS_BYTES}",
                            field="args")
     validate_workspace(sub.workspace)
-    if sub.timeout is not None and not (0 < sub.timeout <= 24 * 3600):
-        raise InvalidInput("timeout must be between 0 and 86400 seconds", field="timeout")
+    if sub.timeout is not None and not (0 < sub.timeout <= MAX_TIMEOUT):
+        raise InvalidInput(f"timeout must be between 0 and {MAX_TIMEOUT:g} seconds",
+                           field="timeout")
     return sub
 
 

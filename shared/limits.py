@@ -14,13 +14,16 @@ import msgspec
 from shared.errors import InvalidInput
 from shared.events import JobLimits
 
+# The longest timeout a job, a script or a group's limits may ask for: a day.
+MAX_TIMEOUT = 86400.0
+
 # Safe for a shared machine, generous for ordinary jobs (docs/security.md explains each).
 DEFAULTS = JobLimits(
     memory=2 * 1024**3,  # the job's processes together
     cpu_seconds=3600,  # CPU time of each process of the job
     processes=512,  # processes and threads of the job at once
     file_size=1024**3,  # the largest file a job may write
-    max_timeout=86400.0,  # the longest timeout a job may ask for, and the cap of every job
+    max_timeout=MAX_TIMEOUT,  # the longest timeout a job may ask for, and the cap of every job
 )
 FIELDS = tuple(DEFAULTS.__struct_fields__)
 _SIZE_FIELDS = {"memory", "file_size"}

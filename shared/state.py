@@ -13,6 +13,8 @@ from typing import Any, Iterable
 import msgspec
 
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
+from shared.limits import MAX_TIMEOUT
+from shared.tagaccess import closed_reason
 from shared.events import (
     AssignableTagRemoved,
     AssignableTagSet,
@@ -395,12 +397,16 @@ def delete_group(
     return [GroupDeleted(group=name)]
 
 
+# The product document's two groups, made on the first start (cli/up.py runs a worker of each).
+SEEDED_GROUPS = ("default", "native")
+
+
 def seed(state: ConfigState) -> list[ConfigEvent]:
     """First start: the product document's two groups, as ordinary events."""
     if state.seq:
         return []
     events: list[ConfigEvent] = []
-    for name in ("default", "native"):
+    for name in SEEDED_GROUPS:
         events += reset_group(ConfigState(), name, name, create=True)
     return events
 
@@ -424,8 +430,6 @@ def _check_deploy_tag(state: ConfigState, workspace: str, tag: str | None, field
     at deploy (docs/tags.md). A tag holding `$args[...]` is known only at run, checked then."""
     if not tag or "$args[" in tag:
         return
-    from shared.tagaccess import closed_reason  # tagaccess reads this module's state types
-
     filled = tag.replace(WORKSPACE_REF, workspace)
     why = closed_reason(state, filled, workspace)
     if why is not None:
@@ -437,8 +441,9 @@ def deploy_script(
     tag: str | None = None, expected_version: int | None = None, timeout: float | None = None,
 ) -> list[ConfigEvent]:
     """Deploy a new version of a script (always a new event: a redeploy is a new version)."""
-    if timeout is not None and not (0 < timeout <= 24 * 3600):
-        raise InvalidInput("timeout must be between 0 and 86400 seconds", field="timeout")
+    if timeout is not None and not (0 < timeout <= MAX_TIMEOUT):
+        raise InvalidInput(f"timeout must be between 0 and {MAX_TIMEOUT:g} seconds",
+                           field="timeout")
     validate_workspace(workspace)
     validate_path(path)
     old = state.scripts.get(key(workspace, path))

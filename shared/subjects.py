@@ -40,6 +40,11 @@ DEAD_SUBJECTS = f"{DEAD_PREFIX}.>"
 
 # Live workers: a KV bucket whose entries expire when heartbeats stop.
 WORKERS_BUCKET = "GO_WORKERS"
+# Cancel requests (by job id) and the marks of cancelled queued jobs: a KV bucket.
+CANCELS_BUCKET = "GO_CANCELS"
+# The config snapshot every service may start from: an object store, one object.
+SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
+SNAPSHOT_NAME = "config"
 
 # Wake-ups: an empty core-NATS message per enqueued job, so a worker pulls at once without
 # polling; it carries no job (a worker may be woken only for its own tags).

@@ -15,11 +15,13 @@ deployed scripts and flows name. Anything else may name another workspace or its
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from shared.errors import Forbidden
-from shared.state import AssignableTag, ConfigState
 from shared.tags import SYSTEM_TAGS, WORKSPACE_REF, target_tag
+
+if TYPE_CHECKING:  # types only: state.py calls into this module (deploy checks), not back
+    from shared.state import AssignableTag, ConfigState
 
 
 def rule_for(state: ConfigState, tag: str, workspace: str) -> AssignableTag | None:

@@ -117,22 +117,6 @@ def fill_template(template: str, *, workspace: str, args: Mapping[str, Any]) -> 
     )
 
 
-def resolve_tag(
-    *,
-    language: str,
-    workspace: str,
-    args: Mapping[str, Any],
-    override: str | None = None,
-) -> str:
-    """Resolve a job's queue tag: explicit tag, else the language default; then fill templates.
-
-    The result is validated after substitution, so an argument cannot smuggle in a forbidden
-    character or an over-long tag.
-    """
-    template = override if override else default_tag(language)
-    return validate_tag(fill_template(template, workspace=workspace, args=args), field="tag")
-
-
 # --- workspaces, paths, assignable tags with restrictions --------------------------------------
 
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -30,8 +30,6 @@ JOB_ACK_WAIT = float(os.environ.get("GETOPERATE_ACK_WAIT", "30"))
 MAX_DELIVER = int(os.environ.get("GETOPERATE_MAX_DELIVER", "5"))
 WORKER_TTL = 15.0
 API_PREFIX = "$JS.API"
-CANCELS_BUCKET = "GO_CANCELS"
-SNAPSHOT_BUCKET = "GO_SNAPSHOTS"
 
 
 async def connect(url: str, name: str, log: Logger, *, attempts: int = 120,
@@ -96,6 +94,10 @@ async def publish(js: JetStreamContext, subject: str, body: bytes, msg_id: str,
 # max_msgs with discard=new (10077 "maximum bytes exceeded"), the server's store is used up
 # (10023 "insufficient resources"), or it cannot reserve a stream's limits (10047).
 STORAGE_ERRORS = frozenset({10023, 10047, 10077})
+# JetStream's answer to a write whose Nats-Expected-Last-(Subject-)Sequence no longer holds:
+# someone wrote after the sequence the writer expected (conditional appends: the config outbox,
+# job events).
+WRONG_LAST_SEQUENCE = 10071
 
 
 def storage_full(exc: BaseException) -> bool:
@@ -136,8 +138,8 @@ STREAM_SHARES: dict[str, tuple[float, api.DiscardPolicy]] = {
     f"KV_{subjects.WORKERS_BUCKET}": (0.01, api.DiscardPolicy.NEW),
     # Cancellations: the oldest go first (their jobs ended long ago), so no flood of cancels can
     # keep a cancel from being stored.
-    f"KV_{CANCELS_BUCKET}": (0.02, api.DiscardPolicy.OLD),
-    f"OBJ_{SNAPSHOT_BUCKET}": (0.02, api.DiscardPolicy.NEW),
+    f"KV_{subjects.CANCELS_BUCKET}": (0.02, api.DiscardPolicy.OLD),
+    f"OBJ_{subjects.SNAPSHOT_BUCKET}": (0.02, api.DiscardPolicy.NEW),
 }
 
 
@@ -185,7 +187,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 await js.add_stream(cfg)
         await workers_bucket(js)
         await cancels_bucket(js)
-        for name in (f"KV_{subjects.WORKERS_BUCKET}", f"KV_{CANCELS_BUCKET}"):
+        for name in (f"KV_{subjects.WORKERS_BUCKET}", f"KV_{subjects.CANCELS_BUCKET}"):
             await _limit_bucket(js, name)
     except APIError as exc:
         if not storage_full(exc):
@@ -215,7 +217,7 @@ async def wait_streams(nc: NATS, log: Logger, timeout: float = 120.0) -> None:
     has declared them. By their names only (`$JS.API.STREAM.NAMES`): a stream's info lists its
     subjects (every job id, every group name), which a worker may not read."""
     wanted = {c.name for c in stream_configs()} | {f"KV_{subjects.WORKERS_BUCKET}",
-                                                   f"KV_{CANCELS_BUCKET}"}
+                                                   f"KV_{subjects.CANCELS_BUCKET}"}
     deadline = time.monotonic() + timeout
     while True:
         reply = await nc.request(f"{API_PREFIX}.STREAM.NAMES", b"{}", timeout=5.0)
@@ -234,12 +236,12 @@ async def wait_streams(nc: NATS, log: Logger, timeout: float = 120.0) -> None:
 async def cancels_bucket(js: JetStreamContext) -> KeyValue:
     """Cancellation requests by job id; workers watch it and kill the job if they run it."""
     try:
-        return await js.key_value(CANCELS_BUCKET)
+        return await js.key_value(subjects.CANCELS_BUCKET)
     except Exception:
         return await js.create_key_value(api.KeyValueConfig(
-            bucket=CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
+            bucket=subjects.CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
             storage=api.StorageType.FILE, replicas=replicas(),
-            max_bytes=max_bytes(f"KV_{CANCELS_BUCKET}")))
+            max_bytes=max_bytes(f"KV_{subjects.CANCELS_BUCKET}")))
 
 
 async def workers_bucket(js: JetStreamContext) -> KeyValue:
@@ -258,31 +260,30 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
         )
 
 
-SNAPSHOT_NAME = "config"
 
 
 async def _snapshot_store(js: JetStreamContext, *, create: bool) -> Any:
     try:
-        return await js.object_store(SNAPSHOT_BUCKET)
+        return await js.object_store(subjects.SNAPSHOT_BUCKET)
     except Exception:
         if not create:
             raise
         return await js.create_object_store(
-            SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(
-                bucket=SNAPSHOT_BUCKET, replicas=replicas(),
-                max_bytes=max_bytes(f"OBJ_{SNAPSHOT_BUCKET}")))
+            subjects.SNAPSHOT_BUCKET, config=api.ObjectStoreConfig(
+                bucket=subjects.SNAPSHOT_BUCKET, replicas=replicas(),
+                max_bytes=max_bytes(f"OBJ_{subjects.SNAPSHOT_BUCKET}")))
 
 
 async def put_snapshot(js: JetStreamContext, body: bytes) -> None:
     """The latest signed snapshot (shared/snapshots.py), for services that start from it. Only
     the config service writes it (and creates the object store): routers read."""
-    await (await _snapshot_store(js, create=True)).put(SNAPSHOT_NAME, body)
+    await (await _snapshot_store(js, create=True)).put(subjects.SNAPSHOT_NAME, body)
 
 
 async def get_snapshot(js: JetStreamContext) -> bytes | None:
     """The snapshot's bytes as stored, unchecked (the reader verifies them); None if none."""
     try:
-        result = await (await _snapshot_store(js, create=False)).get(SNAPSHOT_NAME)
+        result = await (await _snapshot_store(js, create=False)).get(subjects.SNAPSHOT_NAME)
     except Exception:
         return None
     return bytes(result.data) if result.data else None

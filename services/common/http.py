@@ -71,8 +71,10 @@ def hash_token(token: str) -> str:
 class TokenCheck:
     """Bearer tokens: the bootstrap admin token, and tokens issued as config events (by hash).
 
-    Only hashes are held; a presented token is hashed and looked up, and the match is confirmed
-    with a constant-time comparison.
+    Only hashes are held. The admin token is one secret: its hash is compared in constant time.
+    An issued token is found by looking up the SHA-256 of the presented one: the lookup's timing
+    depends only on that digest, which says nothing about any stored hash unless one already
+    holds a preimage of it (a valid token), so no comparison is needed after it.
     """
 
     def __init__(self, admin_token: str, state: Callable[[], ConfigState] | None = None):
@@ -88,8 +90,7 @@ class TokenCheck:
         if state.seq != self._index_seq:
             self._index = {t.token_hash: t for t in state.tokens.values()}
             self._index_seq = state.seq
-        found = self._index.get(digest)
-        return found if found and hmac.compare_digest(found.token_hash, digest) else None
+        return self._index.get(digest)
 
     def identity(self, request: web.Request) -> Identity:
         """The identity behind the request's token, or Unauthorized."""
@@ -121,8 +122,9 @@ class TokenCheck:
                             " this needs an admin token")
         return who
 
-    def actor(self, request: web.Request) -> str:
-        """The name recorded as the actor of the change (admin only)."""
+    def admin_actor(self, request: web.Request) -> str:
+        """The admin gate of configuration changes: the name recorded as the change's actor, or
+        Unauthorized / Forbidden for anything but an admin token."""
         return self.admin(request).name
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.common.bus import CANCELS_BUCKET
+from shared.subjects import CANCELS_BUCKET
 from services.common.streamreads import client_of, read_all
 from shared import subjects
 from shared.errors import InvalidInput

@@ -143,14 +143,14 @@ async def _group_write(request: web.Request, name: str | None, decide: Any, *arg
 
 
 async def list_groups(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     return json_response([isolation.group_view(g)
                           for g in sorted(svc.state.groups.values(), key=lambda g: g.name)])
 
 
 async def get_group(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     name = request.match_info["name"]
     group = request.app[SERVICE_KEY].state.groups.get(name)
     if group is None:
@@ -159,7 +159,7 @@ async def get_group(request: web.Request) -> web.Response:
 
 
 async def put_group(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     name = request.match_info["name"]
     body = await _read_group_update(request)
     kwargs: dict[str, object] = {}
@@ -202,7 +202,7 @@ async def _read_group_update(request: web.Request) -> GroupUpdate:
 
 
 async def reset_group(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     name = request.match_info["name"]
     body = await read_body(request, GroupReset)
     return await _group_write(request, name, st.reset_group, name, body.preset, actor=actor,
@@ -210,7 +210,7 @@ async def reset_group(request: web.Request) -> web.Response:
 
 
 async def delete_group(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     return await _group_write(
         request, None, st.delete_group, request.match_info["name"], actor=actor,
         reason=request.query.get("reason"), expected_version=query_int(request, "expected_version"),
@@ -260,7 +260,7 @@ list_flows, get_flow = _deployed_reads("flow")
 
 
 async def put_script(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     ws, path = request.match_info["ws"], request.match_info["path"]
     body = await read_body(request, ScriptDeploy)
@@ -273,7 +273,7 @@ async def put_script(request: web.Request) -> web.Response:
 
 
 async def put_flow(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     ws, path = request.match_info["ws"], request.match_info["path"]
     body = await read_body(request, FlowDeploy)
@@ -307,7 +307,7 @@ async def list_tags(request: web.Request) -> web.Response:
 
 
 async def add_tag(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     body = await read_body(request, TagAdd)
     records, published = await svc.execute_and_publish(
@@ -318,7 +318,7 @@ async def add_tag(request: web.Request) -> web.Response:
 
 
 async def remove_tag(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     records, published = await svc.execute_and_publish(
         st.remove_assignable_tag, request.match_info["tag"], actor=actor,
@@ -336,7 +336,7 @@ class TokenCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 async def create_token(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     body = await read_body(request, TokenCreate)
     if body.admin == (body.workspace is not None):
@@ -353,14 +353,14 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     tokens = request.app[SERVICE_KEY].state.tokens.values()
     return json_response([{"name": t.name, "workspace": t.workspace, "created_seq": t.created_seq}
                           for t in sorted(tokens, key=lambda t: t.name)])
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    actor = request.app[TOKENS_KEY].actor(request)
+    actor = request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     records, published = await svc.execute_and_publish(
         st.revoke_token, request.match_info["name"], actor=actor, reason=request.query.get("reason"))
@@ -374,7 +374,7 @@ def _point(request: web.Request, name: str) -> Point | None:
 
 async def list_events(request: web.Request) -> web.Response:
     """The log, filtered: since/until (seq or ISO time), type, actor, group; oldest first."""
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     since, until = _point(request, "since"), _point(request, "until")
     group = request.query.get("group")
@@ -395,7 +395,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_state(request: web.Request) -> web.Response:
     """The whole configuration now, or `?at=` a sequence or an ISO time."""
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     at = _point(request, "at")
     return json_response(svc.state_at(at, "at") if at else svc.state)
@@ -403,7 +403,7 @@ async def get_state(request: web.Request) -> web.Response:
 
 async def get_diff(request: web.Request) -> web.Response:
     """What changed between two points (`from`, `to`; `to` defaults to now)."""
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     start = _point(request, "from")
     if start is None:
@@ -415,7 +415,7 @@ async def get_diff(request: web.Request) -> web.Response:
 
 
 async def get_verify(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)
+    request.app[TOKENS_KEY].admin_actor(request)
     return json_response(await request.app[SERVICE_KEY].verify())
 
 

@@ -162,7 +162,7 @@ def _worker_view(w: WorkerStatus, groups: dict[str, st.GroupConfig]) -> WorkerVi
 
 
 async def overview(request: web.Request) -> web.Response:
-    request.app[TOKENS_KEY].actor(request)  # same rule as GET /groups: an admin token
+    request.app[TOKENS_KEY].admin_actor(request)  # same rule as GET /groups: an admin token
     svc = request.app[SERVICE_KEY]
     state = svc.state
     problems: list[str] = []

@@ -26,13 +26,12 @@ from shared import state as st
 from shared.errors import InvalidInput
 from shared.events import Recorded, ScriptDeployed
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
-from shared.jobs import JobQuery, JobSubmit
+from shared.jobs import TERMINAL, JobQuery, JobSubmit
 
 if TYPE_CHECKING:
     from services.config.service import ConfigService
 
 RETRY = (0.5, 1, 2, 5, 10)  # seconds between attempts while the routers cannot answer
-TERMINAL = ("success", "failure", "cancelled")
 _RETRYABLE = ("unavailable", "outcome_unknown", "too_busy", "storage_full", "internal")
 
 

@@ -47,7 +47,6 @@ from shared.errors import GetOperateError
 from shared.events import RawRecorded
 from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, Signer, Verifier
 
-WRONG_LAST_SEQUENCE = 10071
 STREAM_NOT_FOUND = 10059
 SEQUENCE_NOT_FOUND = 10043  # a delete of a message that is not there (any more)
 CHECK_EVERY = 5.0  # seconds between two looks at the stream (one STREAM.INFO)
@@ -228,7 +227,7 @@ class Outbox:
                 ack = await self.js.publish(subject, body, timeout=5.0,
                                             headers=self.headers(rec, body, subject, msg_id))
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != bus.WRONG_LAST_SEQUENCE:
                     raise
                 return False
             # A duplicate's ack names the first copy's sequence, never past what is on the stream.

@@ -240,10 +240,10 @@ async def verify(log: EventLog, js: JetStreamContext, published_upto: int,
     stored = await bus.get_snapshot(js)
     if stored is not None:
         try:
-            snaps.append((bus.SNAPSHOT_BUCKET, decode_snapshot(stored)))
+            snaps.append((subjects.SNAPSHOT_BUCKET, decode_snapshot(stored)))
         except SnapshotRejected as exc:
-            found.append(Finding(check="snapshot", field=bus.SNAPSHOT_BUCKET,
-                                 problem=f"{bus.SNAPSHOT_BUCKET} holds no signed snapshot:"
+            found.append(Finding(check="snapshot", field=subjects.SNAPSHOT_BUCKET,
+                                 problem=f"{subjects.SNAPSHOT_BUCKET} holds no signed snapshot:"
                                          f" {exc.message}; services ignore it"))
     records = (r for r in (decode_known(b) for b in rows) if r is not None)
     _check_snapshots(records, snaps, max(by_seq, default=0), verifier, found)

@@ -40,6 +40,7 @@ from shared.admission import Gate, Rejected, Sampled, admit_each, admit_many
 from shared.signing import Verifier
 from shared.snapshots import SnapshotRejected, decode_snapshot, open_snapshot
 from shared.jobs import (
+    MAX_MESSAGE_BYTES,
     TERMINAL,
     BatchAnswer,
     JobBatch,
@@ -65,8 +66,6 @@ MAX_READ_BEHIND = 1000  # past this gap a catch-up waits for the follow (a repla
 MAX_WAITS_PER_READER = 100  # waiting reads one token, flow or holder may have at a time
 MAX_INFLIGHT_READS = 5000  # go.router.job requests being answered at once (apart from submits)
 REPLY_SUBJECT = re.compile(r"^_INBOX(\.[A-Za-z0-9]+)+$")  # a requester's inbox, nothing else
-WRONG_LAST_SEQUENCE = 10071  # JetStream: the subject changed since the expected sequence
-MAX_JOB_BYTES = 900 * 1024  # one NATS message (max_payload 1 MB) with room for headers
 # The router answers a submission within this many seconds (docs/http-api.md): queued, refused,
 # or OutcomeUnknown. Clients should wait longer than this (15 s or more; the CLI waits 30 s).
 ANSWER_WITHIN = 10.0
@@ -143,7 +142,7 @@ class RouterService:
                 start_seq = snap.stream_seq + 1
                 self._config_stream_seq = snap.stream_seq
             except SnapshotRejected as exc:  # a cache: replay the stream instead
-                self.logger.warning("snapshot_rejected", source=bus.SNAPSHOT_BUCKET,
+                self.logger.warning("snapshot_rejected", source=subjects.SNAPSHOT_BUCKET,
                                     reason=exc.reason, error=exc.message)
         self._subs.append(
             await bus.follow(self.js, subjects.CONFIG_STREAM, subjects.CONFIG_SUBJECTS,
@@ -336,10 +335,10 @@ class RouterService:
                   path=route.path, version=route.version, steps=route.steps, parent=sub.parent,
                   step=sub.step, grant=grant, lock=route.lock)
         body = encode(job)
-        if len(body) > MAX_JOB_BYTES:
+        if len(body) > MAX_MESSAGE_BYTES:
             raise InvalidInput(
                 f"the job is {len(body)} bytes once routed (code, arguments and flow steps); the"
-                f" limit is {MAX_JOB_BYTES}", field="code")
+                f" limit is {MAX_MESSAGE_BYTES}", field="code")
         queued = JobQueued(job_id=job.id, time=job.submitted_at, tag=tag, workspace=job.workspace,
                            language=job.language, kind=job.kind, path=job.path, parent=job.parent,
                            request=request)
@@ -353,7 +352,7 @@ class RouterService:
                 claimed = await self._record(hold, queued, f"{job.id}:queued", expect_last=0,
                                              within=max(deadline - time.monotonic(), 0.5))
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != bus.WRONG_LAST_SEQUENCE:
                     raise
                 found = await self._queued(job_id)
                 if found is None or found[0] is None:
@@ -765,7 +764,7 @@ class RouterService:
         except APIError as exc:
             if not bus.storage_full(exc):
                 raise
-            raise self._no_room(f"KV_{bus.CANCELS_BUCKET}", exc,
+            raise self._no_room(f"KV_{subjects.CANCELS_BUCKET}", exc,
                                 "to store the cancellation") from exc
         if view.status == "queued":
             await self._record(seals.hold_key(self.key, job_id), JobFinished(

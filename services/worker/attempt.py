@@ -38,7 +38,7 @@ from services.common.metrics import WorkerMetrics
 from services.worker.cancels import CancelWatch
 from services.worker.executor import Executor
 from services.worker.flows import run_flow
-from services.worker.results import WRONG_LAST_SEQUENCE, Results, retry_reason
+from services.worker.results import Results, retry_reason
 from services.worker.runner import Outcome
 from services.worker.slots import Slot
 from shared import subjects, tagaccess
@@ -313,7 +313,7 @@ class Attempts:
                 try:
                     await started.settle()
                 except APIError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                    if exc.err_code != bus.WRONG_LAST_SEQUENCE:
                         raise
                     # Someone wrote to this job since we looked (its old worker's result): let
                     # JetStream hand it to us again later, when we will see that result.
@@ -342,7 +342,7 @@ class Attempts:
         except LeaseLost:
             pass  # logged when it ran out; the redelivered copy records the outcome
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code != bus.WRONG_LAST_SEQUENCE:
                 self.logger.error("job_result_not_recorded", job_id=job.id, error=repr(exc))
             else:  # another attempt (or a cancel) wrote after our start: its outcome stands
                 self.logger.warning("job_result_superseded", job_id=job.id, attempt=attempt)
@@ -463,7 +463,7 @@ async def _unmark_cancelled(msg: Msg, tag: str, job_id: str) -> None:
     effort: a mark left behind only keeps a count one lower until the bucket forgets it."""
     key = subjects.cancelled_queued_key(tag, job_id)
     try:
-        await msg._client.publish(f"$KV.{bus.CANCELS_BUCKET}.{key}", b"",
+        await msg._client.publish(f"$KV.{subjects.CANCELS_BUCKET}.{key}", b"",
                                   headers={"KV-Operation": "DEL"})
     except Exception:  # NATS away: see above
         pass

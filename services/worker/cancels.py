@@ -23,7 +23,7 @@ from services.common.streamreads import Follow, client_of
 from shared import subjects
 
 
-_KEYS = f"$KV.{bus.CANCELS_BUCKET}."
+_KEYS = f"$KV.{subjects.CANCELS_BUCKET}."
 
 
 class CancelWatch:
@@ -38,7 +38,7 @@ class CancelWatch:
 
     async def start(self) -> None:
         await bus.cancels_bucket(self.js)  # declared if it is not yet
-        self._follow = Follow(client_of(self.js), f"KV_{bus.CANCELS_BUCKET}", f"{_KEYS}>",
+        self._follow = Follow(client_of(self.js), f"KV_{subjects.CANCELS_BUCKET}", f"{_KEYS}>",
                               self._on_message, self.logger, last_per_subject=True,
                               name="cancels")
         self._follow.start()

@@ -96,7 +96,7 @@ class Executor:
 
     def timeout(self, job: Job) -> float:
         """The job's timeout, else the worker's default, never above the group's max_timeout."""
-        cap = self.policy.limits.max_timeout or lim.DEFAULTS.max_timeout or 86400.0
+        cap = self.policy.limits.max_timeout or lim.DEFAULTS.max_timeout or lim.MAX_TIMEOUT
         return min(job.timeout or self.settings.job_timeout, cap)
 
     async def run(self, tag: str, job: Job) -> Outcome:

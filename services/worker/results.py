@@ -23,10 +23,9 @@ from services.common.metrics import WorkerMetrics
 from services.worker import jobreads
 from shared import seals, subjects
 from shared.codec import encode
-from shared.jobs import DeadLetter, Job, JobFinished, JobQueued, JobRecord, JobStarted
+from shared.jobs import MAX_MESSAGE_BYTES, DeadLetter, Job, JobFinished, JobQueued, JobRecord, JobStarted
 
-WRONG_LAST_SEQUENCE = 10071
-MAX_EVENT_BYTES = 900 * 1024  # under the 1 MB max_payload, with room for headers
+MAX_EVENT_BYTES = MAX_MESSAGE_BYTES  # a job.finished fits one message
 MAX_ERROR_CHARS = 16 * 1024
 MAX_REASON_CHARS = 2048  # a NATS header: one line, kept short
 MAX_RESULT_TRIES = 5  # junk written onto a job's subject makes a conditional write retry
@@ -138,7 +137,7 @@ class Results:
                 await self.publish(event, hold, msg_id, expect_last=after)
                 return
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code != bus.WRONG_LAST_SEQUENCE:
                     raise
                 record = await self.record_or_none(job.id, hold)
                 if record is None:  # its history was dropped for room: write on the empty subject
@@ -148,7 +147,7 @@ class Results:
                 if record.last_seq > after and not isinstance(last, JobQueued):
                     raise
                 after = record.subject_seq
-        raise APIError(code=409, err_code=WRONG_LAST_SEQUENCE,
+        raise APIError(code=409, err_code=bus.WRONG_LAST_SEQUENCE,
                        description=f"the subject of job {job.id} kept changing")
 
     async def record(self, job_id: str, hold: str) -> JobRecord:

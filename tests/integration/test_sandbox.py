@@ -30,9 +30,9 @@ def s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         yield suite
 
 
-def run(s: Suite, code: str, **body: Any) -> dict[str, Any]:
-    """Submit and wait for the job's outcome."""
-    return s.api.job(s.api.submit(code, **body)["id"])  # type: ignore[no-any-return]
+def run(s: Suite, code: str, timeout: float = 30, **body: Any) -> dict[str, Any]:
+    """Submit and wait for the job's outcome (`timeout`: how long the wait may take)."""
+    return s.api.job(s.api.submit(code, **body)["id"], timeout=timeout)  # type: ignore[no-any-return]
 
 
 def secrets_of(s: Suite) -> dict[str, str]:
@@ -92,7 +92,8 @@ def test_the_same_attack_without_a_sandbox_finds_the_keys(s: Suite) -> None:
     """The control: with JOB_SANDBOX=none the job is as strong as its worker (docs/security.md)."""
     s.api.set_group("nobox", tags=["t-nobox"])
     s.worker("nobox", WORKER_GROUP="nobox", JOB_SANDBOX="none")
-    view = run(s, attack_script(s.root / ".getoperate"), tag="t-nobox")
+    # unsandboxed, its `find /` walks the whole host (every test's temp folders): give it time
+    view = run(s, attack_script(s.root / ".getoperate"), tag="t-nobox", timeout=90)
     assert view["status"] == "success"
     assert "admin token" in leaks(view, secrets_of(s)), view["logs"][-3000:]
     status = [w for w in s.api.workers() if w["group"] == "nobox"][0]

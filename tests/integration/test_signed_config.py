@@ -274,7 +274,7 @@ def test_a_snapshot_written_to_go_snapshots_by_someone_else_is_ignored(
         d.procs.remove(router)
 
         async def put(js: Any, blob: bytes = blob) -> None:
-            await (await js.object_store(bus.SNAPSHOT_BUCKET)).put(bus.SNAPSHOT_NAME, blob)
+            await (await js.object_store(subjects.SNAPSHOT_BUCKET)).put(subjects.SNAPSHOT_NAME, blob)
 
         on_nats(d.nats_url, put)
         router = d.router()
@@ -283,7 +283,7 @@ def test_a_snapshot_written_to_go_snapshots_by_someone_else_is_ignored(
         assert [e["reason"] for e in router.log_events("snapshot_rejected")] == [reason]
         report = d.verify()
         assert not report["ok"] and report["check"] == "snapshot"
-        assert any(p["check"] == "snapshot" and bus.SNAPSHOT_BUCKET in (p.get("field") or "")
+        assert any(p["check"] == "snapshot" and subjects.SNAPSHOT_BUCKET in (p.get("field") or "")
                    for p in report["problems"]), report
     # Workers never start from a snapshot: a restarted one still has its group's real config.
     worker.stop()

@@ -113,14 +113,18 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
             assert any(a == base or a.startswith(base + ".") for a in addresses), where
         elif name.endswith("_STREAM"):
             assert value in streams, where
-        elif name.endswith("_BUCKET"):
-            assert any(a.startswith(f"$KV.{value}.") for a in addresses), where
+        elif name.endswith("_BUCKET"):  # a KV bucket, or an object store
+            assert any(a.startswith((f"$KV.{value}.", f"$O.{value}.")) for a in addresses), where
+        elif name == "SNAPSHOT_NAME":  # the one object of the snapshot store
+            assert any(f"`{value}`" in m.get("summary", "")
+                       for m in doc["components"]["messages"].values()), where
         elif name.endswith("_QUEUE_GROUP"):
             assert value in queues, where
         elif name.endswith("_HEADER"):
             assert value in headers, where
         elif name == "CANCELLED_QUEUED":  # a key prefix in the cancels bucket
-            assert any(a.startswith(f"$KV.GO_CANCELS.{value}.") for a in addresses), where
+            assert any(a.startswith(f"$KV.{subjects.CANCELS_BUCKET}.{value}.")
+                       for a in addresses), where
         else:
             assert name == "PREFIX", (f"subjects.{name} is new: document it in shared/asyncapi.py"
                                       " and tell this test which kind of name it is")
@@ -151,9 +155,8 @@ def test_names_owned_by_services_match_the_document(doc: dict[str, Any]) -> None
     from services.common import bus
 
     addresses = _addresses(doc)
-    assert any(a.startswith(f"$KV.{bus.CANCELS_BUCKET}.") for a in addresses)
-    assert any(a.startswith(f"$O.{bus.SNAPSHOT_BUCKET}.") for a in addresses)
-    assert asyncapi.SNAPSHOT_NAME == bus.SNAPSHOT_NAME
+    assert any(a.startswith(f"$KV.{subjects.CANCELS_BUCKET}.") for a in addresses)
+    assert any(a.startswith(f"$O.{subjects.SNAPSHOT_BUCKET}.") for a in addresses)
     server = doc["servers"]["local"]
     assert f"{server['protocol']}://{server['host']}" == bus.DEFAULT_NATS_URL
 
