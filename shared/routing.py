@@ -107,9 +107,11 @@ def find_deployed(state: ConfigState, workspace: str, path: str, kind: str | Non
 def route(
     state: ConfigState, *, workspace: str, args: Mapping[str, Any], override: str | None = None,
     language: str | None = None, code: str | None = None, path: str | None = None,
-    kind: str | None = None, admin: bool = True, planned: bool = False,
+    kind: str | None = None, admin: bool, planned: bool = False,
 ) -> Route:
     """Resolve a submission: inline code, a deployed script, or a deployed flow (with its steps).
+    `admin` is required: whether the submitter holds an admin token decides which tags it may
+    name, so no caller may get an admin's rights by leaving it out.
 
     `planned` marks a flow's step whose code and tag its flow's grant vouches for: the tag was
     resolved from deployed config when the flow was routed, so it is trusted like one (a closed

@@ -28,8 +28,9 @@ from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.events import GENESIS_HASH, ConfigEvent, FlowStep, Recorded, seal
 from shared.isolation import set_group as set_group_limits
 from shared.routing import (
-    PlannedStep, Route, TimeoutCap, check_tag_allowed, check_timeout, max_timeout, route, target_tag,
+    PlannedStep, Route, TimeoutCap, check_tag_allowed, check_timeout, max_timeout, target_tag,
 )
+from shared.routing import route as _route
 from shared.state import (
     ConfigState,
     deploy_flow,
@@ -62,6 +63,13 @@ LANGUAGE_DEFAULTS = (
 )
 OTHER_LANGUAGES = ("rust", "php", "csharp", "ansible", "Python3", "python", "flow", "dependency")
 SYSTEM = LANGUAGE_DEFAULTS + ("other", "flow", "dependency", "hub")
+
+
+def route(state: ConfigState, **kw: Any) -> Route:
+    """`routing.route` as an admin unless the test says otherwise (the product passes `admin`
+    explicitly: it is required there)."""
+    kw.setdefault("admin", True)
+    return _route(state, **kw)
 
 
 # --- building state -------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def test_another_workspaces_dedicated_tag_is_refused_to_admins_too(admin: bool) 
         route(state, workspace="ws2", args={}, override="ws1:f/etl", language="bash", code="",
               admin=admin)
     assert info.value.field == "tag" and "workspace 'ws1'" in info.value.message
-    ok = route(state, workspace="ws1", args={}, override="ws1:f/etl", language="bash", code="")
+    ok = route(state, workspace="ws1", args={}, override="ws1:f/etl", language="bash", code="",
+               admin=True)
     assert ok.tag == "ws1:f/etl"
 
 
