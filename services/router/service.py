@@ -755,7 +755,8 @@ class RouterService:
     async def cancel(self, job_id: str, *, by: str) -> JobView:
         """Ask for a job to be cancelled: a queued job ends now; a running one is killed by its
         worker (which watches GO_CANCELS); one that already ended is a conflict."""
-        view = await self.job(job_id)
+        record = await read_job(self.nc, job_id, self.genuine, wait=False, timeout=5.0)
+        view = record.view
         if view.status in TERMINAL:
             raise Conflict(f"job {job_id!r} already ended ({view.status})", field="id")
         kv = await bus.cancels_bucket(self.js)
@@ -766,16 +767,29 @@ class RouterService:
                 raise
             raise self._no_room(f"KV_{subjects.CANCELS_BUCKET}", exc,
                                 "to store the cancellation") from exc
-        if view.status == "queued":
-            await self._record(seals.hold_key(self.key, job_id), JobFinished(
-                job_id=job_id, time=time.time(), status="cancelled",
-                error=f"cancelled by {by} before it started", worker="router"),
-                f"{job_id}:cancel:finished")
+        if view.status == "queued" and not await self._end_queued(job_id, by, record.subject_seq):
+            view = await self.job(job_id)  # it started (or ended) meanwhile: its worker ends it
+        elif view.status == "queued":
             if view.tag:  # left out of waiting counts until a worker drops it (queues.py)
                 await kv.put(subjects.cancelled_queued_key(view.tag, job_id), b"")
                 await self.nc.publish(subjects.wake_subject(view.tag), b"")  # drop it now
         self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
         return await self.job(job_id, wait=view.status == "running", timeout=10.0)
+
+    async def _end_queued(self, job_id: str, by: str, subject_seq: int) -> bool:
+        """Record a queued job's cancellation as its end, only if nothing was written to it since
+        it was read (a quick job writes its end alone, with no job.started before it: an
+        unconditional write would give it two ends). False when something was."""
+        try:
+            await self._record(seals.hold_key(self.key, job_id), JobFinished(
+                job_id=job_id, time=time.time(), status="cancelled",
+                error=f"cancelled by {by} before it started", worker="router"),
+                f"{job_id}:cancel:finished", expect_last=subject_seq)
+        except APIError as exc:
+            if exc.err_code != bus.WRONG_LAST_SEQUENCE:
+                raise
+            return False
+        return True
 
     async def _record(self, hold: str, event: JobQueued | JobFinished, msg_id: str,
                       within: float = 20.0, expect_last: int | None = None) -> object:
