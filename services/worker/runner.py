@@ -134,12 +134,10 @@ async def run_sandboxed(
         reader.cancel()
     last = sink.last_line()
     os.close(log_fd)
-    limit = None
     if code is not None:
         code = code if code >= 0 else 128 - code  # killed by a signal: the shell convention
-        limit = sandbox.limit_error(code, policy.limits, cg.hits() if cg else [])
-    elif cg is not None:  # timed out: a limit it ran into meanwhile (a fork bomb's) says why
-        limit = "; ".join(cg.hits()) or None
+    # Timed out too (code None): a limit it ran into meanwhile (a fork bomb's) says why.
+    limit = sandbox.limit_error(code, policy.limits, cg.hits() if cg else [])
     if sink.over:
         code, limit = code if code is not None else sandbox.EXIT_KILLED, (
             f"the job wrote more than {cap} bytes of output (stdout and stderr together) and was"
