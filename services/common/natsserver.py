@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from services.common import natsconf
 from services.common.runtime import PRIVATE_UMASK, private_dir, write_private
 from shared.errors import GetOperateError
 
@@ -57,18 +58,16 @@ def sync_interval(value: str | None = None) -> str | None:
                           f" 200ms, not {raw!r}")
 
 
-def jetstream_block(store_dir: Path, sync_always: bool | None = None) -> list[str]:
-    """The `jetstream { }` block of every nats-server config this module writes. `sync_always`
-    None: as GETOPERATE_NATS_SYNC says; True/False: always / the server's default."""
-    budget = store_bytes()
+def local_conf(*, listen: str, server_name: str, store_dir: Path, sync_always: bool | None,
+               http: str | None = None, auth: str | None = None,
+               cluster: natsconf.Cluster | None = None) -> natsconf.ServerConf:
+    """The settings of every nats-server this module runs. `sync_always` None: as
+    GETOPERATE_NATS_SYNC says; True/False: always / the server's default. The store budget is
+    GETOPERATE_STORE_BYTES."""
     sync = sync_interval() if sync_always is None else ("always" if sync_always else None)
-    return [
-        "jetstream {",
-        f'  store_dir: "{store_dir}"',
-        f"  sync_interval: {sync}" if sync else "",
-        f"  max_file_store: {budget}" if budget else "",
-        "}",
-    ]
+    return natsconf.ServerConf(listen=listen, server_name=server_name, store_dir=str(store_dir),
+                               sync=sync, max_file_store=store_bytes() or None, http=http,
+                               cluster=cluster, authorization=auth)
 
 
 class NatsServerError(GetOperateError, RuntimeError):
@@ -112,17 +111,10 @@ def write_config(path: Path, *, port: int, store_dir: Path, sync_always: bool | 
     `sync_interval: always` fsyncs every JetStream write: the config log and accepted jobs must
     survive a power loss (the default 2-minute fsync lost acknowledged writes in Jepsen's analysis).
     """
-    lines = [
-        "listen: 127.0.0.1:%d" % port,
-        "server_name: getoperate_%d" % port,
-        "max_payload: 1MB",
-        *jetstream_block(store_dir, sync_always),
-    ]
-    if http_port:
-        lines.append("http: 127.0.0.1:%d" % http_port)
-    if auth:
-        lines.append(auth)
-    write_private(path, "\n".join(line for line in lines if line) + "\n")
+    conf = local_conf(listen=f"127.0.0.1:{port}", server_name=f"getoperate_{port}",
+                      store_dir=store_dir, sync_always=sync_always, auth=auth,
+                      http=f"127.0.0.1:{http_port}" if http_port else None)
+    write_private(path, natsconf.render(conf))
     return path
 
 
@@ -208,19 +200,12 @@ class NatsCluster:
 
     def _conf(self, i: int) -> Path:
         node = private_dir(self.data_dir / f"n{i}")
-        routes = ", ".join(f"nats-route://127.0.0.1:{r}" for j, r in enumerate(self.routes) if j != i)
         conf = node / "nats.conf"
-        write_private(conf, "\n".join(line for line in [
-            f"listen: 127.0.0.1:{self.ports[i]}",
-            f"server_name: n{i}",
-            "max_payload: 1MB",
-            *jetstream_block(node / "jetstream"),
-            "cluster {",
-            "  name: getoperate",
-            f"  listen: 127.0.0.1:{self.routes[i]}",
-            f"  routes: [{routes}]",
-            "}",
-        ] if line) + "\n")
+        routes = tuple(f"nats-route://127.0.0.1:{r}" for j, r in enumerate(self.routes) if j != i)
+        write_private(conf, natsconf.render(local_conf(
+            listen=f"127.0.0.1:{self.ports[i]}", server_name=f"n{i}", store_dir=node / "jetstream",
+            sync_always=None,
+            cluster=natsconf.Cluster("getoperate", f"127.0.0.1:{self.routes[i]}", routes))))
         return conf
 
     def start_node(self, i: int) -> None:
