@@ -513,8 +513,8 @@ def cmd_service(ns: argparse.Namespace) -> int:
 
 
 def cmd_asyncapi(ns: argparse.Namespace) -> int:
-    """The AsyncAPI document (shared/asyncapi.py), exactly as docs/asyncapi.json holds it."""
-    from shared.asyncapi import render
+    """The AsyncAPI document (cli/asyncapi.py), exactly as docs/asyncapi.json holds it."""
+    from cli.asyncapi import render
 
     if ns.output:
         Path(ns.output).write_text(render())

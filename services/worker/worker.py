@@ -24,6 +24,7 @@ from services.common.metrics import WorkerMetrics
 from services.worker import languages
 from services.worker.attempt import Attempts
 from services.worker.cancels import CancelWatch
+from services.worker.changes import describe_change
 from services.worker.dispatcher import Dispatcher, JobsConnector
 from services.worker.executor import Executor
 from services.worker.follower import ConfigFollower
@@ -173,7 +174,7 @@ class Worker:
         """Make the running worker match the folded config; log what changed."""
         new = self.follower.group_config
         old = self.applied
-        changes = st.describe_change(old, new) if not first else []
+        changes = describe_change(old, new) if not first else []
         self.applied = new
         self.config_version = self.follower.version
         self.priorities = dict(new.priorities) if new else {}

@@ -1,6 +1,6 @@
 """docs/asyncapi.json is current, covers every subject, and its schemas accept real messages.
 
-The document is generated from the msgspec types (shared/asyncapi.py); these tests make sure the
+The document is generated from the msgspec types (cli/asyncapi.py); these tests make sure the
 committed copy is what the code generates, that no subject of shared/subjects.py is left out, and
 that what the services really write validates against the schemas it publishes.
 """
@@ -20,7 +20,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from cli.main import main
-from shared import asyncapi, subjects
+from cli import asyncapi
+from shared import subjects
 from shared.codec import encode
 from shared.errors import InvalidInput
 from shared.events import GENESIS_HASH, FlowDeployed, FlowStep, seal
@@ -91,7 +92,7 @@ def test_document_is_plain_json_data(doc: dict[str, Any]) -> None:
 
 def test_version_is_the_package_version(doc: dict[str, Any]) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert doc["info"]["version"] == project["version"], "update shared/asyncapi.py VERSION"
+    assert doc["info"]["version"] == project["version"], "update cli/asyncapi.py VERSION"
 
 
 # --- (2) every subject is documented ------------------------------------------------------------
@@ -107,7 +108,7 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
     constants = {name: value for name, value in vars(subjects).items()
                  if name.isupper() and not name.startswith("_") and isinstance(value, str)}
     for name, value in constants.items():
-        where = f"subjects.{name} ({value!r}) is not in shared/asyncapi.py; add it, {REGENERATE}"
+        where = f"subjects.{name} ({value!r}) is not in cli/asyncapi.py; add it, {REGENERATE}"
         if value.startswith(subjects.PREFIX + "."):  # a subject, a prefix or a wildcard
             base = value.removesuffix(".>")
             assert any(a == base or a.startswith(base + ".") for a in addresses), where
@@ -126,7 +127,7 @@ def test_every_subject_of_shared_subjects_has_a_channel(doc: dict[str, Any]) -> 
             assert any(a.startswith(f"$KV.{subjects.CANCELS_BUCKET}.{value}.")
                        for a in addresses), where
         else:
-            assert name == "PREFIX", (f"subjects.{name} is new: document it in shared/asyncapi.py"
+            assert name == "PREFIX", (f"subjects.{name} is new: document it in cli/asyncapi.py"
                                       " and tell this test which kind of name it is")
 
 

@@ -29,7 +29,6 @@ from shared.state import (
     ConfigState,
     GroupConfig,
     delete_group,
-    describe_change,
     evolve,
     fold,
     groups_by_tag,
@@ -301,22 +300,7 @@ def test_reset_group_rejects_unknown_preset(preset: str) -> None:
     assert "default" in info.value.message and "native" in info.value.message
 
 
-# --- describe_change / groups_by_tag --------------------------------------------------------------
-
-
-def test_describe_change() -> None:
-    a = GroupConfig(name="g", tags=("a", "b"), init_script=None, version=1)
-    b = GroupConfig(name="g", tags=("b", "d", "c"), init_script="echo", version=2)
-    assert describe_change(a, b) == ["tags added: c, d", "tags removed: a", "init script changed"]
-    assert describe_change(b, a) == ["tags added: a", "tags removed: c, d", "init script changed"]
-    assert describe_change(a, a) == []
-    assert describe_change(None, None) == []
-    assert describe_change(None, a) == ["tags added: a, b", "group created"]
-    assert describe_change(a, None) == ["tags removed: a, b", "group deleted"]
-    assert describe_change(b, None) == [
-        "tags removed: b, c, d", "init script changed", "group deleted",
-    ]
-    assert describe_change(None, GroupConfig(name="g")) == ["group created"]
+# --- groups_by_tag --------------------------------------------------------------
 
 
 def test_groups_by_tag() -> None:
