@@ -57,7 +57,9 @@ MAX_INFLIGHT_SUBMITS = 1000
 MAX_WAIT = 300.0  # the longest a job read waits for the job to end (HTTP and NATS alike)
 CONFIG_RUN = 512  # config messages of a replay checked (one signature) and folded at once
 BATCH_OVERLAP = 32  # submissions of one batch routed at the same time
-CATCH_UP_WITHIN = 10.0  # a submission naming what the config stream has and this router not yet
+# A submission naming what the config stream has and this router not yet waits for it until
+# this many seconds before its answer bound, which leaves the enqueue its time.
+CATCH_UP_LEAVES = 2.0
 REPLAY_PROGRESS = 5.0  # seconds between the progress lines of a long config replay at start
 REPLAY_STALL = 30.0  # a start whose config replay has not moved for this long fails
 FOLLOW_GRACE = 0.5  # how long a catch-up leaves to the follow before reading the stream itself
@@ -299,7 +301,7 @@ class RouterService:
         except (NotFound, DependenciesFailed):
             # Read your writes: a script deployed (or fixed) a moment ago may not be folded
             # here yet. Catch up with the config stream, then decide once more.
-            if not await self._catch_up(CATCH_UP_WITHIN):
+            if not await self._catch_up(max(0.5, deadline - CATCH_UP_LEAVES - time.monotonic())):
                 raise
             try:
                 route = self._route(sub, who, planned)
@@ -392,7 +394,7 @@ class RouterService:
         deadline = time.monotonic() + within
         target: int | None
         try:
-            info = await self.js.stream_info(subjects.CONFIG_STREAM)  # 5 s at most (nats-py)
+            info = await asyncio.wait_for(self.js.stream_info(subjects.CONFIG_STREAM), within)
             target = info.state.last_seq
         except (nats_errors.Error, APIError, asyncio.TimeoutError) as exc:
             self.logger.warning("config_catch_up_no_info", error=repr(exc))

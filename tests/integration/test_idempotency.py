@@ -306,22 +306,30 @@ def test_router_killed_mid_stream_with_retrying_clients(deployment: Deployment) 
 
 
 def test_nats_down_with_retrying_clients(deployment: Deployment) -> None:
+    """NATS stops for longer than the routers' 10 s answer bound (12 s; NATS_OUTAGE_SECONDS=75
+    replays the issue's longest outage) under four clients that repeat their keys on any
+    failure: requests in flight answer 503 within the bound, later ones at once, and once NATS
+    is back every key has one job and every job one result, none unnamed."""
     d = deployment
     n = 120
+    seconds = float(os.environ.get("NATS_OUTAGE_SECONDS", "12"))
     outage = threading.Event()
     clients, ids, errors = _clients(d, "ws-down", n, threads=4, gate=outage)
     _wait_answers(ids, 30)
     port = d.nats.port
     d.nats.stop()
     outage.set()
-    time.sleep(4)
+    time.sleep(seconds)
     d.nats = NatsServer(d.root / "nats", port=port).start()
     for c in clients:
         c.join(180)
     assert not any(c.is_alive() for c in clients)
     _check_exactly_once(d, "ws-down", ids, n)
-    assert errors, "the outage was never seen by a client"
-    print(f"\nNATS down 4 s: {n} jobs, client retries by cause: {dict(errors)}")
+    assert errors["unavailable"] + errors["outcome_unknown"], errors
+    # The routers stayed up: every request got an answer within the clients' 15 s, the timeout
+    # the docs recommend (their bound is 10 s), however long NATS was away.
+    assert "TimeoutError" not in errors, errors
+    print(f"\nNATS down {seconds:g} s: {n} jobs, client retries by cause: {dict(errors)}")
 
 
 def test_a_flow_run_again_after_its_worker_died_runs_each_step_once(tmp_path: Path) -> None:
