@@ -32,7 +32,8 @@ offered gives one JSON document).
 
 Long operations report on stderr, never on stdout: `up` prints each step as it starts services;
 `run --wait` and `job --wait` print a line when a job is still queued or running after 2 s and
-at each change (which tag it waits on, which worker runs it); `verify` says what it is checking;
+at each change (which tag it waits on, which worker runs it, and `worker lost (<id>), waiting for
+redelivery to another worker` once that worker's heartbeat is gone); `verify` says what it is checking;
 `events --follow` streams as events arrive; `run` says each time it repeats a submission.
 """
 

@@ -60,8 +60,8 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
                  else f"on tag {view['tag']!r}")
         line = f"job {job_id} is {view['status']} {where}"
         if view["status"] == "running" and view.get("worker") and not _alive(ep, view["worker"]):
-            line = (f"job {job_id}: worker {view['worker']} was lost; waiting for the job's"
-                    " redelivery to another worker")
+            line = (f"job {job_id}: worker lost ({view['worker']}), waiting for redelivery to"
+                    " another worker")
         if line != shown:
             print(f"getoperate: {line} ({time.monotonic() - started:.0f}s)...", file=sys.stderr,
                   flush=True)

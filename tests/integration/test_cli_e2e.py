@@ -289,9 +289,9 @@ def test_the_wait_line_says_when_the_running_worker_was_lost(suite: Suite) -> No
         wait_until(lambda: (lines.append(waiting.stderr.readline()) or "is running on worker"
                             in lines[-1]), "the running line", 60)
         worker.stop(signal.SIGKILL)
-        wait_until(lambda: (lines.append(waiting.stderr.readline()) or "was lost" in lines[-1]),
+        wait_until(lambda: (lines.append(waiting.stderr.readline()) or "worker lost" in lines[-1]),
                    "the lost line", 60)
-        assert "waiting for the job's redelivery to another worker" in lines[-1], lines
+        assert "worker lost (" in lines[-1] and "waiting for redelivery" in lines[-1], lines
     finally:
         waiting.kill()
         waiting.wait()
