@@ -92,6 +92,28 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
     return proc
 
 
+def run_view(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+             ) -> dict[str, Any]:
+    """`getoperate run ARGS --wait --json`: the finished job's view, whatever its status (a
+    failed job exits 1 and still prints its view)."""
+    proc = cli("run", *args, "--wait", "--json", cwd=cwd, env=env, timeout=timeout)
+    assert proc.returncode in (0, 1) and proc.stdout.strip(), (proc.returncode, proc.stderr)
+    view: dict[str, Any] = json.loads(proc.stdout)
+    return view
+
+
+def ready(group: str, n: int = 1, tags: set[str] | None = None, version: int | None = None):  # type: ignore[no-untyped-def]
+    """Predicate: at least n ready workers of `group` (with these tags / at least this version)."""
+
+    def check(ws: list[dict]) -> bool:  # type: ignore[type-arg]
+        ok = [w for w in ws if w["group"] == group and w["state"] == "ready"
+              and (tags is None or set(w["tags"]) == tags)
+              and (version is None or w["config_version"] >= version)]
+        return len(ok) >= n
+
+    return check
+
+
 def cli_json(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
     proc = cli(*args, "--json", cwd=cwd, env=env, timeout=timeout, check=True)
     return json.loads(proc.stdout)

@@ -11,7 +11,7 @@ import pytest
 
 from services.common.natsserver import free_port
 from tests.integration.conftest import Suite
-from tests.integration.harness import Deployment, Proc, cli
+from tests.integration.harness import Deployment, Proc, cli, run_view
 
 
 def test_run_bash_with_wait_shows_output_tag_group_and_worker(suite: Suite) -> None:
@@ -46,6 +46,29 @@ def test_python3_main_return_value_is_the_result_and_args_parse_as_json(suite: S
     assert view["tag"] == "python3"
     assert view["result"] == {"twice": 6, "name": "bob"}
     assert "working" in view["logs"]
+
+
+NATIVETS = """export async function main(name: string, n = 2) {
+  if (n < 0) throw new RangeError(`n must not be negative, got ${n}`);
+  let env = "readable";
+  try { Deno.env.get("PATH"); } catch (e) { env = (e as Error).name; }
+  return { greeting: `hi ${name}`.repeat(n), env };
+}
+"""
+
+
+def test_run_nativets_on_the_native_group(suite: Suite) -> None:
+    """nativets through the CLI: --arg values reach main's parameters by name (n keeps its
+    default), the job runs on the seeded `native` group without access to the environment, and
+    a thrown error exits 1 with `Name: message`."""
+    view = run_view("--language", "nativets", "--code", NATIVETS, "--arg", "name=ts",
+                    cwd=suite.root)
+    assert (view["status"], view["tag"], view["group"]) == ("success", "nativets", "native"), view
+    assert view["result"] == {"greeting": "hi tshi ts", "env": "NotCapable"}
+    failed = cli("run", "--language", "nativets", "--code", NATIVETS, "--arg", "name=x",
+                 "--arg", "n=-1", "--wait", "--json", cwd=suite.root)
+    assert failed.returncode == 1, failed.stderr
+    assert json.loads(failed.stdout)["error"] == "RangeError: n must not be negative, got -1"
 
 
 def test_failed_job_exits_1_and_shows_the_error(suite: Suite) -> None:

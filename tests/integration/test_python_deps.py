@@ -13,7 +13,7 @@ import pytest
 from bench.wheels import make_wheel
 from cli.client import CliError
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.harness import wait_until
+from tests.integration.harness import cli, run_view, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,23 @@ def test_deploying_a_script_queues_a_dependency_job_whose_lock_joins_the_history
     assert fixed["lock_error"] is None and "gocolors==0.3" in fixed["lock"]
     assert suite.api.job(_run(suite, "u/broken")["id"])["result"] == [
         "1.5 kB", "#f00"]
+
+
+def test_scripts_with_dependencies_through_the_cli(suite: Suite, tmp_path: Path) -> None:
+    """`getoperate run --file` of an inline script with a PEP 723 block; `getoperate script
+    deploy` of one whose imports are guessed, then `getoperate run WS/PATH`, which runs with the
+    lock its dependency job recorded."""
+    (tmp_path / "size.py").write_text(DECLARED)
+    inline = run_view("--language", "python3", "--file", str(tmp_path / "size.py"),
+                      "--arg", "n=4200", cwd=suite.root)
+    assert (inline["status"], inline["result"]) == ("success", "4.2 kB (v1)"), inline
+    (tmp_path / "colors.py").write_text(GUESSED)
+    cli("script", "deploy", "main/u/cli-colors", str(tmp_path / "colors.py"), "--language",
+        "python3", cwd=suite.root, check=True)
+    locked = wait_until(lambda: (s := _script(suite, "u/cli-colors"))["lock"] and s, "the lock", 60)
+    assert "gocolors==0.3" in locked["lock"], locked
+    deployed = run_view("main/u/cli-colors", cwd=suite.root)
+    assert (deployed["status"], deployed["result"]) == ("success", ["1.5 kB", "#f00"]), deployed
 
 
 def test_a_dedicated_script_runs_warm_in_its_locked_environment(suite: Suite) -> None:

@@ -9,19 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 from tests.integration.conftest import Suite
-from tests.integration.harness import job_events
-
-
-def ready(group: str, n: int = 1, tags: set[str] | None = None, version: int | None = None):  # type: ignore[no-untyped-def]
-    """Predicate: at least n ready workers of `group` (with these tags / at least this version)."""
-
-    def check(ws: list[dict]) -> bool:  # type: ignore[type-arg]
-        ok = [w for w in ws if w["group"] == group and w["state"] == "ready"
-              and (tags is None or set(w["tags"]) == tags)
-              and (version is None or w["config_version"] >= version)]
-        return len(ok) >= n
-
-    return check
+from tests.integration.harness import job_events, ready  # ready: other modules import it from here too
 
 
 async def finished_events(nats_url: str) -> Counter[str]:

@@ -1,8 +1,10 @@
 """postgresql and mysql jobs against real servers the module starts (tests/integration/dbservers.py).
 
 The seeded `native` group (whose tags include postgresql and mysql) holds the connection URLs as
-static variables: DATABASE_URL (PostgreSQL, the default), ANALYTICS_URL (another PostgreSQL
-database) and MYSQL_URL (MariaDB). Jobs run in the sandbox, on the host network, like any job.
+static variables, set as a user would, with `getoperate group set native --env ...`: DATABASE_URL
+(PostgreSQL, the default), ANALYTICS_URL (another PostgreSQL database) and MYSQL_URL (MariaDB).
+Jobs run in the sandbox, on the host network, like any job; one test per language submits through
+`getoperate run`, the others over HTTP (faster).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tests.integration.dbservers import (
     postgres_bin,
     postgres_server,
 )
-from tests.integration.test_routing_e2e import ready
+from tests.integration.harness import cli_json, ready, run_view
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,10 @@ def suite(pg: dict[str, str] | None, my: str | None,
         env = {"DATABASE_URL": pg["shop"], "ANALYTICS_URL": pg["analytics"]} if pg else {}
         if my:
             env["MYSQL_URL"] = my
-        changed = s.api.set_group("native", env=env)
-        s.api.wait_workers(ready("native", version=changed["seq"]), timeout=60)
+        if env:  # as a user would: the CLI (the variables replace the group's set)
+            changed = cli_json("group", "set", "native",
+                               *[f"--env={name}={url}" for name, url in env.items()], cwd=s.root)
+            s.api.wait_workers(ready("native", version=changed["seq"]), timeout=60)
         yield s
 
 
@@ -67,6 +71,24 @@ def ok(view: Any) -> Any:
 def failed(view: Any) -> str:
     assert view["status"] == "failure", view
     return str(view["error"])
+
+
+SUM_PG = "-- $1 a (int)\n-- $2 b (int)\nSELECT $1 + $2 AS sum, current_database() AS db"
+
+
+@needs_postgres
+def test_postgresql_through_getoperate_run(suite: Suite) -> None:
+    """`getoperate run --language postgresql`: --arg values fill the `-- $1 name` header, the
+    connection is DATABASE_URL, which `group set --env` gave the group, and a failure shows the
+    error (its hint names that command)."""
+    view = run_view("--language", "postgresql", "--code", SUM_PG, "--arg", "a=40",
+                    "--arg", "b=2", cwd=suite.root)
+    assert (view["status"], view["tag"], view["group"]) == ("success", "postgresql", "native"), view
+    assert view["result"] == [{"sum": 42, "db": "shop"}]
+    unset = run_view("--language", "postgresql", "--code", "SELECT 1", "--arg",
+                     "database=NOPE_URL", cwd=suite.root)
+    assert unset["status"] == "failure", unset
+    assert "set it with `getoperate group set native --env NOPE_URL=" in unset["error"], unset
 
 
 PG_SETUP = """
@@ -171,6 +193,17 @@ def test_mysql_insert_then_select_with_the_database_argument(suite: Suite) -> No
     listed = "-- ? names\nSELECT count(*) AS n FROM items WHERE name IN ?"
     assert ok(run(suite, "mysql", listed, database="MYSQL_URL", names=["lamp", "x"])) == [
         {"n": 1}]
+
+
+@needs_mariadb
+def test_mysql_through_getoperate_run(suite: Suite) -> None:
+    """`getoperate run --language mysql`: `-- ? name` lines take the --arg values in order;
+    the connection is MYSQL_URL, which `group set --env` gave the group."""
+    code = "-- ? a\n-- ? b\nSELECT ? + ? AS sum, DATABASE() AS db"
+    view = run_view("--language", "mysql", "--code", code, "--arg", "a=40", "--arg", "b=2",
+                    "--arg", "database=MYSQL_URL", cwd=suite.root)
+    assert (view["status"], view["tag"], view["group"]) == ("success", "mysql", "native"), view
+    assert view["result"] == [{"sum": 42, "db": "app"}]
 
 
 @needs_mariadb
