@@ -108,6 +108,9 @@ code.job-id { display:inline-block; max-width:150px; word-break:break-all; }
 .change ul { margin:4px 0 0; padding-left:18px; }
 .change code { background:rgba(255,255,255,.6); padding:0 4px; border-radius:4px; }
 .change .dismiss { float:right; padding:0 8px; font-size:12px; }
+.change.warned { background:var(--warnbg); border-color:#f3d27a; color:#5c3a00; }
+.change .warnings { margin:6px 0 0; }
+.change .requeue-hint { margin-top:2px; }
 dialog { border:1px solid var(--line); border-radius:12px; padding:0; width:min(720px,94vw);
   max-height:92vh; color:var(--fg); box-shadow:0 12px 40px rgba(16,24,40,.25); }
 dialog.wide { width:min(1040px,96vw); }
@@ -542,7 +545,7 @@ HTML = f"""<!doctype html>
   <section id="groups">
     <div class="section-head"><h2>Worker groups</h2>
       <div class="tools"><button type="button" class="primary" id="new-group">New group</button>
-      <button type="button" id="open-tags">Assignable tags</button></div></div>
+      <button type="button" id="open-tags">Assignable Tags</button></div></div>
     <div id="groups-body"></div></section>
   <section id="workers"><h2>Live workers</h2><div id="workers-body"></div></section>
   <section id="queues"><h2>Queues (jobs per tag)<span class="note">tags with jobs, configured in a group, assignable, or served by a live worker</span></h2><div id="queues-body"></div></section>
@@ -609,7 +612,7 @@ HTML = f"""<!doctype html>
 
 <dialog id="tags-dialog" class="wide" aria-labelledby="tags-title">
   <div class="dialog-form">
-    <h2 id="tags-title">Assignable tags</h2>
+    <h2 id="tags-title">Assignable Tags</h2>
     <p class="muted small">Custom tags users may pick for their scripts and flows.
       <code>gpu</code>: every workspace; <code>gpu(ws1+ws2)</code>: only these;
       <code>gpu(^ws1^ws2)</code>: all but these. <code>$workspace</code> in a tag is replaced by

@@ -4,7 +4,9 @@ confirmation asked before anything is removed.
 
 Every change is one call of the config API with the tab's admin token, exactly as the CLI makes
 it: the page has no write path of its own. Each answer's events are read back with
-`GET /events?since=&until=&summary=1` and shown (seq, type, summary). Edits carry the version the
+`GET /events?since=&until=&summary=1` and shown (seq, type, summary), with the answer's
+`warnings` (tags a change leaves with waiting jobs and no group, and the `getoperate jobs requeue`
+command that moves them: services/config/unserved.py). Edits carry the version the
 form showed (`expected_version`), so a change made meanwhile by someone else is a 409 that the
 form explains and reloads from. Like the rest of the page, everything is built with `h()` as text.
 
@@ -47,13 +49,34 @@ MANAGE_JS = r"""
     }
   }
 
-  function renderChange(ids, title, events, published, failed) {
+  // The API's warnings name the command that moves stranded jobs (services/config/unserved.py):
+  // it is split out and shown as a command of its own, with a generic one if none is named.
+  const REQUEUE = /;?\s*move them with `(getoperate jobs requeue [^`]*)`/;
+  const REQUEUE_HINT = "getoperate jobs requeue --tag T --to T2";
+
+  function warningList(warnings) {
+    if (!warnings || !warnings.length) return null;
+    let named = false;
+    const items = warnings.map((w) => {
+      const m = REQUEUE.exec(w);
+      if (m) named = true;
+      return h("li", { class: "warning" }, m ? w.slice(0, m.index) + w.slice(m.index + m[0].length) : w,
+        m ? h("div", { class: "requeue-hint" }, "Move them to a tag a group serves: ",
+          h("code", { class: "requeue" }, m[1])) : null);
+    });
+    return h("div", { class: "warnings" }, h("strong", {}, "Warning:"), h("ul", {}, items),
+      named ? null : h("div", { class: "requeue-hint" }, "Jobs waiting on a tag no group serves move with ",
+        h("code", { class: "requeue" }, REQUEUE_HINT), "."));
+  }
+
+  function renderChange(ids, title, events, published, failed, warnings) {
     changes += 1;
+    const warned = !failed && warnings && warnings.length > 0;
     for (const id of ids) {
       const box = $(id);
       box.dataset.n = String(changes);
-      box.className = failed ? "change failed" : "change";
-      box.setAttribute("role", failed ? "alert" : "status");
+      box.className = failed ? "change failed" : warned ? "change warned" : "change";
+      box.setAttribute("role", failed || warned ? "alert" : "status");
       box.hidden = false;
       put(box,
         h("button", { type: "button", class: "dismiss", "aria-label": "dismiss",
@@ -64,13 +87,14 @@ MANAGE_JS = r"""
               h("code", {}, "seq " + e.seq), " ", h("code", {}, e.type), e.summary ? " " + e.summary : "")))
           : h("div", { class: "small" }, "No change: it already was so; nothing was written."),
         published === false ? h("div", { class: "small" },
-          "Stored; the workers get it when NATS is back.") : null);
+          "Stored; the workers get it when NATS is back.") : null,
+        warned ? warningList(warnings) : null);
     }
   }
 
   async function reportChange(ids, title, answer) {
     const events = await changeEvents(answer);
-    renderChange(ids, title, events, answer.published, false);
+    renderChange(ids, title, events, answer.published, false, answer.warnings);
     refresh();
   }
 

@@ -2,9 +2,12 @@
 real `getoperate up`: create, edit (tags, init script, dedicated targets, priorities, static
 variables, limits, sandbox and network) and delete a group, the three reset buttons, the
 assignable tags dialog (with its 409 and the confirmed replace), a refused concurrent edit, the
-workers' and tags' views, a group's history and a diff. Every action is checked on the page and
-through the API (the event it became really is in the log), and every field carries markup that
-must stay text: `window.__xss` stays undefined and the page never holds an `<img>`.
+workers' and tags' views, a group's history and a diff, the warning (with the requeue command) of
+a change that leaves jobs on a tag no group serves, and a job cancelled while queued leaving the
+waiting counts. The buttons the product document names read as it names them. Every action is
+checked on the page and through the API (the event it became really is in the log), and every
+field carries markup that must stay text: `window.__xss` stays undefined and the page never holds
+an `<img>` or a `<b>`.
 
 `UPDATE_SCREENSHOT=1` rewrites the screenshots of each dialog in docs/.
 """
@@ -109,9 +112,11 @@ class Ui:
         return self.change(box)
 
     def clean(self) -> None:
-        """No markup ran anywhere, and none became an element."""
+        """No markup ran anywhere on the page (dialogs and Queues included), and none became an
+        element: the page itself uses neither <img> nor <b>."""
         assert self.page.evaluate("window.__xss") is None
         assert self.page.locator("img").count() == 0
+        assert self.page.locator("b").count() == 0
 
     def shot(self, name: str, height: int = 900) -> None:
         """The viewport (dialogs are in it) as docs/<name>, `height` pixels tall."""
@@ -374,6 +379,212 @@ def test_reset_buttons(ui: Ui) -> None:
     finally:
         page.remove_listener("request", listener)
     assert 1 <= len(polls) <= 3, polls
+
+
+# The buttons the product document names, with its exact words (docs/web.md).
+DOCUMENT_BUTTONS = {"Reset to all tags minus native": "reset-default",
+                    "Reset to native tags": "reset-native", "Reset to all tags": "reset-all"}
+
+
+def test_buttons_read_as_the_product_document_names_them(ui: Ui) -> None:
+    """Found by their role and visible label, not by id: "Assignable Tags" on the page, the three
+    reset buttons in a group's editor."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    g = name("labels")
+    ui.http("PUT", f"/groups/{g}", {"tags": ["a"]})
+    expect(ui.row(g)).to_be_visible()
+    tags_button = page.get_by_role("button", name="Assignable Tags", exact=True)
+    expect(tags_button).to_have_count(1)
+    expect(tags_button).to_be_visible()
+    expect(tags_button).to_have_text("Assignable Tags")
+    expect(tags_button).to_have_id("open-tags")
+
+    ui.edit(g)
+    editor = page.locator("#editor")
+    for label, button_id in DOCUMENT_BUTTONS.items():
+        button = editor.get_by_role("button", name=label, exact=True)
+        expect(button).to_have_count(1)
+        expect(button).to_be_visible()
+        expect(button).to_have_text(label)
+        expect(button).to_have_id(button_id)
+    page.click("#ed-close")
+    expect(editor).to_be_hidden()
+
+    tags_button.click()  # the button the document names opens the panel
+    expect(page.locator("#tags-dialog")).to_be_visible()
+    expect(page.locator("#tags-title")).to_have_text("Assignable Tags")
+    page.get_by_role("button", name="Close", exact=True).click()
+    expect(page.locator("#tags-dialog")).to_be_hidden()
+    ui.http("DELETE", f"/groups/{g}")
+
+
+def test_a_change_that_strands_jobs_warns_and_names_requeue(ui: Ui) -> None:
+    """Issue 16, point 6, on the page: removing the last group's tag that still has a waiting job
+    (no worker runs for it) shows the API's warning and the command that moves the job."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    g = name("strand")
+    gone, kept = f"{g}-gpu", f"{g}-keep"
+    ui.http("PUT", f"/groups/{g}", {"tags": [kept, gone]})
+    job = ui.suite.api.submit("echo stranded", tag=gone)  # no worker listens: it waits
+    queue = page.locator(f'#queues tr[data-tag="{gone}"]')
+    expect(queue.locator("td.waiting-count")).to_have_text("1")
+    expect(queue.locator("td.warning")).to_have_text("no live worker")
+
+    ui.edit(g)
+    page.fill("#ed-tags", kept)
+    page.click("#ed-save")
+    ui.confirm(f"Removes tags: {gone}")
+    assert [t for _, t in ui.wait_change(f"Group {g} saved")] == ["group.tags_set"]
+    assert ui.group(g)["tags"] == [kept]  # type: ignore[index]
+    box = page.locator("#change")
+    expect(box).to_have_class("change warned")
+    expect(box).to_have_attribute("role", "alert")
+    warning = box.locator(".warnings li.warning")
+    expect(warning).to_have_count(1)
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text(
+        f"tag '{gone}' has 1 waiting job(s) and no group serves it any more: they wait until one does")
+    hint = warning.locator(".requeue-hint")
+    expect(hint).to_be_visible()
+    expect(hint).to_have_text(
+        f"Move them to a tag a group serves: getoperate jobs requeue --tag {gone} --to OTHER_TAG")
+    expect(hint.locator("code.requeue")).to_have_text(
+        f"getoperate jobs requeue --tag {gone} --to OTHER_TAG")
+    # The Queues view says it too: nobody serves the tag its job waits on.
+    expect(queue.locator("td.groups")).to_have_text("none")
+    expect(queue.locator("td.warning")).to_have_text("no group listens")
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        page.evaluate("window.scrollTo(0, 0)")
+        ui.shot("workers-warning.png")
+
+    # A change that strands nothing has no warning.
+    ui.edit(g)
+    page.fill("#ed-tags", f"{kept}, other")
+    page.click("#ed-save")
+    ui.wait_change(f"Group {g} saved")
+    expect(box).to_have_class("change")
+    expect(box.locator(".warnings")).to_have_count(0)
+    ui.suite.api.call("POST", "router", f"/jobs/{job['id']}/cancel")  # leaves nothing waiting
+    expect(queue.locator("td.waiting-count")).to_have_text("0")
+    ui.http("DELETE", f"/groups/{g}")
+
+
+def test_a_job_cancelled_while_queued_is_not_counted_as_waiting(ui: Ui) -> None:
+    """Issue 16, point 9, on the page: the tag's row and the waiting card drop a job cancelled
+    before any worker took it (its group has no worker, so it can only wait)."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    g = name("cancelq")
+    tag = f"{g}-q"
+    ui.http("PUT", f"/groups/{g}", {"tags": [tag]})
+    ids = [ui.suite.api.submit("echo never", tag=tag)["id"] for _ in range(2)]
+    queue = page.locator(f'#queues tr[data-tag="{tag}"]')
+    expect(queue.locator("td.waiting-count")).to_have_text("2")
+    expect(queue).to_have_class("waiting")
+    card = page.locator("#card-waiting .n")
+    before = int(card.text_content() or "")  # rendered from the same answer as the row
+
+    ui.suite.api.call("POST", "router", f"/jobs/{ids[0]}/cancel")
+    assert ui.suite.api.job(ids[0], wait=False)["status"] == "cancelled"
+    expect(queue.locator("td.waiting-count")).to_have_text("1")
+    expect(card).to_have_text(str(before - 1))
+
+    ui.suite.api.call("POST", "router", f"/jobs/{ids[1]}/cancel")
+    expect(queue.locator("td.waiting-count")).to_have_text("0")
+    expect(queue).not_to_have_class("waiting")
+    expect(card).to_have_text(str(before - 2))
+    expect(queue.locator("td.warning")).to_have_text("no live worker")  # served by nobody still
+    assert [ui.suite.api.job(i, wait=False)["status"] for i in ids] == ["cancelled", "cancelled"]
+    ui.http("DELETE", f"/groups/{g}")
+
+
+def test_markup_in_tags_priorities_limits_and_diff_stays_text(ui: Ui) -> None:
+    """An `<img onerror>` payload and a `<b>` marker through the editor's Tags, Priorities and
+    Limits and the diff's from and to: kept as text where accepted (a tag, with its priority, in
+    the groups, Queues, events and history), and as text in the refusal that echoes it."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    g = name("xss")
+    tag = f"<img src=x onerror=window.__xss=50><b>{g}</b>"  # a valid tag: < > = / and spaces pass
+    refused_tag = "<img src=x onerror=window.__xss=(51)><b>r</b>"  # '(' is refused
+    other = "<img src=x onerror=window.__xss=52><b>p</b>"  # a tag the group does not listen to
+    limit = "<img src=x onerror=__xss=53><b>m</b>"  # short enough to be echoed whole
+
+    page.click("#new-group")
+    page.fill("#ed-name", g)
+    page.fill("#ed-tags", f"{tag}, {refused_tag}")
+    page.click("#ed-save")
+    expect(page.locator("#ed-error")).to_contain_text(refused_tag)
+    expect(page.locator("#ed-error")).to_contain_text("are not allowed")
+    ui.clean()
+
+    page.fill("#ed-tags", f"{tag}, {g}-plain")
+    page.fill("#ed-priorities", other)  # no =number: the page refuses it, echoing it
+    page.click("#ed-save")
+    expect(page.locator("#ed-error")).to_contain_text(f"Priorities: write tag=number (e.g. gpu=10), not \"{other}\"")
+    ui.clean()
+
+    page.fill("#ed-priorities", f"{tag}=7, {other}=3")  # the API refuses the second, echoing it
+    page.click("#ed-save")
+    expect(page.locator("#ed-error")).to_contain_text(f"priority for '{other}', which group")
+    expect(page.locator("#ed-error")).to_contain_text(f"field: priorities.{other}")
+    ui.clean()
+
+    page.fill("#ed-priorities", f"{tag}=7")
+    page.fill("#ed-limit-memory", limit)
+    page.click("#ed-save")
+    expect(page.locator("#ed-error")).to_contain_text(f"got '{limit}'")
+    expect(page.locator("#ed-error")).to_contain_text("field: limits.memory")
+    assert ui.group(g) is None  # every refusal wrote nothing
+    ui.clean()
+
+    page.fill("#ed-limit-memory", "256M")
+    page.click("#ed-save")
+    events = ui.wait_change(f"Group {g} created")
+    expect(page.locator("#change")).to_contain_text(f"group {g} tags = {tag}, {g}-plain")
+    stored = ui.group(g)
+    assert stored is not None and stored["tags"] == [tag, f"{g}-plain"]
+    assert stored["priorities"] == {tag: 7} and stored["limits"] == {"memory": 256 * 1024**2}
+
+    # Shown as text in the group's row, in Queues (nobody serves it) and in the events.
+    chip = ui.row(g).locator("td.tags .chip").first
+    expect(chip).to_have_text(f"{tag}7")
+    expect(chip).to_have_attribute("title", "priority 7")
+    queue = page.locator("#queues tr[data-tag]").filter(has_text=tag)
+    expect(queue).to_have_count(1)
+    expect(queue).to_have_attribute("data-tag", tag)
+    expect(queue.locator("td.warning")).to_have_text("no live worker")
+    expect(page.locator("#events")).to_contain_text(f"group {g} tags = {tag}, {g}-plain")
+    ui.clean()
+
+    # The diff's from and to: the API's refusal echoes each, as text; a real diff shows the tag.
+    ui.row(g).locator("button.history-btn").click()
+    expect(page.locator("#history")).to_be_visible()
+    expect(page.locator("#history-list")).to_contain_text(f"tags = {tag}, {g}-plain")
+    bad_from = "<img src=x onerror=window.__xss=54><b>from</b>"
+    bad_to = "<img src=x onerror=window.__xss=55><b>to</b>"
+    page.fill("#diff-from", bad_from)
+    page.click("#diff-show")
+    expect(page.locator("#diff-error")).to_contain_text(f"'{bad_from}' is neither a sequence number")
+    ui.clean()
+    page.fill("#diff-from", str(events[0][0] - 1))
+    page.fill("#diff-to", bad_to)
+    page.click("#diff-show")
+    expect(page.locator("#diff-error")).to_contain_text(f"'{bad_to}' is neither a sequence number")
+    ui.clean()
+    page.fill("#diff-to", "")
+    page.click("#diff-show")
+    expect(page.locator("#diff-lines")).to_contain_text(f"+ group {g}: {{tags=[{tag}, {g}-plain]")
+    ui.clean()
+    page.click("#history-close")
+    ui.http("DELETE", f"/groups/{g}")
+    expect(queue).to_have_count(0)
 
 
 def test_a_concurrent_change_is_a_409_and_the_form_reloads(ui: Ui) -> None:
