@@ -45,7 +45,8 @@ def test_job_timeout_kills_the_process_tree_and_the_worker_goes_on(suite: Suite)
 def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
     """Workers listen to tag bash, but none can run cobol: the submission says so (it does not
     count them as live), `require_worker` refuses it, and a job queued anyway fails naming the
-    runtimes the worker has."""
+    runtimes the worker has. A language the seeded groups name but getOperate does not bundle
+    fails saying so."""
     answer = suite.api.submit("BEGIN; END;", language="cobol", tag="bash")
     assert answer["live_workers"] == 0 and "none can run 'cobol'" in answer["warning"], answer
     view = suite.api.job(answer["id"])
@@ -55,6 +56,12 @@ def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
         suite.api.submit("BEGIN; END;", language="cobol", tag="bash", require_worker=True)
     assert "none can run 'cobol'" in refused.value.message and "HTTP 409" in refused.value.message
     assert suite.api.submit("echo ok", tag="bash", require_worker=True)["live_workers"] >= 1
+    # powershell is a seeded tag of `default`, but not bundled: its job says so, and names the
+    # entry-point group a plugin uses.
+    ps = suite.api.job(suite.api.submit("Write-Output hi", language="powershell")["id"])
+    assert (ps["status"], ps["tag"]) == ("failure", "powershell"), ps
+    assert "powershell is not bundled with getOperate" in ps["error"], ps["error"]
+    assert "entry-point group 'getoperate.languages'" in ps["error"], ps["error"]
 
 
 DENO_MAIN = """

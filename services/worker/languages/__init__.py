@@ -15,11 +15,18 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from services.worker.languages.base import Context, Language, Launch, PrepareFailed
+from shared.tags import DEFAULT_GROUP_TAGS, LANGUAGE_TAGS, NATIVE_GROUP_TAGS
 
 ENTRY_POINT_GROUP = "getoperate.languages"
+# Languages the seeded groups listen to that getOperate does not bundle: plugins provide them.
+NOT_BUNDLED: tuple[str, ...] = ("powershell", "mssql", "snowflake", "bigquery")
+# Every other language with a default tag is built in (tests/unit/test_language_registry.py
+# checks this against `_builtin()`), in the seeded groups' order.
+BUILTIN: tuple[str, ...] = tuple(t for t in DEFAULT_GROUP_TAGS + NATIVE_GROUP_TAGS
+                                 if t in LANGUAGE_TAGS and t not in NOT_BUNDLED)
 
 __all__ = ["Context", "Language", "Launch", "PrepareFailed", "Registry", "registry",
-           "ENTRY_POINT_GROUP"]
+           "ENTRY_POINT_GROUP", "NOT_BUNDLED", "BUILTIN"]
 
 
 def _builtin() -> list[Language]:
@@ -60,11 +67,14 @@ class Registry:
     def unavailable(self, name: str) -> str:
         """Why a job in `name` cannot run here, naming what to install."""
         runs = ", ".join(sorted(self.found))
-        hint = self.missing.get(name) or (
-            f"a package that adds it (entry-point group {ENTRY_POINT_GROUP!r}:"
-            " docs/languages.md)")
-        return (f"no executor for language {name!r} on this worker (it runs {runs});"
-                f" install {hint}")
+        why = f"no executor for language {name!r} on this worker (it runs {runs})"
+        plugin = (f"a package that adds it (entry-point group {ENTRY_POINT_GROUP!r}:"
+                  " docs/languages.md)")
+        if name in self.missing:
+            return f"{why}; install {self.missing[name]}"
+        if name in NOT_BUNDLED:
+            return f"{why}: {name} is not bundled with getOperate; install {plugin}"
+        return f"{why}; install {plugin}"
 
 
 def plugins() -> tuple[list[Language], list[str]]:
