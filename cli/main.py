@@ -19,6 +19,7 @@ from typing import Any
 from cli import output
 from cli.client import EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, CliError, Endpoints, call, submit
 from services.common.runtime import DEFAULT_DATA_DIR
+from services.worker.languages import BUILTIN as BUILTIN_LANGUAGES
 from shared.errors import InvalidInput
 from shared.jobs import TERMINAL
 
@@ -574,8 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", nargs="?", metavar="WS/PATH", help="a deployed script or flow to run")
     s.add_argument("--kind", choices=["script", "flow"], help="when WS/PATH is both a script and a flow")
     s.add_argument("--require-worker", action="store_true",
-                   help="refuse the job (exit 1) if no live worker listens to its tag")
-    s.add_argument("--language", help="bash, python3, or any language tag")
+                   help="refuse the job (exit 1) if no live worker can run it (one that listens"
+                        " to its tag, has its language's runtime and passed its init script)")
+    s.add_argument("--language", help=f"built in: {', '.join(BUILTIN_LANGUAGES)}; or a language"
+                                      " a plugin adds (docs/languages.md)")
     s.add_argument("--code", help="the script text")
     s.add_argument("--file", help="read the script from this file")
     s.add_argument("--arg", action="append", default=[], metavar="K=V",
@@ -660,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("target", metavar="WS/PATH")
         d.add_argument("file", metavar="FILE" if noun == "script" else "FLOW.json|yaml")
         if noun == "script":
-            d.add_argument("--language", required=True, help="bash, python3, or any language")
+            d.add_argument("--language", required=True,
+                           help=f"built in: {', '.join(BUILTIN_LANGUAGES)}; or a language a"
+                                " plugin adds")
             d.add_argument("--timeout", type=float, help="seconds each run may take (default: the worker's)")
         else:
             d.add_argument("--preserve-step-tags", action="store_true",
