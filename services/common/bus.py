@@ -12,7 +12,13 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from shared import subjects
@@ -237,7 +243,7 @@ async def cancels_bucket(js: JetStreamContext) -> KeyValue:
     """Cancellation requests by job id; workers watch it and kill the job if they run it."""
     try:
         return await js.key_value(subjects.CANCELS_BUCKET)
-    except Exception:
+    except BucketNotFoundError:
         return await js.create_key_value(api.KeyValueConfig(
             bucket=subjects.CANCELS_BUCKET, history=1, ttl=job_events_max_age(),
             storage=api.StorageType.FILE, replicas=replicas(),
@@ -248,7 +254,7 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
     """Live workers: heartbeats expire after WORKER_TTL seconds without a refresh."""
     try:
         return await js.key_value(subjects.WORKERS_BUCKET)
-    except Exception:
+    except BucketNotFoundError:
         return await js.create_key_value(
             api.KeyValueConfig(
                 # File storage: a memory bucket vanishes when nats-server restarts, and workers
@@ -265,7 +271,7 @@ async def workers_bucket(js: JetStreamContext) -> KeyValue:
 async def _snapshot_store(js: JetStreamContext, *, create: bool) -> Any:
     try:
         return await js.object_store(subjects.SNAPSHOT_BUCKET)
-    except Exception:
+    except BucketNotFoundError:
         if not create:
             raise
         return await js.create_object_store(
@@ -281,10 +287,12 @@ async def put_snapshot(js: JetStreamContext, body: bytes) -> None:
 
 
 async def get_snapshot(js: JetStreamContext) -> bytes | None:
-    """The snapshot's bytes as stored, unchecked (the reader verifies them); None if none."""
+    """The snapshot's bytes as stored, unchecked (the reader verifies them); None if there is
+    none. Any other failure (NATS away, a denied read, a corrupt object) is raised: the caller
+    decides, and says, what it does without it."""
     try:
         result = await (await _snapshot_store(js, create=False)).get(subjects.SNAPSHOT_NAME)
-    except Exception:
+    except (BucketNotFoundError, ObjectNotFoundError):
         return None
     return bytes(result.data) if result.data else None
 

@@ -50,7 +50,7 @@ def error_middleware(logger: Logger) -> Any:
                 )
             raise
         except Exception as exc:
-            logger.error("http_unhandled", path=request.path, error=repr(exc))
+            logger.exception("http_unhandled", exc, path=request.path)
             return json_response({"error": "internal", "message": "internal error"}, status=500)
 
     return middleware

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from typing import Any, TextIO
 
 import msgspec
@@ -50,6 +51,14 @@ class Logger:
 
     def error(self, event: str, **fields: Any) -> None:
         self._emit("error", event, fields)
+
+    def exception(self, event: str, exc: BaseException, level: str = "error",
+                  **fields: Any) -> None:
+        """An error line that carries `exc` and its traceback (`traceback`, one string): for
+        failures nobody expected, a bug until shown otherwise, where `repr(exc)` alone would
+        leave the reader guessing where it came from."""
+        self._emit(level, event, {**fields, "error": repr(exc), "traceback": "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()})
 
 
 def _fmt(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
+from services.common import tasks
 from services.common.log import Logger
 
 DEFAULT_DATA_DIR = ".getoperate"
@@ -96,7 +97,15 @@ def stop_on_signals() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def failed() -> None:  # a vital background task died (services/common/tasks.py)
+        _EXIT_CODE[0] = 1
+        stop.set()
+    tasks.on_vital_failure(failed)
     return stop
+
+
+_EXIT_CODE = [0]  # what `run` returns: 1 once a vital task failed
 
 
 async def serve_http(app: web.Application, host: str, port: int, logger: Logger) -> web.AppRunner:
@@ -145,9 +154,10 @@ async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
 
 
 def run(main: Callable[[], Awaitable[None]]) -> int:
-    """Run a service's async main; Ctrl-C is a clean stop, not a traceback."""
+    """Run a service's async main; Ctrl-C is a clean stop, not a traceback. The exit code is 1
+    when a vital background task failed (services/common/tasks.py), else 0."""
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    return 0
+    return _EXIT_CODE[0]

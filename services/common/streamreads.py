@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from services.common import tasks
 from services.common.log import Logger
 
 ACK_PREFIX = "$JS.ACK."
@@ -119,7 +120,7 @@ class Follow:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._task = tasks.background(self._run(), name=self.name, logger=self.log, vital=True)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -20,6 +20,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats import errors as nats_errors
 
+from services.common import tasks
 from services.common.log import Logger
 from shared import pydeps, subjects
 from shared import state as st
@@ -74,14 +75,11 @@ class Locker:
         if name in self.tasks:
             work.close()
             return
-        task = asyncio.create_task(work, name=f"lock {name}")
+        task = tasks.background(work, name=f"lock {name}", logger=self.logger)
         self.tasks[name] = task
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[None]) -> None:  # a failure is logged by tasks.background
             self.tasks.pop(name, None)
-            if not t.cancelled() and t.exception() is not None:
-                self.logger.error("dependency_lock_failed", script=name,
-                                  error=repr(t.exception()))
 
         task.add_done_callback(done)
 

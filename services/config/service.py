@@ -10,7 +10,7 @@ from typing import Callable
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from services.common import bus
+from services.common import bus, tasks
 from services.common.log import Logger
 from services.common.metrics import ConfigMetrics
 from services.common.signingkeys import accepted_keys, load_signer
@@ -113,7 +113,8 @@ class ConfigService:
         await bus.ensure_streams(self.js)
         await self._reconcile_with_stream()
         await self.execute(st.seed, actor="system", reason="first start: seed default groups")
-        self._task = asyncio.create_task(self.outbox.run(), name="outbox")
+        self._task = tasks.background(self.outbox.run(), name="outbox", logger=self.logger,
+                                      vital=True)
         await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
         self._maybe_snapshot(force=True)
         await self._publish_snapshot()
@@ -161,7 +162,7 @@ class ConfigService:
             for listener in self.listeners:
                 listener(records)
         if self._snapshot_pending is not None:
-            asyncio.create_task(self._publish_snapshot())
+            tasks.background(self._publish_snapshot(), name="snapshot", logger=self.logger)
         return records
 
     async def execute_and_publish(

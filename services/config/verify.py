@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 
 import msgspec
 from nats.js import JetStreamContext, api
+from nats.js.errors import BadObjectMetaError, DigestMismatchError
 
 from services.common import bus
 from services.config.store import EventLog
@@ -237,7 +238,13 @@ async def verify(log: EventLog, js: JetStreamContext, published_upto: int,
             continue
     read, foreign = await _check_stream(js, by_seq, subject_of, published_upto, verifier, found)
     snaps: list[tuple[str, SignedSnapshot]] = [("sqlite", s) for s in log.snapshots()]
-    stored = await bus.get_snapshot(js)
+    try:
+        stored = await bus.get_snapshot(js)
+    except (DigestMismatchError, BadObjectMetaError) as exc:  # NATS away: raised, a 503
+        found.append(Finding(check="snapshot", field=subjects.SNAPSHOT_BUCKET,
+                             problem=f"{subjects.SNAPSHOT_BUCKET} cannot be read ({exc!r});"
+                                     " services ignore it"))
+        stored = None
     if stored is not None:
         try:
             snaps.append((subjects.SNAPSHOT_BUCKET, decode_snapshot(stored)))

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
-from services.common import bus
+from services.common import bus, tasks
 from services.common.http import TokenCheck
 from services.common.liveworkers import LiveWorkers
 from services.common.log import Logger
@@ -135,7 +135,12 @@ class RouterService:
         self._config_gate = Gate(verifier or load_verifier())
         await bus.wait_streams(self.nc, self.logger)  # the config service declares them
         start_seq = 1
-        snapshot = await bus.get_snapshot(self.js)
+        try:
+            snapshot = await bus.get_snapshot(self.js)
+        except (nats_errors.Error, asyncio.TimeoutError) as exc:  # a cache: replay instead
+            self.logger.warning("snapshot_unreadable", source=subjects.SNAPSHOT_BUCKET,
+                                error=repr(exc))
+            snapshot = None
         if snapshot is not None:
             try:
                 snap = decode_snapshot(snapshot)
@@ -160,7 +165,8 @@ class RouterService:
             self._subs.append(await self.nc.subscribe(
                 subject, queue=subjects.ROUTER_QUEUE_GROUP,
                 cb=self._overlapping(answer, bound)))
-        self._watcher = asyncio.create_task(self._watch_follow())
+        self._watcher = tasks.background(self._watch_follow(), name="config-follow-check",
+                                         logger=self.logger, vital=True)
         self.logger.info("router_ready", config_seq=self.config.seq)
 
     async def _replayed(self) -> None:
@@ -236,7 +242,7 @@ class RouterService:
         try:
             results = admit_many(self._config_gate, items)
         except Exception as exc:  # a bug must not lose a run: take each message on its own
-            self.logger.error("config_run_failed", error=repr(exc), messages=len(run))
+            self.logger.exception("config_run_failed", exc, messages=len(run))
             results = admit_each(self._config_gate, items)
         records = []
         for (subject, _, _, stream_seq), result in zip(run, results):
@@ -463,7 +469,7 @@ class RouterService:
             except (nats_errors.Error, APIError, asyncio.TimeoutError):
                 pass  # NATS away: the next check tries again
             except Exception as exc:  # a bug must not end the watch
-                self.logger.error("config_watch_failed", error=repr(exc))
+                self.logger.exception("config_watch_failed", exc)
             last_seen = self._config_stream_seq
 
     async def _connected(self, until: float) -> None:
@@ -726,7 +732,7 @@ class RouterService:
         except GetOperateError as exc:
             return exc.to_dict()
         except Exception as exc:
-            self.logger.error("submit_failed", error=repr(exc))
+            self.logger.exception("submit_failed", exc)
             return {"error": "internal", "message": str(exc)}
 
     def _authorize(self, msg: Msg) -> tuple[JobSubmit, Identity, bool]:
@@ -873,7 +879,7 @@ class RouterService:
                 self.logger.warning("job_read_refused", error=exc.code, reason=exc.message)
             answer = exc.to_dict()
         except Exception as exc:
-            self.logger.error("job_read_failed", error=repr(exc))
+            self.logger.exception("job_read_failed", exc)
             answer = {"error": "internal", "message": str(exc)}
         await self._respond(msg, answer)
 

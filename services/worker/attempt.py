@@ -222,7 +222,7 @@ class Attempts:
             admitted = await self._admit(tag, msg, slot)
         except Exception as exc:
             attempt = msg.metadata.num_delivered or 1
-            self.logger.error("job_not_started", tag=tag, error=repr(exc), attempt=attempt)
+            self.logger.exception("job_not_started", exc, tag=tag, attempt=attempt)
             if attempt > bus.MAX_DELIVER:  # it failed every time: park it, never loop on it
                 try:
                     await self.results.park(tag, msg, reason=(
@@ -378,6 +378,7 @@ class Attempts:
                 return Outcome(status="cancelled", error="cancelled by request; its processes"
                                " were killed"), []
             except Exception as exc:  # a bug or NATS trouble must still end the job visibly
+                self.logger.exception("job_worker_error", exc, job_id=job.id)
                 return Outcome(status="failure", error=f"worker error: {exc!r}"), []
 
     async def _call(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.common import bus
+from services.common import bus, tasks
 from services.common.log import Logger
 from services.common.streamreads import Follow, client_of
 from shared import subjects
@@ -45,7 +45,7 @@ class CancelWatch:
 
     def stop(self) -> None:
         if self._follow is not None:
-            asyncio.ensure_future(self._follow.stop())
+            tasks.background(self._follow.stop(), name="cancels-stop", logger=self.logger)
             self._follow = None
 
     def asked(self, job_id: str, parent: str | None = None) -> bool:

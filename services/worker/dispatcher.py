@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.common import tasks
 from services.common.log import Logger
 from services.worker.pulls import NOW, SOON, TagPulls
 from services.worker.slots import Slot, Slots
@@ -167,7 +168,7 @@ class Dispatcher:
         self._next_sweep = 0.0  # it may already hold a backlog: sweep every tag next
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatch")
+        self._task = tasks.background(self._run(), name="dispatch", logger=self.logger, vital=True)
 
     async def stop(self) -> None:
         """Stop pulling; return any job that arrived late; forget the tags."""
@@ -206,7 +207,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.logger.warning("dispatch_error", error=str(exc) or type(exc).__name__)
+                self.logger.exception("dispatch_error", exc, level="warn")
                 await asyncio.sleep(1.0)
 
     async def _sleep(self) -> None:

@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Any, Callable, Iterable
 
+from services.common import tasks
 from services.common.log import Logger
 from shared import subjects
 from services.worker import languages
@@ -71,7 +72,8 @@ class Heartbeat:
 
     def start(self, kv: Any) -> None:
         self._kv = kv
-        self._task = asyncio.create_task(self._loop(), name="heartbeat")
+        self._task = tasks.background(self._loop(), name="heartbeat", logger=self.logger,
+                                      vital=True)
 
     async def stop(self) -> None:
         """Stop beating and leave the bucket."""

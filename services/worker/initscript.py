@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import Callable
 
+from services.common import tasks
 from services.common.log import Logger
 from services.common.metrics import WorkerMetrics
 from services.worker.executor import Executor
@@ -53,7 +54,7 @@ class InitScript:
             self.status, self.error, self.output = "none", None, None
             self.ok.set()
             return
-        self._task = asyncio.create_task(self._run(script), name="init-script")
+        self._task = tasks.background(self._run(script), name="init-script", logger=self.logger)
 
     def stop(self) -> None:
         if self._task is not None:
