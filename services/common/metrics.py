@@ -35,6 +35,8 @@ class ConfigMetrics:
               "(NATS away)", registry=r).set_function(lambda: max(seq() - published_seq(), 0))
         self.events = Counter("getoperate_config_events", "Config events appended, by type",
                               ["type"], registry=r)
+        self.writing = Gauge("getoperate_config_writes_waiting", "Config changes waiting for "
+                             "their append to the SQLite log (a slow or locked disk)", registry=r)
 
 
 class RouterMetrics:

@@ -379,8 +379,8 @@ async def list_events(request: web.Request) -> web.Response:
     since, until = _point(request, "since"), _point(request, "until")
     group = request.query.get("group")
     limit = query_range(request, "limit", 1000, 1, 10_000)
-    records = svc.log.query(
-        since_seq=(since.seq - 1) if since and since.seq else 0,
+    records = await svc.log.call(
+        svc.log.query, since_seq=(since.seq - 1) if since and since.seq else 0,
         since_time=since.time if since else None,
         until_seq=until.seq if until else None, until_time=until.time if until else None,
         type=request.query.get("type"), actor=request.query.get("actor"),
@@ -398,7 +398,7 @@ async def get_state(request: web.Request) -> web.Response:
     request.app[TOKENS_KEY].admin_actor(request)
     svc = request.app[SERVICE_KEY]
     at = _point(request, "at")
-    return json_response(svc.state_at(at, "at") if at else svc.state)
+    return json_response(await svc.state_at(at, "at") if at else svc.state)
 
 
 async def get_diff(request: web.Request) -> web.Response:
@@ -409,8 +409,8 @@ async def get_diff(request: web.Request) -> web.Response:
     if start is None:
         raise InvalidInput("give from=SEQ|TIME (and optionally to=SEQ|TIME)", field="from")
     end = _point(request, "to")
-    a = svc.state_at(start, "from")
-    b = svc.state_at(end, "to") if end else svc.state
+    a = await svc.state_at(start, "from")
+    b = await svc.state_at(end, "to") if end else svc.state
     return json_response({"from_seq": a.seq, "to_seq": b.seq, "changes": diff_states(a, b)})
 
 

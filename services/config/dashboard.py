@@ -197,7 +197,8 @@ async def overview(request: web.Request) -> web.Response:
             init_failed=failed))
     queues.sort(key=lambda q: (q.waiting == 0 and q.running == 0, q.tag))
 
-    records = svc.log.query(since_seq=max(0, state.seq - RECENT_EVENTS), limit=RECENT_EVENTS)
+    records = await svc.log.call(svc.log.query, since_seq=max(0, state.seq - RECENT_EVENTS),
+                                 limit=RECENT_EVENTS)
     events = [EventView(seq=r.seq, time=r.time, actor=r.actor, reason=r.reason,
                         type=event_type(r.event), summary=summarize(r.event))
               for r in reversed(records)]

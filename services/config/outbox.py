@@ -191,7 +191,7 @@ class Outbox:
                 self._wake.set()
 
     async def flush(self) -> None:
-        for rec, body, subject in self.log.unpublished():
+        for rec, body, subject in await self.log.call(self.log.unpublished):
             if rec.seq <= self.published_seq:  # found on the stream by a catch-up
                 continue
             while not await self._publish_one(rec, body, subject):
@@ -206,7 +206,7 @@ class Outbox:
         async with self._progress:  # the event is live: answer the writer before bookkeeping
             self.published_seq = max(self.published_seq, seq)
             self._progress.notify_all()
-        self.log.mark_published(seq)
+        await self.log.call(self.log.mark_published, seq)
 
     def headers(self, rec: RawRecorded, body: bytes, subject: str,
                 msg_id: str | None = None) -> dict[str, str]:

@@ -68,31 +68,43 @@ class ConfigService:
                                     reason=exc.reason, error=exc.message)
         return st.ConfigState()
 
-    def state_at(self, point: Point, field: str = "at") -> st.ConfigState:
+    async def state_at(self, point: Point, field: str = "at") -> st.ConfigState:
         """The whole configuration as it was at a sequence or a time. A sequence past the log's
-        end is an error, not "now": `diff 100 118` on a 98-event log must say so."""
+        end is an error, not "now": `diff 100 118` on a 98-event log must say so. Read and
+        folded on the log's thread: an old point folds many events."""
         if point.seq is not None and point.seq > self.state.seq:
             raise InvalidInput(f"{field}={point.seq} is past the end of the log, which ends at"
                                f" seq {self.state.seq}", field=field)
+        return await self.log.call(self._state_at, point, self.state)
+
+    def _state_at(self, point: Point, now: st.ConfigState) -> st.ConfigState:
         target = point.seq if point.seq is not None else self.log.seq_at_time(point.time or "")
-        if target >= self.state.seq:
-            return self.state
+        if target >= now.seq:
+            return now
         base = self._snapshot_base(target)
         records = (r for r in (decode_known(b) for b in self.log.raw_range(base.seq, target)) if r)
         return st.fold(records, base)
 
-    def _maybe_snapshot(self, force: bool = False) -> None:
-        last = next(self.log.snapshots_at_or_before(self.state.seq), None)
-        if self.state.seq and (force or self.state.seq - (last.seq if last else 0) >= SNAPSHOT_EVERY):
-            body = self.log.body_at(self.state.seq)
-            assert body is not None  # the state's seq is the log's last event
-            # The outbox's position is a lower bound for where events after this one are on
-            # the stream, unless events this version cannot fold were published after it.
-            stream_seq = self.outbox.position if self.outbox.published_seq <= self.state.seq else 0
-            snap = seal_snapshot(self.signer, self.state, decode(body, RawRecorded).hash,
-                                 stream_seq)
-            self.log.save_snapshot(snap)
-            self._snapshot_pending = encode_snapshot(snap)
+    def _maybe_snapshot(self, state: st.ConfigState, stream_seq: int,
+                        force: bool = False) -> bytes | None:
+        """Seal and store a snapshot of `state` when one is due; its bytes, for the object
+        store. Runs on the log's thread (signing and encoding a large state take a while)."""
+        last = next(self.log.snapshots_at_or_before(state.seq), None)
+        if not state.seq or not (force or state.seq - (last.seq if last else 0) >= SNAPSHOT_EVERY):
+            return None
+        body = self.log.body_at(state.seq)
+        assert body is not None  # the state's seq is the log's last event
+        snap = seal_snapshot(self.signer, state, decode(body, RawRecorded).hash, stream_seq)
+        self.log.save_snapshot(snap)
+        return encode_snapshot(snap)
+
+    async def _snapshot_if_due(self, force: bool = False) -> None:
+        # The outbox's position is a lower bound for where events after this one are on the
+        # stream, unless events this version cannot fold were published after it.
+        stream_seq = self.outbox.position if self.outbox.published_seq <= self.state.seq else 0
+        body = await self.log.call(self._maybe_snapshot, self.state, stream_seq, force)
+        if body is not None:
+            self._snapshot_pending = body
 
     async def _publish_snapshot(self) -> None:
         """Routers start from the latest snapshot in the GO_SNAPSHOTS object store, then the tail."""
@@ -116,7 +128,7 @@ class ConfigService:
         self._task = tasks.background(self.outbox.run(), name="outbox", logger=self.logger,
                                       vital=True)
         await self.outbox.wait_published(self.state.seq, PUBLISH_WAIT)
-        self._maybe_snapshot(force=True)
+        await self._snapshot_if_due(force=True)
         await self._publish_snapshot()
         self.ready = True
         self.logger.info("config_ready", seq=self.state.seq, groups=sorted(self.state.groups))
@@ -150,9 +162,11 @@ class ConfigService:
         """Decide against the current state, append, fold, publish. Serialised: one writer."""
         async with self._lock:
             events = decide(self.state, *args, **kwargs)
-            records = self.log.append(events, actor=actor, reason=reason)
+            with self.metrics.writing.track_inprogress():
+                records = await self.log.call(self.log.append, events, actor=actor,
+                                              reason=reason)
             self.state = st.fold(records, self.state)
-            self._maybe_snapshot()
+            await self._snapshot_if_due()
         for rec in records:
             self.metrics.events.labels(event_type(rec.event)).inc()
             self.logger.info("config_event", seq=rec.seq, type=event_type(rec.event), actor=actor,

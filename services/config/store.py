@@ -6,12 +6,16 @@ Each row holds the sequence, event id, time, actor, the hash chain and the encod
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import sqlite3
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import sqlite_utils
 
@@ -24,6 +28,9 @@ from shared.events import (
     GENESIS_HASH, ConfigEvent, RawRecorded, Recorded, _TypeOnly, decode_known, seal, subject_for,
 )
 from shared.snapshots import SignedSnapshot
+
+
+T = TypeVar("T")
 
 
 class StoreError(GetOperateError, RuntimeError):
@@ -51,11 +58,30 @@ def _private_database(path: Path) -> None:
         make_private(path.with_name(path.name + name))
 
 
+def _serial(method: Callable[..., T]) -> Callable[..., T]:
+    """One SQLite call at a time on the log's one connection, whichever thread makes it: an
+    append's transaction (and mark_published's synchronous=NORMAL moment) is never interleaved
+    with another caller's statements."""
+    @functools.wraps(method)
+    def serial(self: "EventLog", *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return serial
+
+
 class EventLog:
-    """Append-only log of config events. Single writer: the config service."""
+    """Append-only log of config events. Single writer: the config service.
+
+    Its methods block (an append waits for its fsync; a verify or a history read walks the whole
+    log), so the service's async code calls them through `call`, on the log's own thread: a slow
+    disk delays the write that needs it, not the service's HTTP and NATS handling. Iterating
+    methods read their rows under the lock and return them materialised.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock = threading.RLock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="event-log")
         _private_database(self.path)
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -87,14 +113,24 @@ class EventLog:
             for column, kind in (("hash", "TEXT"), ("stream_seq", "INTEGER"), ("signature", "TEXT")):
                 self.db.execute(f"ALTER TABLE snapshots ADD COLUMN {column} {kind}")
 
-    def close(self) -> None:
-        self.db.conn.close()
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` (a method of this log, or a function that calls several) on the
+        log's thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, functools.partial(fn, *args, **kwargs))
 
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        with self._lock:
+            self.db.conn.close()
+
+    @_serial
     def last(self) -> tuple[int, str]:
         """(sequence, hash) of the newest record, or (0, genesis)."""
         row = self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
+    @_serial
     def append(
         self, events: list[ConfigEvent], *, actor: str, reason: str | None = None
     ) -> list[Recorded]:
@@ -113,6 +149,7 @@ class EventLog:
         self.insert([(encode(r), subject_for(r.event)) for r in records], published=False)
         return records
 
+    @_serial
     def insert(self, items: list[tuple[bytes, str]], *, published: bool) -> None:
         """Insert stored envelopes as (exact bytes, subject): appended ones, or copied from the stream.
 
@@ -144,6 +181,7 @@ class EventLog:
         except sqlite3.Error as exc:
             raise StoreError(f"could not append to the event log {self.path}: {exc}") from exc
 
+    @_serial
     def raw(self, since: int = 0, limit: int | None = None) -> Iterator[bytes]:
         """Stored envelope bytes with seq > since, in order (for verification)."""
         sql = "SELECT body FROM events WHERE seq > ? ORDER BY seq"
@@ -151,18 +189,18 @@ class EventLog:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        for (body,) in self.db.execute(sql, params):
-            yield body.encode()
+        return iter([body.encode() for (body,) in self.db.execute(sql, params)])
 
+    @_serial
     def raw_range(self, since: int, until: int | None = None) -> Iterator[bytes]:
         """Stored bytes with since < seq <= until, in order, without a row limit."""
         sql, params = "SELECT body FROM events WHERE seq > ?", [since]
         if until is not None:
             sql += " AND seq <= ?"
             params.append(until)
-        for (body,) in self.db.execute(sql + " ORDER BY seq", params):
-            yield body.encode()
+        return iter([body.encode() for (body,) in self.db.execute(sql + " ORDER BY seq", params)])
 
+    @_serial
     def query(
         self, *, since_seq: int = 0, until_seq: int | None = None, since_time: str | None = None,
         until_time: str | None = None, type: str | None = None, actor: str | None = None,
@@ -193,6 +231,7 @@ class EventLog:
                 break
         return out
 
+    @_serial
     def seq_at_time(self, time: str) -> int:
         """The last sequence written at or before `time` (ISO UTC), 0 if none.
 
@@ -208,11 +247,13 @@ class EventLog:
         return max((h.seq for h in (_head(b) for b in self.raw_range(0)) if h.time <= time),
                    default=0)
 
+    @_serial
     def body_at(self, seq: int) -> bytes | None:
         """The stored bytes of the event at `seq`, if the log has it."""
         row = self.db.execute("SELECT body FROM events WHERE seq = ?", [seq]).fetchone()
         return row[0].encode() if row else None
 
+    @_serial
     def subject_prev(self, seq: int, subject: str) -> int:
         """The sequence of the previous event on `subject` before `seq` (0: none), which the
         config service signs with each event so that a follower of one subject sees any gap."""
@@ -220,15 +261,16 @@ class EventLog:
                               [subject, seq]).fetchone()
         return int(row[0] or 0)
 
+    @_serial
     def rows(self) -> Iterator[dict[str, object]]:
         """Every row with all its columns, in order (for verify's column check)."""
         cursor = self.db.execute(
             "SELECT seq, id, time, actor, reason, type, subject, prev_hash, hash, body"
             " FROM events ORDER BY seq")
         names = [d[0] for d in cursor.description]
-        for row in cursor:
-            yield dict(zip(names, row))
+        return iter([dict(zip(names, row)) for row in cursor])
 
+    @_serial
     def save_snapshot(self, snap: SignedSnapshot) -> None:
         time = self.db.execute("SELECT time FROM events WHERE seq = ?", [snap.seq]).fetchone()
         self.db.execute(
@@ -237,27 +279,29 @@ class EventLog:
             [snap.seq, time[0] if time else "", snap.state, snap.hash, snap.stream_seq,
              snap.signature])
 
+    @_serial
     def snapshots_at_or_before(self, seq: int) -> Iterator[SignedSnapshot]:
         """Stored snapshots at or before `seq`, newest first (the caller checks each)."""
         rows = self.db.execute(
             "SELECT seq, body, hash, stream_seq, signature FROM snapshots WHERE seq <= ?"
             " ORDER BY seq DESC", [seq])
-        for row in rows:
-            yield SignedSnapshot(seq=int(row[0]), state=bytes(row[1]), hash=str(row[2] or ""),
-                                 stream_seq=int(row[3] or 0), signature=str(row[4] or ""))
+        return iter([SignedSnapshot(seq=int(row[0]), state=bytes(row[1]), hash=str(row[2] or ""),
+                                    stream_seq=int(row[3] or 0), signature=str(row[4] or ""))
+                     for row in rows])
 
+    @_serial
     def snapshots(self) -> list[SignedSnapshot]:
         """Every stored snapshot, oldest first (for verify)."""
         return list(reversed(list(self.snapshots_at_or_before(2**62))))
 
+    @_serial
     def records(self, since: int = 0, limit: int | None = None) -> Iterator[Recorded]:
         """Decoded records with seq > since, in order; an event type this version does not know
         (written by a newer version) is skipped here but stays in the log."""
-        for body in self.raw(since, limit):
-            rec = decode_known(body)
-            if rec is not None:
-                yield rec
+        return iter([rec for rec in (decode_known(body) for body in self.raw(since, limit))
+                     if rec is not None])
 
+    @_serial
     def unpublished(self) -> list[tuple[RawRecorded, bytes, str]]:
         """The outbox: records not yet on the stream, with their exact bytes and subject, in order."""
         rows = self.db.execute(
@@ -265,6 +309,7 @@ class EventLog:
         ).fetchall()
         return [(decode(body.encode(), RawRecorded), body.encode(), subject) for body, subject in rows]
 
+    @_serial
     def mark_published(self, seq: int) -> None:
         """Not fsynced: the flag is a hint. The stream is the truth (`reconcile` at start), and a
         republish is a no-op (expected last sequence), so losing it to a power cut costs nothing,
@@ -276,6 +321,7 @@ class EventLog:
         finally:
             conn.execute("PRAGMA synchronous=FULL")
 
+    @_serial
     def reconcile(self, published_upto: int) -> None:
         """Rows at or below `published_upto` (the newest event found on the stream) are on it,
         the others not."""

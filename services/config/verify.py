@@ -223,13 +223,13 @@ async def verify(log: EventLog, js: JetStreamContext, published_upto: int,
     """Every check above. Events above `published_upto` are still in the outbox: not on the
     stream yet, not an error."""
     found: list[Finding] = []
-    rows = list(log.raw_range(0))
+    rows = list(await log.call(log.raw_range, 0))
     bad = verify_chain(rows, prev_hash=GENESIS_HASH, start_seq=1)
     if bad is not None:
         found.append(Finding(check="chain", seq=bad,
                              problem=f"the SQLite log breaks the hash chain at seq {bad}"
                                      " (a row was altered, removed or reordered)"))
-    subject_of = _check_columns(log, found)
+    subject_of = await log.call(_check_columns, log, found)
     by_seq: dict[int, bytes] = {}
     for body in rows:
         try:
@@ -237,7 +237,7 @@ async def verify(log: EventLog, js: JetStreamContext, published_upto: int,
         except InvalidInput:
             continue
     read, foreign = await _check_stream(js, by_seq, subject_of, published_upto, verifier, found)
-    snaps: list[tuple[str, SignedSnapshot]] = [("sqlite", s) for s in log.snapshots()]
+    snaps: list[tuple[str, SignedSnapshot]] = [("sqlite", s) for s in await log.call(log.snapshots)]
     try:
         stored = await bus.get_snapshot(js)
     except (DigestMismatchError, BadObjectMetaError) as exc:  # NATS away: raised, a 503
@@ -253,7 +253,7 @@ async def verify(log: EventLog, js: JetStreamContext, published_upto: int,
                                  problem=f"{subjects.SNAPSHOT_BUCKET} holds no signed snapshot:"
                                          f" {exc.message}; services ignore it"))
     records = (r for r in (decode_known(b) for b in rows) if r is not None)
-    _check_snapshots(records, snaps, max(by_seq, default=0), verifier, found)
+    await log.call(_check_snapshots, records, snaps, max(by_seq, default=0), verifier, found)
     found.sort(key=lambda f: (f.seq is None, f.seq or 0, f.stream_seq or 0))
     report = Report(ok=not found, log_events=len(rows), stream_events=read,
                     snapshots_checked=len(snaps), foreign_messages=foreign,

@@ -207,3 +207,40 @@ def test_concurrent_writer_with_stale_version_gets_409(config: ConfigProc) -> No
     assert (ok, lost) == (200, 409)
     _, group = config.call("GET", "/groups/cc")
     assert group["tags"] == ["b"]
+
+
+def test_a_write_waiting_on_the_disk_does_not_stall_reads(config: ConfigProc) -> None:
+    """A slow disk, made real: another connection holds SQLite's write lock, so the service's
+    append (on the log's own thread) waits for it. Meanwhile the service answers what it holds
+    in memory (groups, state, health, readiness); once the lock goes, the write lands. (Reads
+    of the log itself, history and the page's recent events, queue behind the write.)"""
+    import re
+    import threading
+
+    from tests.integration.harness import wait_until
+
+    blocker = sqlite3.connect(config.root / "data" / "config.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock: the service's append must wait
+    answers: dict[str, Any] = {}
+    writer = threading.Thread(target=lambda: answers.setdefault(
+        "put", config.call("PUT", "/groups/slowdisk", {"tags": ["slow"]})))
+    def waiting() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{config.port}/metrics", timeout=10).read()
+        found = re.search(rb"^getoperate_config_writes_waiting (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    try:
+        writer.start()
+        wait_until(lambda: waiting() == 1, "the write to wait for the disk", 10)
+        for path in ("/groups", "/healthz", "/readyz", "/state", "/tokens"):
+            status, _ = config.call("GET", path)
+            assert status == 200, path
+            assert writer.is_alive(), (f"{path} answered only after the write: it waited for it",
+                                       answers)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    writer.join(30)
+    assert answers["put"][0] in (200, 201), answers
+    status, groups = config.call("GET", "/groups")
+    assert "slowdisk" in {g["name"] for g in groups}
