@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -190,6 +191,53 @@ def test_workers_lists_live_workers(suite: Suite) -> None:
         assert {"id", "group", "tags", "config_version", "current_job", "heartbeat_at"} <= set(w)
     table = cli("workers", cwd=suite.root).stdout
     assert table.splitlines()[0].split()[:3] == ["WORKER", "GROUP", "STATE"]
+    for w in workers:  # each worker's row lists the runtimes of its heartbeat
+        assert w["runtimes"] and runtimes_column(table, w["id"]) == ",".join(w["runtimes"]), table
+    assert {"bash", "python3"} <= set(runtimes_column(table, by_group["default"]["id"]).split(","))
+
+
+def runtimes_column(table: str, worker_id: str) -> str:
+    """The RUNTIMES cell of a worker's row in `getoperate workers`' table."""
+    lines = table.splitlines()
+    at = lines[0].index("RUNTIMES")
+    row = next(line for line in lines[1:] if line.startswith(worker_id + " "))
+    return row[at:].split()[0]
+
+
+def path_without(folder: Path, program: str) -> str:
+    """A PATH (one folder of links) with every program of this process's PATH but `program`."""
+    folder.mkdir()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(entry):
+            continue
+        for name in os.listdir(entry):
+            if name != program and not os.path.lexists(folder / name):
+                os.symlink(os.path.join(entry, name), folder / name)
+    return str(folder)
+
+
+def test_a_language_whose_runtime_is_missing_names_what_to_install(extra_workers: Suite,
+                                                                   tmp_path: Path) -> None:
+    """bun is found on PATH or in $BUN_INSTALL/bin: a worker with neither does not report it
+    (`getoperate workers`), and a bun job it takes fails naming what to install."""
+    suite = extra_workers
+    suite.api.set_group("nobun", tags=["t-nobun"])
+    # JOB_SANDBOX=none: bwrap, started with this PATH, would look for setpriv in a folder the
+    # sandbox does not have; no job code runs on this worker anyway.
+    worker = suite.worker("nobun", WORKER_GROUP="nobun", BUN_INSTALL=str(tmp_path / "empty"),
+                          PATH=path_without(tmp_path / "bin", "bun"), JOB_SANDBOX="none")
+    worker.wait_for('"worker_ready"', timeout=60)
+    mine = suite.api.wait_workers(lambda ws: any(w["group"] == "nobun" for w in ws))
+    runtimes = next(w["runtimes"] for w in mine if w["group"] == "nobun")
+    assert "bun" not in runtimes and {"bash", "python3"} <= set(runtimes), runtimes
+    nobun = next(w["id"] for w in mine if w["group"] == "nobun")
+    assert runtimes_column(cli("workers", cwd=suite.root).stdout, nobun) == ",".join(runtimes)
+    view = run_view("--language", "bun", "--tag", "t-nobun", "--code",
+                    "export function main() { return 1; }", cwd=suite.root)
+    assert view["status"] == "failure", view
+    assert view["error"] == (f"no executor for language 'bun' on this worker (it runs"
+                             f" {', '.join(runtimes)}); install bun on PATH (npm install -g bun),"
+                             " or in $BUN_INSTALL/bin"), view["error"]
 
 
 def test_workers_whose_init_script_runs_or_failed_are_not_counted_live(suite: Suite) -> None:
