@@ -1,5 +1,8 @@
-"""OpenAPI 3.1 documents built from the msgspec types each service really decodes and encodes,
-so the spec cannot drift from the code. Each service serves its own at `/openapi.json`."""
+"""One declaration per HTTP operation: each service lists its operations once (`Op`: method,
+path, handler, the msgspec types it decodes and encodes), and `mount` both routes them and
+serves the OpenAPI 3.1 document built from the same list at `/openapi.json`. A route cannot
+exist without its entry in the document, nor an entry without its route; operation ids come
+from the method and path, so they do not move when the list is reordered."""
 
 from __future__ import annotations
 
@@ -32,11 +35,22 @@ class Op(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)  # request headers it reads
     errors: dict[int, str] = msgspec.field(default_factory=dict)  # answers beyond the 4xx set
     auth: bool = True
+    handler: Any = None  # the aiohttp handler; or given to `mount` when it is built per app
+    id: str = ""  # operationId; empty: operation_id() derives it from the method and path
 
 
-def probe_ops(readiness: str) -> list[Op]:
-    """`/readyz` and `/metrics`, as every service declares them; `readiness` says what ready means."""
-    return [Op(method="GET", path="/readyz", summary=f"readiness: {readiness}", auth=False),
+def operation_id(op: Op) -> str:
+    """`get_groups_name` for GET /groups/{name}; `get_root` for GET /."""
+    path, _ = _path(op.path)
+    words = [w.strip("{}") for w in path.split("/") if w]
+    return op.id or f"{op.method.lower()}_{'_'.join(words) or 'root'}"
+
+
+def probe_ops(readiness: str, ready: Any = None) -> list[Op]:
+    """`/readyz` (handled by `ready`) and `/metrics` (its handler is built per app: give it to
+    `mount`), as every service declares them; `readiness` says what ready means."""
+    return [Op(method="GET", path="/readyz", summary=f"readiness: {readiness}", auth=False,
+               handler=ready),
             Op(method="GET", path="/metrics", summary="Prometheus metrics (text exposition)",
                auth=False)]
 
@@ -59,9 +73,9 @@ def build(title: str, ops: list[Op]) -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     error_ref = schemas[0]
     paths: dict[str, Any] = {}
-    for op, i in zip(ops, range(len(ops))):
+    for op in ops:
         path, names = _path(op.path)
-        entry: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method}_{i}"}
+        entry: dict[str, Any] = {"summary": op.summary, "operationId": operation_id(op)}
         params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
                   for n in names]
         params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"},
@@ -94,8 +108,26 @@ def build(title: str, ops: list[Op]) -> dict[str, Any]:
     }
 
 
-def serve(app: web.Application, title: str, ops: list[Op]) -> None:
-    """Add `GET /openapi.json` to an app."""
+def mount(app: web.Application, title: str, ops: list[Op],
+          bound: dict[tuple[str, str], Any] | None = None) -> None:
+    """Route every operation of `ops` to its handler (`op.handler`, or `bound[(method, path)]`
+    for handlers built per app, such as /metrics over the app's registry) and serve
+    `GET /openapi.json` built from the same list. An operation without a handler, a handler
+    for no operation, or two operations with one id stop the service at start."""
+    bound = dict(bound or {})
+    ids = [operation_id(op) for op in ops]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{title}: operation ids repeat: {sorted(i for i in ids if ids.count(i) > 1)}")
+    for op in ops:
+        handler = bound.pop((op.method, op.path), None) or op.handler
+        if handler is None:
+            raise ValueError(f"{title}: {op.method} {op.path} is declared without a handler")
+        if op.method == "GET":
+            app.router.add_get(op.path, handler)  # and HEAD, as aiohttp does by default
+        else:
+            app.router.add_route(op.method, op.path, handler)
+    if bound:
+        raise ValueError(f"{title}: handlers for undeclared operations: {sorted(bound)}")
     spec = msgspec.json.encode(build(title, ops))
 
     async def openapi(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from services.common.http import (
 )
 from services.common.metrics import metrics_handler, readiness
 from services.common.openapi import Op
-from services.config.dashboard import Overview, add_dashboard
+from services.config.dashboard import DASHBOARD_OPS, add_dashboard
 from services.config.keys import SERVICE_KEY, TOKENS_KEY
 from services.config.service import ConfigService
 from services.config.unserved import stranded
@@ -440,37 +440,48 @@ EVENT_QUERY = {"since": "sequence or ISO time (inclusive)", "until": "sequence o
                "type": "event type", "actor": "token name", "group": "group name",
                "limit": "1..10000", "summary": "1 for one-line summaries"}
 OPS = [
-    Op(method="GET", path="/healthz", summary="liveness and log position", auth=False),
-    *openapi.probe_ops("log loaded (NATS state reported)"),
+    Op(method="GET", path="/healthz", summary="liveness and log position", auth=False,
+       handler=health),
+    *openapi.probe_ops("log loaded (NATS state reported)", ready),
     Op(method="GET", path="/groups", summary="all worker groups",
-       response=list[isolation.GroupView]),
-    Op(method="GET", path="/groups/{name}", summary="one group", response=isolation.GroupView),
-    Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate),
-    Op(method="POST", path="/groups/{name}/reset", summary="reset tags to a preset", body=GroupReset),
+       response=list[isolation.GroupView], handler=list_groups),
+    Op(method="GET", path="/groups/{name}", summary="one group", response=isolation.GroupView,
+       handler=get_group),
+    Op(method="PUT", path="/groups/{name}", summary="create or change a group", body=GroupUpdate,
+       handler=put_group),
+    Op(method="POST", path="/groups/{name}/reset", summary="reset tags to a preset", body=GroupReset,
+       handler=reset_group),
     Op(method="DELETE", path="/groups/{name}", summary="delete a group",
-       query={"expected_version": "refuse if changed", "reason": "recorded in the log"}),
+       query={"expected_version": "refuse if changed", "reason": "recorded in the log"},
+       handler=delete_group),
     Op(method="GET", path="/scripts", summary="deployed scripts", response=list[st.Script],
-       query={"workspace": "only this workspace"}),
-    Op(method="GET", path="/scripts/{ws}/{path:.+}", summary="one script", response=st.Script),
-    Op(method="PUT", path="/scripts/{ws}/{path:.+}", summary="deploy a script version", body=ScriptDeploy),
+       query={"workspace": "only this workspace"}, handler=list_scripts),
+    Op(method="GET", path="/scripts/{ws}/{path:.+}", summary="one script", response=st.Script,
+       handler=get_script),
+    Op(method="PUT", path="/scripts/{ws}/{path:.+}", summary="deploy a script version",
+       body=ScriptDeploy, handler=put_script),
     Op(method="GET", path="/flows", summary="deployed flows", response=list[st.Flow],
-       query={"workspace": "only this workspace"}),
-    Op(method="GET", path="/flows/{ws}/{path:.+}", summary="one flow", response=st.Flow),
-    Op(method="PUT", path="/flows/{ws}/{path:.+}", summary="deploy a flow version", body=FlowDeploy),
-    Op(method="GET", path="/tags", summary="assignable tags"),
-    Op(method="POST", path="/tags", summary="add an assignable tag", body=TagAdd),
-    Op(method="DELETE", path="/tags/{tag}", summary="remove an assignable tag"),
-    Op(method="GET", path="/tokens", summary="issued tokens (names only)"),
-    Op(method="POST", path="/tokens", summary="issue a token", body=TokenCreate, status=201),
-    Op(method="DELETE", path="/tokens/{name}", summary="revoke a token"),
-    Op(method="GET", path="/events", summary="the event log, filtered", query=EVENT_QUERY),
+       query={"workspace": "only this workspace"}, handler=list_flows),
+    Op(method="GET", path="/flows/{ws}/{path:.+}", summary="one flow", response=st.Flow,
+       handler=get_flow),
+    Op(method="PUT", path="/flows/{ws}/{path:.+}", summary="deploy a flow version", body=FlowDeploy,
+       handler=put_flow),
+    Op(method="GET", path="/tags", summary="assignable tags", handler=list_tags),
+    Op(method="POST", path="/tags", summary="add an assignable tag", body=TagAdd, handler=add_tag),
+    Op(method="DELETE", path="/tags/{tag}", summary="remove an assignable tag", handler=remove_tag),
+    Op(method="GET", path="/tokens", summary="issued tokens (names only)", handler=list_tokens),
+    Op(method="POST", path="/tokens", summary="issue a token", body=TokenCreate, status=201,
+       handler=create_token),
+    Op(method="DELETE", path="/tokens/{name}", summary="revoke a token", handler=revoke_token),
+    Op(method="GET", path="/events", summary="the event log, filtered", query=EVENT_QUERY,
+       handler=list_events),
     Op(method="GET", path="/state", summary="configuration now or at a point",
-       response=st.ConfigState, query={"at": "sequence or ISO time"}),
+       response=st.ConfigState, query={"at": "sequence or ISO time"}, handler=get_state),
     Op(method="GET", path="/diff", summary="changes between two points",
-       query={"from": "sequence or ISO time", "to": "sequence or ISO time"}),
+       query={"from": "sequence or ISO time", "to": "sequence or ISO time"}, handler=get_diff),
     Op(method="GET", path="/verify", response=Report,
-       summary="hash chain, columns, signed stream and snapshots check"),
-    Op(method="GET", path="/ui/overview", summary="the Workers page's data", response=Overview),
+       summary="hash chain, columns, signed stream and snapshots check", handler=get_verify),
+    *DASHBOARD_OPS,
 ]
 
 
@@ -480,30 +491,7 @@ def create_app(service: ConfigService, tokens: TokenCheck) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/readyz", ready)
-    app.router.add_get("/metrics", metrics_handler(service.metrics.registry))
-    app.router.add_get("/groups", list_groups)
-    app.router.add_get("/groups/{name}", get_group)
-    app.router.add_put("/groups/{name}", put_group)
-    app.router.add_post("/groups/{name}/reset", reset_group)
-    app.router.add_delete("/groups/{name}", delete_group)
-    app.router.add_get("/scripts", list_scripts)
-    app.router.add_get("/scripts/{ws}/{path:.+}", get_script)
-    app.router.add_put("/scripts/{ws}/{path:.+}", put_script)
-    app.router.add_get("/flows", list_flows)
-    app.router.add_get("/flows/{ws}/{path:.+}", get_flow)
-    app.router.add_put("/flows/{ws}/{path:.+}", put_flow)
-    app.router.add_get("/tags", list_tags)
-    app.router.add_post("/tags", add_tag)
-    app.router.add_delete("/tags/{tag}", remove_tag)
-    app.router.add_get("/tokens", list_tokens)
-    app.router.add_post("/tokens", create_token)
-    app.router.add_delete("/tokens/{name}", revoke_token)
-    app.router.add_get("/events", list_events)
-    add_dashboard(app)  # GET / (the Workers page) and GET /ui/overview
-    openapi.serve(app, "getOperate config service", OPS)
-    app.router.add_get("/state", get_state)
-    app.router.add_get("/diff", get_diff)
-    app.router.add_get("/verify", get_verify)
+    add_dashboard(app)  # the Workers page's live-workers view, stopped with the app
+    openapi.mount(app, "getOperate config service", OPS, {
+        ("GET", "/metrics"): metrics_handler(service.metrics.registry)})
     return app

@@ -27,6 +27,7 @@ import msgspec
 from aiohttp import web
 from nats import errors as nats_errors
 
+from services.common.openapi import Op
 from services.common.http import json_response
 from services.common.liveworkers import LiveWorkers
 from services.common.queues import waiting_per_tag
@@ -240,9 +241,16 @@ async def page(request: web.Request) -> web.Response:
                         headers=_PAGE_HEADERS)
 
 
+DASHBOARD_OPS = [
+    Op(method="GET", path="/", summary="the Workers page (HTML; no token: it holds no data)",
+       auth=False, handler=page),
+    Op(method="GET", path="/ui/overview", summary="the Workers page's data (admin token)",
+       response=Overview, handler=overview),
+]
+
+
 def add_dashboard(app: web.Application) -> None:
-    """`GET /` (the page, no token: it holds no data) and `GET /ui/overview` (admin token)."""
+    """What the page's operations (DASHBOARD_OPS) share: the live-workers view, stopped with
+    the app."""
     app[LIVE_KEY] = _Live()
-    app.router.add_get("/", page)
-    app.router.add_get("/ui/overview", overview)
     app.on_cleanup.append(_stop_live)

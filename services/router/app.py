@@ -118,23 +118,28 @@ async def ready(request: web.Request) -> web.Response:
 
 
 OPS = [
-    Op(method="GET", path="/healthz", summary="liveness and config position", auth=False),
-    *openapi.probe_ops("config followed, NATS connected"),
+    Op(method="GET", path="/healthz", summary="liveness and config position", auth=False,
+       handler=health),
+    *openapi.probe_ops("config followed, NATS connected", ready),
     Op(method="POST", path="/jobs", summary="submit a job", body=JobSubmit, response=SubmitAnswer,
        status=201, headers={idempotency.HEADER: "1..255 printable ASCII characters: a repeat"
                             " within the job history's retention returns the first job"},
        errors={429: "too many submissions at once", 503: "NATS unavailable (nothing queued),"
                " or outcome_unknown: the body names the job id to look up",
-               507: "storage_full: JetStream has no room; nothing queued"}),
+               507: "storage_full: JetStream has no room; nothing queued"}, handler=submit_job),
     Op(method="POST", path="/jobs/batch", summary="submit many jobs, each answered on its own",
        body=JobBatch, response=BatchAnswer,
-       headers={idempotency.HEADER: "K: job i is submitted under key K:i"}),
+       headers={idempotency.HEADER: "K: job i is submitted under key K:i"}, handler=submit_batch),
     Op(method="GET", path="/jobs", summary="recent jobs", response=list[JobView],
-       query={"tag": "", "group": "", "workspace": "", "status": "", "limit": "1..1000"}),
+       query={"tag": "", "group": "", "workspace": "", "status": "", "limit": "1..1000"},
+       handler=list_jobs),
     Op(method="GET", path="/jobs/{id}", summary="a job, optionally waiting for it to end",
-       response=JobView, query={"wait": "1 to wait", "timeout": "seconds to wait (0..300)"}),
-    Op(method="POST", path="/jobs/{id}/cancel", summary="cancel a job", response=JobView),
-    Op(method="GET", path="/workers", summary="live workers", response=list[WorkerStatus]),
+       response=JobView, query={"wait": "1 to wait", "timeout": "seconds to wait (0..300)"},
+       handler=get_job),
+    Op(method="POST", path="/jobs/{id}/cancel", summary="cancel a job", response=JobView,
+       handler=cancel_job),
+    Op(method="GET", path="/workers", summary="live workers", response=list[WorkerStatus],
+       handler=list_workers),
 ]
 
 
@@ -144,16 +149,7 @@ def create_app(service: RouterService, tokens: TokenCheck) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/readyz", ready)
     app[JOBS_KEY] = views.JobWorkspaces(service.js, service.genuine)
-    app.router.add_get("/metrics", metrics_handler(service.metrics.registry,
-                                                   service.refresh_metrics, _series))
-    app.router.add_post("/jobs", submit_job)
-    app.router.add_post("/jobs/batch", submit_batch)
-    app.router.add_get("/jobs", list_jobs)
-    app.router.add_get("/jobs/{id}", get_job)
-    app.router.add_post("/jobs/{id}/cancel", cancel_job)
-    app.router.add_get("/workers", list_workers)
-    openapi.serve(app, "getOperate router", OPS)
+    openapi.mount(app, "getOperate router", OPS, {("GET", "/metrics"): metrics_handler(
+        service.metrics.registry, service.refresh_metrics, _series)})
     return app

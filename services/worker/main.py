@@ -122,14 +122,13 @@ def probe_app(worker: Worker) -> web.Application:
         return readiness(worker.readiness())
 
     app = web.Application()
-    app.router.add_get("/healthz", health)
-    app.router.add_get("/readyz", ready)
-    app.router.add_get("/metrics", metrics_handler(worker.metrics.registry))
-    openapi.serve(app, "getOperate worker (METRICS_PORT)", PROBE_OPS)
+    openapi.mount(app, "getOperate worker (METRICS_PORT)", PROBE_OPS, {
+        ("GET", "/healthz"): health, ("GET", "/readyz"): ready,
+        ("GET", "/metrics"): metrics_handler(worker.metrics.registry)})
     return app
 
 
-PROBE_OPS = [
+PROBE_OPS = [  # their handlers close over the worker: probe_app gives them to mount
     Op(method="GET", path="/healthz", summary="liveness: the process answers", auth=False),
     *openapi.probe_ops("joined, init script ok, NATS connected"),
 ]
