@@ -68,8 +68,10 @@ async def _follow(url: str, after: int | None, group: str | None, type_: str | N
                                      "summary": summarize(rec.event)}), flush=True)
 
     subject = subjects.group_subject(group) if group else subjects.CONFIG_SUBJECTS
+    # From the event after `after` (the log's end when the history was read), never from
+    # "new": events written between that read and this subscription would be lost.
     cfg = (api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                              opt_start_seq=after + 1) if after else
+                              opt_start_seq=after + 1) if after is not None else
            api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW))
     sub = await js.subscribe(subject, stream=subjects.CONFIG_STREAM, cb=on_msg,
                              ordered_consumer=True, config=cfg)

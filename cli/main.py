@@ -402,6 +402,9 @@ def cmd_events(ns: argparse.Namespace) -> int:
             query[key] = getattr(ns, key)
     if not ns.json:
         query["summary"] = 1
+    # Where the log ends before the history is read: the follow starts there, so an event
+    # written while this command starts is printed once, by the history or by the follow.
+    start = call("GET", f"{ep.config_url}/healthz", None)["seq"] if ns.follow else 0
     rows = call("GET", f"{ep.config_url}/events?{urllib.parse.urlencode(query)}", ep.token())
     for row in rows:
         print(json.dumps(row) if ns.json else output.event_line(row), flush=True)
@@ -409,7 +412,7 @@ def cmd_events(ns: argparse.Namespace) -> int:
         return 0
     from cli.follow import follow_events
 
-    last = rows[-1]["seq"] if rows else None
+    last = max([int(start)] + [rows[-1]["seq"]] if rows else [int(start)])
     return follow_events(ep.nats_url, after=last, group=ns.group, type_=ns.type, actor=ns.actor,
                          as_json=ns.json, verifier=verifier, auth=ep.nats_auth())
 

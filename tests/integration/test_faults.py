@@ -18,7 +18,7 @@ import pytest
 from services.common.natsserver import NatsServer
 from shared import subjects
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.harness import Proc, cli, free_port_base, live_pids
+from tests.integration.harness import Proc, cli, free_port_base, live_pids, wait_until
 from tests.integration.test_config_service import ConfigProc
 from tests.integration.test_routing_e2e import finished_events, ready
 
@@ -183,7 +183,10 @@ def test_a_failing_init_script_keeps_the_worker_out_until_fixed(fast: Suite) -> 
     table = cli("workers", cwd=s.root).stdout
     assert "failed" in [line for line in table.splitlines() if "badinit" in line][0]
     job = s.api.submit("echo finally", tag="t-badinit")["id"]
-    time.sleep(1.0)
+    failed = len(proc.log_events("init_script_failed"))
+    # The worker tried its script again with the job waiting on its tag: it still took nothing.
+    wait_until(lambda: len(proc.log_events("init_script_failed")) > failed,
+               "another failed run of the init script", 60)
     assert s.api.job(job, wait=False)["status"] == "queued"
     assert proc.p.poll() is None  # retried with backoff, never a crash
     s.api.set_group("badinit", init_script="echo fixed\n")
@@ -272,7 +275,21 @@ def test_jobs_that_cannot_start_never_jam_the_worker(fast: Suite) -> None:
             await nc.close()
 
     asyncio.run(inject())
-    time.sleep(float(FAST["GETOPERATE_ACK_WAIT"]) + 1.5)  # past a redelivery, had there been one
+
+    async def settled() -> bool:
+        """Both bad messages delivered and ended: none pending, none waiting for an ack (a
+        message that was nak'd or left to time out would be one of these)."""
+        nc = await nats.connect(s.nats_url)
+        try:
+            info = await nc.jetstream().consumer_info(subjects.JOBS_STREAM,
+                                                      subjects.tag_consumer("t-jam"))
+            return (info.delivered.stream_seq > 0 and info.num_pending == 0
+                    and info.num_ack_pending == 0 and info.num_redelivered == 0)
+        finally:
+            await nc.close()
+
+    wait_until(lambda: proc.log_events("job_dead_lettered") and proc.log_events("job_parked")
+               and asyncio.run(settled()), "both bad messages ended, not redelivered", 60)
     views = [s.api.job(s.api.submit(f"echo ok{i}", tag="t-jam")["id"]) for i in range(3)]
     assert [v["result"] for v in views] == ["ok0", "ok1", "ok2"]
     dead = proc.log_events("job_dead_lettered")

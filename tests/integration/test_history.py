@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -177,13 +179,20 @@ def test_events_follow_streams_new_events_live(history: History) -> None:
                                  "GETOPERATE_CONFIG_PUBLIC_KEY": public_key(h)}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)  # let it print the (empty) history and subscribe
+        # Written while the command starts: printed once, by its history or by its follow
+        # (they used to be lost when the history was empty). Its line says the history was read.
+        out: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [out.put(line) for line in proc.stdout],  # type: ignore[union-attr]
+                         daemon=True).start()
         h.config.call("PUT", "/groups/live", {"tags": ["l1"]})
+        first = json.loads(out.get(timeout=60))  # a lost event fails here, not hangs
         h.config.call("PUT", "/groups/other", {"tags": ["o1"]})
         h.config.call("PUT", "/groups/live", {"tags": ["l2"]})
-        lines = [json.loads(proc.stdout.readline()) for _ in range(3)]  # type: ignore[union-attr]
-        assert [r["event"]["type"] for r in lines] == ["group.created", "group.tags_set", "group.tags_set"]
-        assert [r["event"]["group"] for r in lines] == ["live"] * 3
+        h.config.call("PUT", "/groups/live", {"tags": ["l3"]})
+        lines = [first] + [json.loads(out.get(timeout=60)) for _ in range(3)]
+        assert [r["event"]["type"] for r in lines] == ["group.created"] + ["group.tags_set"] * 3
+        assert [r["event"]["group"] for r in lines] == ["live"] * 4
+        assert [r["event"]["tags"] for r in lines[1:]] == [["l1"], ["l2"], ["l3"]]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)  # waits, and closes the pipes
