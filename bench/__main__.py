@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import (authz, batch, coldbash, dedicated, drain, endtoend, flows, history, idle,
-                   languages, reads, reload, router, sandbox, scale)
+                   languages, querylanguages, reads, reload, router, sandbox, scale)
 
 BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "router": router.run,
@@ -26,6 +26,7 @@ BENCHES: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "reload": reload.run,
     "sandbox": sandbox.run,
     "languages": languages.run,
+    "querylanguages": querylanguages.run,
     "drain": drain.run,
     "reads": reads.run,
     "batch": batch.run,

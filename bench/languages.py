@@ -5,8 +5,9 @@ language's runtime, the result), against the bare start of the same runtime meas
 run (what no platform can avoid: `python3 -c pass`, `deno run` of an empty module, a compiled go
 binary...). The overhead is p50(job) - p50(bare start).
 
-Warm: a dedicated worker's long-lived runtime (python3, deno), one job at a time, against the
-same language's cold p50.
+Warm: a dedicated worker's long-lived runtime (python3, deno, bun), one job at a time, against
+the same language's cold p50. The query languages (postgresql, mysql, graphql) need servers:
+their rows are bench/querylanguages.py's.
 
 Dependencies: inline python3 jobs that need a package (wheels built on the spot, resolved by uv
 from a local folder): the first run of each requirement set resolves a lock and builds an
