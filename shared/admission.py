@@ -23,7 +23,7 @@ from typing import Mapping
 from shared.codec import decode
 from shared.errors import GetOperateError, InvalidInput
 from shared.events import (
-    GENESIS_HASH, KNOWN_TYPES, RawRecorded, Recorded, _TypeOnly, chain_hash, subject_for,
+    GENESIS_HASH, RawRecorded, Recorded, _TypeOnly, chain_hash, readable, subject_for,
 )
 from shared.signing import SIGNATURE_HEADER, SUBJECT_PREV_HEADER, SignatureError, Verifier
 
@@ -94,12 +94,13 @@ class Gate:
                            reason="repeat", seq=raw.seq)
         subject_prev = check_signed(raw, subject, headers, body, self.verifier)
         try:
-            kind = decode(raw.event, _TypeOnly).type
+            head = decode(raw.event, _TypeOnly)
         except InvalidInput as exc:
             raise Rejected(f"seq {raw.seq}: its event has no type: {exc.message}",
                            reason="malformed", seq=raw.seq) from None
+        kind = head.type
         rec: Recorded | None = None
-        if kind in KNOWN_TYPES:
+        if readable(head):
             try:
                 rec = decode(body, Recorded)
                 where = subject_for(rec.event)
@@ -199,11 +200,12 @@ def admit_each(gate: Gate, items: list[Item]) -> list[Recorded | None | Rejected
 def _record(raw: RawRecorded, subject: str, body: bytes) -> Recorded | None:
     """The record of a chained event (None for a type this version does not know)."""
     try:
-        kind = decode(raw.event, _TypeOnly).type
+        head = decode(raw.event, _TypeOnly)
     except InvalidInput as exc:
         raise Rejected(f"seq {raw.seq}: its event has no type: {exc.message}",
                        reason="malformed", seq=raw.seq) from None
-    if kind not in KNOWN_TYPES:
+    kind = head.type
+    if not readable(head):
         return None
     try:
         rec = decode(body, Recorded)

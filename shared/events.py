@@ -1,7 +1,14 @@
 """Config events: msgspec tagged structs with a schema version, and the envelope that chains them.
 
-Evolution rule: add fields with defaults only; a breaking change is a new tag plus an upcaster.
-Decoding never forbids unknown fields, so an older service reads a newer event's known part.
+Evolution rules:
+- Add fields with defaults, keeping `v`: decoding never forbids unknown fields, so an older
+  service reads a newer event's known part, and a newer one reads an old event's defaults.
+- A change of what an existing field means raises that event's `v` (the class's default).
+  Readers fold only versions they know (`readable`): an older service skips a newer `v`, as it
+  skips a type it does not know, rather than misreading it. The release that raises a `v` adds
+  the reading of the older version's meaning where records are decoded (`decode_known`, and
+  shared/admission.py for followers), with a test that folds a log of the old version. No event
+  has changed meaning yet, so there is no such reading today.
 """
 
 from __future__ import annotations
@@ -290,21 +297,34 @@ def verify_chain(
     return None
 
 
-KNOWN_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in ConfigEvent.__args__  # type: ignore[attr-defined]
-)
+def _version(event_type: type) -> int:
+    return next(f.default for f in msgspec.structs.fields(event_type) if f.name == "v")
+
+
+# Each event type this version folds, with the newest schema version of it that it understands.
+KNOWN_VERSIONS: dict[str, int] = {
+    t.__struct_config__.tag: _version(t) for t in ConfigEvent.__args__  # type: ignore[attr-defined]
+}
+KNOWN_TYPES: frozenset[str] = frozenset(KNOWN_VERSIONS)
 
 
 class _TypeOnly(msgspec.Struct):
     type: str
+    v: int = 1
+
+
+def readable(head: _TypeOnly) -> bool:
+    """Does this version know this event's type, in this schema version or an older one?"""
+    return head.v <= KNOWN_VERSIONS.get(head.type, 0)
 
 
 def decode_known(body: bytes) -> Recorded | None:
-    """Decode a stored envelope; None for an event type this version does not know (a newer
-    writer's), so readers skip it instead of failing. Malformed input still raises."""
+    """Decode a stored envelope; None for an event this version cannot read (a type it does not
+    know, or a newer schema version of one: a newer writer's), so readers skip it instead of
+    failing or misreading it. Malformed input still raises."""
     from shared.codec import decode
 
     raw = decode(body, RawRecorded)
-    if decode(raw.event, _TypeOnly).type not in KNOWN_TYPES:
+    if not readable(decode(raw.event, _TypeOnly)):
         return None
     return decode(body, Recorded)
