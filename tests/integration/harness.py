@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.natsserver import port_open
 
@@ -398,6 +400,20 @@ async def job_events(url: str) -> list[dict[str, Any]]:
             await asyncio.sleep(0.5)
         finally:
             await nc.close()
+
+
+async def finished_events(nats_url: str) -> Counter[str]:
+    """How many job.finished events each job id has in the job-events stream."""
+    return Counter(e["job_id"] for e in await job_events(nats_url) if e["type"] == "job.finished")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, parsed with prometheus-client's own parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def counts(d: Deployment, workspace: str) -> tuple[Counter[str], Counter[str]]:

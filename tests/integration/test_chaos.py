@@ -34,8 +34,7 @@ from shared.codec import decode
 from shared.events import Recorded
 from shared.state import ConfigState, fold
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.test_routing_e2e import finished_events
-from tests.integration.harness import Proc, cli
+from tests.integration.harness import Proc, cli, finished_events
 
 JOBS = int(os.environ.get("CHAOS_JOBS", "60"))
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "9"))

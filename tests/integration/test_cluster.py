@@ -13,7 +13,7 @@ import pytest
 
 from services.common.natsserver import NatsCluster, free_port
 from tests.integration.harness import Api, Proc, cli_env, wait_until  # noqa: F401
-from tests.integration.test_routing_e2e import finished_events
+from tests.integration.harness import finished_events
 
 REPLICATED = {"GETOPERATE_REPLICAS": "3"}
 

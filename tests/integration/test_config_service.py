@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,47 +12,11 @@ from typing import Any
 import nats
 import pytest
 
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from shared import subjects
 from shared.codec import decode
 from shared.events import Recorded, verify_chain
-from tests.integration.harness import Proc
-
-TOKEN = "test-admin-token"
-
-
-class ConfigProc:
-    """`getoperate config` as a subprocess on its own port and data dir."""
-
-    def __init__(self, root: Path, nats_url: str):
-        self.root, self.nats_url = root, nats_url
-        self.port = free_port()
-        self.proc: Proc | None = None
-        self.extra_env: dict[str, str] = {}
-
-    def start(self) -> "ConfigProc":
-        self.proc = Proc(["config"], cwd=self.root, name="config", env={
-            "NATS_URL": self.nats_url, "CONFIG_PORT": str(self.port),
-            "GETOPERATE_DATA_DIR": str(self.root / "data"), "GETOPERATE_ADMIN_TOKEN": TOKEN,
-            **self.extra_env})
-        self.proc.wait_for('"http_listening"')
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.stop(sig)
-
-    def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN,
-             raw: bytes | None = None) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+from tests.integration.configproc import ConfigProc
 
 
 @pytest.fixture

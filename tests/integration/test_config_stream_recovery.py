@@ -24,11 +24,9 @@ from services.common.natsserver import NatsServer
 from services.common.signingkeys import load_verifier
 from shared import subjects
 from shared.admission import check_signed, decode_raw
+from tests.integration.configproc import TOKEN, SignedDeployment
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli, wait_until
-from tests.integration.test_config_service import TOKEN
-from tests.integration.test_routing_e2e import ready
-from tests.integration.test_signed_config import Deployment
+from tests.integration.harness import cli, ready, wait_until
 
 DEADLINE = 60.0  # the outbox looks every 5 s; a router's ordered consumer resubscribes within 20 s
 
@@ -201,7 +199,7 @@ def test_a_deleted_config_stream_is_created_again_past_its_old_sequences(
 # --- deleted while the config service is stopped (its own process here, stopped and started) ---
 
 
-def submit(d: Deployment, tag: str) -> Any:
+def submit(d: SignedDeployment, tag: str) -> Any:
     req = urllib.request.Request(
         f"http://127.0.0.1:{d.router_port}/jobs", method="POST",
         data=json.dumps({"language": "bash", "code": "echo $GO_WORKER_GROUP", "tag": tag}).encode(),
@@ -215,7 +213,7 @@ def test_a_config_stream_deleted_while_the_config_service_is_down_is_created_pas
     """The router and the worker keep running; a junk message the outbox removed shifted the
     stream's sequences past the log's, so a stream started again from 1 would hide the next
     events from them (they resume at their old stream sequence + 1)."""
-    d = Deployment(tmp_path, nats_server.url)
+    d = SignedDeployment(tmp_path, nats_server.url)
     data_dir = tmp_path / "data"
     try:
         d.config.start()

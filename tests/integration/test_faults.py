@@ -17,10 +17,11 @@ import pytest
 
 from services.common.natsserver import NatsServer
 from shared import subjects
+from tests.integration.configproc import ConfigProc
 from tests.integration.conftest import Suite, running_suite
-from tests.integration.harness import Proc, cli, free_port_base, live_pids, wait_until
-from tests.integration.test_config_service import ConfigProc
-from tests.integration.test_routing_e2e import finished_events, ready
+from tests.integration.harness import (
+    Proc, cli, finished_events, free_port_base, live_pids, ready, wait_until,
+)
 
 FAST = {"GETOPERATE_ACK_WAIT": "2", "GETOPERATE_MAX_DELIVER": "2"}
 
@@ -326,7 +327,7 @@ def test_jobs_that_cannot_start_never_jam_the_worker(fast: Suite) -> None:
 def test_malformed_and_unforged_config_messages_are_rejected_not_fatal(fast: Suite) -> None:
     """Junk on a job subject and on the group's config subject: the worker and the router log
     and skip it, and the next real change still lands (the outbox removes the strays). A
-    newer-version or unknown-type event the config service signed is folded or skipped: that
+    newer-version or unknown-type event the config service signed is skipped: that
     is tests/unit/test_admission.py; here nobody but the config service can sign one."""
     s = fast
     s.api.set_group("garb", tags=["t-garb"])

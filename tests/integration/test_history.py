@@ -23,8 +23,8 @@ from shared import subjects
 from services.common.signingkeys import load_verifier
 from shared.snapshots import decode_snapshot, open_snapshot
 from shared.state import ConfigState
+from tests.integration.configproc import TOKEN, ConfigProc
 from tests.integration.harness import cli, cli_env
-from tests.integration.test_config_service import TOKEN, ConfigProc
 
 
 class History:

@@ -31,8 +31,8 @@ from shared.codec import decode, encode
 from shared.jobs import DeadLetter, Job
 from tests.conftest import eventually
 from tests.integration.conftest import Suite
-from tests.integration.harness import FakeWorkers, fake_status, wait_router_seq
-from tests.integration.test_routing_e2e import ready
+from tests.integration.harness import FakeWorkers, fake_status, ready, wait_router_seq
+from tests.integration.natsclients import connect_as, creds, raw_connect
 
 RESTRICTED = "t-id-gpu"
 HOLD = "t-id-hold"
@@ -43,22 +43,6 @@ EXCLUDING = "t-id-x"  # open to all but ws3: a workspace token must not learn th
 class Tokens:
     ws1: str
     ws2: str
-
-
-def creds(s: Suite) -> dict[str, str]:
-    return json.loads((s.root / ".getoperate" / "nats-credentials.json").read_text())  # type: ignore[no-any-return]
-
-
-async def connect_as(s: Suite, role: str) -> Any:
-    """A connection with the credentials `up` wrote for `role` (`worker`: a `default` group
-    worker's control connection), declaring its inbox as the authority asks."""
-    user, declare = role, {}
-    if role == "worker":
-        user = natsauth.worker_user("default")
-        declare = {"worker": "probe-identity", "part": "control"}
-    return await nats.connect(s.plain_nats_url, user=user, password=creds(s)[user],
-                              allow_reconnect=False, max_reconnect_attempts=0,
-                              **natsauth.connection_options("probe", user, **declare))
 
 
 async def submit_as(s: Suite, role: str, body: dict[str, Any],
@@ -665,14 +649,12 @@ async def test_a_worker_cannot_take_over_another_groups_inbox(suite: Suite) -> N
     its group's config (static variables), its job reads. The key now holds a one-way nonce,
     workers may not read the heartbeat bucket, and a token is its first user's."""
     s = suite
-    from tests.integration.test_permissions import _raw_connect
-
     token = uuid.uuid4().hex
     victim_user, thief_user = natsauth.worker_user("native"), natsauth.worker_user("default")
 
     def connect(user: str) -> str:
-        return _raw_connect(s, user=user, **{"pass": creds(s)[user]},
-                            name=f"probe inbox={token} worker=probe-x part=control")[1]
+        return raw_connect(s, user=user, **{"pass": creds(s)[user]},
+                           name=f"probe inbox={token} worker=probe-x part=control")[1]
 
     assert "PONG" in connect(victim_user)
     assert "Authorization Violation" in connect(thief_user)

@@ -3,7 +3,6 @@ same answers the stream gives, and the stream still read where the board may not
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,24 +13,7 @@ from cli.client import CliError
 from shared import seals, subjects
 from tests.integration.conftest import Suite, running_suite
 from tests.integration.harness import wait_until
-
-
-def _hold_read(s: Suite, job_id: str) -> dict[str, Any]:
-    """The job as its holder reads it over `go.router.job`: always from the stream."""
-    key = (s.root / ".getoperate" / "router.key").read_text().strip().encode()
-
-    async def read() -> dict[str, Any]:
-        nc = await nats.connect(s.nats_url)
-        try:
-            reply = await nc.request(
-                subjects.JOB_SUBJECT, json.dumps({"id": job_id, "history": True}).encode(),
-                timeout=10, headers={subjects.HOLD_HEADER: seals.hold_key(key, job_id)})
-            return json.loads(reply.data)  # type: ignore[no-any-return]
-        finally:
-            await nc.close()
-
-    import asyncio
-    return asyncio.run(read())
+from tests.integration.natsclients import hold_read
 
 
 def _purge_history(s: Suite, job_id: str) -> None:
@@ -61,7 +43,7 @@ def _publish_as_worker(s: Suite, subject: Any, data: bytes = b"",
     import asyncio
 
     from services.common import natsauth
-    from tests.integration.test_identity import creds
+    from tests.integration.natsclients import creds
 
     async def publish() -> None:
         user = natsauth.worker_user("default")
@@ -87,7 +69,7 @@ def test_the_board_answers_as_the_stream_does(suite: Suite) -> None:
     assert views[ok]["status"] == "success" and views[ok]["result"] == "fine"
     assert views[bad]["status"] == "failure"
     for job_id, view in views.items():
-        held = _hold_read(s, job_id)
+        held = hold_read(s, job_id)
         assert held["view"] == {**view, "logs": "", "result": None}, (held, view)
         types = [e["type"] for e in held["history"]]  # job.started only past 0.25 s of run
         assert types in (["job.queued", "job.finished"],
@@ -103,7 +85,7 @@ def test_a_read_of_a_followed_job_needs_no_stream(suite: Suite) -> None:
     _purge_history(s, job)
     view = s.api.call("GET", "router", f"/jobs/{job}")
     assert (view["status"], view["result"]) == ("success", "remembered")
-    assert _hold_read(s, job)["error"] == "not_found"
+    assert hold_read(s, job)["error"] == "not_found"
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +162,7 @@ def test_headers_and_fake_jobs_do_not_grow_the_routers_memory(suite: Suite) -> N
 
     from shared.codec import encode
     from shared.jobs import JobQueued
-    from tests.integration.test_identity import connect_as
+    from tests.integration.natsclients import connect_as
 
     s = suite
     before = _router_rss_kib(s)
@@ -295,7 +277,7 @@ def test_an_event_dressed_as_a_server_error_does_not_break_the_job_list(suite: S
     import asyncio
     import uuid
 
-    from tests.integration.test_identity import connect_as
+    from tests.integration.natsclients import connect_as
 
     s = suite
     job = s.api.submit("echo listed", workspace="main")["id"]
@@ -350,7 +332,7 @@ def test_junk_events_of_a_megabyte_do_not_stall_the_job_list(suite: Suite) -> No
     import asyncio
     import uuid
 
-    from tests.integration.test_identity import connect_as
+    from tests.integration.natsclients import connect_as
 
     s = suite
 

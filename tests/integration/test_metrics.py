@@ -7,19 +7,8 @@ import time
 import urllib.error
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.integration.conftest import Suite
-from tests.integration.harness import free_port_base
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value, parsed with prometheus-client's own parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+from tests.integration.harness import free_port_base, scrape
 
 
 def probe(port: int, path: str) -> tuple[int, dict]:  # type: ignore[type-arg]

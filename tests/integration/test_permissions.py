@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from shared import subjects
 from shared.codec import encode
 from shared.jobs import Job, WorkerStatus
 from tests.integration.conftest import Suite
+from tests.integration.natsclients import raw_connect
 
 
 def _creds(s: Suite) -> dict[str, str]:
@@ -161,33 +161,22 @@ def test_a_default_worker_cannot_take_a_gpu_job(extra_workers: Suite) -> None:
     assert s.api.job(answer["id"])["status"] == "success"
 
 
-def _raw_connect(s: Suite, **fields: str) -> tuple[dict[str, Any], str]:
-    """CONNECT by hand (a refused nats-py client leaves a transport to the garbage collector):
-    the server's INFO and its answer to CONNECT `fields` then PING."""
-    with socket.create_connection(("127.0.0.1", s.base), timeout=5) as sock:
-        info = sock.recv(4096).decode()
-        assert info.startswith("INFO ")
-        connect = {"verbose": False, **fields}
-        sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
-        return json.loads(info[5:]), sock.recv(4096).decode()
-
-
 def test_a_worker_with_another_groups_password_is_refused(suite: Suite) -> None:
     creds = _creds(suite)
     name = "x inbox=0123456789abcdef worker=x part=jobs"
-    _, answer = _raw_connect(suite, user=natsauth.worker_user("gpu"),
-                             **{"pass": creds[natsauth.worker_user("default")]}, name=name)
+    _, answer = raw_connect(suite, user=natsauth.worker_user("gpu"),
+                            **{"pass": creds[natsauth.worker_user("default")]}, name=name)
     assert "Authorization Violation" in answer
-    _, ok = _raw_connect(suite, user=natsauth.worker_user("default"),
-                         **{"pass": creds[natsauth.worker_user("default")]}, name=name)
+    _, ok = raw_connect(suite, user=natsauth.worker_user("default"),
+                        **{"pass": creds[natsauth.worker_user("default")]}, name=name)
     assert "PONG" in ok  # the control: its own password is taken
 
 
 def test_a_connection_must_declare_its_inbox(suite: Suite) -> None:
     creds = _creds(suite)
     client = {"user": "client", "pass": creds["client"]}
-    assert "Authorization Violation" in _raw_connect(suite, **client, name="x")[1]
-    assert "PONG" in _raw_connect(suite, **client, name="x inbox=0123456789client")[1]
+    assert "Authorization Violation" in raw_connect(suite, **client, name="x")[1]
+    assert "PONG" in raw_connect(suite, **client, name="x inbox=0123456789client")[1]
 
 
 def _own_key(conn: Conn, worker_id: str) -> str:
@@ -358,7 +347,7 @@ def test_worker_credentials_may_store_job_events_and_ask_a_router(suite: Suite) 
 
 def test_no_credentials_no_connection(suite: Suite) -> None:
     """Speak the NATS protocol by hand: CONNECT without credentials is refused."""
-    info, answer = _raw_connect(suite)
+    info, answer = raw_connect(suite)
     assert info["auth_required"] is True
     assert "Authorization Violation" in answer
 
@@ -370,8 +359,7 @@ def test_jobs_do_not_see_nats_credentials(suite: Suite) -> None:
 
 
 def test_group_static_env_reaches_jobs_but_worker_secrets_do_not(extra_workers: Suite) -> None:
-    from tests.integration.harness import cli
-    from tests.integration.test_routing_e2e import ready
+    from tests.integration.harness import cli, ready
 
     s = extra_workers
     out = cli("group", "set", "envstatic", "--tags", "t-envstatic", "--env", "REGION=eu-west",
@@ -391,7 +379,7 @@ def test_group_static_env_reaches_jobs_but_worker_secrets_do_not(extra_workers: 
 
 def test_a_tag_added_by_hot_reload_is_pulled_without_a_restart(extra_workers: Suite) -> None:
     """The jobs connection is reopened with the new tag's rights; no permission violation."""
-    from tests.integration.test_routing_e2e import ready
+    from tests.integration.harness import ready
 
     s = extra_workers
     s.api.set_group("hotperm", tags=["t-hotperm-a"])

@@ -19,7 +19,7 @@ from shared.codec import decode
 from shared.jobs import DeadLetter
 from tests.conftest import eventually
 from tests.integration.conftest import Suite
-from tests.integration.test_routing_e2e import ready
+from tests.integration.harness import ready
 
 TAG = "t-poison"
 

@@ -9,12 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 from tests.integration.conftest import Suite
-from tests.integration.harness import job_events, ready  # ready: other modules import it from here too
-
-
-async def finished_events(nats_url: str) -> Counter[str]:
-    """How many job.finished events each job id has in the job-events stream."""
-    return Counter(e["job_id"] for e in await job_events(nats_url) if e["type"] == "job.finished")
+from tests.integration.harness import finished_events, ready
 
 
 def test_jobs_land_only_on_workers_of_the_right_group(extra_workers: Suite) -> None:

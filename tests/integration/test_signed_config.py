@@ -16,8 +16,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,7 +26,7 @@ import pytest
 
 from services.common import bus
 from services.common.http import hash_token
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from services.common.signingkeys import load_verifier
 from services.config.signing import keygen
 from shared import subjects
@@ -40,24 +38,14 @@ from shared.signing import (
 )
 from shared.snapshots import encode_snapshot, seal_snapshot
 from shared.state import ApiToken, ConfigState
+from tests.integration.configproc import TOKEN, SignedDeployment
 from tests.integration.conftest import Suite
-from tests.integration.harness import Proc, cli, cli_json, wait_until
-from tests.integration.test_config_service import TOKEN, ConfigProc
-from tests.integration.test_routing_e2e import ready
+from tests.integration.harness import Proc, cli, cli_json, ready, wait_until
 
 EVIL = "goa_planted-by-someone-with-sqlite-or-nats-access"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def get(url: str, token: str = TOKEN) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 async def _with_js(url: str, work: Any) -> Any:
@@ -95,50 +83,9 @@ def forged_event(last: RawRecorded, event: Any, subject_prev: int) -> tuple[dict
             SUBJECT_PREV_HEADER: str(subject_prev)}, body
 
 
-class Deployment:
-    """A config service with its own router and workers (one data dir, one nats-server)."""
-
-    def __init__(self, root: Path, nats_url: str) -> None:
-        self.root, self.nats_url = root, nats_url
-        self.config = ConfigProc(root, nats_url)
-        self.config.extra_env["GETOPERATE_SNAPSHOT_EVERY"] = "4"
-        self.router_port = free_port()
-        self.procs: list[Proc] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"NATS_URL": self.nats_url, "GETOPERATE_DATA_DIR": str(self.root / "data"),
-                "GETOPERATE_ADMIN_TOKEN": TOKEN, "ROUTER_PORT": str(self.router_port), **extra}
-
-    def router(self) -> Proc:
-        proc = Proc(["router"], cwd=self.root, env=self.env(), name="router")
-        proc.wait_for('"http_listening"')
-        self.procs.append(proc)
-        return proc
-
-    def worker(self, group: str) -> Proc:
-        proc = Proc(["worker"], cwd=self.root, env=self.env(WORKER_GROUP=group, JOB_SANDBOX="none"),
-                    name=f"worker-{group}")
-        self.procs.append(proc)
-        return proc
-
-    def router_get(self, path: str, token: str = TOKEN) -> tuple[int, Any]:
-        return get(f"http://127.0.0.1:{self.router_port}{path}", token)
-
-    def verify(self) -> dict[str, Any]:
-        status, report = self.config.call("GET", "/verify")
-        assert status == 200, report
-        return report  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.stop()
-        if self.config.proc is not None and self.config.proc.p.poll() is None:
-            self.config.stop()
-
-
 @pytest.fixture
-def deployment(tmp_path: Path, nats_server: NatsServer) -> Iterator[Deployment]:
-    d = Deployment(tmp_path, nats_server.url)
+def deployment(tmp_path: Path, nats_server: NatsServer) -> Iterator[SignedDeployment]:
+    d = SignedDeployment(tmp_path, nats_server.url)
     d.config.start()
     try:
         yield d
@@ -212,7 +159,7 @@ def test_forged_junk_and_replayed_config_events_are_rejected_and_real_ones_still
 
 
 def test_a_token_added_to_the_sqlite_snapshot_is_refused_after_restart_and_verify_names_it(
-    deployment: Deployment,
+    deployment: SignedDeployment,
 ) -> None:
     d = deployment
     for i in range(6):  # seeds 1-4 (snapshot at 4), then 5-10: snapshot at 8, log at 10
@@ -244,7 +191,7 @@ def test_a_token_added_to_the_sqlite_snapshot_is_refused_after_restart_and_verif
 
 
 def test_a_snapshot_written_to_go_snapshots_by_someone_else_is_ignored(
-    deployment: Deployment,
+    deployment: SignedDeployment,
 ) -> None:
     d = deployment
     d.config.call("PUT", "/groups/sg", {"tags": ["t-real"]})
@@ -297,7 +244,7 @@ def test_a_snapshot_written_to_go_snapshots_by_someone_else_is_ignored(
 
 
 def test_an_edited_column_is_reported_and_neither_hides_nor_forges_an_audited_event(
-    deployment: Deployment,
+    deployment: SignedDeployment,
 ) -> None:
     d = deployment
     for tags in (["a"], ["b"]):
@@ -331,7 +278,7 @@ def test_an_edited_column_is_reported_and_neither_hides_nor_forges_an_audited_ev
 # --- the outbox and a foreign message, without `up` -----------------------------------------------
 
 
-def test_junk_on_go_config_does_not_wedge_the_outbox(deployment: Deployment) -> None:
+def test_junk_on_go_config_does_not_wedge_the_outbox(deployment: SignedDeployment) -> None:
     d = deployment
 
     async def junk(js: Any) -> None:
@@ -366,7 +313,7 @@ def test_services_refuse_to_start_without_the_public_key(tmp_path: Path,
 # --- a new key ----------------------------------------------------------------------------------
 
 
-def test_a_new_signing_key_re_signs_the_stream(deployment: Deployment) -> None:
+def test_a_new_signing_key_re_signs_the_stream(deployment: SignedDeployment) -> None:
     d = deployment
     d.config.call("PUT", "/groups/rot", {"tags": ["r1"]})
     old = load_verifier(d.root / "data")

@@ -11,13 +11,13 @@ import pytest
 
 from tests.integration.conftest import Suite
 from tests.integration.harness import cli, live_pids, wait_until
-from tests.integration.test_job_board import _hold_read
+from tests.integration.natsclients import hold_read
 
 TAG = "t-latestart"
 
 
 def _types(s: Suite, job_id: str) -> list[str]:
-    return [e["type"] for e in _hold_read(s, job_id)["history"]]
+    return [e["type"] for e in hold_read(s, job_id)["history"]]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_a_job_that_ends_before_its_start_is_due_stores_its_end_alone(late: Suit
     view = s.api.job(job)
     assert (view["status"], view["result"], view["attempts"]) == ("success", "quick", 1)
     assert _types(s, job) == ["job.queued", "job.finished"]
-    finished = _hold_read(s, job)["history"][-1]
+    finished = hold_read(s, job)["history"][-1]
     assert finished["started_at"] == view["started_at"]
     assert view["queued_at"] <= view["started_at"] <= view["finished_at"], view
 
@@ -52,7 +52,7 @@ def test_a_job_past_its_start_delay_shows_as_running(suite: Suite) -> None:
     assert _types(s, job) == ["job.queued", "job.started", "job.finished"]
     assert view["queued_at"] <= view["started_at"] <= view["finished_at"], view
     # job.started, written 0.25 s into the run, says when the run began, as job.finished does
-    _, started, finished = _hold_read(s, job)["history"]
+    _, started, finished = hold_read(s, job)["history"]
     assert started["time"] == finished["started_at"] == view["started_at"]
     assert finished["time"] - started["time"] >= 2.0
 
@@ -69,7 +69,7 @@ def test_a_cancel_that_races_an_unannounced_run_leaves_one_end(late: Suite) -> N
     out = cli("cancel", job, cwd=s.root)
     assert out.returncode == 0, out.stderr
     wait_until(lambda: not live_pids(f"sleep {mark}"), "the run was killed", timeout=10)
-    history = _hold_read(s, job)["history"]
+    history = hold_read(s, job)["history"]
     ends = [e for e in history if e["type"] == "job.finished"]
     assert len(ends) == 1 and ends[0]["status"] == "cancelled", history
     assert ends[0]["worker"] == "router"

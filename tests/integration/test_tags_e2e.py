@@ -11,8 +11,7 @@ import pytest
 
 from cli.client import CliError
 from tests.integration.conftest import Suite
-from tests.integration.harness import cli, wait_router_seq, wait_until
-from tests.integration.test_routing_e2e import ready
+from tests.integration.harness import cli, ready, wait_router_seq, wait_until
 
 
 def deploy(s: Suite, target: str, content: str, language: str = "bash", **body: object) -> dict:  # type: ignore[type-arg]
@@ -288,7 +287,7 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
         extra_workers: Suite) -> None:
     """Issue 16, point 6: the change that stops the last group serving a tag with waiting jobs
     warns, the router's metrics count them, and `jobs requeue` moves them to a served tag."""
-    from tests.integration.test_metrics import scrape
+    from tests.integration.harness import scrape
 
     s = extra_workers
     deploy(s, "ws1/f/strand", 'echo "moved $1"\n')
@@ -318,7 +317,7 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
 def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite) -> None:
     """Issue 16, point 9: it no longer counts as waiting (Workers page, metrics), even on a
     tag no worker serves."""
-    from tests.integration.test_metrics import scrape
+    from tests.integration.harness import scrape
 
     s = extra_workers
 

@@ -12,61 +12,20 @@ docs/workers-page.png.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cli.client import Endpoints
+from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, WAIT, browser_or_fail, http
 from tests.integration.conftest import Suite
 from tests.integration.harness import ROOT, FakeWorkers, fake_status
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = ROOT / "docs" / "workers-page.png"
 INIT_SCRIPT = 'echo "<img src=x onerror=window.__xss=1>" >/tmp/motd\necho "installing CUDA drivers"\n'
 INIT_OUTPUT = '<img src=x onerror=window.__xss=3>drivers 550.54 installed\n'
 SANDBOX_NOTE = '<img src=x onerror=window.__xss=2>bwrap: setting up uid map: Permission denied'
-WAIT = 15_000  # ms, for each expectation on the page
-
-
-def _browser_or_fail() -> Any:
-    if not CHROMIUM.exists():
-        message = (f"{CHROMIUM} is missing: the web test needs Debian's chromium. Install it with"
-                   " `sudo apt-get install -y --no-install-recommends chromium` (.ci/run does"
-                   " this); Playwright's own browser download is not used.")
-        if os.environ.get("GETOPERATE_REQUIRE_BROWSER") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the `playwright` package is missing: python3 -m pip install -e '.[test]'",
-                    pytrace=False)
-    return sync_playwright
-
-
-def _http(method: str, url: str, token: str | None = None,
-          body: Any = None) -> tuple[int, dict[str, str], Any]:
-    req = urllib.request.Request(url, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status, headers, raw = resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        status, headers, raw = exc.code, dict(exc.headers), exc.read()
-    ctype = headers.get("Content-Type", "")
-    return status, headers, json.loads(raw) if ctype.startswith("application/json") else raw
 
 
 def _group(suite: Suite, name: str) -> dict[str, Any]:
@@ -76,7 +35,7 @@ def _group(suite: Suite, name: str) -> dict[str, Any]:
 def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
     ep = Endpoints(suite.root / ".getoperate")
     token = ep.token()
-    status, headers, body = _http("GET", ep.config_url + "/")
+    status, headers, body = http("GET", ep.config_url + "/")
     assert status == 200
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     csp = headers["Content-Security-Policy"]
@@ -84,12 +43,12 @@ def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
     assert "unsafe-inline" not in csp and "http" not in csp
     assert b"<script>" in body and b"src=\"http" not in body  # self-contained: nothing external
 
-    assert _http("GET", ep.config_url + "/ui/overview")[0] == 401
-    made = _http("POST", ep.config_url + "/tokens", token, {"workspace": "ws-ui"})[2]
-    status, _, err = _http("GET", ep.config_url + "/ui/overview", made["token"])
+    assert http("GET", ep.config_url + "/ui/overview")[0] == 401
+    made = http("POST", ep.config_url + "/tokens", token, {"workspace": "ws-ui"})[2]
+    status, _, err = http("GET", ep.config_url + "/ui/overview", made["token"])
     assert status == 403 and "admin token" in err["message"]
 
-    status, _, view = _http("GET", ep.config_url + "/ui/overview", token)
+    status, _, view = http("GET", ep.config_url + "/ui/overview", token)
     assert status == 200
     assert set(view) == {"now", "config_seq", "published_seq", "groups", "workers", "queues",
                          "events", "problems", "assignable", "presets"}
@@ -110,7 +69,7 @@ def test_overview_endpoint_and_page_headers(suite: Suite) -> None:
 
 
 def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
-    sync_playwright = _browser_or_fail()
+    sync_playwright = browser_or_fail()
     from playwright.sync_api import expect
 
     ep = Endpoints(suite.root / ".getoperate")

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from cli.client import Endpoints
+from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS, WAIT, browser_or_fail, http
 from tests.integration.conftest import Suite
 from tests.integration.harness import ROOT, wait_until
-from tests.integration.test_web import CHROMIUM, CHROMIUM_ARGS, WAIT, _browser_or_fail, _http
 
 DOCS = ROOT / "docs"
 
@@ -50,12 +50,12 @@ class Ui:
         self.seen: dict[str, str | None] = {}  # change box -> the data-n of the last one read
 
     def http(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        status, _, answer = _http(method, self.url + path, token or self.token, body)
+        status, _, answer = http(method, self.url + path, token or self.token, body)
         assert status < 300, (status, answer)
         return answer
 
     def group(self, name: str) -> dict[str, Any] | None:
-        status, _, answer = _http("GET", self.url + f"/groups/{name}", self.token)
+        status, _, answer = http("GET", self.url + f"/groups/{name}", self.token)
         return answer if status == 200 else None
 
     def event(self, seq: int) -> dict[str, Any]:
@@ -132,7 +132,7 @@ class Ui:
 
 @pytest.fixture(scope="module")
 def browser(suite: Suite) -> Iterator[tuple[Any, list[str]]]:
-    sync_playwright = _browser_or_fail()
+    sync_playwright = browser_or_fail()
     problems: list[str] = []
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

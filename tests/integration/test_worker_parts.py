@@ -51,7 +51,7 @@ async def test_a_pull_sends_one_request_for_one_job_and_leaves_none_waiting(
         js_ready: NATS) -> None:
     nc = js_ready
     doc = json.loads((Path(__file__).parents[2] / "docs" / "asyncapi.json").read_text())
-    from tests.unit.test_asyncapi import _validator
+    from tests.asyncapi_check import validator
 
     requests: list[bytes] = []
 
@@ -73,7 +73,7 @@ async def test_a_pull_sends_one_request_for_one_job_and_leaves_none_waiting(
         request = json.loads(body)
         assert request["batch"] == 1 and request["expires"] in (
             int(NOW * 1e9) - 100_000, int(SOON * 1e9) - 100_000)
-        _validator(doc, "PullRequest").validate(request)
+        validator(doc, "PullRequest").validate(request)
     await pull.close()
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from cli.main import main
 from cli import asyncapi
@@ -33,11 +31,11 @@ from shared.routing import PlannedStep
 from shared.signing import Signer, new_private_key
 from shared.snapshots import seal_snapshot
 from shared.state import ConfigState, GroupConfig
+from tests.asyncapi_check import validator
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = ROOT / "docs" / "asyncapi.json"
 REGENERATE = "regenerate with `getoperate asyncapi --output docs/asyncapi.json`"
-URI = "urn:getoperate:asyncapi"
 JOB_ID = "01a22593f8ae52f9749766be01a491ad"
 
 
@@ -65,15 +63,6 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
-
-
-def _validator(doc: dict[str, Any], message: str) -> jsonschema.Draft202012Validator:
-    """A validator for a message's payload, resolving `#/components/...` inside the document."""
-    registry: Registry[Any] = Registry().with_resource(
-        URI, Resource.from_contents(doc, default_specification=DRAFT202012))
-    payload = doc["components"]["messages"][message]["payload"]
-    schema = {"$ref": URI + payload["$ref"]} if "$ref" in payload else payload
-    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 # --- (1) the committed file is current --------------------------------------------------------
@@ -201,7 +190,7 @@ def test_every_example_validates(doc: dict[str, Any]) -> None:
     for name, message in doc["components"]["messages"].items():
         for example in message["examples"]:
             if "payload" in example:
-                _validator(doc, name).validate(example["payload"])
+                validator(doc, name).validate(example["payload"])
             if "headers" in example:
                 jsonschema.Draft202012Validator(message["headers"]).validate(example["headers"])
 
@@ -254,7 +243,7 @@ def _real_messages() -> list[tuple[str, Any]]:
 def test_real_messages_validate_against_their_schema(doc: dict[str, Any], message: str,
                                                      value: Any) -> None:
     name = "ConfigSnapshot" if message == "SignedSnapshot" else message
-    _validator(doc, name).validate(json.loads(encode(value)))
+    validator(doc, name).validate(json.loads(encode(value)))
 
 
 def test_the_workers_pull_requests_validate(doc: dict[str, Any]) -> None:
@@ -264,18 +253,18 @@ def test_the_workers_pull_requests_validate(doc: dict[str, Any]) -> None:
 
     for wait in (pulls.NOW, pulls.SOON):
         body = json.dumps({"batch": 1, "expires": int(wait * 1e9) - 100_000}).encode()
-        _validator(doc, "PullRequest").validate(json.loads(body))
+        validator(doc, "PullRequest").validate(json.loads(body))
         msgspec.json.decode(body, type=asyncapi.PullRequest)
 
 
 def test_schemas_really_constrain(doc: dict[str, Any]) -> None:
     """A validator that silently resolved nothing would accept anything: show it refuses."""
     with pytest.raises(jsonschema.ValidationError):
-        _validator(doc, "Job").validate({"workspace": "main"})  # no id, code, tag...
+        validator(doc, "Job").validate({"workspace": "main"})  # no id, code, tag...
     with pytest.raises(jsonschema.ValidationError):
-        _validator(doc, "JobSubmit").validate({"language": "bash", "code": "x", "prio": 1})
+        validator(doc, "JobSubmit").validate({"language": "bash", "code": "x", "prio": 1})
     with pytest.raises(jsonschema.ValidationError):  # a group.created without its group
-        _validator(doc, "Recorded").validate({
+        validator(doc, "Recorded").validate({
             "seq": 1, "id": "x", "time": "t", "actor": "a", "prev_hash": "0", "hash": "1",
             "event": {"type": "group.created"}})
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_compose import ROOT, _compose, _runs
+from tests.unit.support import ROOT, compose, runs
 
 K8S = ROOT / "deploy" / "kubernetes" / "manifests"
 # Debian package of each program the exec chain starts, and whether Debian marks it Essential
@@ -80,7 +80,7 @@ def test_bubblewrap_is_installed_before_the_image_drops_to_its_user() -> None:
 
 
 def _compose_workers() -> dict[str, dict[str, Any]]:
-    workers = {n: s for n, s in _compose()["services"].items() if _runs(s) == "worker"}
+    workers = {n: s for n, s in compose()["services"].items() if runs(s) == "worker"}
     assert set(workers) == {"worker-default", "worker-native", "worker-gpu"}
     return workers
 
@@ -92,8 +92,8 @@ def test_compose_workers_run_the_sandbox_with_what_bwrap_needs() -> None:
         assert service["cap_drop"] == ["ALL"] and not service.get("cap_add"), name
         assert not service.get("privileged") and not service.get("user"), name
     # Nothing else gets the relaxed profiles.
-    for name, service in _compose()["services"].items():
-        if _runs(service) != "worker":
+    for name, service in compose()["services"].items():
+        if runs(service) != "worker":
             assert "security_opt" not in service and not service.get("privileged"), name
 
 

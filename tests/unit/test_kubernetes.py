@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.unit.test_compose import (
+from tests.unit.support import (
     PORT_VARS, ROOT, SERVICE_COMMANDS, SHELLS, authorization_block, bash_syntax_ok,
     cli_invocations, init_script_paths, parse_cli, read_by_code, served_paths,
 )

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import Forbidden, InvalidInput, NotFound
-from shared.events import GENESIS_HASH, ConfigEvent, FlowStep, Recorded, seal
+from shared.events import FlowStep
 from shared.isolation import set_group as set_group_limits
 from shared.routing import (
     PlannedStep, Route, TimeoutCap, check_tag_allowed, check_timeout, max_timeout, target_tag,
@@ -35,11 +35,9 @@ from shared.state import (
     ConfigState,
     deploy_flow,
     deploy_script,
-    fold,
     groups_by_tag,
     remove_assignable_tag,
     set_assignable_tag,
-    set_group,
 )
 from shared.tags import (
     MAX_TAG_LENGTH,
@@ -48,10 +46,9 @@ from shared.tags import (
     parse_tag_spec,
     validate_tag,
 )
+from tests.unit.support import WS, Log
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None)
-TIME = "2024-01-01T00:00:00Z"
-WS = "dev"
 SCRIPT = "f/lib"
 FLOW = "f/pipe"
 INLINE_STEP_LANGUAGE = "bash"
@@ -73,48 +70,6 @@ def route(state: ConfigState, **kw: Any) -> Route:
 
 
 # --- building state -------------------------------------------------------------------------------
-
-
-class Log:
-    """Command results sealed with consecutive sequences and chained hashes, folded into state."""
-
-    def __init__(self) -> None:
-        self.records: list[Recorded] = []
-        self.state = ConfigState()
-
-    def append(self, events: Sequence[ConfigEvent]) -> None:
-        prev = self.records[-1].hash if self.records else GENESIS_HASH
-        recs: list[Recorded] = []
-        for i, event in enumerate(events):
-            seq = self.state.seq + 1 + i
-            rec = seal(prev_hash=prev, seq=seq, id=f"ev-{seq}", time=TIME, actor="test",
-                       reason=None, event=event)
-            recs.append(rec)
-            prev = rec.hash
-        self.state = fold(recs, self.state)
-        self.records += recs
-
-    # small conveniences over the command functions
-    def assignable(self, *specs: str) -> Log:
-        for spec in specs:
-            self.append(set_assignable_tag(self.state, spec))
-        return self
-
-    def script(self, path: str, *, workspace: str = WS, language: str = "python3",
-               tag: str | None = None, content: str = "print(1)") -> Log:
-        self.append(deploy_script(self.state, workspace, path, language=language, content=content,
-                                  tag=tag))
-        return self
-
-    def flow(self, path: str, steps: Sequence[FlowStep], *, workspace: str = WS,
-             tag: str | None = None, preserve: bool = False) -> Log:
-        self.append(deploy_flow(self.state, workspace, path, steps=list(steps), tag=tag,
-                                preserve_step_tags=preserve))
-        return self
-
-    def dedicate(self, group: str, *targets: str) -> Log:
-        self.append(set_group(self.state, group, dedicated=list(targets)))
-        return self
 
 
 def build(

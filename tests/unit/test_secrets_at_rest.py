@@ -33,7 +33,7 @@ from services.common.natsserver import (
     NatsServer, NatsServerError, find_binary, free_port, port_open,
 )
 from services.common.runtime import private_dir, write_private
-from tests.unit.test_compose import ROOT, _compose, _runs
+from tests.unit.support import ROOT, compose, runs
 from tests.fsmodes import loose
 
 K8S = ROOT / "deploy" / "kubernetes" / "manifests"
@@ -485,7 +485,7 @@ def _compose_worker_leaks(services: dict[str, Any]) -> list[tuple[str, str]]:
     a NATS password other than its group's; env files and secrets are not looked into."""
     found = []
     for name, service in services.items():
-        if _runs(service) != "worker":
+        if runs(service) != "worker":
             continue
         env = service["environment"]
         own = {natsauth.worker_password_env(str(env.get("WORKER_GROUP")))}
@@ -539,8 +539,8 @@ def _k8s_worker_leaks(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def test_compose_workers_get_their_groups_nats_password_only() -> None:
-    services = _compose()["services"]
-    workers = {name: s for name, s in services.items() if _runs(s) == "worker"}
+    services = compose()["services"]
+    workers = {name: s for name, s in services.items() if runs(s) == "worker"}
     assert {s["environment"]["WORKER_GROUP"] for s in workers.values()} == set(GROUPS)
     assert _compose_worker_leaks(services) == []
     for name, service in workers.items():
@@ -633,7 +633,7 @@ def test_nats_gets_the_config_users_hash_and_the_issuer_only() -> None:
     assert keys == wanted
     secret = next(o for o in _k8s_objects() if o["kind"] == "Secret")
     assert wanted <= set(secret["stringData"])
-    compose_env = _compose()["services"]["nats"]["environment"]
+    compose_env = compose()["services"]["nats"]["environment"]
     assert set(compose_env) == wanted
     # The hash when one is set, else (compose's fallback) the plain password.
     assert compose_env["NATS_CONFIG_PASSWORD_HASH"] == (

@@ -16,7 +16,7 @@ from shared.jobs import Job
 from shared.routing import route
 from shared.tagaccess import closed_reason, dedicated_owner, visible_to
 from shared.tags import format_tag_spec
-from tests.unit.test_routing import Log
+from tests.unit.support import Log
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None)
 POOL = ("dev", "prod", "ws1", "ws2")
