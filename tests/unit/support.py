@@ -45,9 +45,14 @@ def read_by_code(var: str) -> bool:
 
 
 def served_paths() -> set[str]:
-    """GET paths the services' HTTP apps register (aiohttp add_get)."""
-    code = "\n".join(p.read_text() for p in (ROOT / "services").rglob("*.py"))
-    return set(re.findall(r"add_get\(\s*[\"'](/[^\"']*)[\"']", code))
+    """GET paths the services serve: their operation tables, which are their routes
+    (services/common/openapi.py: mount), and /openapi.json."""
+    from services.config.app import OPS as CONFIG_OPS
+    from services.router.app import OPS as ROUTER_OPS
+    from services.worker.main import PROBE_OPS
+
+    return {op.path for op in (*CONFIG_OPS, *ROUTER_OPS, *PROBE_OPS)
+            if op.method == "GET"} | {"/openapi.json"}
 
 
 def parse_cli(argv: list[str]) -> object:
