@@ -9,7 +9,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+import msgspec
 
 from shared import idempotency
 from shared.errors import GetOperateError
@@ -30,6 +32,22 @@ class CliError(GetOperateError):
     def __init__(self, message: str, exit_code: int = EXIT_FAILED):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+T = TypeVar("T")
+
+
+def answer_as(answer: Any, type_: type[T], what: str) -> T:
+    """A service's JSON answer as the shared struct the service encoded it from (shared/jobs.py,
+    shared/isolation.py): the CLI reads fields by name from the same types the services write,
+    so a renamed or retyped field fails here, and in the tests that run the command, instead of
+    printing a blank for users. Fields a newer service added are ignored."""
+    try:
+        return msgspec.convert(answer, type_)
+    except msgspec.ValidationError as exc:
+        name = getattr(type_, "__name__", None) or str(type_)
+        raise CliError(f"{what}: the answer does not read as {name} ({exc}); are the CLI and the"
+                       " services the same version?") from exc
 
 
 class Endpoints:

@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from cli import output
-from cli.client import EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, CliError, Endpoints, call, submit
+from cli.client import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    EXIT_WAITING,
+    CliError,
+    Endpoints,
+    answer_as,
+    call,
+    submit,
+)
 from services.common.runtime import DEFAULT_DATA_DIR
 from services.worker.languages import BUILTIN as BUILTIN_LANGUAGES
 from shared.errors import InvalidInput
-from shared.jobs import TERMINAL
+from shared.isolation import GroupView
+from shared.jobs import TERMINAL, JobView, SubmitAnswer, WorkerStatus
 
 
 def parse_arg(text: str) -> tuple[str, Any]:
@@ -53,15 +63,15 @@ def wait_for_job(ep: Endpoints, job_id: str, timeout: float | None) -> dict[str,
     while True:
         chunk = PROGRESS_AFTER if shown is None else 10.0
         step = chunk if deadline is None else max(0.0, min(chunk, deadline - time.monotonic()))
-        view: dict[str, Any] = call("GET", f"{ep.router_url}/jobs/{quoted}?wait=1&timeout={step}",
-                                    ep.token(), timeout=step + 30)
-        if view["status"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
-            return view
-        where = (f"on worker {view['worker']}" if view["status"] == "running"
-                 else f"on tag {view['tag']!r}")
-        line = f"job {job_id} is {view['status']} {where}"
-        if view["status"] == "running" and view.get("worker") and not _alive(ep, view["worker"]):
-            line = (f"job {job_id}: worker lost ({view['worker']}), waiting for redelivery to"
+        raw = call("GET", f"{ep.router_url}/jobs/{quoted}?wait=1&timeout={step}", ep.token(),
+                   timeout=step + 30)
+        view = answer_as(raw, JobView, f"job {job_id}")
+        if view.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+            return raw
+        where = f"on worker {view.worker}" if view.status == "running" else f"on tag {view.tag!r}"
+        line = f"job {job_id} is {view.status} {where}"
+        if view.status == "running" and view.worker and not _alive(ep, view.worker):
+            line = (f"job {job_id}: worker lost ({view.worker}), waiting for redelivery to"
                     " another worker")
         if line != shown:
             print(f"getoperate: {line} ({time.monotonic() - started:.0f}s)...", file=sys.stderr,
@@ -76,7 +86,9 @@ def _alive(ep: Endpoints, worker: str) -> bool:
     """Whether a worker still beats (its heartbeat is in GET /workers). A failed look is taken
     as alive: the progress line only changes on evidence."""
     try:
-        return any(w["id"] == worker for w in call("GET", f"{ep.router_url}/workers", ep.token()))
+        live = answer_as(call("GET", f"{ep.router_url}/workers", ep.token()), list[WorkerStatus],
+                         "workers")
+        return any(w.id == worker for w in live)
     except CliError:
         return True
 
@@ -119,16 +131,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ns.job_timeout is not None:
         body["timeout"] = ns.job_timeout  # the router refuses 0 or less, naming the field
     key = ns.idempotency_key or f"cli-{uuid.uuid4().hex}"  # our own retries stay one job
-    answer = submit(f"{ep.router_url}/jobs", ep.token(), body, key, ns.retry_for, _progress)
-    if answer.get("replayed"):
-        print(f"getoperate: job {answer['id']} was already submitted with this idempotency key;"
+    raw = submit(f"{ep.router_url}/jobs", ep.token(), body, key, ns.retry_for, _progress)
+    answer = answer_as(raw, SubmitAnswer, "the submission")
+    if answer.replayed:
+        print(f"getoperate: job {answer.id} was already submitted with this idempotency key;"
               " showing that job", file=sys.stderr)
-    if answer.get("warning"):
-        print(f"getoperate: warning: {answer['warning']}", file=sys.stderr)
+    if answer.warning:
+        print(f"getoperate: warning: {answer.warning}", file=sys.stderr)
     if not ns.wait:
-        print(json.dumps(answer) if ns.json else answer["id"])
+        print(json.dumps(raw) if ns.json else answer.id)
         return 0
-    view = wait_for_job(ep, answer["id"], ns.timeout)
+    view = wait_for_job(ep, answer.id, ns.timeout)
     return _show_job(view, ns.json, waited=True)
 
 
@@ -139,16 +152,17 @@ def _read(path: str, flag: str) -> str:
         raise CliError(f"cannot read {flag} {path}: {exc.strerror}", EXIT_USAGE) from exc
 
 
-def _show_job(view: dict[str, Any], as_json: bool, waited: bool = False) -> int:
+def _show_job(raw: Any, as_json: bool, waited: bool = False) -> int:
+    view = answer_as(raw, JobView, "the job")
     if as_json:
-        print(json.dumps(view))
+        print(json.dumps(raw))
     else:
         output.print_job(view)
-    if view["status"] in ("failure", "cancelled"):
+    if view.status in ("failure", "cancelled"):
         return EXIT_FAILED
-    if waited and view["status"] not in TERMINAL:
-        print(f"getoperate: job {view['id']} is still {view['status']} after --timeout; it goes"
-              f" on: `getoperate job {view['id']} --wait` waits again", file=sys.stderr)
+    if waited and view.status not in TERMINAL:
+        print(f"getoperate: job {view.id} is still {view.status} after --timeout; it goes"
+              f" on: `getoperate job {view.id} --wait` waits again", file=sys.stderr)
         return EXIT_WAITING  # 0 means the job succeeded
     return 0
 
@@ -164,20 +178,22 @@ def cmd_job(ns: argparse.Namespace) -> int:
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
-    view = call("POST", f"{ep.router_url}/jobs/{urllib.parse.quote(ns.id, safe='')}/cancel",
-                ep.token(), {})
+    raw = call("POST", f"{ep.router_url}/jobs/{urllib.parse.quote(ns.id, safe='')}/cancel",
+               ep.token(), {})
+    view = answer_as(raw, JobView, f"cancel of job {ns.id}")
     if ns.json:
-        print(json.dumps(view))
+        print(json.dumps(raw))
     else:
-        print(f"job {view['id']}: {view['status']}" + (f" ({view['error']})" if view.get("error") else ""))
-    return 0 if view["status"] == "cancelled" else EXIT_FAILED
+        print(f"job {view.id}: {view.status}" + (f" ({view.error})" if view.error else ""))
+    return 0 if view.status == "cancelled" else EXIT_FAILED
 
 
 def cmd_workers(ns: argparse.Namespace) -> int:
     ep = _endpoints(ns)
-    workers = call("GET", f"{ep.router_url}/workers", ep.token())
+    raw = call("GET", f"{ep.router_url}/workers", ep.token())
+    workers = answer_as(raw, list[WorkerStatus], "workers")
     if ns.json:
-        print(json.dumps(workers))
+        print(json.dumps(raw))
     else:
         output.print_workers(workers)
     warning = output.unsandboxed_warning(workers)
@@ -194,17 +210,19 @@ def cmd_group(ns: argparse.Namespace) -> int:
     base = f"{ep.config_url}/groups"
     token = ep.token()
     if ns.action == "list":
-        groups = call("GET", base, token)
+        raw = call("GET", base, token)
+        groups = answer_as(raw, list[GroupView], "groups")
         if ns.json:
-            print(json.dumps(groups))
+            print(json.dumps(raw))
         else:
             output.print_groups(groups)
         return 0
     name = urllib.parse.quote(ns.name, safe="")
     if ns.action == "show":
-        group = call("GET", f"{base}/{name}", token)
+        raw = call("GET", f"{base}/{name}", token)
+        group = answer_as(raw, GroupView, f"group {ns.name}")
         if ns.json:
-            print(json.dumps(group))
+            print(json.dumps(raw))
         else:
             output.print_group(group)
         return 0
@@ -481,8 +499,9 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
         raise CliError("--to is for `jobs requeue`", EXIT_USAGE)
     query = {k: v for k, v in (("tag", ns.tag), ("group", ns.group), ("workspace", ns.workspace),
                                 ("status", ns.status), ("limit", ns.limit)) if v is not None}
-    jobs = call("GET", f"{ep.router_url}/jobs?{urllib.parse.urlencode(query)}", ep.token())
-    return _print(jobs, ns.json, output.print_jobs)
+    raw = call("GET", f"{ep.router_url}/jobs?{urllib.parse.urlencode(query)}", ep.token())
+    jobs = answer_as(raw, list[JobView], "jobs")
+    return _print(raw, ns.json, lambda _: output.print_jobs(jobs))
 
 
 def _print(obj: Any, as_json: bool, human: Any) -> int:

@@ -7,7 +7,10 @@ import sys
 import time
 from typing import Any
 
-from shared.isolation import describe_sandbox, format_value
+import msgspec
+
+from shared.isolation import GroupView, describe_sandbox, format_value
+from shared.jobs import JobView, WorkerStatus
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
@@ -17,35 +20,35 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def print_job(view: dict[str, Any]) -> None:
-    duration = f" in {view['duration_ms']:.0f} ms" if view.get("duration_ms") is not None else ""
-    print(f"job     {view['id']}")
-    print(f"status  {view['status']}{duration}")
-    print(f"tag     {view.get('tag')}")
-    print(f"group   {view.get('group') or '-'}")
-    print(f"worker  {view.get('worker') or '-'}")
-    for step in view.get("steps") or []:
-        print(f"  step {step['index']} {step['name']}: {step['status']} on tag {step['tag']}"
-              f" (group {step.get('group') or '-'}, job {step.get('job_id') or '-'})")
-    if view.get("logs"):
+def print_job(view: JobView) -> None:
+    duration = f" in {view.duration_ms:.0f} ms" if view.duration_ms is not None else ""
+    print(f"job     {view.id}")
+    print(f"status  {view.status}{duration}")
+    print(f"tag     {view.tag}")
+    print(f"group   {view.group or '-'}")
+    print(f"worker  {view.worker or '-'}")
+    for step in view.steps:
+        print(f"  step {step.index} {step.name}: {step.status} on tag {step.tag}"
+              f" (group {step.group or '-'}, job {step.job_id or '-'})")
+    if view.logs:
         print("--- logs ---")
-        print(view["logs"].rstrip("\n"))
-    if view.get("error"):
+        print(view.logs.rstrip("\n"))
+    if view.error:
         print("--- error ---")
-        print(view["error"])
-    if view["status"] == "success":
+        print(view.error)
+    if view.status == "success":
         print("--- result ---")
-        print(json.dumps(view.get("result"), indent=2))
+        print(json.dumps(view.result, indent=2))
 
 
-def print_workers(workers: list[dict[str, Any]]) -> None:
+def print_workers(workers: list[WorkerStatus]) -> None:
     now = time.time()
     rows = [
         [
-            w["id"], w.get("group") or "-", w.get("state", "?"),
-            f"{','.join(w['tags']) or '-'} ({w['tags_source']})", str(w["config_version"]),
-            w.get("current_job") or "-", w.get("init_status", "none"), worker_sandbox(w),
-            ",".join(w.get("runtimes") or []) or "-", f"{now - w['heartbeat_at']:.0f}s ago",
+            w.id, w.group or "-", w.state,
+            f"{','.join(w.tags) or '-'} ({w.tags_source})", str(w.config_version),
+            w.current_job or "-", w.init_status, worker_sandbox(w),
+            ",".join(w.runtimes) or "-", f"{now - w.heartbeat_at:.0f}s ago",
         ]
         for w in workers
     ]
@@ -55,61 +58,59 @@ def print_workers(workers: list[dict[str, Any]]) -> None:
         print("(no live workers)")
 
 
-def worker_sandbox(w: dict[str, Any]) -> str:
+def worker_sandbox(w: WorkerStatus) -> str:
     """`bwrap`, `bwrap/no-net`, or `NONE` (in capitals: its jobs are not isolated)."""
-    sandbox = w.get("sandbox", "none")
-    if sandbox == "none":
+    if w.sandbox == "none":
         return "NONE"
-    return sandbox + ("" if w.get("network", True) else "/no-net")
+    return w.sandbox + ("" if w.network else "/no-net")
 
 
-def unsandboxed_warning(workers: list[dict[str, Any]]) -> str | None:
+def unsandboxed_warning(workers: list[WorkerStatus]) -> str | None:
     """One line naming every live worker that runs jobs without a sandbox, and why; None if none."""
-    bare = [w for w in workers if w.get("sandbox", "none") == "none"]
+    bare = [w for w in workers if w.sandbox == "none"]
     if not bare:
         return None
-    names = "; ".join(f"{w['id']} ({w.get('sandbox_note') or 'no reason given'})" for w in bare)
+    names = "; ".join(f"{w.id} ({w.sandbox_note or 'no reason given'})" for w in bare)
     count = "1 live worker runs" if len(bare) == 1 else f"{len(bare)} live workers run"
     return (f"{count} jobs WITHOUT a sandbox (job code gets the worker's full access): {names}")
 
 
-def print_groups(groups: list[dict[str, Any]]) -> None:
+def print_groups(groups: list[GroupView]) -> None:
     rows = [
-        [g["name"], str(g["version"]), ",".join(g["tags"]) or "-", "yes" if g.get("init_script") else "-",
-         describe_sandbox(g.get("sandbox"), g.get("network", True))]
+        [g.name, str(g.version), ",".join(g.tags) or "-", "yes" if g.init_script else "-",
+         describe_sandbox(g.sandbox, g.network)]
         for g in groups
     ]
     _table(["GROUP", "VERSION", "TAGS", "INIT SCRIPT", "SANDBOX"], rows)
 
 
-def print_group(g: dict[str, Any]) -> None:
-    print(f"group        {g['name']}")
-    print(f"version      {g['version']}")
-    print(f"tags         {', '.join(g['tags']) or '-'}")
-    print(f"dedicated    {', '.join(g.get('dedicated') or []) or '-'}")
-    priorities = g.get("priorities") or {}
-    print("priorities   " + (", ".join(f"{t}={p}" for t, p in sorted(priorities.items(),
+def print_group(g: GroupView) -> None:
+    print(f"group        {g.name}")
+    print(f"version      {g.version}")
+    print(f"tags         {', '.join(g.tags) or '-'}")
+    print(f"dedicated    {', '.join(g.dedicated) or '-'}")
+    print("priorities   " + (", ".join(f"{t}={p}" for t, p in sorted(g.priorities.items(),
                                                                      key=lambda i: -i[1]))
                              or "-"))
-    env = g.get("env") or {}
-    print("env          " + ("-" if not env else ""))
-    for name, value in env.items():  # the group's static variables, as jobs get them
+    print("env          " + ("-" if not g.env else ""))
+    for name, value in g.env.items():  # the group's static variables, as jobs get them
         print(f"  {name}={value}")
-    sandbox = g.get("sandbox")
-    print(f"sandbox      {sandbox or 'default'}"
-          + ("" if sandbox else " (each worker's JOB_SANDBOX)"))
-    print(f"network      {'on' if g.get('network', True) else 'off'}")
-    own = g.get("limits") or {}
-    effective = g.get("effective_limits") or own
+    print(f"sandbox      {g.sandbox or 'default'}"
+          + ("" if g.sandbox else " (each worker's JOB_SANDBOX)"))
+    print(f"network      {'on' if g.network else 'off'}")
+    own = msgspec.structs.asdict(g.limits)
+    own = {k: v for k, v in own.items() if v is not None}
+    effective = {k: v for k, v in msgspec.structs.asdict(g.effective_limits).items()
+                 if v is not None} or own
     print("limits       " + ("(all default)" if not own else "(set: " + ",".join(
         f"{k}={format_value(k, v)}" for k, v in own.items()) + ")"))
     width = max((len(k) for k in effective), default=0)
     for name, value in effective.items():
         shown = format_value(name, value) + (" s" if name in ("cpu_seconds", "max_timeout") else "")
         print(f"  {name.ljust(width)}  {shown.ljust(8)}  {'set' if name in own else 'default'}")
-    if g.get("init_script"):
+    if g.init_script:
         print("init script:")
-        print(g["init_script"].rstrip("\n"))
+        print(g.init_script.rstrip("\n"))
     else:
         print("init script  -")
 
@@ -203,9 +204,8 @@ def print_state(state: dict[str, Any]) -> None:
         print(f"  token {name} ({tok.get('workspace') or 'admin'})")
 
 
-def print_jobs(jobs: list[dict[str, Any]]) -> None:
-    rows = [[j["id"], j["status"], j.get("tag") or "-", j.get("group") or "-",
-             j.get("workspace") or "-",
-             time.strftime("%H:%M:%S", time.localtime(j["queued_at"])) if j.get("queued_at") else "-"]
+def print_jobs(jobs: list[JobView]) -> None:
+    rows = [[j.id, j.status, j.tag or "-", j.group or "-", j.workspace or "-",
+             time.strftime("%H:%M:%S", time.localtime(j.queued_at)) if j.queued_at else "-"]
             for j in jobs]
     _table(["JOB", "STATUS", "TAG", "GROUP", "WORKSPACE", "QUEUED"], rows)
