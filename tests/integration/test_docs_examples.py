@@ -386,16 +386,28 @@ class Bash:
         assert line.startswith("rc="), f"bash ended ({self.p.poll()}) while running {text!r}"
         return int(line[3:]), out.read_text(errors="replace"), out
 
+    def _all_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.p.poll()  # reap the bash (its children are reaped by init)
+            try:
+                os.killpg(self.p.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> None:
-        try:
-            os.killpg(self.p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            self.p.wait()
+        """SIGTERM to the bash and all it started (workers stop cleanly), then wait until none
+        is left, so nothing of this document lives on into the next one."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.p.pid, sig)
+            except ProcessLookupError:
+                break
+            if self._all_gone(timeout=30):
+                break
+        self.p.wait()
         for pipe in (self.p.stdin, self.p.stdout):
             if pipe:
                 pipe.close()
