@@ -18,7 +18,8 @@ from shared.limits import DEFAULTS
 from shared import tagaccess
 from shared.state import ConfigState, Flow, Script, groups_by_tag, key
 from shared.tags import (
-    SYSTEM_TAGS, default_tag, fill_template, is_template, target_tag, validate_path, validate_tag,
+    SYSTEM_TAGS, default_tag, fill_template, is_template, parse_target, target_tag, validate_path,
+    validate_tag,
     validate_workspace,
 )
 
@@ -139,17 +140,26 @@ def route(
                 f"script {workspace}/{path} (version {found.version}) cannot run: its dependency"
                 f" job {found.lock_job or ''} failed: {found.lock_error}; deploy it again once"
                 " fixed", field="path")
-        target = f"{workspace}:{path}"
-        if override:
-            template, trusted = override, False
-        elif target in dedicated:
-            template, trusted = target_tag(target), True
-        else:
-            template, trusted = found.tag or default_tag(found.language), True
+        template, trusted = _precedence(override, f"{workspace}:{path}", dedicated,
+                                        found.tag or default_tag(found.language))
         tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
         return Route(tag=tag, kind="script", language=found.language, code=found.content,
                      path=path, version=found.version, timeout=found.timeout, lock=found.lock)
     return _route_flow(state, found, workspace, args, override, dedicated, admin)
+
+
+def _precedence(override: str | None, target: str | None, dedicated: set[str],
+                fallback: str) -> tuple[str, bool]:
+    """The one statement of precedence (docs/tags.md) for a deployed script, a flow and each
+    step: the job's override, else the dedicated tag of `target` when a group is dedicated to
+    it, else `fallback` (the flow's tag, the step's or script's own tag, or the language's
+    default, as the caller says). Also whether the template is trusted: only an override is
+    the submitter's own words."""
+    if override:
+        return override, False
+    if target is not None and target in dedicated:
+        return target_tag(target), True
+    return fallback, True
 
 
 def _dedicated_step(state: ConfigState, workspace: str, tag: str, language: str,
@@ -160,8 +170,8 @@ def _dedicated_step(state: ConfigState, workspace: str, tag: str, language: str,
     (other code on the tag, a script whose dependencies failed to lock) stays inline and runs
     cold, never inside the warm runtime."""
     for target in dedicated_targets(state):
-        ws, path = target.split(":", 1)
-        if ws != workspace or path.startswith("flow/") or target_tag(target) != tag:
+        ws, path, flow = parse_target(target)
+        if ws != workspace or flow or target_tag(target) != tag:
             continue
         script = state.scripts.get(key(workspace, path))
         if (script is not None and script.language == language and script.content == code
@@ -190,13 +200,8 @@ def _route_flow(
     state: ConfigState, flow: Flow, workspace: str, args: Mapping[str, Any], override: str | None,
     dedicated: set[str], admin: bool,
 ) -> Route:
-    flow_target = f"{workspace}:flow/{flow.path}"
-    if override:
-        template, trusted = override, False
-    elif flow_target in dedicated:
-        template, trusted = target_tag(flow_target), True
-    else:
-        template, trusted = flow.tag or "flow", True
+    template, trusted = _precedence(override, f"{workspace}:flow/{flow.path}", dedicated,
+                                    flow.tag or "flow")
     tag = _resolve(state, template, workspace, args, admin=admin, trusted=trusted)
     steps = []
     for i, step in enumerate(flow.steps):
@@ -206,16 +211,10 @@ def _route_flow(
                            " which is no longer deployed", field=f"steps[{i}].script")
         language = script.language if script else (step.language or "")
         code = script.content if script else (step.content or "")
-        step_target = f"{workspace}:{step.script}" if step.script else None
-        if override:
-            stemplate, strusted = override, False
-        elif step_target in dedicated:
-            stemplate, strusted = target_tag(step_target), True  # type: ignore[arg-type]
-        elif flow.tag and not flow.preserve_step_tags:
-            stemplate, strusted = flow.tag, True
-        else:
-            stemplate = step.tag or (script.tag if script else None) or default_tag(language)
-            strusted = True
+        fallback = (flow.tag if flow.tag and not flow.preserve_step_tags else
+                    step.tag or (script.tag if script else None) or default_tag(language))
+        stemplate, strusted = _precedence(
+            override, f"{workspace}:{step.script}" if step.script else None, dedicated, fallback)
         stag = _resolve(state, stemplate, workspace, args, admin=admin, trusted=strusted)
         steps.append(PlannedStep(
             index=i + 1, name=step.name or step.script or f"step{i + 1}", language=language,

@@ -38,7 +38,8 @@ from shared.events import (
     TokenRevoked,
 )
 from shared.tags import (
-    PRESETS, WORKSPACE_REF, format_tag_spec, parse_tag_spec, target_tag, validate_group_name,
+    PRESETS, WORKSPACE_REF, format_tag_spec, parse_tag_spec, parse_target, target_tag,
+    validate_group_name,
     validate_path, validate_tag, validate_tags, validate_workspace,
 )
 
@@ -274,12 +275,12 @@ def validate_dedicated(state: ConfigState, targets: object) -> tuple[str, ...]:
         field = f"dedicated[{i}]"
         if not isinstance(target, str) or ":" not in target:
             raise InvalidInput(f"{field} {target!r} must look like ws:path or ws:flow/path", field=field)
-        ws, path = target.split(":", 1)
+        ws, path, flow = parse_target(target)
         validate_workspace(ws, field=field)
-        if path.startswith("flow/"):
-            validate_path(path[5:], field=field)
-            if key(ws, path[5:]) not in state.flows:
-                raise NotFound(f"{field}: no flow {path[5:]!r} is deployed in workspace {ws!r}",
+        if flow:
+            validate_path(path, field=field)
+            if key(ws, path) not in state.flows:
+                raise NotFound(f"{field}: no flow {path!r} is deployed in workspace {ws!r}",
                                field=field)
         else:
             validate_path(path, field=field)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from shared.errors import Forbidden
-from shared.tags import SYSTEM_TAGS, WORKSPACE_REF, target_tag
+from shared.tags import SYSTEM_TAGS, WORKSPACE_REF, parse_target, target_tag
 
 if TYPE_CHECKING:  # types only: state.py calls into this module (deploy checks), not back
     from shared.state import AssignableTag, ConfigState
@@ -44,7 +44,7 @@ def dedicated_owner(state: ConfigState, tag: str) -> str | None:
     for group in state.groups.values():
         for target in group.dedicated:
             if target_tag(target) == tag:
-                return target.split(":", 1)[0]
+                return parse_target(target)[0]
     return None
 
 

@@ -191,9 +191,18 @@ def dedicated_tag(workspace: str, path: str, *, flow: bool = False) -> str:
     return f"{tag[: MAX_TAG_LENGTH - 17]}-{digest}"
 
 
+def parse_target(target: str) -> tuple[str, str, bool]:
+    """A dedicated target `ws:path` / `ws:flow/path` as (workspace, path, is a flow); the one
+    reading of that syntax (validation, tags and routing all use it). ValueError without `:`."""
+    ws, sep, path = target.partition(":")
+    if not sep:
+        raise ValueError(f"{target!r} is not ws:path")
+    if path.startswith("flow/"):
+        return ws, path[5:], True
+    return ws, path, False
+
+
 def target_tag(target: str) -> str:
     """Tag of a dedicated target `ws:path` / `ws:flow/path`."""
-    ws, path = target.split(":", 1)
-    if path.startswith("flow/"):
-        return dedicated_tag(ws, path[5:], flow=True)
-    return dedicated_tag(ws, path)
+    ws, path, flow = parse_target(target)
+    return dedicated_tag(ws, path, flow=flow)

@@ -225,7 +225,8 @@ def test_the_generator_reaches_every_event_type() -> None:
     """Each event type comes out of some generated command sequence (else the property above
     says nothing about it)."""
     for kind in sorted(EVERY_TYPE):
-        find(st.lists(commands, max_size=12), lambda cmds, k=kind: k in types_of(run_all(cmds)),
+        find(st.lists(commands, min_size=8, max_size=30),
+             lambda cmds, k=kind: k in types_of(run_all(cmds)),
              settings=settings(max_examples=2000, database=None, phases=[Phase.generate]))
 
 

@@ -201,3 +201,14 @@ def test_is_template() -> None:
     assert is_template("$args[x]")
     assert not is_template("gpu")
     assert not is_template("$work")
+
+
+def test_parse_target_is_the_one_reading_of_ws_path() -> None:
+    from shared.tags import parse_target, target_tag
+
+    assert parse_target("main:f/etl") == ("main", "f/etl", False)
+    assert parse_target("main:flow/f/etl") == ("main", "f/etl", True)
+    assert parse_target("a:b:c") == ("a", "b:c", False)
+    with pytest.raises(ValueError):
+        parse_target("no-colon")
+    assert target_tag("main:flow/f/etl") == "main:flow/f/etl"
