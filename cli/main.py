@@ -780,7 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("workers", parents=[common],
                        help="list live workers and how each isolates jobs (SANDBOX); warns on"
-                            " stderr about any that runs jobs without a sandbox")
+                            " stderr about any that runs jobs without a sandbox. STATE is"
+                            " init-running or init-failed while a worker's init script keeps it"
+                            " from taking jobs")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_workers)
 

@@ -45,7 +45,7 @@ def print_workers(workers: list[WorkerStatus]) -> None:
     now = time.time()
     rows = [
         [
-            w.id, w.group or "-", w.state,
+            w.id, w.group or "-", worker_state(w),
             f"{','.join(w.tags) or '-'} ({w.tags_source})", str(w.config_version),
             w.current_job or "-", w.init_status, worker_sandbox(w),
             ",".join(w.runtimes) or "-", f"{now - w.heartbeat_at:.0f}s ago",
@@ -56,6 +56,14 @@ def print_workers(workers: list[WorkerStatus]) -> None:
             "RUNTIMES", "HEARTBEAT"], rows)
     if not workers:
         print("(no live workers)")
+
+
+def worker_state(w: WorkerStatus) -> str:
+    """The heartbeat's state, except that a worker whose init script is still running or has
+    failed says so: it takes no job, and the router does not count it as live."""
+    if w.state == "ready" and w.init_status in ("running", "failed"):
+        return f"init-{w.init_status}"
+    return w.state
 
 
 def worker_sandbox(w: WorkerStatus) -> str:

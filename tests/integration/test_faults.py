@@ -182,7 +182,7 @@ def test_a_failing_init_script_keeps_the_worker_out_until_fixed(fast: Suite) -> 
     status = [w for w in ws if w["group"] == "badinit"][0]
     assert "exited with 3" in status["init_error"] and "broken" in status["init_error"]
     table = cli("workers", cwd=s.root).stdout
-    assert "failed" in [line for line in table.splitlines() if "badinit" in line][0]
+    assert "init-failed" in [line for line in table.splitlines() if "badinit" in line][0].split()
     job = s.api.submit("echo finally", tag="t-badinit")["id"]
     failed = len(proc.log_events("init_script_failed"))
     # The worker tried its script again with the job waiting on its tag: it still took nothing.
