@@ -135,6 +135,9 @@ def test_restricted_tags_refuse_other_workspaces_even_for_admins(extra_workers: 
     with pytest.raises(CliError, match=r"steps\[0\]\.tag"):
         s.api.call("PUT", "config", "/flows/ws2/f/closed",
                    {"steps": [{"language": "bash", "content": "echo", "tag": "gpu-r"}]})
+    with pytest.raises(CliError, match="not available to workspace 'ws2'"):  # the flow's own tag
+        s.api.call("PUT", "config", "/flows/ws2/f/closed",
+                   {"steps": [{"language": "bash", "content": "echo"}], "tag": "gpu-r"})
     assert cli("tags", "remove", "cpu-x", cwd=root).returncode == 0
     assert s.api.submit("echo x", tag="cpu-x", workspace="ws3")["tag"] == "cpu-x"
 
