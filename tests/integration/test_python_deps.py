@@ -127,6 +127,9 @@ def test_deploying_a_script_queues_a_dependency_job_whose_lock_joins_the_history
     failed = wait_until(lambda: (s := _script(suite, "u/broken"))["lock_error"] and s,
                         "the failed lock", 60)
     assert "nosuchpackage-xyz" in failed["lock_error"].lower(), failed
+    dependency_job = suite.api.job(failed["lock_job"])  # the deploy's dependency job itself
+    assert dependency_job["status"] == "failure" and dependency_job["tag"] == "dependency"
+    assert "nosuchpackage" in (dependency_job["error"] or "").lower(), dependency_job
     with pytest.raises(CliError) as refused:
         _run(suite, "u/broken")
     assert "dependencies_failed" in refused.value.message or "409" in refused.value.message
