@@ -10,9 +10,10 @@ import signal
 import stat
 import tempfile
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
-from aiohttp import web
+if TYPE_CHECKING:  # the CLI imports this module: aiohttp's 130 ms only where a server runs
+    from aiohttp import web
 
 from services.common import tasks
 from services.common.log import Logger
@@ -109,6 +110,8 @@ _EXIT_CODE = [0]  # what `run` returns: 1 once a vital task failed
 
 
 async def serve_http(app: web.Application, host: str, port: int, logger: Logger) -> web.AppRunner:
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
