@@ -322,20 +322,17 @@ class RouterService:
         index = self._groups_by_tag()
         routing.check_timeout(self.config, route, sub.timeout, index)
         groups = list(index.get(tag, ()))
-        listening = self.workers.serving(tag)
-        live = [w for w in listening if _unable(w, route.language) is None]
-        warning = None
-        if not live and listening:
-            warning = (f"{len(listening)} live worker(s) listen to tag {tag!r} but "
-                       + _why_none(listening, route.language))
-        elif not live:
-            where = (f"groups configured with it: {', '.join(groups)}" if groups
-                     else "no worker group is configured with it")
-            warning = f"no live worker listens to tag {tag!r} ({where})"
+        live, warning = self._who_serves(tag, route.language, groups)
         if not live:
             if (sub.require_worker or self.require_worker) and first is None:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
-            warning += "; the job waits in the queue until one does"
+        # A flow's steps go to tags of their own: one that nobody can run stalls the flow there.
+        for step in route.steps:
+            step_live, step_warning = self._who_serves(
+                step.tag, step.language, list(index.get(step.tag, ())))
+            if not step_live:
+                said = f"step {step.index} ({step.name}): {step_warning}"
+                warning = f"{warning}; {said}" if warning else said
         grant = self._grant(job_id, sub.workspace, who, route) if route.kind == "flow" else None
         job = Job(id=job_id, workspace=sub.workspace, language=route.language,
                   code=route.code, args=sub.args, tag=tag, timeout=sub.timeout or route.timeout,
@@ -388,6 +385,26 @@ class RouterService:
             language=sub.language, code=sub.code, path=sub.path, kind=sub.kind, admin=who.admin,
             planned=planned,
         )
+
+    def _who_serves(self, tag: str, language: str, groups: list[str]
+                    ) -> tuple[list[WorkerStatus], str | None]:
+        """The live workers that can take a job in `language` on `tag` now, and when there is
+        none, the warning that says why and what becomes of the job."""
+        listening = self.workers.serving(tag)
+        live = [w for w in listening if _unable(w, language) is None]
+        if live:
+            return live, None
+        if listening:
+            warning = (f"{len(listening)} live worker(s) listen to tag {tag!r}, but "
+                       + _why_none(listening, language))
+            if any(_unable(w, language) == "runtime" for w in listening):
+                return live, warning + ("; one of them that takes the job fails it, naming"
+                                        " the runtime to install")
+            return live, warning + "; the job waits in the queue until one can take it"
+        where = (f"groups configured with it: {', '.join(groups)}" if groups
+                 else "no worker group is configured with it")
+        return live, (f"no live worker listens to tag {tag!r} ({where}); the job waits in the"
+                      " queue until one does")
 
     async def _catch_up(self, within: float) -> bool:
         """Fold (within `within` seconds) every message the config stream held when asked; True
@@ -933,7 +950,7 @@ def _why_none(listening: list[WorkerStatus], language: str) -> str:
     failed = [w for why, w in reasons if why == "init_failed"]
     if failed:
         error = (failed[0].init_error or "").strip().splitlines()
-        parts.append(f"{len(failed)} whose init script failed"
+        parts.append(f"the init script of {len(failed)} failed"
                      + (f" ({error[-1][:200]})" if error else "")
                      + ": fix the group's init script (`getoperate group set --init-script`)")
     return "; ".join(parts)

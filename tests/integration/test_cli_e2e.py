@@ -254,7 +254,7 @@ def test_workers_whose_init_script_runs_or_failed_are_not_counted_live(suite: Su
                                >= {("initfail", "failed"), ("initslow", "running")}, timeout=60)
         answer = suite.api.submit("echo x", tag="t-initfail")
         assert answer["live_workers"] == 0, answer
-        assert "1 whose init script failed (no such driver)" in answer["warning"], answer
+        assert "the init script of 1 failed (no such driver)" in answer["warning"], answer
         refused = cli("run", "--language", "bash", "--code", "echo x", "--tag", "t-initslow",
                       "--require-worker", cwd=suite.root)
         assert refused.returncode == 1 and "1 still running its init script" in refused.stderr

@@ -102,6 +102,24 @@ def test_flow_tag_overrides_steps_unless_preserve_step_tags(extra_workers: Suite
     assert run(s, "ws1/f/kept", tag="t-override")["steps"] == ["t-override"]
 
 
+def test_a_flow_whose_step_nobody_can_run_says_so_when_submitted(extra_workers: Suite) -> None:
+    """The flow's own tag is served, but its second step goes to a tag no worker listens to
+    and its third to a language no worker on its tag can run: the answer's warning names both
+    steps, instead of a flow that later sits 'running' at step 2 with nothing said."""
+    s = extra_workers
+    s.api.call("PUT", "config", "/flows/ws1/f/stuck", {"steps": [
+        {"name": "first", "language": "bash", "content": "echo 1"},
+        {"name": "nobody", "language": "bash", "content": "echo 2", "tag": "t-nobody-step"},
+        {"name": "cobol", "language": "cobol", "content": "DISPLAY 3", "tag": "bash"}]})
+    answer = run(s, "ws1/f/stuck")
+    warning = answer["warning"] or ""
+    assert "step 1" not in warning, warning
+    assert "step 2 (nobody): no live worker listens to tag 't-nobody-step'" in warning, warning
+    assert "step 3 (cobol):" in warning and "none can run 'cobol'" in warning, warning
+    assert "fails it, naming the runtime to install" in warning, warning
+    s.api.call("POST", "router", f"/jobs/{answer['id']}/cancel", {})
+
+
 def test_restricted_tags_refuse_other_workspaces_even_for_admins(extra_workers: Suite) -> None:
     s = extra_workers
     root = s.root
