@@ -494,6 +494,9 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
                 print(f"  not moved: {line}")
             if moved["in_flight"]:
                 print(f"  left: {moved['in_flight']} job(s) already handed to a worker")
+            if moved["dropped_cancelled"]:
+                print(f"  dropped: {len(moved['dropped_cancelled'])} job(s) cancelled while"
+                      " queued (they had ended)")
         return EXIT_FAILED if moved["refused"] else 0
     if ns.to:
         raise CliError("--to is for `jobs requeue`", EXIT_USAGE)

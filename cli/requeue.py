@@ -18,12 +18,13 @@ from typing import Any
 
 import msgspec
 import nats
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
-from cli.client import EXIT_FAILED, CliError, Endpoints, call
+from cli.client import EXIT_FAILED, CliError, Endpoints, answer_as, call
 from shared import subjects, tagaccess
 from shared.codec import decode, encode
-from shared.jobs import Job
+from shared.jobs import Job, WorkerStatus
 from shared.state import ConfigState, groups_by_tag
 from shared.tags import validate_tag
 
@@ -33,16 +34,18 @@ def requeue(ep: Endpoints, tag: str, to: str) -> dict[str, Any]:
     if tag == to:
         raise CliError("--tag and --to name the same tag", EXIT_FAILED)
     token = ep.token()
-    busy = [w["id"] for w in call("GET", f"{ep.router_url}/workers", token)
-            if tag in w["tags"] and w["state"] != "stopping"]
+    workers = answer_as(call("GET", f"{ep.router_url}/workers", token), list[WorkerStatus],
+                        "workers")
+    # A worker whose init script runs or failed takes no job: it does not hold the tag.
+    busy = [w.id for w in workers if tag in w.tags and w.state != "stopping"
+            and w.init_status not in ("running", "failed")]
     if busy:
         raise CliError(f"{len(busy)} live worker(s) still take jobs from tag {tag!r}"
                        f" ({', '.join(busy[:3])}): stop them or change their group first",
                        EXIT_FAILED)
     state = msgspec.convert(call("GET", f"{ep.config_url}/state", token), ConfigState)
     moved = asyncio.run(_move(ep, state, tag, to))
-    moved["serving"] = to in groups_by_tag(state) or any(
-        to in w["tags"] for w in call("GET", f"{ep.router_url}/workers", token))
+    moved["serving"] = to in groups_by_tag(state) or any(to in w.tags for w in workers)
     return moved
 
 
@@ -52,7 +55,9 @@ async def _move(ep: Endpoints, state: ConfigState, tag: str, to: str) -> dict[st
     js = nc.jetstream()
     moved: list[str] = []
     refused: list[str] = []
+    dropped: list[str] = []  # cancelled while queued: ended already, nothing to move
     try:
+        cancels = await js.key_value(subjects.CANCELS_BUCKET)
         taken = 0  # stream sequences up to here were handed to a worker: not ours to move
         try:
             info = await js.consumer_info(subjects.JOBS_STREAM, subjects.tag_consumer(tag))
@@ -72,6 +77,11 @@ async def _move(ep: Endpoints, state: ConfigState, tag: str, to: str) -> dict[st
                 in_flight += 1
                 continue
             job = decode(msg.data or b"", Job)
+            if await _cancelled(cancels, job.id):
+                await js.delete_msg(subjects.JOBS_STREAM, msg.seq)
+                await _forget(cancels, subjects.cancelled_queued_key(tag, job.id))
+                dropped.append(job.id)
+                continue
             why = tagaccess.closed_reason(state, to, job.workspace)
             if why is not None:
                 refused.append(f"{job.id}: {why}")
@@ -90,4 +100,23 @@ async def _move(ep: Endpoints, state: ConfigState, tag: str, to: str) -> dict[st
             await nc.flush()
     finally:
         await nc.close()
-    return {"from": tag, "to": to, "moved": moved, "refused": refused, "in_flight": in_flight}
+    return {"from": tag, "to": to, "moved": moved, "refused": refused, "in_flight": in_flight,
+            "dropped_cancelled": dropped}
+
+
+async def _cancelled(cancels: KeyValue, job_id: str) -> bool:
+    """Was the job cancelled (GO_CANCELS holds its id)? Such a job ended when it was cancelled;
+    the worker that took it would only drop it."""
+    try:
+        return (await cancels.get(job_id)).value is not None
+    except KeyNotFoundError:
+        return False
+
+
+async def _forget(cancels: KeyValue, key: str) -> None:
+    """Remove the cancelled-queued mark of a message that is gone (waiting counts leave the
+    job out while the mark is there)."""
+    try:
+        await cancels.delete(key)
+    except KeyNotFoundError:
+        pass

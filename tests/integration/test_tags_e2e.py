@@ -316,6 +316,8 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
     wait_router_seq(s, dedicated["seq"])  # routed by a router that knows the dedication
     ids = [run(s, "ws1/f/strand", args={"n": str(i)})["id"] for i in range(3)]
     assert {s.api.job(i, wait=False)["tag"] for i in ids} == {"ws1:f/strand"}
+    gone = run(s, "ws1/f/strand", args={"n": "cancelled"})["id"]
+    assert cli("cancel", gone, cwd=s.root).returncode == 0  # ended: dropped, never moved
     answer = s.api.call("PUT", "config", "/groups/strand", {"dedicated": []})
     assert answer["warnings"] == [
         "tag 'ws1:f/strand' has 3 waiting job(s) and no group serves it any more: they wait"
@@ -328,6 +330,7 @@ def test_jobs_stranded_on_a_tag_no_group_serves_are_reported_and_can_be_moved(
     moved = cli("jobs", "requeue", "--tag", "ws1:f/strand", "--to", "t-strand-new", cwd=s.root)
     assert moved.returncode == 0, moved.stderr
     assert "moved 3 waiting job(s) from ws1:f/strand to t-strand-new" in moved.stdout
+    assert "dropped: 1 job(s) cancelled while queued" in moved.stdout
     s.api.set_group("strand", tags=["t-strand-new"])
     s.worker("strand", WORKER_GROUP="strand")
     views = [s.api.job(i) for i in ids]
