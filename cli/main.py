@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -105,7 +106,23 @@ def split_target(target: str) -> tuple[str, str]:
     return ws, path
 
 
+def _check_wait(ns: argparse.Namespace, job_limit: str | None = None) -> None:
+    """`--timeout` bounds `--wait`: alone, or not a positive number, it is a usage error (before
+    anything is submitted), never silently ignored."""
+    if ns.timeout is None:
+        return
+    if not ns.wait:
+        hint = f" (the job's own limit is {job_limit})" if job_limit else ""
+        raise CliError(f"--timeout is how long --wait waits: give --wait too{hint}", EXIT_USAGE)
+    if not math.isfinite(ns.timeout) or ns.timeout <= 0:
+        raise CliError(f"--timeout must be a number of seconds above 0, got {ns.timeout:g}",
+                       EXIT_USAGE)
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
+    _check_wait(ns, "--job-timeout")
+    if not math.isfinite(ns.retry_for) or ns.retry_for < 0:
+        raise CliError(f"--retry-for must be 0 or more seconds, got {ns.retry_for:g}", EXIT_USAGE)
     ep = _endpoints(ns)
     body: dict[str, Any] = {"args": dict(parse_arg(a) for a in ns.arg)}
     if ns.target:
@@ -168,6 +185,7 @@ def _show_job(raw: Any, as_json: bool, waited: bool = False) -> int:
 
 
 def cmd_job(ns: argparse.Namespace) -> int:
+    _check_wait(ns)
     ep = _endpoints(ns)
     if ns.wait:
         view = wait_for_job(ep, ns.id, ns.timeout)

@@ -10,6 +10,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from cli.client import Endpoints
 from services.common.natsserver import NatsServer, free_port
 from tests.integration.conftest import Suite
@@ -62,6 +64,24 @@ def test_a_zero_job_timeout_is_refused_not_dropped(suite: Suite) -> None:
               cwd=suite.root)
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and len(lines) == 1 and "timeout" in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (["run", "--language", "bash", "--code", "echo x", "--wait", "--timeout", "-1"],
+     "--timeout must be a number of seconds above 0, got -1"),
+    (["run", "--language", "bash", "--code", "echo x", "--timeout", "5"],
+     "--timeout is how long --wait waits: give --wait too (the job's own limit is --job-timeout)"),
+    (["job", "some-id", "--timeout", "5"], "--timeout is how long --wait waits: give --wait too"),
+    (["run", "--language", "bash", "--code", "echo x", "--retry-for", "-2"],
+     "--retry-for must be 0 or more seconds, got -2"),
+])
+def test_wait_options_that_mean_nothing_are_refused_before_anything_is_sent(
+        suite: Suite, args: list[str], said: str) -> None:
+    before = len(suite.api.call("GET", "router", "/jobs?limit=1000"))
+    out = cli(*args, cwd=suite.root)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines == [f"getoperate: error: {said}"], out.stderr
+    assert len(suite.api.call("GET", "router", "/jobs?limit=1000")) == before  # nothing queued
 
 
 def test_workers_while_nats_is_down_is_a_503_not_an_empty_list(tmp_path: Path) -> None:
