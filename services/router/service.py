@@ -784,6 +784,15 @@ class RouterService:
         view = record.view
         if view.status in TERMINAL:
             raise Conflict(f"job {job_id!r} already ended ({view.status})", field="id")
+        view = await self._cancel_read(job_id, record, by)
+        if view.kind == "flow":
+            await self._cancel_queued_steps(job_id, view, by)
+        return await self.job(job_id, wait=view.status == "running", timeout=10.0)
+
+    async def _cancel_read(self, job_id: str, record: JobRecord, by: str) -> JobView:
+        """Cancel a job as read (not ended): the mark its worker watches for, and a queued one's
+        end, written now. The view as it then is."""
+        view = record.view
         kv = await bus.cancels_bucket(self.js)
         try:
             await kv.put(job_id, f"cancelled by {by}".encode())
@@ -799,7 +808,20 @@ class RouterService:
                 await kv.put(subjects.cancelled_queued_key(view.tag, job_id), b"")
                 await self.nc.publish(subjects.wake_subject(view.tag), b"")  # drop it now
         self.logger.info("job_cancel_requested", job_id=job_id, by=by, was=view.status)
-        return await self.job(job_id, wait=view.status == "running", timeout=10.0)
+        return view
+
+    async def _cancel_queued_steps(self, flow_id: str, flow: JobView, by: str) -> None:
+        """A cancelled flow's steps that are still queued end with it. Its running step dies
+        with it already (its worker watches for the flow's cancel); a queued one would sit on
+        its tag, shown queued, until a worker took and dropped it, never if none serves that
+        tag. Steps are found by the keys their flow submitted them under
+        (`flow <id> step <n>`, services/worker/flows.py)."""
+        deployed = self.config.flows.get(st.key(flow.workspace or "", flow.path or ""))
+        for index in range(1, len(deployed.steps) + 1 if deployed else 1):
+            _, found = await self._keyed(f"flow {flow_id} step {index}", flow.workspace or "",
+                                         planned=True)
+            if found is not None and found[1].view.status == "queued":
+                await self._cancel_read(found[1].view.id, found[1], by)
 
     async def _end_queued(self, job_id: str, by: str, subject_seq: int) -> bool:
         """Record a queued job's cancellation as its end, only if nothing was written to it since

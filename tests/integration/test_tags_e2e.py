@@ -120,6 +120,26 @@ def test_a_flow_whose_step_nobody_can_run_says_so_when_submitted(extra_workers: 
     s.api.call("POST", "router", f"/jobs/{answer['id']}/cancel", {})
 
 
+def test_cancelling_a_flow_ends_its_queued_step(extra_workers: Suite) -> None:
+    """The flow's step waits on a tag nobody serves; cancelling the flow ends the step too,
+    instead of leaving it queued (and counted as waiting) for ever."""
+    from tests.integration.harness import wait_until
+
+    s = extra_workers
+    s.api.call("PUT", "config", "/flows/ws1/f/waits", {"steps": [
+        {"name": "stuck", "language": "bash", "content": "echo 1", "tag": "t-nobody-cancel"}]})
+    flow = run(s, "ws1/f/waits")["id"]
+
+    def queued_step() -> list[dict]:  # type: ignore[type-arg]
+        return [j for j in s.api.call("GET", "router", "/jobs?tag=t-nobody-cancel&limit=10")
+                if j["parent"] == flow]
+    (step,) = wait_until(queued_step, "the flow's step queued", 60)
+    assert step["status"] == "queued"
+    s.api.call("POST", "router", f"/jobs/{flow}/cancel", {})
+    assert s.api.job(flow)["status"] == "cancelled"
+    assert s.api.job(step["id"], wait=False)["status"] == "cancelled"
+
+
 def test_restricted_tags_refuse_other_workspaces_even_for_admins(extra_workers: Suite) -> None:
     s = extra_workers
     root = s.root
