@@ -163,13 +163,18 @@ def parse_tag_spec(spec: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     rule = rule.strip()
     if rule.startswith("^"):
         names = rule[1:].split("^")
-        return tag, (), tuple(validate_workspace(n.strip(), field="spec") for n in names)
-    if "^" in rule or not rule:
+    elif "^" in rule or not rule:
         raise InvalidInput(
             f"tag spec {spec!r}: inside the parentheses use ws1+ws2 (only) or ^ws1^ws2 (all but)",
             field="spec",
         )
-    return tag, tuple(validate_workspace(n.strip(), field="spec") for n in rule.split("+")), ()
+    else:
+        names = rule.split("+")
+    if any(not n.strip() for n in names):  # `gpu(ws1+)`: a workspace left out, not a bad name
+        raise InvalidInput(f"tag spec {spec!r} names an empty workspace: write each one, as in"
+                           " gpu(ws1+ws2) or gpu(^ws1^ws2)", field="spec")
+    workspaces = tuple(validate_workspace(n.strip(), field="spec") for n in names)
+    return (tag, (), workspaces) if rule.startswith("^") else (tag, workspaces, ())
 
 
 def format_tag_spec(tag: str, only: tuple[str, ...], exclude: tuple[str, ...]) -> str:

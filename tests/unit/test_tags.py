@@ -212,3 +212,12 @@ def test_parse_target_is_the_one_reading_of_ws_path() -> None:
     with pytest.raises(ValueError):
         parse_target("no-colon")
     assert target_tag("main:flow/f/etl") == "main:flow/f/etl"
+
+
+@pytest.mark.parametrize("spec", ["gpu(ws1+)", "gpu(+ws1)", "gpu(^ws1^)", "gpu(^)"])
+def test_a_spec_that_leaves_a_workspace_out_says_so(spec: str) -> None:
+    from shared.tags import parse_tag_spec
+
+    with pytest.raises(InvalidInput) as info:
+        parse_tag_spec(spec)
+    assert "names an empty workspace" in info.value.message and info.value.field == "spec"
