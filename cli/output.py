@@ -186,7 +186,8 @@ def event_line(row: dict[str, Any]) -> str:
 
 
 def print_state(state: dict[str, Any]) -> None:
-    print(f"configuration at seq {state['seq']}")
+    print(f"configuration at seq {state['seq']}"
+          + (" (empty: that is before the first event)" if not state["seq"] else ""))
     for g in sorted(state["groups"].values(), key=lambda g: g["name"]):
         extras = []
         if g.get("init_script"):
