@@ -136,8 +136,8 @@ class Executor:
         """Run the group's init script in its own lasting sandbox; (ok, log tail)."""
         if why := self.unavailable():
             return False, f"this worker cannot sandbox its init script: {why}"
-        if self.init is not None:
-            self.init.stop()
+        if self.init is not None:  # its daemons and cgroup gone before the next run starts
+            await self.init.close()
         self.init = InitSandbox(self.ws, self.policy, self.cgroups)
         env = {k: os.environ[k] for k in INIT_ENV if k in os.environ}
         if self.policy.kind == "bwrap":

@@ -1,5 +1,11 @@
 """A group's init script in a sandbox that lasts: daemons it starts stay up, inside it, until the
-script or the group's isolation changes or the worker stops."""
+script or the group's isolation changes or the worker stops.
+
+Each run has a cgroup of its own (`init-<random>`): the one of the run it replaces is still being
+emptied and removed in the background when the next is created, and a shared name let that
+removal take the new run's cgroup away (its launcher failed) or hand the new run the old one's
+limits. The next run also waits until the old cgroup is gone (`close`), so no daemon of the old
+sandbox, network or limits is alive when the script runs again (a port it held is free)."""
 
 from __future__ import annotations
 
@@ -27,11 +33,12 @@ class InitSandbox:
         self.ws, self.policy, self.cgroups = ws, policy, cgroups
         self.proc: asyncio.subprocess.Process | None = None
         self.cg: RunCgroup | None = None
+        self._closing: asyncio.Task[None] | None = None  # the stopped run's cgroup, going away
         self.dir = ws.root / "init"
 
     async def run(self, script: str, env: dict[str, str], timeout: float) -> tuple[bool, str]:
         """Run the script; (ok, log tail). Replaces an earlier init sandbox."""
-        self.stop()
+        await self.close()
         remove_tree(self.dir)
         self.dir.mkdir()
         if self.ws.uid is not None:
@@ -42,8 +49,13 @@ class InitSandbox:
             os.chown(self.dir / "init.sh", self.ws.uid, self.ws.uid)
         log_path = self.ws.out("init.log")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self.cg = (self.cgroups.create(f"init-{os.urandom(3).hex()}", self.policy.limits)
+                       if self.cgroups else None)
+        except OSError as exc:  # a failed run, retried like any other
+            os.close(log_fd)
+            return False, f"init script could not run: its cgroup could not be created ({exc})"
         status_r, status_w = os.pipe()
-        self.cg = self.cgroups.create("init", self.policy.limits) if self.cgroups else None
         try:
             # An init script may listen (a daemon serving the group's jobs is its documented use).
             fds = (sandbox_fds({}, network=self.policy.network, listen=True)
@@ -95,5 +107,14 @@ class InitSandbox:
             except (ProcessLookupError, PermissionError):
                 pass
         self.proc = None
-        close_later(self.cg)
+        if (closing := close_later(self.cg)) is not None:
+            self._closing = closing
         self.cg = None
+
+    async def close(self) -> None:
+        """`stop`, then wait until the run's cgroup is empty and removed: what a next run
+        (another sandbox, network or limits) must start after. Cancelling the wait leaves the
+        removal going."""
+        self.stop()
+        if self._closing is not None:
+            await asyncio.shield(self._closing)

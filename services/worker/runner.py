@@ -229,14 +229,16 @@ async def _cleanup(cg: RunCgroup | None) -> None:
 _CLOSING: set[asyncio.Task[None]] = set()
 
 
-def close_later(cg: RunCgroup | None) -> None:
-    """`_cleanup` from code that cannot wait (a stop, a cancellation): a task, kept referenced."""
+def close_later(cg: RunCgroup | None) -> asyncio.Task[None] | None:
+    """`_cleanup` from code that cannot wait (a stop, a cancellation): a task, kept referenced,
+    returned for a caller that must later wait until the cgroup is gone."""
     if cg is None:
-        return
+        return None
     cg.kill_all()
     task = asyncio.get_running_loop().create_task(cg.close())
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
+    return task
 
 
 def log_tail(path: Path, limit: int) -> str:
