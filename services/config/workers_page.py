@@ -348,6 +348,18 @@ VIEW_JS = r"""
       data.groups.map(groupRow), "No worker group is configured.")));
   }
 
+  // The heartbeat's state, except that a ready worker whose init script is running or failed
+  // takes no job: it says so, as `getoperate workers` does (cli/output.py: worker_state).
+  function workerState(w) {
+    if (w.state === "ready" && w.init_status === "failed") {
+      return { text: "init failed", kind: "bad", title: "takes no job until its init script succeeds" };
+    }
+    if (w.state === "ready" && w.init_status === "running") {
+      return { text: "init running", kind: "warn", title: "takes no job until its init script has run" };
+    }
+    return { text: w.state, kind: w.state === "ready" ? "ok" : w.state === "starting" ? "warn" : "none", title: null };
+  }
+
   function renderWorkers() {
     const rows = data.workers.map((w) => {
       const cfg = w.stale
@@ -355,7 +367,7 @@ VIEW_JS = r"""
            badge("stale: group at " + w.group_version, "warn",
              "this worker has not applied its group's latest change yet")]
         : [h("span", { class: "mono" }, w.config_version)];
-      const stateKind = w.state === "ready" ? "ok" : w.state === "starting" ? "warn" : "none";
+      const state = workerState(w);
       const initKind = { ok: "ok", running: "warn", failed: "bad" }[w.init_status] || "none";
       const failed = w.init_status === "failed";
       const box = w.sandbox === "none"
@@ -370,7 +382,7 @@ VIEW_JS = r"""
         h("td", { class: "cfg" }, cfg),
         h("td", { class: "sandbox" }, box,
           w.sandbox_note ? h("div", { class: "muted small sandbox-note" }, w.sandbox_note) : null),
-        h("td", {}, badge(w.state, stateKind)),
+        h("td", { class: "state" }, badge(state.text, state.kind, state.title)),
         h("td", { class: "init" }, badge(failed ? "init script failed" : w.init_status, initKind),
           w.init_error ? h("pre", { class: "script mono error init-output", title: "its output" }, w.init_error) : null,
           !w.init_error && w.init_output ? h("details", { class: "init-ok-output" },

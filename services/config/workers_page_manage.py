@@ -8,7 +8,9 @@ it: the page has no write path of its own. Each answer's events are read back wi
 `warnings` (tags a change leaves with waiting jobs and no group, and the `getoperate jobs requeue`
 command that moves them: services/config/unserved.py). Edits carry the version the
 form showed (`expected_version`), so a change made meanwhile by someone else is a 409 that the
-form explains and reloads from. Like the rest of the page, everything is built with `h()` as text.
+form explains and reloads from. A reset's answer is loaded back into the form (a reset also drops
+the priorities of tags the group leaves), and Edit opens on the newest of the overview and this
+page's last write. Like the rest of the page, everything is built with `h()` as text.
 
 The text is concatenated after VIEW_JS (services/config/workers_page.py) inside one function
 scope, so it uses that half's helpers (`h`, `api`, `data`, `refresh`, ...) directly.
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 MANAGE_JS = r"""
   const PRESET_LABELS = { default: "all tags minus native", native: "native tags", all: "all tags" };
-  let editor = null;      // {mode: "create"|"edit", name, base (the group as shown), limits, busy}
+  let editor = null;      // {mode: "create"|"edit", name, base (the group as shown), filled, limits, busy}
+  const written = {};     // group name -> the group as this page's last write of it answered
   let historyOf = null;   // the group whose history dialog is open
   let confirmResolve = null;
   let changes = 0;        // numbers each change notice (data-n), so a repeated one is told apart
@@ -26,6 +29,18 @@ MANAGE_JS = r"""
   const splitList = (text) => text.split(/[,\n]/).map((t) => t.trim()).filter((t) => t.length);
   const sameJson = (a, b) => JSON.stringify(a) === JSON.stringify(b);
   const missing = (before, after) => before.filter((x) => !after.includes(x));
+
+  // Whether a group with these tags and dedicated targets serves `tag`. A target's tag is the
+  // target itself, or past 100 characters its first 83, "-" and a hash (shared/tags.py).
+  function serves(tags, dedicated, tag) {
+    return tags.includes(tag) || dedicated.some((t) => t === tag ||
+      (t.length > 100 && tag.length === 100 && tag.startsWith(t.slice(0, 83) + "-")));
+  }
+
+  // The priorities the API drops when the group's tags and targets become these (shared/state.py:
+  // a priority outlives no tag), unless the same change sets the priorities too.
+  const droppedPriorities = (g, tags, dedicated) =>
+    Object.keys(g.priorities).filter((t) => !serves(tags, dedicated, t));
 
   function showError(id, text) {
     $(id).textContent = text || "";
@@ -122,7 +137,15 @@ MANAGE_JS = r"""
 
   // --- the group editor ---------------------------------------------------------------------
 
-  function openEditor(g) {
+  // The newer of the group as the overview showed it and as this page's last write answered:
+  // an Edit clicked before the refresh that follows a save still shows what the server has.
+  function latest(g) {
+    const w = g && written[g.name];
+    return w && w.version > g.version ? w : g;
+  }
+
+  function openEditor(shown) {
+    const g = latest(shown);
     editor = { mode: g ? "edit" : "create", name: g ? g.name : "", base: g || null, busy: false };
     fillEditor(g);
     $("ed-reason").value = "";
@@ -143,7 +166,7 @@ MANAGE_JS = r"""
   function noteEditorStale() {
     if (!editor || !editor.base || !data) return;
     const now = data.groups.find((g) => g.name === editor.name);
-    if (now && now.version === editor.base.version) return;
+    if (now && now.version <= editor.base.version) return;  // older: a poll sent before a write
     $("ed-version").className = "error small";
     $("ed-version").textContent = now
       ? "Someone else changed this group meanwhile (it is at version " + now.version + ", this form shows " +
@@ -175,6 +198,25 @@ MANAGE_JS = r"""
     editor.limits = limits;  // as shown: limits are sent only when one of them was edited
     $("ed-sandbox").value = g && g.sandbox ? g.sandbox : "default";
     $("ed-network").checked = g ? g.network : true;
+    editor.filled = formValues();
+  }
+
+  // The fields a reload may keep as typed (not the name, not the tags a reset sets).
+  const DRAFTS = ["ed-init", "ed-dedicated", "ed-priorities", "ed-env",
+    ...LIMITS.map((n) => "ed-limit-" + n), "ed-sandbox", "ed-network"];
+  const formValues = () => Object.fromEntries(DRAFTS.map((id) =>
+    [id, $(id).type === "checkbox" ? $(id).checked : $(id).value]));
+
+  // After a reset the form shows the group as the server now has it (a reset also drops the
+  // priorities of tags the group no longer serves); a field the user changed keeps what was typed.
+  function reloadEditor(fresh) {
+    const typed = Object.entries(formValues()).filter(([id, v]) => v !== editor.filled[id]);
+    editor.base = fresh;
+    fillEditor(fresh);
+    for (const [id, v] of typed) {
+      if (id === "ed-env" && editor.envLocked) continue;
+      if ($(id).type === "checkbox") $(id).checked = v; else $(id).value = v;
+    }
   }
 
   function closeEditor() {
@@ -252,7 +294,9 @@ MANAGE_JS = r"""
     if ("tags" in body) gone("Removes tags", missing(base.tags, d.tags));
     if ("dedicated" in body) gone("Removes dedicated targets", missing(base.dedicated, d.dedicated));
     if ("env" in body) gone("Removes static variables", missing(Object.keys(base.env), Object.keys(d.env)));
-    if ("priorities" in body) gone("Removes priorities of", missing(Object.keys(base.priorities), Object.keys(d.priorities)));
+    const prios = (tags) => tags.map((t) => t + "=" + base.priorities[t]);
+    if ("priorities" in body) gone("Removes priorities of", prios(missing(Object.keys(base.priorities), Object.keys(d.priorities))));
+    else if ("tags" in body || "dedicated" in body) gone("Removes priorities of", prios(droppedPriorities(base, d.tags, d.dedicated)));
     if ("init_script" in body && d.init_script === null) removed.push("Removes the init script");
     return { body, removed };
   }
@@ -278,6 +322,7 @@ MANAGE_JS = r"""
     showError("ed-error", "");
     try {
       const answer = await api("PUT", "/groups/" + enc(name), body);
+      if (answer.group) written[name] = answer.group;
       closeEditor();
       await reportChange(["change"], "Group " + name + (ed.mode === "create" ? " created" : " saved"), answer);
     } catch (err) {
@@ -317,9 +362,11 @@ MANAGE_JS = r"""
     const tags = (data && data.presets && data.presets[preset]) || [];
     const removed = missing(g.tags, tags);
     const added = missing(tags, g.tags);
-    if (removed.length) {
-      const lines = ["Removes tags: " + removed.join(", ")];
+    const dropped = droppedPriorities(g, tags, g.dedicated);
+    if (removed.length || dropped.length) {
+      const lines = removed.length ? ["Removes tags: " + removed.join(", ")] : [];
       if (added.length) lines.push("Adds tags: " + added.join(", "));
+      if (dropped.length) lines.push("Removes priorities of: " + dropped.map((t) => t + "=" + g.priorities[t]).join(", "));
       const answer = await confirmAction({ title: "Reset the tags of group " + g.name + " to " + PRESET_LABELS[preset] + "?",
         lines, ok: "Reset tags" });
       if (!answer.ok || editor !== ed) return;
@@ -331,11 +378,8 @@ MANAGE_JS = r"""
     showError("ed-error", "");
     try {
       const answer = await api("POST", "/groups/" + enc(g.name) + "/reset", body);
-      if (editor === ed && answer.group) {  // the reset is saved: the form keeps its other drafts
-        ed.base = answer.group;
-        $("ed-tags").value = answer.group.tags.join(", ");
-        versionLine(answer.group);
-      }
+      if (answer.group) written[g.name] = answer.group;
+      if (editor === ed && answer.group) reloadEditor(answer.group);
       await reportChange(["ed-change", "change"], "Group " + g.name + ": tags reset to " + PRESET_LABELS[preset], answer);
     } catch (err) {
       await groupRefused(ed, g.name, err);
@@ -370,6 +414,28 @@ MANAGE_JS = r"""
     if (t.only.length) return "only " + t.only.join(", ");
     if (t.exclude.length) return "all but " + t.exclude.join(", ");
     return "every workspace";
+  }
+
+  // A spec the API parsed (`gpu`, `gpu(ws1+ws2)`, `gpu(^ws1^ws2)`) as {tag, only, exclude}.
+  function parseSpec(spec) {
+    const m = /^([^()]+?)(?:\(([^()]*)\))?$/.exec(spec.trim());
+    if (!m) return null;
+    const rule = (m[2] || "").trim();
+    const names = (text, sep) => text.split(sep).map((n) => n.trim());
+    return { tag: m[1].trim(), only: rule && !rule.startsWith("^") ? names(rule, "+") : [],
+      exclude: rule.startsWith("^") ? names(rule.slice(1), "^") : [] };
+  }
+
+  // The 409 of a tag already assignable with another restriction, in the page's words: who may
+  // use it now (read again: someone may have changed it since the last refresh) and after.
+  async function tagConflictLines(spec) {
+    const wanted = parseSpec(spec);
+    let now = null;
+    try { now = wanted && (await api("GET", "/tags")).find((t) => t.tag === wanted.tag); } catch (err) { now = null; }
+    if (!wanted || !now) return { tag: wanted ? wanted.tag : spec, lines: ["This tag is already assignable with another restriction."] };
+    return { tag: wanted.tag, now, lines: [
+      "Who may use " + wanted.tag + " now: " + restrictionText(now) + " (" + now.spec + ").",
+      "After replacing: " + restrictionText(wanted) + " (" + spec.trim() + ")."] };
   }
 
   function renderTagsPanel() {
@@ -424,10 +490,12 @@ MANAGE_JS = r"""
         (answer.item ? answer.item.spec : spec), answer);
     } catch (err) {
       if (err.status === 409 && !replace) {
-        const answer = await confirmAction({ title: "Change who may use this tag?", lines: [err.message],
-          ok: "Replace restriction" });
+        const conflict = await tagConflictLines(spec);
+        const answer = await confirmAction({ title: "Change who may use tag " + conflict.tag + "?",
+          lines: conflict.lines, ok: "Replace restriction" });
         if (answer.ok) { $("tag-add").disabled = false; return addTag(true); }
-        showError("tag-error", err.message + " Not changed.");
+        showError("tag-error", "Tag " + conflict.tag + " not changed" +
+          (conflict.now ? ": still " + restrictionText(conflict.now) + "." : "."));
       } else {
         showError("tag-error", errorText(err));
       }
@@ -504,6 +572,7 @@ MANAGE_JS = r"""
     for (const id of ["confirm", "editor", "tags-dialog", "history"]) if ($(id).open) $(id).close();
     editor = null;
     historyOf = null;
+    for (const name of Object.keys(written)) delete written[name];
   }
 
   function wireManage() {

@@ -83,12 +83,14 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
     assert waiting["live_workers"] == 0 and parked["groups"] == []
     native_before = _group(suite, "native")
 
-    # Two workers that only heartbeat: one without a sandbox (its note holds markup), one boxed.
+    # Workers that only heartbeat: one without a sandbox (its note holds markup), one boxed, and
+    # one still running its init script.
     bare = fake_status("fake-bare", sandbox="none", sandbox_note=SANDBOX_NOTE)
     boxed = fake_status("fake-boxed", sandbox="bwrap", network=False, init_status="ok",
                         init_output=INIT_OUTPUT)
+    initing = fake_status("fake-init", sandbox="bwrap", init_status="running")
     problems: list[str] = []
-    with FakeWorkers(suite.nats_url, bare, boxed), sync_playwright() as pw:
+    with FakeWorkers(suite.nats_url, bare, boxed, initing), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
@@ -151,6 +153,18 @@ def test_workers_page_in_chromium(suite: Suite, tmp_path: Path) -> None:
             init_cell.locator("summary").click()
             assert init_cell.locator("pre.init-output").text_content() == INIT_OUTPUT
             assert page.locator("#sandbox-banner img, #workers img").count() == 0
+            # State: ready (green) only when the worker takes jobs; not while its init script
+            # runs (getoperate workers: init-running).
+            initing_row = page.locator('#workers tr[data-worker="fake-init"]')
+            expect(initing_row).to_be_visible()
+            expect(initing_row.locator(".badge.b-ok", has_text="ready")).to_have_count(0)
+            boxed_state = page.locator('#workers tr[data-worker="fake-boxed"] td.state .badge')
+            expect(boxed_state).to_have_text("ready")
+            expect(boxed_state).to_have_class("badge b-ok")
+            init_state = initing_row.locator("td.state .badge")
+            expect(init_state).to_have_text("init running")
+            expect(init_state).to_have_class("badge b-warn")
+            expect(page.locator('#workers tr[data-worker="fake-init"] td.init')).to_have_text("running")
             assert page.evaluate("window.__xss") is None
 
             # 2. live workers with their applied config version.

@@ -381,6 +381,72 @@ def test_reset_buttons(ui: Ui) -> None:
     assert 1 <= len(polls) <= 3, polls
 
 
+def test_a_reset_names_the_priorities_it_drops_and_the_form_follows_the_server(ui: Ui) -> None:
+    """Issue 16 (Workers page), point 1: a reset that drops a tag drops its priority too; the
+    confirmation says so, and the form then shows the group as the server has it (a draft typed
+    before the reset is kept), so an unrelated edit saves. A save that drops a priority says so
+    too, and Edit opened before the next poll shows the group as that save left it."""
+    from playwright.sync_api import expect
+
+    page = ui.page
+    g = name("prio")
+    presets = ui.http("GET", "/ui/overview")["presets"]
+    ui.http("PUT", f"/groups/{g}", {"tags": ["python3", "nativets"],
+                                     "priorities": {"python3": 7, "nativets": 2}})
+    expect(ui.row(g)).to_be_visible()
+    ui.edit(g)
+    expect(page.locator("#ed-priorities")).to_have_value(re.compile("python3=7"))
+    page.fill("#ed-env", "REGION=eu")  # a draft the reset keeps
+
+    page.click("#reset-native")
+    added = [t for t in presets["native"] if t not in ("python3", "nativets")]
+    expect(page.locator("#confirm-body li")).to_have_text([
+        "Removes tags: python3", "Adds tags: " + ", ".join(added), "Removes priorities of: python3=7"])
+    ui.confirm()
+    events = ui.wait_change(f"Group {g}: tags reset to native tags", box="#ed-change")
+    assert [t for _, t in events] == ["group.tags_set", "group.priorities_set"]
+    reset = ui.group(g)
+    assert reset is not None and reset["priorities"] == {"nativets": 2}
+    expect(page.locator("#ed-tags")).to_have_value(", ".join(presets["native"]))
+    expect(page.locator("#ed-priorities")).to_have_value("nativets=2")
+    expect(page.locator("#ed-version")).to_have_text(re.compile(f"^Version {reset['version']}:"))
+    expect(page.locator("#ed-env")).to_have_value("REGION=eu")
+
+    # Only the init script (and the draft): saved, the priorities untouched.
+    page.fill("#ed-init", "echo warm\n")
+    page.click("#ed-save")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert [t for _, t in ui.wait_change(f"Group {g} saved")] == [
+        "group.init_script_set", "group.env_set"]
+    saved = ui.group(g)
+    assert saved is not None and saved["init_script"] == "echo warm\n"
+    assert saved["env"] == {"REGION": "eu"} and saved["priorities"] == {"nativets": 2}
+
+    # Removing nativets from the tags drops its priority: asked. The overview is then held at
+    # what it was before the save (no poll has come back yet): Edit shows the group as saved.
+    stale = ui.http("GET", "/ui/overview")
+    page.route("**/ui/overview", lambda route: route.fulfill(json=stale))
+    try:
+        ui.edit(g)
+        page.fill("#ed-tags", ", ".join(t for t in presets["native"] if t != "nativets"))
+        page.click("#ed-save")
+        ui.confirm("Removes tags: nativets", "Removes priorities of: nativets=2")
+        assert [t for _, t in ui.wait_change(f"Group {g} saved")] == [
+            "group.tags_set", "group.priorities_set"]
+        dropped = ui.group(g)
+        assert dropped is not None and dropped["priorities"] == {}
+        ui.edit(g)
+        expect(page.locator("#ed-priorities")).to_have_value("")
+        expect(page.locator("#ed-version")).to_have_text(re.compile(f"^Version {dropped['version']}:"))
+        page.fill("#ed-init", "echo warmer\n")
+        page.click("#ed-save")
+        assert [t for _, t in ui.wait_change(f"Group {g} saved")] == ["group.init_script_set"]
+    finally:
+        page.unroute("**/ui/overview")
+    assert ui.group(g)["init_script"] == "echo warmer\n"  # type: ignore[index]
+    ui.http("DELETE", f"/groups/{g}")
+
+
 # The buttons the product document names, with its exact words (docs/web.md).
 DOCUMENT_BUTTONS = {"Reset to all tags minus native": "reset-default",
                     "Reset to native tags": "reset-native", "Reset to all tags": "reset-all"}
@@ -676,21 +742,36 @@ def test_assignable_tags(ui: Ui) -> None:
     expect(dialog.locator("tr[data-tag]").filter(has_text=odd).locator("td.who")).to_have_text("all but ws3")
     assert dialog.locator("b").count() == 0
 
-    # Another restriction for an existing tag: 409, its message, and a confirmation to replace.
+    # Another restriction for an existing tag: the API's 409, told in the page's words (who may
+    # use it now, and after), not the API's CLI advice; the button replaces it.
     page.fill("#tag-spec", tag)
     page.click("#tag-add")
-    expect(page.locator("#confirm-body")).to_contain_text(f"already assignable as '{tag}(ws1+ws2)'")
+    expect(page.locator("#confirm-title")).to_have_text(f"Change who may use tag {tag}?")
+    expect(page.locator("#confirm-body li")).to_have_text([
+        f"Who may use {tag} now: only ws1, ws2 ({tag}(ws1+ws2)).",
+        f"After replacing: every workspace ({tag})."])
+    expect(page.locator("#confirm-ok")).to_have_text("Replace restriction")
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         ui.shot("workers-tag-conflict.png")
     ui.cancel()
-    expect(page.locator("#tag-error")).to_contain_text("Not changed")
+    expect(page.locator("#tag-error")).to_have_text(f"Tag {tag} not changed: still only ws1, ws2.")
     assert {t["tag"]: t for t in ui.http("GET", "/tags")}[tag]["only"] == ["ws1", "ws2"]
     page.click("#tag-add")
-    ui.confirm(f"already assignable as '{tag}(ws1+ws2)'")
+    ui.confirm(f"After replacing: every workspace ({tag}).")
     ((seq, _),) = ui.wait_change(f"Tag restriction replaced: {tag}", box="#tag-change")
     assert ui.event(seq)["summary"] == f"assignable tag {tag}"
     assert {t["tag"]: t for t in ui.http("GET", "/tags")}[tag]["restricted"] is False
     expect(row.locator("td.who")).to_have_text("every workspace")
+    page.fill("#tag-spec", f"{tag}(^ws3)")  # and an exclusion, cancelled
+    page.click("#tag-add")
+    ui.cancel(f"Who may use {tag} now: every workspace ({tag}).",
+              f"After replacing: all but ws3 ({tag}(^ws3)).")
+    expect(page.locator("#tag-error")).to_have_text(f"Tag {tag} not changed: still every workspace.")
+    assert {t["tag"]: t for t in ui.http("GET", "/tags")}[tag]["restricted"] is False
+    page.fill("#tag-spec", "")
+    for box in ("#tags-dialog", "#confirm-body"):  # no CLI or HTTP advice anywhere
+        expect(page.locator(box)).not_to_contain_text("--replace")
+        expect(page.locator(box)).not_to_contain_text("HTTP:")
 
     # Served once a group listens and a worker runs: the warning changes, then goes.
     ui.http("PUT", f"/groups/{name('tagged')}", {"tags": [tag]})
@@ -726,6 +807,10 @@ def test_workers_and_tags_views(ui: Ui, extra_workers: Suite) -> None:
     worker = page.locator(f'#workers tr[data-group="{g}"]')
     expect(worker).to_have_class("init-failed", timeout=30_000)
     expect(worker.locator("td.init .badge")).to_have_text("init script failed")
+    # Its state is not a green "ready": it takes no job (getoperate workers: init-failed).
+    expect(worker.locator(".badge.b-ok", has_text="ready")).to_have_count(0)
+    expect(worker.locator("td.state")).to_have_text("init failed")
+    expect(worker.locator("td.state .badge")).to_have_class("badge b-bad")
     expect(worker.locator("pre.init-output")).to_contain_text(f"{xss(30)} cannot fetch drivers")
     expect(worker.locator("td.tags")).to_contain_text(f"{g}-q")
     expect(worker.locator(".tags-source")).to_have_text("from group")
