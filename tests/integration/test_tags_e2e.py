@@ -11,6 +11,7 @@ import pytest
 
 from cli.client import CliError
 from tests.integration.conftest import Suite
+from shared import subjects
 from tests.integration.harness import cli, ready, wait_router_seq, wait_until
 
 
@@ -389,7 +390,8 @@ def test_a_job_cancelled_before_it_started_leaves_its_queue(extra_workers: Suite
             keys = await (await nc.jetstream().key_value("GO_CANCELS")).keys()
         finally:
             await nc.close()
-        return [k for k in keys if k.startswith("queued.")]
+        mine = subjects.cancelled_queued_key("t-cancel-queued", "x")[:-1]  # not other tests'
+        return [k for k in keys if k.startswith(mine)]
 
     # the worker that dropped it removed its mark (with its own, tag-scoped rights)
     wait_until(lambda: asyncio.run(marks()) == [], "the mark removed", 30)
