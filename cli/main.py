@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cli import output
 from cli.client import (
@@ -577,6 +577,17 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr and exit 2, as every other CLI error (argparse would print the
+        whole usage first); `--help` is named for the rest."""
+        command = self.prog
+        if (command == "getoperate" and message.startswith("unrecognized arguments")
+                and len(sys.argv) > 1 and not sys.argv[1].startswith("-")):
+            command = f"getoperate {sys.argv[1]}"  # an unknown flag is reported at the top
+        print(f"{self.prog}: error: {message} (`{command} --help` shows the options)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,6 +74,8 @@ def test_a_zero_job_timeout_is_refused_not_dropped(suite: Suite) -> None:
     (["job", "some-id", "--timeout", "5"], "--timeout is how long --wait waits: give --wait too"),
     (["run", "--language", "bash", "--code", "echo x", "--retry-for", "-2"],
      "--retry-for must be 0 or more seconds, got -2"),
+    (["run", "--language", "bash", "--code", "echo x", "--tagz", "x"],  # one line, no usage
+     "unrecognized arguments: --tagz (`getoperate run --help` shows the options)"),
 ])
 def test_wait_options_that_mean_nothing_are_refused_before_anything_is_sent(
         suite: Suite, args: list[str], said: str) -> None:
