@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import difflib
 import itertools
 import os
 import re
@@ -963,9 +964,11 @@ def _why_none(listening: list[WorkerStatus], language: str) -> str:
     runtime = [w for why, w in reasons if why == "runtime"]
     if runtime:
         runs = sorted({r for w in runtime for r in w.runtimes})
+        close = difflib.get_close_matches(language, runs, n=1, cutoff=0.7)
+        meant = f"; did you mean {close[0]!r}?" if close else ""
         parts.append(f"none can run {language!r} (they run {', '.join(runs)}:"
-                     " docs/languages.md)" if len(runtime) == len(listening) else
-                     f"{len(runtime)} cannot run {language!r} (docs/languages.md)")
+                     f" docs/languages.md){meant}" if len(runtime) == len(listening) else
+                     f"{len(runtime)} cannot run {language!r} (docs/languages.md){meant}")
     running = [w for why, w in reasons if why == "init_running"]
     if running:
         parts.append(f"{len(running)} still running its init script")

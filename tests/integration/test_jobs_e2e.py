@@ -56,6 +56,9 @@ def test_a_language_without_executor_fails_clearly(suite: Suite) -> None:
         suite.api.submit("BEGIN; END;", language="cobol", tag="bash", require_worker=True)
     assert "none can run 'cobol'" in refused.value.message and "HTTP 409" in refused.value.message
     assert suite.api.submit("echo ok", tag="bash", require_worker=True)["live_workers"] >= 1
+    typo = suite.api.submit("echo typo", language="bsh", tag="bash")  # a near miss is named
+    assert "none can run 'bsh'" in typo["warning"] and "did you mean 'bash'?" in typo["warning"]
+    assert "did you mean" not in answer["warning"]  # cobol is near nothing they run
     # powershell is a seeded tag of `default`, but not bundled: its job says so, and names the
     # entry-point group a plugin uses.
     ps = suite.api.job(suite.api.submit("Write-Output hi", language="powershell")["id"])
