@@ -362,6 +362,7 @@ class Attempts:
             return Outcome(status="cancelled", error="cancelled before it started"), []
         if lease.lost.is_set():
             raise LeaseLost(job.id)
+        began = time.monotonic()
         run = asyncio.ensure_future(self._call(tag, job))
         lease.runs.add(run)
         with self.cancels.running_as(job.id, run, job.parent):
@@ -376,10 +377,11 @@ class Attempts:
                 if lease.lost.is_set():
                     raise LeaseLost(job.id) from None
                 return Outcome(status="cancelled", error="cancelled by request; its processes"
-                               " were killed"), []
+                               " were killed", duration_ms=(time.monotonic() - began) * 1000), []
             except Exception as exc:  # a bug or NATS trouble must still end the job visibly
                 self.logger.exception("job_worker_error", exc, job_id=job.id)
-                return Outcome(status="failure", error=f"worker error: {exc!r}"), []
+                return Outcome(status="failure", error=f"worker error: {exc!r}",
+                               duration_ms=(time.monotonic() - began) * 1000), []
 
     async def _call(self, tag: str, job: Job) -> tuple[Outcome, list[StepSummary]]:
         if job.kind == "flow":

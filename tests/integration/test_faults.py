@@ -117,6 +117,7 @@ def test_cancel_kills_a_running_job_and_the_worker_goes_on(fast: Suite) -> None:
     assert out.returncode == 0, out.stderr
     view = wait_status(s, job, "cancelled", timeout=15)
     assert "cancelled" in view["error"]
+    assert view["duration_ms"] > 0, view  # it ran until killed: not "cancelled in 0 ms"
     deadline = time.monotonic() + 5
     while live_pids(f"sleep {mark}"):
         assert time.monotonic() < deadline, "the job's process survived cancellation"
