@@ -253,6 +253,10 @@ class Dispatcher:
                 # Jobs were waiting behind the last one, but a server busy storing may let so
                 # short a request expire: wait briefly (unless another worker took them all).
                 msg = await self._pull(tag, SOON)
+            elif msg is None and wait == NOW and self.priorities.get(tag):
+                # A prioritized tag whose answer is still on its way (a busy server let so short
+                # a request expire): wait for it before a lower tag's job is taken instead.
+                msg = await self._settled(tag)
             if msg is None:
                 continue
             try:
@@ -267,6 +271,17 @@ class Dispatcher:
                 self.backlog.add(tag)
             return tag, msg
         return None
+
+    async def _settled(self, tag: str) -> Msg | None:
+        pull = self.pulls.get(tag)
+        if not pull.unsettled:
+            return None  # answered: it has no job now
+        await pull.settle(SOON)
+        try:
+            return await pull.late()
+        except Exception as exc:  # NATS away: the next sweep tries again
+            self.logger.warning("pull_failed", tag=tag, error=str(exc) or type(exc).__name__)
+            return None
 
     async def _pull(self, tag: str, wait: float) -> Msg | None:
         try:
