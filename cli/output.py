@@ -61,7 +61,7 @@ def print_workers(workers: list[WorkerStatus]) -> None:
 def worker_state(w: WorkerStatus) -> str:
     """The heartbeat's state, except that a worker whose init script is still running or has
     failed says so: it takes no job, and the router does not count it as live."""
-    if w.state == "ready" and w.init_status in ("running", "failed"):
+    if w.state == "ready" and w.held_by_init:
         return f"init-{w.init_status}"
     return w.state
 

@@ -38,7 +38,7 @@ def requeue(ep: Endpoints, tag: str, to: str) -> dict[str, Any]:
                         "workers")
     # A worker whose init script runs or failed takes no job: it does not hold the tag.
     busy = [w.id for w in workers if tag in w.tags and w.state != "stopping"
-            and w.init_status not in ("running", "failed")]
+            and not w.held_by_init]
     if busy:
         raise CliError(f"{len(busy)} live worker(s) still take jobs from tag {tag!r}"
                        f" ({', '.join(busy[:3])}): stop them or change their group first",

@@ -322,6 +322,12 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     # language on one of its tags fails, naming the runtime to install.
     runtimes: list[str] = msgspec.field(default_factory=list)
 
+    @property
+    def held_by_init(self) -> bool:
+        """Its group's init script is still running or has failed: it takes no job until the
+        script succeeds, so it is not live for its tags (router, `workers`, `jobs requeue`)."""
+        return self.init_status in ("running", "failed")
+
 
 class DeadLetter(msgspec.Struct, kw_only=True):
     """A job parked on GO_DEAD: after too many deliveries, with the history that led there; or

@@ -816,12 +816,15 @@ class RouterService:
         with it already (its worker watches for the flow's cancel); a queued one would sit on
         its tag, shown queued, until a worker took and dropped it, never if none serves that
         tag. Steps are found by the keys their flow submitted them under
-        (`flow <id> step <n>`, services/worker/flows.py)."""
-        deployed = self.config.flows.get(st.key(flow.workspace or "", flow.path or ""))
-        for index in range(1, len(deployed.steps) + 1 if deployed else 1):
+        (`flow <id> step <n>`, services/worker/flows.py), in order: a flow submits step n+1
+        only after step n, so the first key with no job ends the search (whatever the flow's
+        deployed version now says)."""
+        for index in range(1, st.MAX_FLOW_STEPS + 1):
             _, found = await self._keyed(f"flow {flow_id} step {index}", flow.workspace or "",
                                          planned=True)
-            if found is not None and found[1].view.status == "queued":
+            if found is None:
+                return
+            if found[1].view.status == "queued":
                 await self._cancel_read(found[1].view.id, found[1], by)
 
     async def _end_queued(self, job_id: str, by: str, subject_seq: int) -> bool:
@@ -948,10 +951,8 @@ def _unable(worker: WorkerStatus, language: str) -> str | None:
     init script must have succeeded (or there is none: until then it takes no job), and it
     must have the job's runtime (its heartbeat's `runtimes`; a flow needs none, its worker only
     orchestrates; a worker that reports no runtimes predates the field)."""
-    if worker.init_status == "running":
-        return "init_running"
-    if worker.init_status == "failed":
-        return "init_failed"
+    if worker.held_by_init:
+        return f"init_{worker.init_status}"
     if language != "flow" and worker.runtimes and language not in worker.runtimes:
         return "runtime"
     return None

@@ -4,15 +4,12 @@ test_config_stream_recovery, test_history and test_faults share."""
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from services.common.natsserver import free_port
-from tests.integration.harness import Proc
+from tests.integration.harness import Proc, http_json
 
 TOKEN = "test-admin-token"
 
@@ -40,24 +37,12 @@ class ConfigProc:
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN,
              raw: bytes | None = None) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return http_json(method, f"http://127.0.0.1:{self.port}{path}", token, body, raw,
+                         timeout=10)
 
 
 def get(url: str, token: str = TOKEN) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json("GET", url, token, timeout=10)
 
 
 class SignedDeployment:

@@ -344,6 +344,23 @@ class Deployment:
         self.nats.stop()
 
 
+def http_json(method: str, url: str, token: str | None, body: Any = None,
+              raw: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """(status, JSON body) of one request, 4xx and 5xx included: what a test compares."""
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def request(port: int, method: str, path: str, body: Any = None, key: str | bytes | None = None,
             timeout: float = 30) -> tuple[int, dict[str, Any], dict[str, str]]:
     """One HTTP call to a Deployment's service as its admin: (status, JSON body, headers)."""

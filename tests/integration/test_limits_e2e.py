@@ -192,20 +192,12 @@ def test_limits_sandbox_and_network_through_http(suite: Suite) -> None:
 def http_as(suite: Suite, method: str, service: str, path: str, body: dict[str, Any],
             token: str | None = None) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) of a request with `token` (default: the admin token), 4xx included."""
-    import urllib.error
-    import urllib.request
-
     from cli.client import Endpoints
+    from tests.integration.harness import http_json
 
     ep = Endpoints(suite.root / ".getoperate")
     base = ep.config_url if service == "config" else ep.router_url
-    req = urllib.request.Request(f"{base}{path}", method=method, data=json.dumps(body).encode())
-    req.add_header("Authorization", f"Bearer {token or ep.token()}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(method, f"{base}{path}", token or ep.token(), body)  # type: ignore[no-any-return]
 
 
 def raw_put(suite: Suite, group: str, body: dict[str, Any],

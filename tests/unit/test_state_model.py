@@ -16,15 +16,8 @@ from shared import isolation
 from shared import state as s
 from shared.codec import decode, encode
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
-from shared.events import (
-    GENESIS_HASH,
-    ConfigEvent,
-    FlowStep,
-    JobLimits,
-    Recorded,
-    event_type,
-    seal,
-)
+from shared.events import ConfigEvent, FlowStep, JobLimits, Recorded, event_type
+from tests.unit.support import Log
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None)
 EVERY_TYPE = {t.__struct_config__.tag for t in typing.get_args(ConfigEvent)}
@@ -104,22 +97,6 @@ def run_command(state: s.ConfigState, cmd: tuple[Any, ...]) -> list[ConfigEvent]
     if kind == "token":
         return s.create_token(state, cmd[1], workspace=cmd[2], token_hash="h" + cmd[1])
     return s.revoke_token(state, cmd[1])
-
-
-class Log:
-    """Records sealed as the config service seals them, and the state they fold to."""
-
-    def __init__(self) -> None:
-        self.records: list[Recorded] = []
-        self.state = s.ConfigState()
-
-    def append(self, events: list[ConfigEvent]) -> None:
-        for event in events:
-            prev = self.records[-1].hash if self.records else GENESIS_HASH
-            rec = seal(prev_hash=prev, seq=len(self.records) + 1, id=f"e{len(self.records)}",
-                       time="2024-01-01T00:00:00Z", actor="t", reason=None, event=event)
-            self.records.append(rec)
-            self.state = s.evolve(self.state, rec)
 
 
 def run_all(cmds: list[tuple[Any, ...]]) -> Log:
