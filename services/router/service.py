@@ -323,14 +323,14 @@ class RouterService:
         index = self._groups_by_tag()
         routing.check_timeout(self.config, route, sub.timeout, index)
         groups = list(index.get(tag, ()))
-        live, warning = self._who_serves(tag, route.language, groups)
+        live, warning = self._who_serves(tag, route.language, groups, admin=who.admin)
         if not live:
             if (sub.require_worker or self.require_worker) and first is None:
                 raise NoLiveWorker(f"refused: {warning}", field="tag")
         # A flow's steps go to tags of their own: one that nobody can run stalls the flow there.
         for step in route.steps:
             step_live, step_warning = self._who_serves(
-                step.tag, step.language, list(index.get(step.tag, ())))
+                step.tag, step.language, list(index.get(step.tag, ())), admin=who.admin)
             if not step_live:
                 said = f"step {step.index} ({step.name}): {step_warning}"
                 warning = f"{warning}; {said}" if warning else said
@@ -387,17 +387,19 @@ class RouterService:
             planned=planned,
         )
 
-    def _who_serves(self, tag: str, language: str, groups: list[str]
+    def _who_serves(self, tag: str, language: str, groups: list[str], *, admin: bool
                     ) -> tuple[list[WorkerStatus], str | None]:
         """The live workers that can take a job in `language` on `tag` now, and when there is
-        none, the warning that says why and what becomes of the job."""
+        none, the warning that says why and what becomes of the job. Only an admin's warning
+        quotes a failed init script's output (it may hold the group's secrets, as GET /workers
+        keeps it from workspace tokens)."""
         listening = self.workers.serving(tag)
         live = [w for w in listening if _unable(w, language) is None]
         if live:
             return live, None
         if listening:
             warning = (f"{len(listening)} live worker(s) listen to tag {tag!r}, but "
-                       + _why_none(listening, language))
+                       + _why_none(listening, language, admin=admin))
             if any(_unable(w, language) == "runtime" for w in listening):
                 return live, warning + ("; one of them that takes the job fails it, naming"
                                         " the runtime to install")
@@ -958,7 +960,7 @@ def _unable(worker: WorkerStatus, language: str) -> str | None:
     return None
 
 
-def _why_none(listening: list[WorkerStatus], language: str) -> str:
+def _why_none(listening: list[WorkerStatus], language: str, *, admin: bool) -> str:
     """The warning's reasons, for workers that listen to a tag but cannot take the job."""
     reasons = [(_unable(w, language), w) for w in listening]
     parts = []
@@ -977,7 +979,7 @@ def _why_none(listening: list[WorkerStatus], language: str) -> str:
     if failed:
         error = (failed[0].init_error or "").strip().splitlines()
         parts.append(f"the init script of {len(failed)} failed"
-                     + (f" ({error[-1][:200]})" if error else "")
+                     + (f" ({error[-1][:200]})" if error and admin else "")
                      + ": fix the group's init script (`getoperate group set --init-script`)")
     return "; ".join(parts)
 

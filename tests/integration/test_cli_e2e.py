@@ -255,6 +255,17 @@ def test_workers_whose_init_script_runs_or_failed_are_not_counted_live(suite: Su
         answer = suite.api.submit("echo x", tag="t-initfail")
         assert answer["live_workers"] == 0, answer
         assert "the init script of 1 failed (no such driver)" in answer["warning"], answer
+        # A workspace token is told the script failed, never what it printed (it may hold the
+        # group's secrets; GET /workers keeps it from them too).
+        assert cli("tags", "add", "t-initfail", cwd=suite.root).returncode == 0
+        made = cli("token", "create", "--workspace", "wsinit", "--name", "wsinit", cwd=suite.root)
+        assert made.returncode == 0, made.stderr
+        theirs = cli("run", "--language", "bash", "--code", "echo x", "--tag", "t-initfail",
+                     "--workspace", "wsinit", "--json", cwd=suite.root,
+                     env={"GETOPERATE_TOKEN": made.stdout.strip()})
+        assert theirs.returncode == 0, theirs.stderr
+        warned = json.loads(theirs.stdout)["warning"]
+        assert "the init script of 1 failed" in warned and "no such driver" not in warned, warned
         refused = cli("run", "--language", "bash", "--code", "echo x", "--tag", "t-initslow",
                       "--require-worker", cwd=suite.root)
         assert refused.returncode == 1 and "1 still running its init script" in refused.stderr
